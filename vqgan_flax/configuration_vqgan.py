@@ -1,0 +1,230 @@
+"""VQGAN configuration, with field names taken from taming-transformers' ``ddconfig``."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from transformers import PretrainedConfig
+
+QUANTIZERS = ("vq", "gumbel")
+
+# The published taming-transformers architectures. Values are taming's own model.yaml entries.
+_F16_IMAGENET = dict(
+    ch=128,
+    ch_mult=[1, 1, 2, 2, 4],
+    num_res_blocks=2,
+    attn_resolutions=[16],
+    z_channels=256,
+    embed_dim=256,
+    resolution=256,
+)
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # vqgan_imagenet_f16_1024 (also DALL·E-mini's starting point).
+    "f16-1024": dict(_F16_IMAGENET, n_embed=1024),
+    # vqgan_imagenet_f16_16384 (DALL·E-mini's vqgan_imagenet_f16_16384).
+    "f16-16384": dict(_F16_IMAGENET, n_embed=16384),
+    # vqgan_gumbel_f8 (Open Images, 8192 codes).
+    "gumbel-f8": dict(
+        ch=128,
+        ch_mult=[1, 1, 2, 4],
+        num_res_blocks=2,
+        attn_resolutions=[32],
+        z_channels=256,
+        embed_dim=256,
+        n_embed=8192,
+        resolution=256,
+        quantizer="gumbel",
+        kl_weight=1e-8,
+    ),
+    # A few hundred thousand parameters: for tests and examples only.
+    "tiny": dict(
+        ch=32,
+        ch_mult=[1, 2],
+        num_res_blocks=1,
+        attn_resolutions=[8],
+        z_channels=8,
+        embed_dim=8,
+        n_embed=32,
+        resolution=16,
+    ),
+}
+
+_TAMING_TARGETS = {
+    "taming.models.vqgan.VQModel": "vq",
+    "taming.models.vqgan.GumbelVQ": "gumbel",
+}
+
+
+class VQGANConfig(PretrainedConfig):
+    r"""Configuration of a [`FlaxVQGANModel`].
+
+    The defaults are taming-transformers' f16 ImageNet VQGAN (``vqgan_imagenet_f16_1024``).
+
+    Args:
+        ch (`int`): base channel count; level ``i`` has ``ch * ch_mult[i]`` channels.
+        out_ch (`int`): channels of the decoded image.
+        in_channels (`int`): channels of the input image.
+        num_res_blocks (`int`): ResnetBlocks per encoder level (the decoder has one more per level).
+        resolution (`int`): the training resolution; it decides at which levels attention runs
+            (level ``i`` has resolution ``resolution // 2**i``), not the input size.
+        z_channels (`int`): channels of the encoder output / decoder input.
+        ch_mult (`List[int]`): channel multiplier per level; ``len(ch_mult) - 1`` downsamplings.
+        attn_resolutions (`List[int]`): resolutions at which the levels get AttnBlocks.
+        n_embed (`int`): codebook size.
+        embed_dim (`int`): codebook vector size (channels of the quantized latent).
+        dropout (`float`): dropout rate inside ResnetBlocks (only active with ``train=True``).
+        double_z (`bool`): whether the encoder outputs ``2 * z_channels`` (taming VQGANs use False).
+        resamp_with_conv (`bool`): strided/post-upsampling 3x3 convs (True) or pooling/plain
+            nearest upsampling (False).
+        give_pre_end (`bool`): decoder returns features before ``norm_out``/``conv_out``.
+        quantizer (`str`): ``"vq"`` (nearest neighbour, taming's VectorQuantizer2) or
+            ``"gumbel"`` (taming's GumbelQuantize).
+        beta (`float`): commitment weight of the VQ loss.
+        legacy_loss (`bool`): taming's default β placement, ``|sg(e) - z|² + β |e - sg(z)|²``;
+            False gives the VQ-VAE paper's ``β |sg(e) - z|² + |e - sg(z)|²``.
+        mid_block_attention (`bool`): whether the middle blocks have attention (taming: always;
+            LWM/aMUSEd-style models: none).
+        kl_weight (`float`): weight of the Gumbel quantizer's KL-to-uniform term.
+        temperature (`float`): Gumbel-softmax temperature used in training unless overridden.
+    """
+
+    model_type = "vqgan"
+
+    def __init__(
+        self,
+        ch: int = 128,
+        out_ch: int = 3,
+        in_channels: int = 3,
+        num_res_blocks: int = 2,
+        resolution: int = 256,
+        z_channels: int = 256,
+        ch_mult: Sequence[int] = (1, 1, 2, 2, 4),
+        attn_resolutions: Sequence[int] = (16,),
+        n_embed: int = 1024,
+        embed_dim: int = 256,
+        dropout: float = 0.0,
+        double_z: bool = False,
+        resamp_with_conv: bool = True,
+        give_pre_end: bool = False,
+        quantizer: str = "vq",
+        beta: float = 0.25,
+        legacy_loss: bool = True,
+        mid_block_attention: bool = True,
+        kl_weight: float = 5e-4,
+        temperature: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        # vqgan-jax's config.json stores the derived level count; accept it, but only if consistent.
+        num_resolutions = kwargs.pop("num_resolutions", None)
+        if num_resolutions is not None and num_resolutions != len(ch_mult):
+            raise ValueError(
+                f"num_resolutions={num_resolutions} does not match len(ch_mult)={len(ch_mult)} (ch_mult={list(ch_mult)})"
+            )
+        if quantizer not in QUANTIZERS:
+            raise ValueError(f"Unknown quantizer {quantizer!r}; expected one of {QUANTIZERS}")
+        if quantizer == "gumbel" and double_z:
+            raise ValueError("double_z=True is not supported with the gumbel quantizer")
+        for name, channels in (("ch", ch),) + tuple((f"ch*ch_mult[{i}]", ch * m) for i, m in enumerate(ch_mult)):
+            if channels % 32:
+                raise ValueError(f"{name}={channels} must be a multiple of 32 (GroupNorm uses 32 groups)")
+        self.ch = ch
+        self.out_ch = out_ch
+        self.in_channels = in_channels
+        self.num_res_blocks = num_res_blocks
+        self.resolution = resolution
+        self.z_channels = z_channels
+        self.ch_mult = list(ch_mult)
+        self.attn_resolutions = list(attn_resolutions)
+        self.n_embed = n_embed
+        self.embed_dim = embed_dim
+        self.dropout = dropout
+        self.double_z = double_z
+        self.resamp_with_conv = resamp_with_conv
+        self.give_pre_end = give_pre_end
+        self.quantizer = quantizer
+        self.beta = beta
+        self.legacy_loss = legacy_loss
+        self.mid_block_attention = mid_block_attention
+        self.kl_weight = kl_weight
+        self.temperature = temperature
+        super().__init__(**kwargs)
+
+    @property
+    def num_resolutions(self) -> int:
+        """Number of levels (``len(ch_mult)``)."""
+        return len(self.ch_mult)
+
+    @property
+    def downsampling_factor(self) -> int:
+        """Pixels per token along each side: ``2 ** (len(ch_mult) - 1)``."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def latent_shape(self, height: int, width: int) -> tuple:
+        """Token grid ``(h, w)`` for an image of ``height x width`` pixels."""
+        f = self.downsampling_factor
+        if height % f or width % f:
+            raise ValueError(f"Image size {height}x{width} is not divisible by the downsampling factor {f}")
+        return height // f, width // f
+
+    def attention_at_level(self, level: int) -> bool:
+        """Whether encoder level ``level`` (and the decoder level of the same resolution) has AttnBlocks.
+
+        As in taming, this follows the configured ``resolution``, not the size of the input.
+        """
+        return self.resolution // 2**level in self.attn_resolutions
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "VQGANConfig":
+        """A config for a published taming architecture: one of ``PRESETS`` (``f16-1024``, ...)."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; available: {sorted(PRESETS)}")
+        return cls(**{**copy.deepcopy(PRESETS[name]), **overrides})
+
+    @classmethod
+    def from_taming_yaml(cls, path: Union[str, os.PathLike], **overrides: Any) -> "VQGANConfig":
+        """Read taming-transformers' own ``model.yaml`` (``model.target`` VQModel or GumbelVQ)."""
+        import yaml
+
+        with open(path) as f:
+            document = yaml.safe_load(f)
+        return cls.from_taming_dict(document, source=str(path), **overrides)
+
+    @classmethod
+    def from_taming_dict(cls, document: Dict[str, Any], source: str = "<dict>", **overrides: Any) -> "VQGANConfig":
+        """Build a config from the parsed content of a taming ``model.yaml``."""
+        model = document.get("model", document) if isinstance(document, dict) else None
+        if not isinstance(model, dict) or "params" not in model:
+            raise ValueError(f"{source}: expected a taming config with model.params (and model.target)")
+        target: Optional[str] = model.get("target")
+        if target is not None and target not in _TAMING_TARGETS:
+            raise ValueError(
+                f"{source}: unsupported model.target {target!r}; expected one of {sorted(_TAMING_TARGETS)}"
+            )
+        params = model["params"]
+        missing = [k for k in ("ddconfig", "embed_dim", "n_embed") if k not in params]
+        if missing:
+            raise ValueError(f"{source}: model.params lacks {missing}")
+        ddconfig = dict(params["ddconfig"])
+        known = set(cls().to_dict())
+        kwargs = {k: v for k, v in ddconfig.items() if k in known}
+        kwargs.update(embed_dim=params["embed_dim"], n_embed=params["n_embed"])
+        kwargs["quantizer"] = _TAMING_TARGETS.get(target, "vq")
+        if kwargs["quantizer"] == "gumbel":
+            kwargs["kl_weight"] = params.get("kl_weight", 1e-8)  # GumbelVQ's own default
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def to_taming_ddconfig(self) -> Dict[str, Any]:
+        """The ``ddconfig`` taming's Encoder/Decoder take for this architecture."""
+        keys = (
+            "ch out_ch in_channels num_res_blocks resolution z_channels ch_mult attn_resolutions dropout "
+            "double_z resamp_with_conv give_pre_end"
+        ).split()
+        return {k: copy.deepcopy(getattr(self, k)) for k in keys}
+
+
+def list_presets() -> List[str]:
+    """Names accepted by [`VQGANConfig.from_preset`]."""
+    return sorted(PRESETS)

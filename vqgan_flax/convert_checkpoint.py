@@ -1,0 +1,244 @@
+"""Convert taming-transformers (PyTorch) VQGAN checkpoints to Flax folders, and back.
+
+    python -m vqgan_flax.convert_checkpoint --checkpoint last.ckpt --config model.yaml --output DIR
+    python -m vqgan_flax.convert_checkpoint --to-taming DIR --output taming.safetensors
+
+Names map one to one (taming ``encoder.down.1.block.0.conv1.weight`` is Flax
+``encoder/down_1/block_0/conv1/kernel``); conv kernels go OIHW → HWIO, norm ``weight`` → ``scale``,
+embedding ``weight`` → ``embedding``. No PyTorch is needed except to write ``.pt`` files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .checkpoint_io import CheckpointError, PathLike, load_state_dict
+from .configuration_vqgan import PRESETS, VQGANConfig
+
+FlatParams = Dict[Tuple[str, ...], np.ndarray]
+
+# taming's module lists ("down.1", "block.0") are "down_1", "block_0" in Flax.
+_LIST_ITEM = re.compile(r"(?<![^.])(down|up|block|attn)\.(\d+)(?=\.)")
+_FLAX_LIST_ITEM = re.compile(r"(?<![^/])(down|up|block|attn)_(\d+)(?=/)")
+# Flax leaf names that taming calls "weight".
+_WEIGHT_LEAVES = ("kernel", "scale", "embedding")
+
+
+class ConversionError(ValueError):
+    """The checkpoint does not match the architecture: names every missing, unexpected or
+    mis-shaped key."""
+
+
+def expected_param_shapes(config: VQGANConfig) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
+    """Shapes of every Flax parameter for ``config``, from ``jax.eval_shape`` of the init (no compute)."""
+    import jax
+    import jax.numpy as jnp
+    from flax.traverse_util import flatten_dict
+
+    from .modeling_flax_vqgan import FlaxVQGANModule
+
+    module = FlaxVQGANModule(config)
+    side = config.downsampling_factor
+    dummy = jax.ShapeDtypeStruct((1, side, side, config.in_channels), jnp.float32)
+    rngs = {name: jax.random.PRNGKey(0) for name in ("params", "dropout", "gumbel")}
+    shapes = jax.eval_shape(lambda x: module.init(rngs, x), dummy)["params"]
+    return {k: tuple(v.shape) for k, v in flatten_dict(shapes).items()}
+
+
+def taming_key_to_flax(key: str, expected: Dict[Tuple[str, ...], Any]) -> Optional[Tuple[str, ...]]:
+    """Flax path of a taming state-dict key, or None if the architecture has no such parameter."""
+    module_path, _, leaf = key.rpartition(".")
+    path = tuple(_LIST_ITEM.sub(r"\1_\2", module_path + ".").rstrip(".").split("."))
+    candidates = _WEIGHT_LEAVES if leaf == "weight" else (leaf,)
+    for candidate in candidates:
+        if path + (candidate,) in expected:
+            return path + (candidate,)
+    return None
+
+
+def flax_key_to_taming(path: Tuple[str, ...]) -> str:
+    """taming state-dict key of a Flax parameter path."""
+    module_path = _FLAX_LIST_ITEM.sub(r"\1.\2", "/".join(path[:-1]) + "/").rstrip("/")
+    leaf = "weight" if path[-1] in _WEIGHT_LEAVES else path[-1]
+    return module_path.replace("/", ".") + "." + leaf
+
+
+def _to_flax_array(value: np.ndarray, leaf: str) -> np.ndarray:
+    # PyTorch convs are (out, in, kh, kw); Flax's are (kh, kw, in, out).
+    if leaf == "kernel" and value.ndim == 4:
+        value = value.transpose(2, 3, 1, 0)
+    return np.ascontiguousarray(value, dtype=np.float32)
+
+
+def taming_to_flax(
+    state_dict: Dict[str, np.ndarray], config: VQGANConfig, source: str = "<state dict>"
+) -> Tuple[Dict[str, Any], int]:
+    """Convert a taming state dict to a nested Flax parameter dict.
+
+    ``loss.*`` entries (discriminator, LPIPS) are dropped; their count is returned beside the
+    params. Anything else must map onto exactly one parameter with the right shape.
+    """
+    from flax.traverse_util import unflatten_dict
+
+    expected = expected_param_shapes(config)
+    dropped = [k for k in state_dict if k.startswith("loss.")]
+    flat: FlatParams = {}
+    seen = set()
+    unexpected: List[str] = []
+    mismatched: List[str] = []
+    for key, value in state_dict.items():
+        if key.startswith("loss."):
+            continue
+        path = taming_key_to_flax(key, expected)
+        if path is None:
+            unexpected.append(f"{key} {tuple(value.shape)}")
+            continue
+        seen.add(path)
+        array = _to_flax_array(np.asarray(value), path[-1])
+        if array.shape != expected[path]:
+            mismatched.append(f"{key}: checkpoint {tuple(value.shape)} -> {array.shape}, model {expected[path]}")
+            continue
+        flat[path] = array
+    missing = [f"{flax_key_to_taming(p)} {expected[p]}" for p in expected if p not in seen]
+    if unexpected or mismatched or missing:
+        lines = [f"{source} does not match the architecture ({_describe(config)}):"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+            if items:
+                lines.append(f"  {len(items)} {title}: " + "; ".join(sorted(items)))
+        raise ConversionError("\n".join(lines))
+    return unflatten_dict(flat), len(dropped)
+
+
+def flax_to_taming(params: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    """Convert Flax parameters to a taming state dict (numpy, OIHW convs) that taming's modules
+    load with ``strict=True``."""
+    from flax.traverse_util import flatten_dict
+
+    state: Dict[str, np.ndarray] = {}
+    for path, value in flatten_dict(dict(params)).items():
+        value = np.asarray(value, dtype=np.float32)
+        if path[-1] == "kernel" and value.ndim == 4:
+            value = value.transpose(3, 2, 0, 1)
+        state[flax_key_to_taming(path)] = np.ascontiguousarray(value)
+    return state
+
+
+def _describe(config: VQGANConfig) -> str:
+    return (
+        f"quantizer={config.quantizer}, ch={config.ch}, ch_mult={config.ch_mult}, "
+        f"num_res_blocks={config.num_res_blocks}, attn_resolutions={config.attn_resolutions}, "
+        f"resolution={config.resolution}, z_channels={config.z_channels}, embed_dim={config.embed_dim}, "
+        f"n_embed={config.n_embed}"
+    )
+
+
+def convert_taming_checkpoint(
+    checkpoint: PathLike,
+    output_dir: PathLike,
+    config: VQGANConfig,
+    weights_format: str = "safetensors",
+) -> int:
+    """Convert ``checkpoint`` and write a ``from_pretrained`` folder; returns the number of
+    dropped ``loss.*`` entries."""
+    from .modeling_flax_vqgan import FlaxVQGANModel
+
+    if weights_format not in ("safetensors", "msgpack"):
+        raise ValueError(f"unknown weights format {weights_format!r}; expected 'safetensors' or 'msgpack'")
+    state_dict = load_state_dict(checkpoint)
+    params, dropped = taming_to_flax(state_dict, config, source=os.fspath(checkpoint))
+    model = FlaxVQGANModel(config, _do_init=False)
+    model.save_pretrained(output_dir, params=params, safe_serialization=weights_format == "safetensors")
+    return dropped
+
+
+def export_to_taming(model_dir: PathLike, output: PathLike) -> Dict[str, np.ndarray]:
+    """Write a Flax folder's weights as a taming state dict: ``.safetensors``, or ``.pt``/``.pth``/
+    ``.ckpt`` (those need torch; ``.ckpt`` nests it under ``state_dict`` like Lightning)."""
+    from .modeling_flax_vqgan import FlaxVQGANModel
+
+    model, params = FlaxVQGANModel.from_pretrained(model_dir, _do_init=False)
+    state = flax_to_taming(params)
+    output = os.fspath(output)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    if output.endswith(".safetensors"):
+        from safetensors.numpy import save_file
+
+        save_file(state, output, metadata={"format": "pt"})
+    elif output.endswith((".pt", ".pth", ".ckpt")):
+        try:
+            import torch
+        except ImportError:
+            raise ConversionError(f"{output}: writing .pt/.pth/.ckpt needs torch; use a .safetensors name") from None
+        tensors = {k: torch.from_numpy(v) for k, v in state.items()}
+        torch.save({"state_dict": tensors} if output.endswith(".ckpt") else tensors, output)
+    else:
+        raise ConversionError(f"{output}: unknown extension; use .safetensors, .pt, .pth or .ckpt")
+    return state
+
+
+def _config_from_args(args: argparse.Namespace) -> VQGANConfig:
+    overrides: Dict[str, Any] = {}
+    for name in ("ch", "num_res_blocks", "resolution", "z_channels", "n_embed", "embed_dim", "quantizer"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    for name in ("ch_mult", "attn_resolutions"):
+        if getattr(args, name) is not None:
+            text = getattr(args, name).strip()
+            overrides[name] = [int(v) for v in text.split(",") if v.strip()] if text else []
+    if args.config:
+        return VQGANConfig.from_taming_yaml(args.config, **overrides)
+    if args.preset:
+        return VQGANConfig.from_preset(args.preset, **overrides)
+    if not overrides:
+        raise ConversionError("give the architecture: --config model.yaml, --preset NAME, or architecture flags")
+    return VQGANConfig(**overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vqgan_flax.convert_checkpoint",
+        description="Convert a taming-transformers VQGAN checkpoint to a Flax folder (or back with --to-taming).",
+    )
+    parser.add_argument("--checkpoint", help="taming .ckpt / .pt / .pth / .safetensors file")
+    parser.add_argument("--to-taming", metavar="MODEL_DIR", help="export this Flax folder to a taming state dict")
+    parser.add_argument("--output", required=True, help="output folder (or file with --to-taming)")
+    parser.add_argument("--config", help="taming model.yaml describing the architecture")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="a published taming architecture")
+    parser.add_argument("--format", default="safetensors", choices=("safetensors", "msgpack"), dest="weights_format")
+    arch = parser.add_argument_group("architecture flags (override --config/--preset)")
+    for name, kind in (("ch", int), ("num_res_blocks", int), ("resolution", int), ("z_channels", int)):
+        arch.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
+    arch.add_argument("--n-embed", dest="n_embed", type=int)
+    arch.add_argument("--embed-dim", dest="embed_dim", type=int)
+    arch.add_argument("--ch-mult", dest="ch_mult", help="comma-separated, e.g. 1,1,2,2,4")
+    arch.add_argument("--attn-resolutions", dest="attn_resolutions", help="comma-separated, e.g. 16")
+    arch.add_argument("--quantizer", help="vq or gumbel")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.to_taming:
+            state = export_to_taming(args.to_taming, args.output)
+            print(f"wrote {len(state)} tensors to {args.output}")
+            return 0
+        if not args.checkpoint:
+            raise ConversionError("give --checkpoint FILE (or --to-taming MODEL_DIR)")
+        config = _config_from_args(args)
+        dropped = convert_taming_checkpoint(args.checkpoint, args.output, config, args.weights_format)
+    except (CheckpointError, ConversionError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"dropped {dropped} loss.* entries (discriminator/LPIPS); wrote {args.output} ({args.weights_format})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
