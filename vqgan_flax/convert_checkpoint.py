@@ -79,14 +79,24 @@ def _to_flax_array(value: np.ndarray, leaf: str) -> np.ndarray:
 def taming_to_flax(
     state_dict: Dict[str, np.ndarray], config: VQGANConfig, source: str = "<state dict>"
 ) -> Tuple[Dict[str, Any], int]:
-    """Convert a taming state dict to a nested Flax parameter dict.
+    """Convert a taming state dict to a nested Flax parameter dict for ``config``.
 
     ``loss.*`` entries (discriminator, LPIPS) are dropped; their count is returned beside the
     params. Anything else must map onto exactly one parameter with the right shape.
     """
+    return convert_state_dict(state_dict, expected_param_shapes(config), source, _describe(config))
+
+
+def convert_state_dict(
+    state_dict: Dict[str, np.ndarray],
+    expected: Dict[Tuple[str, ...], Tuple[int, ...]],
+    source: str = "<state dict>",
+    architecture: str = "",
+) -> Tuple[Dict[str, Any], int]:
+    """Map taming keys onto the Flax parameters whose flat paths and shapes are ``expected``
+    (any module: the full model, or e.g. a bare Encoder); see [`taming_to_flax`]."""
     from flax.traverse_util import unflatten_dict
 
-    expected = expected_param_shapes(config)
     dropped = [k for k in state_dict if k.startswith("loss.")]
     flat: FlatParams = {}
     seen = set()
@@ -107,7 +117,7 @@ def taming_to_flax(
         flat[path] = array
     missing = [f"{flax_key_to_taming(p)} {expected[p]}" for p in expected if p not in seen]
     if unexpected or mismatched or missing:
-        lines = [f"{source} does not match the architecture ({_describe(config)}):"]
+        lines = [f"{source} does not match the architecture ({architecture or 'given parameter shapes'}):"]
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
             if items:
                 lines.append(f"  {len(items)} {title}: " + "; ".join(sorted(items)))

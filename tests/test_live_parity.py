@@ -1,0 +1,149 @@
+"""Parity with the PyTorch reference (taming-transformers' own modules) on random weights.
+
+Tolerances: float arrays atol = rtol = 1e-4 in float32; code indices exactly equal.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax.traverse_util import flatten_dict
+from conftest import assert_close
+from taming.modules.diffusionmodules.model import Decoder as TamingDecoder
+from taming.modules.diffusionmodules.model import Encoder as TamingEncoder
+from taming_reference import TamingVQGAN, randomize_, state_dict_numpy, to_nchw_tensor, to_nhwc
+
+from vqgan_flax import Decoder, Encoder, FlaxVQGANModel, VQGANConfig
+from vqgan_flax.convert_checkpoint import convert_state_dict, taming_to_flax
+
+CONFIGS = {
+    # taming's f16 ImageNet architecture (ch 128, ch_mult 1,1,2,2,4, attention at 16), small codebook,
+    # on a 32x32 input: attention still runs where taming runs it (decided by `resolution`).
+    "f16-imagenet": (VQGANConfig.from_preset("f16-1024", n_embed=64, embed_dim=8), (1, 32, 32, 3)),
+    "tiny-attn-two-levels": (
+        VQGANConfig(ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[32, 8], z_channels=16,
+                    embed_dim=4, n_embed=48, resolution=32),
+        (2, 32, 32, 3),
+    ),
+    "no-conv-resampling-nonsquare": (
+        VQGANConfig(ch=32, ch_mult=[1, 2], num_res_blocks=2, attn_resolutions=[], z_channels=8, embed_dim=8,
+                    n_embed=32, resolution=16, resamp_with_conv=False),
+        (2, 16, 24, 3),
+    ),
+    "gumbel": (
+        VQGANConfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], z_channels=16, embed_dim=16,
+                    n_embed=64, resolution=16, quantizer="gumbel", kl_weight=1e-8),
+        (2, 16, 16, 3),
+    ),
+}
+
+
+def _inputs(shape, seed):
+    return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_full_model_matches_taming(name):
+    config, shape = CONFIGS[name]
+    reference = randomize_(TamingVQGAN(config), seed=10)
+    params, _ = taming_to_flax(state_dict_numpy(reference), config)
+    model = FlaxVQGANModel(config, _do_init=False)
+    x = _inputs(shape, seed=11)
+
+    with torch.no_grad():
+        z = reference.quant_conv(reference.encoder(to_nchw_tensor(x)))
+        if config.quantizer == "gumbel":
+            logits = reference.quantize.proj(z)
+            ref_indices = logits.argmax(1)  # taming's eval path adds noise; the noise-free code is the argmax
+            ref_quant = reference.quantize.embed(ref_indices).permute(0, 3, 1, 2)
+        else:
+            ref_quant, _, (_, _, ref_indices) = reference.quantize(z)
+        ref_indices = ref_indices.reshape(shape[0], -1).numpy()
+        ref_reconstruction = reference.decode(ref_quant)
+
+    encoded = model.encode(x, params=params)
+    assert_close(encoded.latents, to_nhwc(z), "z")
+    np.testing.assert_array_equal(encoded.indices, ref_indices)
+    assert_close(encoded.quant_states, to_nhwc(ref_quant), "quant")
+    if config.quantizer == "gumbel":
+        assert_close(encoded.logits, to_nhwc(logits), "logits")
+    assert_close(model.decode(encoded.quant_states, params=params), to_nhwc(ref_reconstruction), "decode")
+    latent_shape = (shape[1] // config.downsampling_factor, shape[2] // config.downsampling_factor)
+    decoded = model.decode_code(encoded.indices, params=params, latent_shape=latent_shape)
+    assert_close(decoded, to_nhwc(ref_reconstruction), "decode_code")
+
+
+@pytest.mark.parametrize("double_z", [False, True])
+def test_encoder_matches_taming(double_z):
+    config = VQGANConfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], z_channels=4,
+                         resolution=16, double_z=double_z)
+    reference = randomize_(TamingEncoder(**config.to_taming_ddconfig()), seed=12)
+    module = Encoder(config)
+    x = _inputs((1, 16, 16, 3), seed=13)
+    params = _module_params(reference, module, x)
+    with torch.no_grad():
+        expected = to_nhwc(reference(to_nchw_tensor(x)))
+    assert expected.shape[-1] == (8 if double_z else 4)
+    assert_close(module.apply({"params": params}, x), expected, "encoder")
+
+
+def test_decoder_give_pre_end_matches_taming():
+    config = VQGANConfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], z_channels=4,
+                         resolution=16, give_pre_end=True)
+    reference = randomize_(TamingDecoder(**config.to_taming_ddconfig()), seed=14)
+    module = Decoder(config)
+    z = _inputs((1, 8, 8, 4), seed=15)
+    params = _module_params(reference, module, z)
+    with torch.no_grad():
+        expected = to_nhwc(reference(to_nchw_tensor(z)))
+    assert expected.shape == (1, 16, 16, 32)  # features before norm_out / conv_out
+    assert_close(module.apply({"params": params}, z), expected, "decoder pre-end")
+
+
+def _module_params(reference, module, x):
+    """Convert a bare taming Encoder/Decoder state dict onto the Flax module's own init shapes."""
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)["params"]
+    expected = {k: tuple(v.shape) for k, v in flatten_dict(shapes).items()}
+    params, _ = convert_state_dict(state_dict_numpy(reference), expected)
+    return params
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_vq_training_loss_and_straight_through_match_taming(legacy):
+    config = VQGANConfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], z_channels=8, embed_dim=8,
+                         n_embed=32, resolution=16, legacy_loss=legacy, beta=0.25)
+    reference = randomize_(TamingVQGAN(config, legacy=legacy), seed=16)
+    params, _ = taming_to_flax(state_dict_numpy(reference), config)
+    model = FlaxVQGANModel(config, _do_init=False)
+    x = _inputs((2, 16, 16, 3), seed=17)
+
+    reference.train()
+    z = reference.quant_conv(reference.encoder(to_nchw_tensor(x)))
+    quant, ref_loss, _ = reference.quantize(z)
+    # A gradient through both the straight-through path and the loss reaches codebook and encoder.
+    (quant.square().mean() + ref_loss).backward()
+    ref_codebook_grad = reference.quantize.embedding.weight.grad.numpy()
+    ref_conv_in_grad = reference.encoder.conv_in.weight.grad.numpy().transpose(2, 3, 1, 0)
+
+    def objective(p):
+        out = model.encode(x, params=p, train=True)
+        return jnp.mean(out.quant_states.astype(jnp.float32) ** 2) + out.loss, out.loss
+
+    (_, loss), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    assert_close(loss, ref_loss.item(), "vq loss")
+    assert_close(grads["quantize"]["embedding"]["embedding"], ref_codebook_grad, "codebook grad", atol=1e-5)
+    assert_close(grads["encoder"]["conv_in"]["kernel"], ref_conv_in_grad, "encoder grad", atol=1e-5)
+
+
+def test_gumbel_kl_term_matches_taming():
+    config = CONFIGS["gumbel"][0]
+    reference = randomize_(TamingVQGAN(config), seed=18)
+    params, _ = taming_to_flax(state_dict_numpy(reference), config)
+    model = FlaxVQGANModel(config, _do_init=False)
+    x = _inputs((2, 16, 16, 3), seed=19)
+    with torch.no_grad():
+        _, ref_kl, _ = reference.quantize(reference.quant_conv(reference.encoder(to_nchw_tensor(x))))
+    assert_close(model.encode(x, params=params).loss, ref_kl.item(), "gumbel kl", atol=1e-12, rtol=1e-4)
