@@ -6,6 +6,7 @@ checkpoints load unchanged and taming checkpoints convert by renaming and transp
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from typing import Any, Optional, Sequence, Tuple
@@ -14,6 +15,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from transformers.modeling_flax_utils import FlaxPreTrainedModel
 
@@ -375,8 +377,40 @@ class FlaxVQGANModule(nn.Module):
         )
 
 
+def torch_style_init(shapes: Any, rng: jax.Array, config: VQGANConfig) -> dict:
+    """Parameters for the tree of ``shapes``, distributed as PyTorch initialises taming's modules:
+    conv weights and biases U(±1/sqrt(fan_in)), GroupNorm scale 1 and bias 0, the VQ codebook
+    U(±1/n_embed), the Gumbel codebook N(0, 1). One device draw, the rest in numpy."""
+    flat = flatten_dict(flax.core.unfreeze(shapes))
+    sizes = [math.prod(s.shape) for s in flat.values()]
+    draws = np.asarray(jax.random.uniform(rng, (2, sum(sizes)), jnp.float32, -1.0, 1.0))
+    offsets = itertools.accumulate(sizes, initial=0)
+    params = {}
+    for (path, struct), start, size in zip(flat.items(), offsets, sizes):
+        unit = draws[0, start : start + size].reshape(struct.shape)
+        module, leaf = path[:-1], path[-1]
+        if leaf == "embedding" and module[-1] == "embed":
+            # Box-Muller from the two uniform draws: N(0, 1) like torch.nn.Embedding.
+            radius = np.sqrt(-2.0 * np.log1p(-(draws[1, start : start + size] + 1.0) / 2.0 * (1 - 1e-7)))
+            value = radius.reshape(struct.shape) * np.cos(np.pi * unit)
+        elif leaf == "embedding":
+            value = unit / config.n_embed
+        elif leaf == "scale":
+            value = np.ones(struct.shape)
+        elif leaf == "bias" and module + ("kernel",) not in flat:
+            value = np.zeros(struct.shape)  # GroupNorm bias
+        else:
+            value = unit / math.sqrt(math.prod(flat[module + ("kernel",)].shape[:-1]))
+        params[path] = jnp.asarray(value, dtype=struct.dtype)
+    return unflatten_dict(params)
+
+
 class FlaxVQGANPreTrainedModel(FlaxPreTrainedModel):
-    """Weight loading/saving and the ``params=...`` calling convention of transformers' Flax models."""
+    """Weight loading/saving and the ``params=...`` calling convention of transformers' Flax models.
+
+    The public methods are compiled with ``jax.jit`` on first use (per input shape and option),
+    so eager calls are fast; they also work inside a caller's own ``jit``/``pmap``.
+    """
 
     config_class = VQGANConfig
     base_model_prefix = "vqgan"
@@ -397,22 +431,30 @@ class FlaxVQGANPreTrainedModel(FlaxPreTrainedModel):
             # image that survives all downsamplings, which is much faster than `resolution`.
             side = config.downsampling_factor
             input_shape = (1, side, side, config.in_channels)
+        self._compiled: dict = {}
         module = self.module_class(config=config, dtype=dtype, **kwargs)
         super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
 
     def init_weights(self, rng: jax.Array, input_shape: Tuple[int, ...], params: Optional[dict] = None) -> dict:
-        """Random parameters; entries of ``params`` (e.g. loaded ones) take precedence."""
-        params_rng, dropout_rng, gumbel_rng = jax.random.split(rng, 3)
-        rngs = {"params": params_rng, "dropout": dropout_rng, "gumbel": gumbel_rng}
-        random_params = self.module.init(rngs, jnp.zeros(input_shape, jnp.float32))["params"]
+        """Random parameters drawn like a freshly built PyTorch taming model; entries of ``params``
+        (e.g. loaded ones) take precedence.
+
+        Compiling ``module.init`` costs seconds even for tiny models (one RNG program per
+        parameter); here the shapes come from tracing and all values from a single uniform draw.
+        """
+        shapes = jax.eval_shape(
+            self.module.init, {"params": rng, "dropout": rng, "gumbel": rng}, jnp.zeros(input_shape, jnp.float32)
+        )["params"]
+        if isinstance(rng, jax.core.Tracer):
+            # Under transformers' jax.eval_shape (``_do_init=False``) only the shapes matter.
+            random_params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        else:
+            random_params = torch_style_init(shapes, rng, self.config)
         if params is None:
             return random_params
-        random_flat = flatten_dict(flax.core.unfreeze(random_params))
-        given_flat = flatten_dict(flax.core.unfreeze(params))
-        for key in self._missing_keys:
-            given_flat[key] = random_flat[key]
-        self._missing_keys = set()
-        return flax.core.freeze(unflatten_dict(given_flat))
+        merged = flatten_dict(flax.core.unfreeze(random_params))
+        merged.update(flatten_dict(flax.core.unfreeze(params)))
+        return unflatten_dict(merged)
 
     @classmethod
     def load_flax_weights(cls, resolved_archive_file: str) -> dict:
@@ -431,38 +473,58 @@ class FlaxVQGANPreTrainedModel(FlaxPreTrainedModel):
                 "to (C,) (older Flax layout)",
                 stacklevel=2,
             )
-        # from_pretrained checks these against the model's parameters.
-        cls._loaded_keys = set(flat)
         return unflatten_dict(flat)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any):
-        """transformers' ``from_pretrained``, except that a checkpoint lacking parameters is an
-        error: a VQGAN with randomly initialised layers silently produces garbage."""
-        cls._loaded_keys = None
-        result = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        model = result[0] if isinstance(result, tuple) else result
-        missing = model.required_params - (cls._loaded_keys or set())
-        cls._loaded_keys = cls._missing_keys = set()
+        """transformers' ``from_pretrained`` with two differences: a checkpoint lacking parameters
+        is an error (a VQGAN with random layers silently produces garbage), and no random
+        initialisation is computed only to be overwritten."""
+        do_init = kwargs.pop("_do_init", True)
+        model, params = super().from_pretrained(pretrained_model_name_or_path, *model_args, _do_init=False, **kwargs)
+        cls._missing_keys = set()
+        missing = model.required_params - set(flatten_dict(flax.core.unfreeze(params)))
         if missing:
             names = sorted("/".join(k) for k in missing)
             raise ValueError(
                 f"{pretrained_model_name_or_path}: checkpoint lacks {len(names)} of the model's "
                 f"{len(model.required_params)} parameters, e.g. {names[:5]}"
             )
-        return result
+        if not do_init:
+            return model, params
+        model._is_initialized = True
+        model.params = jax.tree.map(jnp.asarray, params)  # onto the default device
+        return model
 
-    def _apply(self, method: Any, *args: Any, params: Optional[dict], rngs: Optional[dict], **kwargs: Any) -> Any:
-        return self.module.apply({"params": params or self.params}, *args, rngs=rngs, method=method, **kwargs)
+    def _run(
+        self,
+        method: str,
+        array: jax.Array,
+        params: Optional[dict],
+        rngs: Optional[dict] = None,
+        traced: Optional[dict] = None,
+        **static: Any,
+    ) -> Any:
+        """Apply ``module.<method>`` under a jit cached per method and static options; ``traced``
+        keyword arguments are arrays (changing them does not recompile)."""
+        key = (method, tuple(sorted(static.items())))
+        if key not in self._compiled:
+
+            def apply(variables, rngs, array, traced):
+                return self.module.apply(variables, array, rngs=rngs, method=method, **traced, **static)
+
+            self._compiled[key] = jax.jit(apply)
+        params = self.params if params is None else params
+        return self._compiled[key]({"params": params}, rngs or {}, jnp.asarray(array), traced or {})
 
     @staticmethod
-    def _rngs(dropout_rng: Optional[jax.Array], gumbel_rng: Optional[jax.Array]) -> dict:
-        rngs = {}
-        if dropout_rng is not None:
-            rngs["dropout"] = dropout_rng
-        if gumbel_rng is not None:
-            rngs["gumbel"] = gumbel_rng
-        return rngs
+    def _rngs(dropout_rng: Optional[jax.Array], gumbel_rng: Optional[jax.Array] = None) -> dict:
+        rngs = {"dropout": dropout_rng, "gumbel": gumbel_rng}
+        return {name: rng for name, rng in rngs.items() if rng is not None}
+
+    def _temperature(self, temperature: Optional[float]) -> jax.Array:
+        # Passed as an array, not a static option, so annealing it does not recompile.
+        return jnp.asarray(self.config.temperature if temperature is None else temperature, jnp.float32)
 
     def encode(
         self,
@@ -474,14 +536,9 @@ class FlaxVQGANPreTrainedModel(FlaxPreTrainedModel):
         temperature: Optional[float] = None,
     ) -> VQGANEncoderOutput:
         """Pixels (B, H, W, C) in [-1, 1] → ``(quant_states, indices)`` (a [`VQGANEncoderOutput`])."""
-        return self._apply(
-            self.module.encode,
-            jnp.asarray(pixel_values),
-            params=params,
-            rngs=self._rngs(dropout_rng, gumbel_rng),
-            train=train,
-            temperature=temperature,
-        )
+        rngs = self._rngs(dropout_rng, gumbel_rng)
+        traced = {"temperature": self._temperature(temperature)}
+        return self._run("encode", pixel_values, params, rngs, traced, train=train)
 
     def decode(
         self,
@@ -491,16 +548,14 @@ class FlaxVQGANPreTrainedModel(FlaxPreTrainedModel):
         dropout_rng: Optional[jax.Array] = None,
     ) -> jax.Array:
         """Quantized latents (B, h, w, embed_dim) → pixels (B, H, W, out_ch)."""
-        rngs = self._rngs(dropout_rng, None)
-        return self._apply(self.module.decode, jnp.asarray(quant_states), params=params, rngs=rngs, train=train)
+        return self._run("decode", quant_states, params, self._rngs(dropout_rng), train=train)
 
     def decode_code(
         self, indices: jax.Array, params: Optional[dict] = None, latent_shape: Optional[Sequence[int]] = None
     ) -> jax.Array:
         """Indices (B, N) with square N, (B, N) with ``latent_shape=(h, w)``, or (B, h, w) → pixels."""
-        return self._apply(
-            self.module.decode_code, jnp.asarray(indices), params=params, rngs=None, latent_shape=latent_shape
-        )
+        latent_shape = None if latent_shape is None else tuple(int(n) for n in latent_shape)
+        return self._run("decode_code", indices, params, latent_shape=latent_shape)
 
     def __call__(
         self,
@@ -512,14 +567,9 @@ class FlaxVQGANPreTrainedModel(FlaxPreTrainedModel):
         temperature: Optional[float] = None,
     ) -> VQGANOutput:
         """Encode and decode: ``reconstruction, indices = model(pixel_values)``."""
-        return self._apply(
-            self.module.__call__,
-            jnp.asarray(pixel_values),
-            params=params,
-            rngs=self._rngs(dropout_rng, gumbel_rng),
-            train=train,
-            temperature=temperature,
-        )
+        rngs = self._rngs(dropout_rng, gumbel_rng)
+        traced = {"temperature": self._temperature(temperature)}
+        return self._run("__call__", pixel_values, params, rngs, traced, train=train)
 
 
 class FlaxVQGANModel(FlaxVQGANPreTrainedModel):

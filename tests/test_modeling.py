@@ -1,0 +1,235 @@
+"""FlaxVQGANModel behaviour: API shapes, save/load, dtypes, training path, errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import FIXTURES, assert_close
+
+from vqgan_flax import FlaxVQGANModel, VQGANConfig, VQModel, indices_to_grid
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def pretrained_model():
+    """Real (random-weight) vqgan-jax checkpoint: latents spread over the codebook."""
+    return FlaxVQGANModel.from_pretrained(FIXTURES / "vqganjax" / "checkpoint")
+
+
+def _images(shape, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
+
+
+def test_shapes_and_unpacking(tiny_model):
+    x = _images((2, 16, 16, 3))
+    quant_states, indices = tiny_model.encode(x)
+    assert quant_states.shape == (2, 8, 8, 8) and indices.shape == (2, 64) and indices.dtype == jnp.int32
+    reconstruction, indices2 = tiny_model(x)
+    assert reconstruction.shape == (2, 16, 16, 3)
+    np.testing.assert_array_equal(indices, indices2)
+    out = tiny_model(x)
+    assert out[0] is out.reconstruction and out[1] is out.indices and len(out) == 2
+    assert out.latents.shape == (2, 8, 8, 8) and out.loss.shape == ()
+
+
+def test_vqmodel_alias_is_the_model():
+    assert VQModel is FlaxVQGANModel
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "msgpack"])
+def test_save_pretrained_round_trip(tiny_model, tmp_path, fmt):
+    tiny_model.save_pretrained(tmp_path, safe_serialization=fmt == "safetensors")
+    expected_file = "model.safetensors" if fmt == "safetensors" else "flax_model.msgpack"
+    assert (tmp_path / expected_file).is_file() and (tmp_path / "config.json").is_file()
+    loaded = FlaxVQGANModel.from_pretrained(tmp_path)
+    assert loaded.config.to_dict() == {**tiny_model.config.to_dict(), "architectures": ["VQGANModel"]}
+    for a, b in zip(jax.tree.leaves(tiny_model.params), jax.tree.leaves(loaded.params)):
+        np.testing.assert_array_equal(a, b)
+    x = _images((1, 16, 16, 3))
+    np.testing.assert_array_equal(loaded(x).reconstruction, tiny_model(x).reconstruction)
+
+
+def test_do_init_false_returns_params(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    model, params = FlaxVQGANModel.from_pretrained(tmp_path, _do_init=False)
+    with pytest.raises(ValueError, match="_do_init=False"):
+        _ = model.params
+    x = _images((1, 16, 16, 3))
+    np.testing.assert_array_equal(model(x, params=params).indices, tiny_model(x).indices)
+    assert set(jax.tree.leaves(jax.tree.map(lambda a: a.shape, params))) is not None
+
+
+def test_missing_weights_is_an_error(tiny_model, tmp_path):
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    flat = flatten_dict(tiny_model.params)
+    del flat[("decoder", "conv_out", "kernel")]
+    FlaxVQGANModel(tiny_model.config, _do_init=False).save_pretrained(tmp_path, params=unflatten_dict(flat))
+    with pytest.raises(ValueError, match=r"lacks 1 of .*decoder/conv_out/kernel"):
+        FlaxVQGANModel.from_pretrained(tmp_path)
+
+
+def test_non_square_and_other_sizes(pretrained_model):
+    for shape in [(1, 32, 48, 3), (2, 24, 8, 3), (1, 64, 64, 3)]:
+        quant_states, indices = pretrained_model.encode(_images(shape))
+        h, w = shape[1] // 4, shape[2] // 4
+        assert quant_states.shape == (shape[0], h, w, 8) and indices.shape == (shape[0], h * w)
+        decoded = pretrained_model.decode_code(indices, latent_shape=(h, w))
+        assert decoded.shape == shape
+        assert_close(decoded, pretrained_model.decode(quant_states), "decode_code vs decode")
+
+
+def test_rejects_sizes_not_divisible_by_the_factor(tiny_model):
+    with pytest.raises(ValueError, match=r"divisible by 2; got \(1, 15, 16, 3\)"):
+        tiny_model.encode(_images((1, 15, 16, 3)))
+    with pytest.raises(ValueError, match=r"\(B, H, W, C\)"):
+        tiny_model.encode(_images((16, 16, 3)))
+
+
+def test_decode_code_index_shapes(pretrained_model):
+    indices = np.asarray(pretrained_model.encode(_images((2, 32, 48, 3))).indices)  # 8x12 grid
+    reference = pretrained_model.decode_code(indices.reshape(2, 8, 12))
+    assert_close(pretrained_model.decode_code(indices, latent_shape=(8, 12)), reference, "(B, N) + latent_shape")
+    square = indices[:, :64]
+    assert_close(pretrained_model.decode_code(square), pretrained_model.decode_code(square.reshape(2, 8, 8)), "square")
+    with pytest.raises(ValueError, match="96 tokens per image is not a square"):
+        pretrained_model.decode_code(indices)
+    with pytest.raises(ValueError, match=r"latent_shape=\(8, 8\) holds 64 tokens, indices have 96"):
+        pretrained_model.decode_code(indices, latent_shape=(8, 8))
+    with pytest.raises(ValueError, match=r"do not match latent_shape"):
+        indices_to_grid(indices.reshape(2, 8, 12), latent_shape=(12, 8))
+    with pytest.raises(ValueError, match=r"\(B, N\) or \(B, h, w\)"):
+        indices_to_grid(indices.reshape(-1))
+
+
+def test_jit_matches_eager(pretrained_model):
+    x = _images((2, 32, 32, 3), seed=1)
+    params = pretrained_model.params
+    jitted = jax.jit(lambda p, x: pretrained_model(x, params=p))(params, x)
+    eager = pretrained_model(x)
+    np.testing.assert_array_equal(jitted.indices, eager.indices)
+    assert_close(jitted.reconstruction, eager.reconstruction, "jit", atol=1e-5, rtol=1e-5)
+    decode = jax.jit(lambda p, i: pretrained_model.decode_code(i, params=p))
+    assert_close(decode(params, eager.indices), pretrained_model.decode_code(eager.indices), "jit decode_code",
+                 atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_compute_close_to_float32():
+    """bf16 compute, float32 params: finite, indices and pixels close to float32 (stated tolerance)."""
+    folder = FIXTURES / "vqganjax" / "checkpoint"
+    fp32 = FlaxVQGANModel.from_pretrained(folder)
+    bf16 = FlaxVQGANModel.from_pretrained(folder, dtype=jnp.bfloat16)
+    x = np.load(FIXTURES / "vqganjax" / "inputs.npz")["pixel_values"]
+    out16, out32 = bf16(x), fp32(x)
+    assert out16.reconstruction.dtype == jnp.bfloat16
+    assert bool(jnp.all(jnp.isfinite(out16.reconstruction.astype(jnp.float32))))
+    # bf16 keeps ~3 significant digits; the random-weight decoder amplifies that to ~0.1 at most.
+    assert float(jnp.max(jnp.abs(out16.latents.astype(jnp.float32) - out32.latents))) < 0.1
+    assert float(jnp.mean(out16.indices == out32.indices)) >= 0.9
+    decoded16 = bf16.decode_code(out32.indices).astype(jnp.float32)
+    assert float(jnp.max(jnp.abs(decoded16 - fp32.decode_code(out32.indices)))) < 0.15
+
+
+def test_bf16_params(tiny_model):
+    params16 = tiny_model.to_bf16(tiny_model.params)
+    assert {leaf.dtype for leaf in jax.tree.leaves(params16)} == {jnp.dtype(jnp.bfloat16)}
+    x = _images((1, 16, 16, 3))
+    out = tiny_model(x, params=params16)
+    assert bool(jnp.all(jnp.isfinite(out.reconstruction.astype(jnp.float32))))
+
+
+def test_group_norm_statistics_stay_float32_in_bf16():
+    """A large common offset would wipe out bf16 statistics; float32 statistics keep the output sane."""
+    model = FlaxVQGANModel(VQGANConfig.from_preset("tiny"), dtype=jnp.bfloat16)
+    out = model.module.apply(
+        {"params": model.params}, jnp.full((1, 8, 8, 64), 300.0) + _images((1, 8, 8, 64)),
+        method=lambda m, h: m.encoder.mid.block_1.norm1(h.astype(jnp.float32)),
+    )
+    assert out.dtype == jnp.float32
+    assert_close(jnp.mean(out), 0.0, "normalised mean", atol=1e-3)
+
+
+def test_train_mode_straight_through_and_losses(pretrained_model):
+    x = _images((2, 32, 32, 3), seed=2)
+    params = pretrained_model.params
+    encoded = pretrained_model.encode(x, train=True)
+    eval_encoded = pretrained_model.encode(x)
+    np.testing.assert_array_equal(encoded.indices, eval_encoded.indices)
+    assert_close(encoded.quant_states, eval_encoded.quant_states, "straight-through forward value", atol=1e-6)
+    z, q = np.asarray(encoded.latents), np.asarray(encoded.quant_states)
+    commitment = codebook = np.mean((q - z) ** 2)
+    assert_close(encoded.loss, commitment + 0.25 * codebook, "legacy VQ loss")
+
+    def reconstruction_loss(p):
+        return jnp.mean((pretrained_model(x, params=p, train=True).reconstruction - x) ** 2)
+
+    grads = jax.grad(reconstruction_loss)(params)
+    # Straight-through: the decoder's loss reaches the encoder; the codebook gets no gradient from it.
+    assert float(jnp.abs(grads["encoder"]["conv_in"]["kernel"]).max()) > 0
+    assert float(jnp.abs(grads["quantize"]["embedding"]["embedding"]).max()) == 0
+
+
+def test_dropout_only_in_training():
+    config = VQGANConfig.from_preset("tiny", dropout=0.5)
+    model = FlaxVQGANModel(config)
+    x = _images((1, 16, 16, 3))
+    a = model(x, train=True, dropout_rng=jax.random.PRNGKey(1)).reconstruction
+    b = model(x, train=True, dropout_rng=jax.random.PRNGKey(2)).reconstruction
+    assert float(jnp.max(jnp.abs(a - b))) > 0
+    np.testing.assert_array_equal(model(x).reconstruction, model(x).reconstruction)
+    with pytest.raises(Exception, match="dropout"):
+        model(x, train=True)
+
+
+def test_gumbel_eval_is_deterministic_and_train_samples():
+    config = VQGANConfig.from_preset("tiny", quantizer="gumbel", n_embed=16)
+    model = FlaxVQGANModel(config)
+    x = _images((2, 16, 16, 3), seed=3)
+    first, second = model.encode(x), model.encode(x)
+    np.testing.assert_array_equal(first.indices, second.indices)
+    np.testing.assert_array_equal(first.indices, jnp.argmax(first.logits, -1).reshape(2, -1))
+    codebook = model.params["quantize"]["embed"]["embedding"]
+    assert_close(first.quant_states, codebook[first.indices.reshape(2, 8, 8)], "eval quant = codebook rows")
+
+    samples = [model.encode(x, train=True, gumbel_rng=jax.random.PRNGKey(s), temperature=5.0).indices for s in (0, 1)]
+    assert bool(jnp.any(samples[0] != samples[1]))
+    with pytest.raises(Exception, match="gumbel"):
+        model.encode(x, train=True)
+
+    def objective(p):
+        out = model.encode(x, params=p, train=True, gumbel_rng=jax.random.PRNGKey(0))
+        return jnp.sum(out.quant_states**2) + out.loss
+
+    grads = jax.grad(objective)(model.params)
+    # Hard straight-through Gumbel-softmax: gradients reach the projection and the codebook.
+    assert float(jnp.abs(grads["quantize"]["proj"]["kernel"]).max()) > 0
+    assert float(jnp.abs(grads["quantize"]["embed"]["embedding"]).max()) > 0
+
+
+def test_random_init_follows_torch_defaults():
+    from vqgan_flax.modeling_flax_vqgan import torch_style_init
+
+    config = VQGANConfig.from_preset("tiny", quantizer="gumbel", n_embed=4096)
+    model = FlaxVQGANModel(config, seed=3)
+    params = model.params
+    assert model.required_params == set(__import__("flax").traverse_util.flatten_dict(params))
+    kernel = np.asarray(params["encoder"]["conv_in"]["kernel"])  # fan_in 3*3*3
+    bound = 1 / np.sqrt(27)
+    assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.9 * bound
+    assert np.abs(np.asarray(params["encoder"]["conv_in"]["bias"])).max() <= bound
+    np.testing.assert_array_equal(params["encoder"]["norm_out"]["scale"], 1.0)
+    np.testing.assert_array_equal(params["encoder"]["norm_out"]["bias"], 0.0)
+    codebook = np.asarray(params["quantize"]["embed"]["embedding"])
+    assert abs(codebook.std() - 1.0) < 0.02 and abs(codebook.mean()) < 0.02
+    vq = FlaxVQGANModel(VQGANConfig.from_preset("tiny")).params["quantize"]["embedding"]["embedding"]
+    assert float(jnp.abs(vq).max()) <= 1 / 32
+    # Same seed, same parameters; another seed, others.
+    again = torch_style_init(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params),
+                             jax.random.PRNGKey(3), config)
+    np.testing.assert_array_equal(again["decoder"]["conv_out"]["kernel"], params["decoder"]["conv_out"]["kernel"])
