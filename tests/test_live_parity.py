@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from flax.traverse_util import flatten_dict
 from conftest import assert_close
+from flax.traverse_util import flatten_dict
 from taming.modules.diffusionmodules.model import Decoder as TamingDecoder
 from taming.modules.diffusionmodules.model import Encoder as TamingEncoder
 from taming_reference import TamingVQGAN, randomize_, state_dict_numpy, to_nchw_tensor, to_nhwc
@@ -24,18 +24,45 @@ CONFIGS = {
     # on a 32x32 input: attention still runs where taming runs it (decided by `resolution`).
     "f16-imagenet": (VQGANConfig.from_preset("f16-1024", n_embed=64, embed_dim=8), (1, 32, 32, 3)),
     "tiny-attn-two-levels": (
-        VQGANConfig(ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[32, 8], z_channels=16,
-                    embed_dim=4, n_embed=48, resolution=32),
+        VQGANConfig(
+            ch=32,
+            ch_mult=[1, 2, 2],
+            num_res_blocks=1,
+            attn_resolutions=[32, 8],
+            z_channels=16,
+            embed_dim=4,
+            n_embed=48,
+            resolution=32,
+        ),
         (2, 32, 32, 3),
     ),
     "no-conv-resampling-nonsquare": (
-        VQGANConfig(ch=32, ch_mult=[1, 2], num_res_blocks=2, attn_resolutions=[], z_channels=8, embed_dim=8,
-                    n_embed=32, resolution=16, resamp_with_conv=False),
+        VQGANConfig(
+            ch=32,
+            ch_mult=[1, 2],
+            num_res_blocks=2,
+            attn_resolutions=[],
+            z_channels=8,
+            embed_dim=8,
+            n_embed=32,
+            resolution=16,
+            resamp_with_conv=False,
+        ),
         (2, 16, 24, 3),
     ),
     "gumbel": (
-        VQGANConfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], z_channels=16, embed_dim=16,
-                    n_embed=64, resolution=16, quantizer="gumbel", kl_weight=1e-8),
+        VQGANConfig(
+            ch=32,
+            ch_mult=[1, 2],
+            num_res_blocks=1,
+            attn_resolutions=[8],
+            z_channels=16,
+            embed_dim=16,
+            n_embed=64,
+            resolution=16,
+            quantizer="gumbel",
+            kl_weight=1e-8,
+        ),
         (2, 16, 16, 3),
     ),
 }
@@ -78,8 +105,9 @@ def test_full_model_matches_taming(name):
 
 @pytest.mark.parametrize("double_z", [False, True])
 def test_encoder_matches_taming(double_z):
-    config = VQGANConfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], z_channels=4,
-                         resolution=16, double_z=double_z)
+    config = VQGANConfig(
+        ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], z_channels=4, resolution=16, double_z=double_z
+    )
     reference = randomize_(TamingEncoder(**config.to_taming_ddconfig()), seed=12)
     module = Encoder(config)
     x = _inputs((1, 16, 16, 3), seed=13)
@@ -91,8 +119,9 @@ def test_encoder_matches_taming(double_z):
 
 
 def test_decoder_give_pre_end_matches_taming():
-    config = VQGANConfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], z_channels=4,
-                         resolution=16, give_pre_end=True)
+    config = VQGANConfig(
+        ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], z_channels=4, resolution=16, give_pre_end=True
+    )
     reference = randomize_(TamingDecoder(**config.to_taming_ddconfig()), seed=14)
     module = Decoder(config)
     z = _inputs((1, 8, 8, 4), seed=15)
@@ -113,8 +142,18 @@ def _module_params(reference, module, x):
 
 @pytest.mark.parametrize("legacy", [True, False])
 def test_vq_training_loss_and_straight_through_match_taming(legacy):
-    config = VQGANConfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], z_channels=8, embed_dim=8,
-                         n_embed=32, resolution=16, legacy_loss=legacy, beta=0.25)
+    config = VQGANConfig(
+        ch=32,
+        ch_mult=[1, 2],
+        num_res_blocks=1,
+        attn_resolutions=[],
+        z_channels=8,
+        embed_dim=8,
+        n_embed=32,
+        resolution=16,
+        legacy_loss=legacy,
+        beta=0.25,
+    )
     reference = randomize_(TamingVQGAN(config, legacy=legacy), seed=16)
     params, _ = taming_to_flax(state_dict_numpy(reference), config)
     model = FlaxVQGANModel(config, _do_init=False)

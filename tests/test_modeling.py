@@ -116,8 +116,13 @@ def test_jit_matches_eager(pretrained_model):
     np.testing.assert_array_equal(jitted.indices, eager.indices)
     assert_close(jitted.reconstruction, eager.reconstruction, "jit", atol=1e-5, rtol=1e-5)
     decode = jax.jit(lambda p, i: pretrained_model.decode_code(i, params=p))
-    assert_close(decode(params, eager.indices), pretrained_model.decode_code(eager.indices), "jit decode_code",
-                 atol=1e-5, rtol=1e-5)
+    assert_close(
+        decode(params, eager.indices),
+        pretrained_model.decode_code(eager.indices),
+        "jit decode_code",
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_bf16_compute_close_to_float32():
@@ -148,7 +153,8 @@ def test_group_norm_statistics_stay_float32_in_bf16():
     """A large common offset would wipe out bf16 statistics; float32 statistics keep the output sane."""
     model = FlaxVQGANModel(VQGANConfig.from_preset("tiny"), dtype=jnp.bfloat16)
     out = model.module.apply(
-        {"params": model.params}, jnp.full((1, 8, 8, 64), 300.0) + _images((1, 8, 8, 64)),
+        {"params": model.params},
+        jnp.full((1, 8, 8, 64), 300.0) + _images((1, 8, 8, 64)),
         method=lambda m, h: m.encoder.mid.block_1.norm1(h.astype(jnp.float32)),
     )
     assert out.dtype == jnp.float32
@@ -230,6 +236,7 @@ def test_random_init_follows_torch_defaults():
     vq = FlaxVQGANModel(VQGANConfig.from_preset("tiny")).params["quantize"]["embedding"]["embedding"]
     assert float(jnp.abs(vq).max()) <= 1 / 32
     # Same seed, same parameters; another seed, others.
-    again = torch_style_init(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params),
-                             jax.random.PRNGKey(3), config)
+    again = torch_style_init(
+        jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params), jax.random.PRNGKey(3), config
+    )
     np.testing.assert_array_equal(again["decoder"]["conv_out"]["kernel"], params["decoder"]["conv_out"]["kernel"])

@@ -55,7 +55,7 @@ class InertObject:
     __module_name__ = "?"
     __qualified_name__ = "?"
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "InertObject":
+    def __new__(cls, *args: Any, **kwargs: Any) -> InertObject:
         obj = object.__new__(cls)
         obj.__dict__["_pickle_args"] = args
         return obj

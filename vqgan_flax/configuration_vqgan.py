@@ -120,15 +120,17 @@ class VQGANConfig(PretrainedConfig):
         num_resolutions = kwargs.pop("num_resolutions", None)
         if num_resolutions is not None and num_resolutions != len(ch_mult):
             raise ValueError(
-                f"num_resolutions={num_resolutions} does not match len(ch_mult)={len(ch_mult)} (ch_mult={list(ch_mult)})"
+                f"num_resolutions={num_resolutions} does not match len(ch_mult)={len(ch_mult)} "
+                f"(ch_mult={list(ch_mult)})"
             )
         if quantizer not in QUANTIZERS:
             raise ValueError(f"Unknown quantizer {quantizer!r}; expected one of {QUANTIZERS}")
         if quantizer == "gumbel" and double_z:
             raise ValueError("double_z=True is not supported with the gumbel quantizer")
-        for name, channels in (("ch", ch),) + tuple((f"ch*ch_mult[{i}]", ch * m) for i, m in enumerate(ch_mult)):
-            if channels % 32:
-                raise ValueError(f"{name}={channels} must be a multiple of 32 (GroupNorm uses 32 groups)")
+        if ch % 32:
+            raise ValueError(f"ch={ch} must be a multiple of 32 (GroupNorm uses 32 groups)")
+        if not ch_mult or any(not isinstance(m, int) or m < 1 for m in ch_mult):
+            raise ValueError(f"ch_mult={list(ch_mult)} must be a non-empty list of positive integers")
         self.ch = ch
         self.out_ch = out_ch
         self.in_channels = in_channels
@@ -176,14 +178,14 @@ class VQGANConfig(PretrainedConfig):
         return self.resolution // 2**level in self.attn_resolutions
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "VQGANConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> VQGANConfig:
         """A config for a published taming architecture: one of ``PRESETS`` (``f16-1024``, ...)."""
         if name not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}; available: {sorted(PRESETS)}")
         return cls(**{**copy.deepcopy(PRESETS[name]), **overrides})
 
     @classmethod
-    def from_taming_yaml(cls, path: Union[str, os.PathLike], **overrides: Any) -> "VQGANConfig":
+    def from_taming_yaml(cls, path: Union[str, os.PathLike], **overrides: Any) -> VQGANConfig:
         """Read taming-transformers' own ``model.yaml`` (``model.target`` VQModel or GumbelVQ)."""
         import yaml
 
@@ -192,7 +194,7 @@ class VQGANConfig(PretrainedConfig):
         return cls.from_taming_dict(document, source=str(path), **overrides)
 
     @classmethod
-    def from_taming_dict(cls, document: Dict[str, Any], source: str = "<dict>", **overrides: Any) -> "VQGANConfig":
+    def from_taming_dict(cls, document: Dict[str, Any], source: str = "<dict>", **overrides: Any) -> VQGANConfig:
         """Build a config from the parsed content of a taming ``model.yaml``."""
         model = document.get("model", document) if isinstance(document, dict) else None
         if not isinstance(model, dict) or "params" not in model:

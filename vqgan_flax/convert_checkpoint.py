@@ -25,7 +25,8 @@ FlatParams = Dict[Tuple[str, ...], np.ndarray]
 
 # taming's module lists ("down.1", "block.0") are "down_1", "block_0" in Flax.
 _LIST_ITEM = re.compile(r"(?<![^.])(down|up|block|attn)\.(\d+)(?=\.)")
-_FLAX_LIST_ITEM = re.compile(r"(?<![^/])(down|up|block|attn)_(\d+)(?=/)")
+_LEVEL = re.compile(r"(down|up)_(\d+)")
+_LEVEL_ITEM = re.compile(r"(block|attn)_(\d+)")
 # Flax leaf names that taming calls "weight".
 _WEIGHT_LEAVES = ("kernel", "scale", "embedding")
 
@@ -57,16 +58,31 @@ def taming_key_to_flax(key: str, expected: Dict[Tuple[str, ...], Any]) -> Option
     path = tuple(_LIST_ITEM.sub(r"\1_\2", module_path + ".").rstrip(".").split("."))
     candidates = _WEIGHT_LEAVES if leaf == "weight" else (leaf,)
     for candidate in candidates:
-        if path + (candidate,) in expected:
-            return path + (candidate,)
+        if (*path, candidate) in expected:
+            return (*path, candidate)
     return None
 
 
 def flax_key_to_taming(path: Tuple[str, ...]) -> str:
     """taming state-dict key of a Flax parameter path."""
-    module_path = _FLAX_LIST_ITEM.sub(r"\1.\2", "/".join(path[:-1]) + "/").rstrip("/")
+    parts = list(path[:-1])
+    for i, part in enumerate(parts):
+        # Only the level lists (encoder.down, decoder.up) and their block/attn lists are indexed;
+        # the mid block's own names (block_1, attn_1) are taming's literal attribute names.
+        if i > 0 and parts[i - 1] in ("encoder", "decoder") and _LEVEL.fullmatch(part):
+            parts[i] = _LEVEL.sub(r"\1.\2", part)
+        elif i > 0 and _LEVEL.fullmatch(path[i - 1]) and _LEVEL_ITEM.fullmatch(part):
+            parts[i] = _LEVEL_ITEM.sub(r"\1.\2", part)
     leaf = "weight" if path[-1] in _WEIGHT_LEAVES else path[-1]
-    return module_path.replace("/", ".") + "." + leaf
+    return ".".join([*parts, leaf])
+
+
+def taming_shape(path: Tuple[str, ...], flax_shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """Shape the taming tensor of a Flax parameter has (convs are OIHW there)."""
+    if path[-1] == "kernel" and len(flax_shape) == 4:
+        height, width, in_channels, out_channels = flax_shape
+        return (out_channels, in_channels, height, width)
+    return tuple(flax_shape)
 
 
 def _to_flax_array(value: np.ndarray, leaf: str) -> np.ndarray:
@@ -110,15 +126,19 @@ def convert_state_dict(
             unexpected.append(f"{key} {tuple(value.shape)}")
             continue
         seen.add(path)
-        array = _to_flax_array(np.asarray(value), path[-1])
-        if array.shape != expected[path]:
-            mismatched.append(f"{key}: checkpoint {tuple(value.shape)} -> {array.shape}, model {expected[path]}")
+        wanted = taming_shape(path, expected[path])
+        if tuple(value.shape) != wanted:
+            mismatched.append(f"{key}: checkpoint {tuple(value.shape)}, model expects {wanted}")
             continue
-        flat[path] = array
-    missing = [f"{flax_key_to_taming(p)} {expected[p]}" for p in expected if p not in seen]
+        flat[path] = _to_flax_array(np.asarray(value), path[-1])
+    missing = [f"{flax_key_to_taming(p)} {taming_shape(p, expected[p])}" for p in expected if p not in seen]
     if unexpected or mismatched or missing:
         lines = [f"{source} does not match the architecture ({architecture or 'given parameter shapes'}):"]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        for title, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        ):
             if items:
                 lines.append(f"  {len(items)} {title}: " + "; ".join(sorted(items)))
         raise ConversionError("\n".join(lines))
@@ -132,10 +152,10 @@ def flax_to_taming(params: Dict[str, Any]) -> Dict[str, np.ndarray]:
 
     state: Dict[str, np.ndarray] = {}
     for path, value in flatten_dict(dict(params)).items():
-        value = np.asarray(value, dtype=np.float32)
+        value = np.array(value, dtype=np.float32)  # an owned, writable copy (torch.from_numpy wants one)
         if path[-1] == "kernel" and value.ndim == 4:
-            value = value.transpose(3, 2, 0, 1)
-        state[flax_key_to_taming(path)] = np.ascontiguousarray(value)
+            value = np.ascontiguousarray(value.transpose(3, 2, 0, 1))
+        state[flax_key_to_taming(path)] = value
     return state
 
 
@@ -172,7 +192,7 @@ def export_to_taming(model_dir: PathLike, output: PathLike) -> Dict[str, np.ndar
     ``.ckpt`` (those need torch; ``.ckpt`` nests it under ``state_dict`` like Lightning)."""
     from .modeling_flax_vqgan import FlaxVQGANModel
 
-    model, params = FlaxVQGANModel.from_pretrained(model_dir, _do_init=False)
+    _model, params = FlaxVQGANModel.from_pretrained(model_dir, _do_init=False)
     state = flax_to_taming(params)
     output = os.fspath(output)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)

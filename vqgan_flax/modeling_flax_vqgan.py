@@ -50,7 +50,9 @@ def _group_norm(param_dtype: jnp.dtype) -> nn.GroupNorm:
     It always computes in float32 (bf16 statistics over thousands of pixels visibly shift the
     output) with torch's two-pass variance; ``_normalize`` casts back to the compute dtype.
     """
-    return nn.GroupNorm(num_groups=32, epsilon=1e-6, dtype=jnp.float32, param_dtype=param_dtype, use_fast_variance=False)
+    return nn.GroupNorm(
+        num_groups=32, epsilon=1e-6, dtype=jnp.float32, param_dtype=param_dtype, use_fast_variance=False
+    )
 
 
 def _normalize(norm: nn.GroupNorm, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
@@ -175,7 +177,7 @@ class DownsamplingBlock(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        in_ch_mult = (1,) + tuple(cfg.ch_mult)
+        in_ch_mult = (1, *tuple(cfg.ch_mult))
         block_in = cfg.ch * in_ch_mult[self.block_idx]
         block_out = cfg.ch * cfg.ch_mult[self.block_idx]
         blocks, attns = [], []
@@ -266,9 +268,7 @@ class Encoder(nn.Module):
     def setup(self) -> None:
         cfg = self.config
         self.conv_in = _conv(cfg.ch, 3, self.dtype, self.param_dtype)
-        self.down = [
-            DownsamplingBlock(cfg, i, self.dtype, self.param_dtype) for i in range(cfg.num_resolutions)
-        ]
+        self.down = [DownsamplingBlock(cfg, i, self.dtype, self.param_dtype) for i in range(cfg.num_resolutions)]
         block_in = cfg.ch * cfg.ch_mult[-1]
         self.mid = MidBlock(block_in, cfg.dropout, cfg.mid_block_attention, self.dtype, self.param_dtype)
         self.norm_out = _group_norm(self.param_dtype)
@@ -330,7 +330,12 @@ class FlaxVQGANModule(nn.Module):
         self.post_quant_conv = _conv(cfg.z_channels, 1, self.dtype, self.param_dtype)
         if cfg.quantizer == "gumbel":
             self.quantize = GumbelQuantizer(
-                cfg.n_embed, cfg.embed_dim, cfg.kl_weight, cfg.temperature, dtype=self.dtype, param_dtype=self.param_dtype
+                cfg.n_embed,
+                cfg.embed_dim,
+                cfg.kl_weight,
+                cfg.temperature,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
             )
         else:
             self.quantize = VectorQuantizer(
@@ -397,10 +402,10 @@ def torch_style_init(shapes: Any, rng: jax.Array, config: VQGANConfig) -> dict:
             value = unit / config.n_embed
         elif leaf == "scale":
             value = np.ones(struct.shape)
-        elif leaf == "bias" and module + ("kernel",) not in flat:
+        elif leaf == "bias" and (*module, "kernel") not in flat:
             value = np.zeros(struct.shape)  # GroupNorm bias
         else:
-            value = unit / math.sqrt(math.prod(flat[module + ("kernel",)].shape[:-1]))
+            value = unit / math.sqrt(math.prod(flat[(*module, "kernel")].shape[:-1]))
         params[path] = jnp.asarray(value, dtype=struct.dtype)
     return unflatten_dict(params)
 

@@ -145,9 +145,7 @@ class GumbelQuantizer(nn.Module):
             param_dtype=self.param_dtype,
         )
 
-    def __call__(
-        self, latents: jax.Array, train: bool = False, temperature: Optional[float] = None
-    ) -> QuantizerOutput:
+    def __call__(self, latents: jax.Array, train: bool = False, temperature: Optional[float] = None) -> QuantizerOutput:
         logits = self.proj(latents).astype(jnp.float32)
         loss = gumbel_kl_loss(logits, self.kl_weight)
         if not train:
