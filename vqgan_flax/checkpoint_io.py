@@ -15,7 +15,7 @@ import io
 import os
 import pickle
 import zipfile
-from typing import Any, Dict, Mapping, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -110,6 +110,24 @@ def _rebuild_parameter(data: np.ndarray, *unused: Any) -> np.ndarray:
     return data
 
 
+def _numpy_dtype(spec: Any, *args: Any) -> np.dtype:
+    dtype = np.dtype(spec) if isinstance(spec, str) else None
+    if dtype is None or dtype.hasobject:
+        # Object arrays would carry arbitrary pickled objects; weights never need them.
+        raise CheckpointError(f"refusing numpy dtype {spec!r}")
+    return dtype
+
+
+def _numpy_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    if subtype is not np.ndarray:
+        raise CheckpointError(f"refusing to rebuild an array of type {subtype!r}")
+    return np.ndarray.__new__(np.ndarray, shape, dtype)
+
+
+def _numpy_scalar(dtype: np.dtype, data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=_numpy_dtype(dtype.str))[0]
+
+
 # Everything the unpickler may resolve to real code; every entry only builds data.
 _ALLOWED: Dict[Tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
@@ -120,15 +138,24 @@ _ALLOWED: Dict[Tuple[str, str], Any] = {
     ("builtins", "frozenset"): frozenset,
     ("builtins", "slice"): slice,
     ("torch", "Size"): tuple,
+    # numpy arrays pickled directly (e.g. LWM's params pickle), never with object dtype.
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _numpy_dtype,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
 }
 
 
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickles torch's ``data.pkl`` into numpy arrays and plain containers; see the module doc."""
 
-    def __init__(self, file: io.BufferedIOBase, storages: Mapping[str, bytes], byteorder: str = "little") -> None:
+    def __init__(
+        self, file: io.BufferedIOBase, storages: Optional[Mapping[str, bytes]] = None, byteorder: str = "little"
+    ) -> None:
         super().__init__(file)
-        self._storages = storages
+        self._storages = storages or {}
         self._byteorder = byteorder
         self._cache: Dict[str, np.ndarray] = {}
         self.placeholders: Dict[str, type] = {}
@@ -179,6 +206,22 @@ def load_torch_zip(path: PathLike) -> Any:
         except CheckpointError as err:
             raise CheckpointError(f"{path}: {err}") from None
         except Exception as err:  # a corrupt pickle, not a refused global
+            raise CheckpointError(f"{path}: could not unpickle ({type(err).__name__}: {err})") from err
+
+
+def load_pickle(path: PathLike) -> Any:
+    """Load a plain pickle file (e.g. an LWM params dict of numpy arrays) with the allow-list
+    unpickler: nothing it references is imported or called."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        unpickler = RestrictedUnpickler(f)
+        try:
+            return unpickler.load()
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: {err}") from None
+        except Exception as err:
             raise CheckpointError(f"{path}: could not unpickle ({type(err).__name__}: {err})") from err
 
 

@@ -100,7 +100,7 @@ def taming_to_flax(
     ``loss.*`` entries (discriminator, LPIPS) are dropped; their count is returned beside the
     params. Anything else must map onto exactly one parameter with the right shape.
     """
-    return convert_state_dict(state_dict, expected_param_shapes(config), source, _describe(config))
+    return convert_state_dict(state_dict, expected_param_shapes(config), source, describe_architecture(config))
 
 
 def convert_state_dict(
@@ -132,17 +132,21 @@ def convert_state_dict(
             continue
         flat[path] = _to_flax_array(np.asarray(value), path[-1])
     missing = [f"{flax_key_to_taming(p)} {taming_shape(p, expected[p])}" for p in expected if p not in seen]
-    if unexpected or mismatched or missing:
-        lines = [f"{source} does not match the architecture ({architecture or 'given parameter shapes'}):"]
-        for title, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches", mismatched),
-        ):
-            if items:
-                lines.append(f"  {len(items)} {title}: " + "; ".join(sorted(items)))
-        raise ConversionError("\n".join(lines))
+    raise_on_mismatch(source, architecture, missing, unexpected, mismatched)
     return unflatten_dict(flat), len(dropped)
+
+
+def raise_on_mismatch(
+    source: str, architecture: str, missing: List[str], unexpected: List[str], mismatched: List[str]
+) -> None:
+    """One error listing every missing key, unexpected key and shape mismatch (if there are any)."""
+    if not (unexpected or mismatched or missing):
+        return
+    lines = [f"{source} does not match the architecture ({architecture or 'given parameter shapes'}):"]
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        if items:
+            lines.append(f"  {len(items)} {title}: " + "; ".join(sorted(items)))
+    raise ConversionError("\n".join(lines))
 
 
 def flax_to_taming(params: Dict[str, Any]) -> Dict[str, np.ndarray]:
@@ -159,7 +163,8 @@ def flax_to_taming(params: Dict[str, Any]) -> Dict[str, np.ndarray]:
     return state
 
 
-def _describe(config: VQGANConfig) -> str:
+def describe_architecture(config: VQGANConfig) -> str:
+    """One line naming the fields that decide the parameter shapes (for error messages)."""
     return (
         f"quantizer={config.quantizer}, ch={config.ch}, ch_mult={config.ch_mult}, "
         f"num_res_blocks={config.num_res_blocks}, attn_resolutions={config.attn_resolutions}, "
