@@ -114,17 +114,19 @@ def config_from_lwm(lwm_config: Optional[Dict[str, Any]] = None) -> VQGANConfig:
     )
 
 
+def _our_name(kind: str, name: str, num_levels: int, prefix: Tuple[str, ...]) -> Tuple[Tuple[str, ...], str]:
+    for pattern, (new_name, child_kind) in _RENAMES[kind].items():
+        match = re.fullmatch(pattern, name)
+        if match:
+            index = int(match.group(1)) if match.groups() else 0
+            return (*prefix, *new_name.format(i=index, reversed=num_levels - 1 - index).split("/")), child_kind
+    raise CheckpointError(f"unexpected LWM parameter {'/'.join((*prefix, name))}")
+
+
 def _rename(tree: Dict[str, Any], kind: str, num_levels: int, prefix: Tuple[str, ...], out: Dict) -> None:
     """Copy ``tree`` (an LWM module of ``kind``) into ``out`` under our flat parameter paths."""
     for name, child in tree.items():
-        for pattern, (new_name, child_kind) in _RENAMES[kind].items():
-            match = re.fullmatch(pattern, name)
-            if match:
-                index = int(match.group(1)) if match.groups() else 0
-                path = (*prefix, *new_name.format(i=index, reversed=num_levels - 1 - index).split("/"))
-                break
-        else:
-            raise CheckpointError(f"unexpected LWM parameter {'/'.join((*prefix, name))}")
+        path, child_kind = _our_name(kind, name, num_levels, prefix)
         if child_kind != "leaf":
             _rename(child, child_kind, num_levels, path, out)
         elif isinstance(child, dict):  # a layer: {"kernel": ..., "bias": ...}

@@ -24,7 +24,7 @@ class VQGANEncoderOutput:
     quant_states: jax.Array
     indices: jax.Array
     latents: jax.Array
-    loss: jax.Array
+    loss: Optional[jax.Array]
     logits: Optional[jax.Array] = None
 
     def __iter__(self):
