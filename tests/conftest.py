@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
+
+# Eight CPU devices for the multi-device tests; must be set before JAX initialises its backend.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 import jax
 import numpy as np

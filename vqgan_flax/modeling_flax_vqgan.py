@@ -520,6 +520,9 @@ class FlaxVQGANPreTrainedModel(FlaxPreTrainedModel):
 
             self._compiled[key] = jax.jit(apply)
         params = self.params if params is None else params
+        if isinstance(array, jax.Array) and not isinstance(array, jax.core.Tracer) and len(array.devices()) > 1:
+            # e.g. the output of a pmap/sharded call: gather it instead of failing on device mismatch.
+            array = np.asarray(array)
         return self._compiled[key]({"params": params}, rngs or {}, jnp.asarray(array), traced or {})
 
     @staticmethod
