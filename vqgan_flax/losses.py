@@ -1,0 +1,103 @@
+"""taming's VQGAN training losses: pixel + optional perceptual reconstruction, codebook terms from
+the quantizer, a PatchGAN discriminator with hinge loss, and the adaptive discriminator weight."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class NLayerDiscriminator(nn.Module):
+    """taming's PatchGAN discriminator (pix2pix): 4x4 convs, LeakyReLU(0.2), one logit per patch.
+
+    taming normalises with BatchNorm2d. Here the normalisation is GroupNorm (32 groups, or fewer
+    when a layer has fewer channels): like BatchNorm it re-centres and re-scales every layer, but it
+    has no running statistics, so the discriminator is a pure function of its params, a
+    data-parallel step over any number of devices equals the single-device step, and there is
+    no batch-stats state to checkpoint or to synchronise.
+    """
+
+    ndf: int = 64
+    n_layers: int = 3
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        conv_init = nn.initializers.normal(0.02)  # taming's weights_init
+        pad = ((1, 1), (1, 1))
+        x = nn.Conv(self.ndf, (4, 4), (2, 2), pad, kernel_init=conv_init, dtype=self.dtype)(images)
+        x = nn.leaky_relu(x, 0.2)
+        channels = self.ndf
+        for n in range(1, self.n_layers + 1):
+            channels = self.ndf * min(2**n, 8)
+            stride = 2 if n < self.n_layers else 1
+            # No bias before a normalisation layer, as taming.
+            x = nn.Conv(
+                channels, (4, 4), (stride, stride), pad, use_bias=False, kernel_init=conv_init, dtype=self.dtype
+            )(x)
+            x = nn.GroupNorm(
+                num_groups=min(32, channels),
+                scale_init=lambda key, shape, dtype: 1.0 + 0.02 * jax.random.normal(key, shape, dtype),
+                dtype=jnp.float32,
+            )(x.astype(jnp.float32)).astype(self.dtype)
+            x = nn.leaky_relu(x, 0.2)
+        return nn.Conv(1, (4, 4), (1, 1), pad, kernel_init=conv_init, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+def hinge_d_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
+    """taming's hinge loss for the discriminator."""
+    return 0.5 * (jnp.mean(jax.nn.relu(1.0 - logits_real)) + jnp.mean(jax.nn.relu(1.0 + logits_fake)))
+
+
+def vanilla_d_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
+    """taming's non-saturating ("vanilla") loss for the discriminator."""
+    return 0.5 * (jnp.mean(jax.nn.softplus(-logits_real)) + jnp.mean(jax.nn.softplus(logits_fake)))
+
+
+def generator_adversarial_loss(logits_fake: jax.Array) -> jax.Array:
+    """The generator's GAN term, ``-mean(D(x̂))`` as in taming."""
+    return -jnp.mean(logits_fake)
+
+
+def adopt_weight(weight: float, step: jax.Array, threshold: int) -> jax.Array:
+    """``weight`` from step ``threshold`` on (taming's ``disc_start``), 0 before."""
+    return jnp.where(step >= threshold, weight, 0.0)
+
+
+def reconstruction_loss(
+    inputs: jax.Array,
+    reconstructions: jax.Array,
+    kind: str = "l1",
+    perceptual: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
+    perceptual_weight: float = 1.0,
+) -> jax.Array:
+    """taming's ``nll_loss``: mean of |x - x̂| (or (x - x̂)²) plus the weighted perceptual distance."""
+    diff = inputs.astype(jnp.float32) - reconstructions.astype(jnp.float32)
+    if kind == "l1":
+        per_pixel = jnp.abs(diff)
+    elif kind == "l2":
+        per_pixel = diff**2
+    else:
+        raise ValueError(f"unknown reconstruction loss {kind!r}; expected 'l1' or 'l2'")
+    if perceptual is not None and perceptual_weight > 0:
+        # LPIPS gives one distance per image, broadcast over its pixels as in taming.
+        per_pixel = per_pixel + perceptual_weight * perceptual(inputs, reconstructions).reshape(-1, 1, 1, 1)
+    return jnp.mean(per_pixel)
+
+
+def adaptive_weight(nll_grad: Any, g_grad: Any, disc_weight: float = 1.0, max_weight: float = 1e4) -> jax.Array:
+    """taming's adaptive GAN weight: ‖∇nll‖ / (‖∇g‖ + 1e-4) at the decoder's last layer, clipped
+    to [0, 1e4] and scaled by ``disc_weight``; no gradient flows through it."""
+    weight = jnp.linalg.norm(nll_grad) / (jnp.linalg.norm(g_grad) + 1e-4)
+    return jax.lax.stop_gradient(jnp.clip(weight, 0.0, max_weight) * disc_weight)
+
+
+def codebook_usage(indices: jax.Array, n_embed: int) -> dict:
+    """Perplexity of the code histogram and the share of codes not used in ``indices``."""
+    counts = jnp.bincount(indices.reshape(-1), length=n_embed)
+    probs = counts / jnp.maximum(counts.sum(), 1)
+    entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0))
+    return {"perplexity": jnp.exp(entropy), "dead_code_share": jnp.mean(counts == 0)}

@@ -1,0 +1,46 @@
+"""Image-quality metrics for reconstructions: PSNR and SSIM (Wang et al. 2004), in numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _as_float(image: np.ndarray, data_range: float) -> np.ndarray:
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim not in (2, 3):
+        raise ValueError(f"expected an (H, W) or (H, W, C) image; got shape {image.shape}")
+    return image / data_range
+
+
+def psnr(reference: np.ndarray, image: np.ndarray, data_range: float = 255.0) -> float:
+    """Peak signal-to-noise ratio in dB (infinite for identical images)."""
+    if np.shape(reference) != np.shape(image):
+        raise ValueError(f"shapes differ: {np.shape(reference)} vs {np.shape(image)}")
+    mse = np.mean((_as_float(reference, data_range) - _as_float(image, data_range)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
+
+
+def _gaussian_filter(image: np.ndarray, sigma: float = 1.5, radius: int = 5) -> np.ndarray:
+    """Separable Gaussian blur over H and W with a truncated 11-tap window ('valid' borders)."""
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    rows = sum(taps[k] * image[k : image.shape[0] - 2 * radius + k] for k in range(2 * radius + 1))
+    return sum(taps[k] * rows[:, k : rows.shape[1] - 2 * radius + k] for k in range(2 * radius + 1))
+
+
+def ssim(reference: np.ndarray, image: np.ndarray, data_range: float = 255.0) -> float:
+    """Mean structural similarity with the usual Gaussian window (σ = 1.5, 11 taps), K1 = 0.01,
+    K2 = 0.03, averaged over channels; as skimage's ``structural_similarity(...,
+    gaussian_weights=True, use_sample_covariance=False)`` on the valid region."""
+    if np.shape(reference) != np.shape(image):
+        raise ValueError(f"shapes differ: {np.shape(reference)} vs {np.shape(image)}")
+    x, y = _as_float(reference, data_range), _as_float(image, data_range)
+    if min(x.shape[:2]) < 11:
+        raise ValueError(f"SSIM needs images of at least 11x11 pixels; got {x.shape[:2]}")
+    c1, c2 = 0.01**2, 0.03**2
+    mu_x, mu_y = _gaussian_filter(x), _gaussian_filter(y)
+    var_x = _gaussian_filter(x * x) - mu_x**2
+    var_y = _gaussian_filter(y * y) - mu_y**2
+    cov = _gaussian_filter(x * y) - mu_x * mu_y
+    score = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return float(score.mean())

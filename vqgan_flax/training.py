@@ -1,0 +1,333 @@
+"""Training and fine-tuning a VQGAN as taming does: Adam(β=(0.5, 0.9)) for the autoencoder and
+a PatchGAN discriminator, L1 (+ optional LPIPS) reconstruction, codebook terms, hinge GAN loss
+with taming's adaptive weight from ``disc_start`` on; data-parallel over all devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import serialization
+
+from .losses import (
+    NLayerDiscriminator,
+    adaptive_weight,
+    adopt_weight,
+    codebook_usage,
+    generator_adversarial_loss,
+    hinge_d_loss,
+    reconstruction_loss,
+    vanilla_d_loss,
+)
+from .lpips import LPIPS
+from .modeling_flax_vqgan import FlaxVQGANModel
+from .parallel import make_mesh
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """Hyper-parameters; the loss fields carry taming's ``VQLPIPSWithDiscriminator`` names."""
+
+    steps: int = 1000
+    batch_size: int = 8
+    crop_size: int = 64
+    learning_rate: float = 1e-4
+    adam_b1: float = 0.5
+    adam_b2: float = 0.9
+    reconstruction_loss: str = "l1"
+    codebook_weight: float = 1.0
+    perceptual_weight: float = 1.0  # used only when LPIPS params are given
+    disc_start: int = 10000
+    disc_weight: float = 0.8
+    disc_factor: float = 1.0
+    disc_loss: str = "hinge"
+    disc_ndf: int = 64
+    disc_num_layers: int = 3
+    ema_decay: Optional[float] = None
+    seed: int = 0
+    log_every: int = 50
+    save_every: int = 500
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes; serialised as one msgpack for exact resumption."""
+
+    step: jax.Array
+    params: Any
+    disc_params: Any
+    opt_state: Any
+    disc_opt_state: Any
+    ema_params: Any = None
+
+
+class ImageCrops:
+    """Random square crops (and horizontal flips) of a folder of images, deterministic per step.
+
+    Images are decoded once (RGB, uint8). A step's batch depends only on ``(seed, step)``, so a
+    resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, images: Sequence[Any], crop_size: int, seed: int = 0) -> None:
+        from PIL import Image
+
+        self.crop_size = crop_size
+        self.seed = seed
+        self.images: List[np.ndarray] = []
+        for item in images:
+            if isinstance(item, np.ndarray):
+                array = item
+            else:
+                with Image.open(item) as image:
+                    image = image.convert("RGB")
+                    if min(image.size) < crop_size:  # upscale small images so a crop fits
+                        scale = crop_size / min(image.size)
+                        image = image.resize((round(image.width * scale + 0.5), round(image.height * scale + 0.5)))
+                    array = np.asarray(image)
+            if array.ndim != 3 or min(array.shape[:2]) < crop_size:
+                raise ValueError(f"image of shape {array.shape} cannot give {crop_size}x{crop_size} crops")
+            self.images.append(array)
+        if not self.images:
+            raise ValueError("no training images")
+
+    @classmethod
+    def from_folder(cls, folder: str, crop_size: int, seed: int = 0) -> ImageCrops:
+        paths = sorted(
+            os.path.join(root, name)
+            for root, _, names in os.walk(folder)
+            for name in names
+            if name.lower().endswith(IMAGE_SUFFIXES)
+        )
+        if not paths:
+            raise FileNotFoundError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        return cls(paths, crop_size, seed)
+
+    def batch(self, step: int, batch_size: int) -> np.ndarray:
+        """(batch_size, crop, crop, 3) float32 in [-1, 1] for ``step``."""
+        rng = np.random.default_rng((self.seed, step))
+        out = np.empty((batch_size, self.crop_size, self.crop_size, 3), np.float32)
+        for k in range(batch_size):
+            image = self.images[rng.integers(len(self.images))]
+            top = rng.integers(image.shape[0] - self.crop_size + 1)
+            left = rng.integers(image.shape[1] - self.crop_size + 1)
+            crop = image[top : top + self.crop_size, left : left + self.crop_size]
+            out[k] = (crop[:, ::-1] if rng.random() < 0.5 else crop) / 127.5 - 1.0
+        return out
+
+
+def patch_grid_size(image_size: int, num_layers: int) -> int:
+    """Side of the PatchGAN logit grid for square inputs of ``image_size``."""
+    size = image_size
+    for _ in range(num_layers):
+        size = (size + 2 - 4) // 2 + 1  # 4x4, stride 2, pad 1
+    return size - 2  # two 4x4 stride-1 convs with pad 1 each remove one pixel
+
+
+class VQGANTrainer:
+    """Jit-compiled taming-style training of a [`FlaxVQGANModel`] (from scratch or fine-tuning).
+
+    Args:
+        model: the model to train; its ``params`` (e.g. a converted taming checkpoint) are the start.
+        config: [`TrainingConfig`].
+        lpips_params: LPIPS params (see ``vqgan_flax.lpips``); without them no perceptual term.
+        mesh: data-parallel mesh (default: all devices); the batch is split over it.
+    """
+
+    def __init__(
+        self,
+        model: FlaxVQGANModel,
+        config: TrainingConfig,
+        lpips_params: Optional[Dict] = None,
+        mesh: Optional[jax.sharding.Mesh] = None,
+    ) -> None:
+        if config.disc_loss not in ("hinge", "vanilla"):
+            raise ValueError(f"unknown disc_loss {config.disc_loss!r}; expected 'hinge' or 'vanilla'")
+        patches = patch_grid_size(config.crop_size, config.disc_num_layers)
+        if patches < 1:
+            raise ValueError(
+                f"crop_size={config.crop_size} is too small for a {config.disc_num_layers}-layer discriminator "
+                "(no patch logits left); use larger crops or fewer disc_num_layers"
+            )
+        self.model = model
+        self.config = config
+        self.mesh = mesh or make_mesh()
+        self.discriminator = NLayerDiscriminator(config.disc_ndf, config.disc_num_layers)
+        self.lpips_params = lpips_params
+        self.optimizer = optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2)
+        self.disc_optimizer = optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2)
+        data = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(self.mesh.axis_names[0]))
+        self._data_sharding = data
+        self._replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self.train_step = jax.jit(self._train_step, donate_argnums=0)
+
+    def init_state(self, params: Optional[Dict] = None) -> TrainState:
+        """A fresh state from ``params`` (default: the model's), a new discriminator and optimisers."""
+        params = jax.tree.map(jnp.asarray, self.model.params if params is None else params)
+        key = jax.random.PRNGKey(self.config.seed)
+        dummy = jnp.zeros((1, self.config.crop_size, self.config.crop_size, self.model.config.out_ch))
+        disc_params = self.discriminator.init(key, dummy)["params"]
+        state = TrainState(
+            step=jnp.asarray(0, jnp.int32),
+            params=params,
+            disc_params=disc_params,
+            opt_state=self.optimizer.init(params),
+            disc_opt_state=self.disc_optimizer.init(disc_params),
+            ema_params=params if self.config.ema_decay else None,
+        )
+        return jax.device_put(state, self._replicated)
+
+    def _perceptual(self):
+        if self.lpips_params is None:
+            return None
+        lpips, weights = LPIPS(), self.lpips_params
+        return lambda a, b: lpips.apply({"params": weights}, a, b)
+
+    def _train_step(self, state: TrainState, batch: jax.Array):
+        cfg = self.config
+        rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), state.step)
+        dropout_rng, gumbel_rng = jax.random.split(rng)
+        factor = adopt_weight(cfg.disc_factor, state.step, cfg.disc_start)
+        perceptual = self._perceptual()
+
+        def generator_terms(params):
+            out = self.model.module.apply(
+                {"params": params}, batch, train=True, rngs={"dropout": dropout_rng, "gumbel": gumbel_rng}
+            )
+            nll = reconstruction_loss(
+                batch, out.reconstruction, cfg.reconstruction_loss, perceptual, cfg.perceptual_weight
+            )
+            logits_fake = self.discriminator.apply({"params": state.disc_params}, out.reconstruction)
+            return (nll, generator_adversarial_loss(logits_fake), out.loss), out
+
+        (nll, g_loss, q_loss), backward, out = jax.vjp(generator_terms, state.params, has_aux=True)
+        (nll_grads,) = backward((jnp.ones(()), jnp.zeros(()), jnp.asarray(cfg.codebook_weight, jnp.float32)))
+        (g_grads,) = backward((jnp.zeros(()), jnp.ones(()), jnp.zeros(())))
+        last = lambda tree: tree["decoder"]["conv_out"]["kernel"]  # noqa: E731
+        d_weight = adaptive_weight(last(nll_grads), last(g_grads), cfg.disc_weight)
+        grads = jax.tree.map(lambda a, b: a + d_weight * factor * b, nll_grads, g_grads)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+
+        d_loss_fn = hinge_d_loss if cfg.disc_loss == "hinge" else vanilla_d_loss
+        fake = jax.lax.stop_gradient(out.reconstruction)
+
+        def disc_objective(disc_params):
+            logits_real = self.discriminator.apply({"params": disc_params}, batch)
+            logits_fake = self.discriminator.apply({"params": disc_params}, fake)
+            return factor * d_loss_fn(logits_real, logits_fake), (logits_real.mean(), logits_fake.mean())
+
+        (d_loss, (logits_real, logits_fake)), d_grads = jax.value_and_grad(disc_objective, has_aux=True)(
+            state.disc_params
+        )
+        d_updates, disc_opt_state = self.disc_optimizer.update(d_grads, state.disc_opt_state, state.disc_params)
+        disc_params = optax.apply_updates(state.disc_params, d_updates)
+
+        ema = state.ema_params
+        if cfg.ema_decay:
+            ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p, ema, params)
+        metrics = {
+            "loss": nll + d_weight * factor * g_loss + cfg.codebook_weight * q_loss,
+            "nll_loss": nll,
+            "quant_loss": q_loss,
+            "g_loss": g_loss,
+            "d_weight": jnp.where(factor > 0, d_weight, 0.0),  # not computed before disc_start
+            "disc_factor": factor,
+            "disc_loss": d_loss,
+            "logits_real": logits_real,
+            "logits_fake": logits_fake,
+            **codebook_usage(out.indices, self.model.config.n_embed),
+        }
+        new_state = TrainState(state.step + 1, params, disc_params, opt_state, disc_opt_state, ema)
+        return new_state, metrics
+
+    def shard(self, batch: np.ndarray) -> jax.Array:
+        """Put a global batch on the mesh, split over its data axis."""
+        if len(batch) % self.mesh.size:
+            raise ValueError(f"batch size {len(batch)} is not a multiple of the {self.mesh.size} devices")
+        return jax.device_put(batch, self._data_sharding)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def save(self, state: TrainState, output_dir: str) -> str:
+        """Write ``train_state.msgpack`` (exact resumption) and a ``model/`` folder (EMA params
+        when enabled) that ``FlaxVQGANModel.from_pretrained`` loads."""
+        os.makedirs(output_dir, exist_ok=True)
+        host_state = jax.device_get(state)
+        tmp = os.path.join(output_dir, "train_state.msgpack.tmp")
+        with open(tmp, "wb") as f:
+            f.write(serialization.to_bytes(host_state))
+        os.replace(tmp, os.path.join(output_dir, "train_state.msgpack"))
+        with open(os.path.join(output_dir, "training_config.json"), "w") as f:
+            json.dump({**self.config.to_dict(), "step": int(host_state.step)}, f, indent=2)
+        params = host_state.ema_params if self.config.ema_decay else host_state.params
+        self.model.save_pretrained(os.path.join(output_dir, "model"), params=params)
+        return output_dir
+
+    def restore(self, output_dir: str) -> TrainState:
+        """The state saved by [`save`] in ``output_dir``."""
+        path = os.path.join(output_dir, "train_state.msgpack")
+        with open(path, "rb") as f:
+            state = serialization.from_bytes(jax.device_get(self.init_state()), f.read())
+        return jax.device_put(state, self._replicated)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        data: ImageCrops,
+        output_dir: Optional[str] = None,
+        state: Optional[TrainState] = None,
+        progress: bool = True,
+        on_log: Optional[Callable[[Dict[str, float]], None]] = None,
+    ) -> TrainState:
+        """Train up to ``config.steps`` and return the final state.
+
+        Resumes from ``output_dir/train_state.msgpack`` when present; saves every ``save_every``
+        steps and at the end; every ``log_every`` steps appends the metrics to
+        ``output_dir/log.jsonl`` and passes them to ``on_log``.
+        """
+        cfg = self.config
+        if state is None:
+            resumable = output_dir and os.path.isfile(os.path.join(output_dir, "train_state.msgpack"))
+            state = self.restore(output_dir) if resumable else self.init_state()
+        start = int(state.step)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step")
+        began = time.time()
+        for step in range(start, cfg.steps):
+            state, metrics = self.train_step(state, self.shard(data.batch(step, cfg.batch_size)))
+            if bar is not None:
+                bar.update(1)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                logged = {"step": done, "seconds": time.time() - began, **jax.tree.map(float, metrics)}
+                if bar is not None:
+                    bar.set_postfix(nll=f"{logged['nll_loss']:.4f}", ppl=f"{logged['perplexity']:.0f}")
+                if output_dir:
+                    os.makedirs(output_dir, exist_ok=True)
+                    with open(os.path.join(output_dir, "log.jsonl"), "a") as f:
+                        f.write(json.dumps(logged) + "\n")
+                if on_log is not None:
+                    on_log(logged)
+            if output_dir and (done % cfg.save_every == 0 or done == cfg.steps):
+                self.save(state, output_dir)
+        if bar is not None:
+            bar.close()
+        return state
