@@ -78,6 +78,7 @@ def main() -> None:
     config = TrainingConfig(
         steps=args.steps, batch_size=16, crop_size=32, learning_rate=2e-4, disc_start=args.disc_start,
         disc_weight=0.1, disc_ndf=32, disc_num_layers=2, log_every=25, save_every=100, seed=0,
+        codebook_restart_every=50,
     )  # fmt: skip
     images = [load_rgb(os.path.join(skimage_data_dir(), name)) for name in TRAIN]
     model = FlaxVQGANModel(VQGANConfig(**MODEL), seed=0)

@@ -55,6 +55,10 @@ class TrainingConfig:
     disc_ndf: int = 64
     disc_num_layers: int = 3
     ema_decay: Optional[float] = None
+    # Not in taming: every this many steps, codes unused since the last restart are moved onto
+    # random latents of the current batch (Jukebox-style random restarts against codebook
+    # collapse). None keeps taming's behaviour. Nearest-neighbour quantizer only.
+    codebook_restart_every: Optional[int] = None
     seed: int = 0
     log_every: int = 50
     save_every: int = 500
@@ -72,6 +76,7 @@ class TrainState:
     disc_params: Any
     opt_state: Any
     disc_opt_state: Any
+    code_counts: jax.Array
     ema_params: Any = None
 
 
@@ -186,7 +191,9 @@ class VQGANTrainer:
             disc_params=disc_params,
             opt_state=self.optimizer.init(params),
             disc_opt_state=self.disc_optimizer.init(disc_params),
-            ema_params=params if self.config.ema_decay else None,
+            code_counts=jnp.zeros((self.model.config.n_embed,), jnp.int32),
+            # A copy: params and EMA are donated to the step as separate buffers.
+            ema_params=jax.tree.map(jnp.copy, params) if self.config.ema_decay else None,
         )
         return jax.device_put(state, self._replicated)
 
@@ -236,6 +243,9 @@ class VQGANTrainer:
         d_updates, disc_opt_state = self.disc_optimizer.update(d_grads, state.disc_opt_state, state.disc_params)
         disc_params = optax.apply_updates(state.disc_params, d_updates)
 
+        code_counts = state.code_counts + jnp.bincount(out.indices.reshape(-1), length=self.model.config.n_embed)
+        if cfg.codebook_restart_every and self.model.config.quantizer == "vq":
+            params, code_counts = self._restart_dead_codes(params, code_counts, out.latents, state.step + 1, rng)
         ema = state.ema_params
         if cfg.ema_decay:
             ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p, ema, params)
@@ -251,8 +261,19 @@ class VQGANTrainer:
             "logits_fake": logits_fake,
             **codebook_usage(out.indices, self.model.config.n_embed),
         }
-        new_state = TrainState(state.step + 1, params, disc_params, opt_state, disc_opt_state, ema)
+        new_state = TrainState(state.step + 1, params, disc_params, opt_state, disc_opt_state, code_counts, ema)
         return new_state, metrics
+
+    def _restart_dead_codes(self, params: Any, counts: jax.Array, latents: jax.Array, step: jax.Array, rng: jax.Array):
+        """At every ``codebook_restart_every``-th step, move unused codes onto random latents."""
+        flat = jax.lax.stop_gradient(latents).reshape(-1, latents.shape[-1]).astype(jnp.float32)
+        picks = jax.random.randint(jax.random.fold_in(rng, 7), (counts.shape[0],), 0, flat.shape[0])
+        restart = (step % self.config.codebook_restart_every) == 0
+        dead = restart & (counts == 0)
+        codebook = params["quantize"]["embedding"]["embedding"]
+        new_codebook = jnp.where(dead[:, None], flat[picks].astype(codebook.dtype), codebook)
+        params = {**params, "quantize": {"embedding": {"embedding": new_codebook}}}
+        return params, jnp.where(restart, 0, counts)
 
     def shard(self, batch: np.ndarray) -> jax.Array:
         """Put a global batch on the mesh, split over its data axis."""

@@ -1,0 +1,195 @@
+"""Training: losses go down, gradients reach every part, the discriminator joins at disc_start,
+resumption is exact, and a step on 8 devices equals a single-device step."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import assert_close
+
+from vqgan_flax import FlaxVQGANModel, VQGANConfig
+from vqgan_flax.losses import adaptive_weight, codebook_usage, hinge_d_loss, reconstruction_loss
+from vqgan_flax.lpips import LPIPS, lpips_params_from_state_dict
+from vqgan_flax.training import ImageCrops, TrainingConfig, VQGANTrainer, patch_grid_size
+
+SINGLE = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+
+
+def _data(seed=0):
+    """Smooth random images (learnable, unlike pixel noise)."""
+    rng = np.random.default_rng(seed)
+    coarse = [rng.integers(0, 256, (3, 4, 3)).astype(np.float32) for _ in range(3)]
+    images = [np.kron(c, np.ones((8, 7, 1))).astype(np.uint8) for c in coarse]  # 24x28 blocks
+    return ImageCrops(images, crop_size=16, seed=seed)
+
+
+def _trainer(mesh=SINGLE, **overrides):
+    config = TrainingConfig(
+        **{
+            "steps": 4, "batch_size": 8, "crop_size": 16, "learning_rate": 1e-3, "disc_start": 2,
+            "disc_num_layers": 1, "disc_ndf": 32, "log_every": 1, "save_every": 1000, **overrides,
+        }
+    )  # fmt: skip
+    return VQGANTrainer(FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=0), config, mesh=mesh)
+
+
+def _changed(before, after):
+    return float(jnp.max(jnp.abs(jnp.asarray(after) - jnp.asarray(before)))) > 0
+
+
+def test_loss_goes_down_and_every_part_learns():
+    trainer = _trainer(steps=25, disc_start=1000)
+    logs = []
+    state = trainer.init_state()
+    start = jax.device_get(state.params)
+    state = trainer.fit(_data(), state=state, progress=False, on_log=logs.append)
+    assert np.mean([m["nll_loss"] for m in logs[-5:]]) < 0.8 * np.mean([m["nll_loss"] for m in logs[:3]])
+    params = jax.device_get(state.params)
+    # Straight-through: the reconstruction loss reaches the encoder; the codebook learns from its loss.
+    assert _changed(start["encoder"]["conv_in"]["kernel"], params["encoder"]["conv_in"]["kernel"])
+    assert _changed(start["decoder"]["conv_out"]["kernel"], params["decoder"]["conv_out"]["kernel"])
+    assert _changed(start["quantize"]["embedding"]["embedding"], params["quantize"]["embedding"]["embedding"])
+    assert all(np.isfinite(m["loss"]) for m in logs)
+    assert 1 <= logs[-1]["perplexity"] <= 32 and 0 <= logs[-1]["dead_code_share"] <= 1
+
+
+def test_discriminator_joins_at_disc_start():
+    trainer = _trainer(steps=4, disc_start=2)
+    logs = []
+    state = trainer.init_state()
+    disc_start = jax.device_get(state.disc_params)
+    for step in range(4):
+        before = jax.device_get(state.disc_params)
+        state, metrics = trainer.train_step(state, trainer.shard(_data().batch(step, 8)))
+        logs.append(jax.device_get(metrics))
+        changed = _changed(jax.tree.leaves(before)[0], jax.tree.leaves(jax.device_get(state.disc_params))[0])
+        assert changed == (step >= 2), f"step {step}"
+    assert [float(m["disc_factor"]) for m in logs] == [0.0, 0.0, 1.0, 1.0]
+    assert float(logs[0]["disc_loss"]) == 0.0 and float(logs[3]["disc_loss"]) > 0
+    assert float(logs[3]["d_weight"]) > 0
+    assert _changed(jax.tree.leaves(disc_start)[0], jax.tree.leaves(jax.device_get(state.disc_params))[0])
+
+
+def test_resume_gives_the_uninterrupted_run(tmp_path):
+    straight = []
+    _trainer(steps=6).fit(_data(), output_dir=str(tmp_path / "a"), progress=False, on_log=straight.append)
+    first, second = [], []
+    _trainer(steps=3).fit(_data(), output_dir=str(tmp_path / "b"), progress=False, on_log=first.append)
+    resumed = _trainer(steps=6)  # a new process would build a new trainer and find the checkpoint
+    state = resumed.fit(_data(), output_dir=str(tmp_path / "b"), progress=False, on_log=second.append)
+    assert [m["step"] for m in first + second] == list(range(1, 7))
+    for a, b in zip(straight, first + second):
+        for key in ("loss", "nll_loss", "quant_loss", "g_loss", "disc_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
+    assert int(state.step) == 6
+    loaded = FlaxVQGANModel.from_pretrained(tmp_path / "b" / "model")
+    np.testing.assert_allclose(
+        loaded.params["decoder"]["conv_out"]["kernel"], jax.device_get(state.params)["decoder"]["conv_out"]["kernel"]
+    )
+
+
+def test_eight_device_step_equals_single_device_step():
+    batch = _data().batch(0, 8)
+    results = []
+    for mesh in (SINGLE, jax.sharding.Mesh(np.array(jax.devices()), ("data",))):
+        trainer = _trainer(mesh=mesh, disc_start=0)
+        state, metrics = trainer.train_step(trainer.init_state(), trainer.shard(batch))
+        results.append((jax.device_get(state), jax.device_get(metrics)))
+    (one, m1), (eight, m8) = results
+    for key in ("loss", "nll_loss", "g_loss", "disc_loss", "d_weight"):
+        assert_close(m8[key], m1[key], key, atol=1e-5, rtol=1e-4)
+    # Adam's first step moves every weight by about lr * sign(g): where g is within float noise of 0,
+    # summation order (one device vs eight) can flip it. So: nearly all weights equal to 1e-5, and
+    # none off by more than one such flip (2 * lr = 2e-3).
+    for name in ("params", "disc_params"):
+        diffs = np.concatenate(
+            [
+                np.abs(a - b).ravel()
+                for a, b in zip(jax.tree.leaves(getattr(eight, name)), jax.tree.leaves(getattr(one, name)))
+            ]
+        )
+        assert np.mean(diffs > 1e-5) < 1e-3, name
+        assert diffs.max() <= 2e-3, name
+
+
+def test_codebook_restarts_revive_dead_codes():
+    trainer = _trainer(codebook_restart_every=2, disc_start=1000)
+    state = trainer.init_state()
+    codebook = jax.device_get(state.params)["quantize"]["embedding"]["embedding"]
+    logs = []
+    for step in range(2):
+        state, metrics = trainer.train_step(state, trainer.shard(_data().batch(step, 8)))
+        logs.append(jax.device_get(metrics))
+    new_codebook = jax.device_get(state.params)["quantize"]["embedding"]["embedding"]
+    moved = np.abs(new_codebook - codebook).max(axis=1) > 0.05  # far beyond one Adam step of 1e-3
+    assert logs[1]["dead_code_share"] > 0 and moved.sum() >= 1
+    assert int(jnp.sum(state.code_counts)) == 0  # the usage window starts over
+
+
+def test_ema_tracks_params():
+    trainer = _trainer(ema_decay=0.9)
+    state = trainer.init_state()
+    start = jax.device_get(state.params)
+    state, _ = trainer.train_step(state, trainer.shard(_data().batch(0, 8)))
+    new = jax.device_get(state)
+    expected = jax.tree.map(lambda s, p: 0.9 * s + 0.1 * p, start, new.params)
+    for a, b in zip(jax.tree.leaves(new.ema_params), jax.tree.leaves(expected)):
+        assert_close(a, b, "ema", atol=1e-6)
+
+
+def test_too_small_crops_for_the_discriminator():
+    assert patch_grid_size(256, 3) == 30 and patch_grid_size(16, 3) == 0
+    with pytest.raises(ValueError, match="crop_size=16 is too small for a 3-layer discriminator"):
+        _trainer(disc_num_layers=3)
+    with pytest.raises(ValueError, match="batch size 7 is not a multiple of the 8 devices"):
+        _trainer(mesh=jax.sharding.Mesh(np.array(jax.devices()), ("data",))).shard(np.zeros((7, 16, 16, 3)))
+
+
+def test_loss_functions():
+    x = jnp.zeros((2, 4, 4, 3))
+    assert float(reconstruction_loss(x, x + 0.5)) == pytest.approx(0.5)
+    assert float(reconstruction_loss(x, x + 0.5, "l2")) == pytest.approx(0.25)
+    assert float(reconstruction_loss(x, x, perceptual=lambda a, b: jnp.ones(2), perceptual_weight=0.3)) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="unknown reconstruction loss 'l3'"):
+        reconstruction_loss(x, x, "l3")
+    assert float(hinge_d_loss(jnp.array([2.0]), jnp.array([-2.0]))) == 0.0
+    assert float(hinge_d_loss(jnp.array([0.0]), jnp.array([0.0]))) == 1.0
+    assert float(adaptive_weight(jnp.array([3.0, 4.0]), jnp.array([0.0, 1.0]), 0.5)) == pytest.approx(2.5, rel=1e-3)
+    assert float(adaptive_weight(jnp.ones(3), jnp.zeros(3))) == 1e4  # clipped
+    usage = codebook_usage(jnp.array([0, 0, 1, 1]), 4)
+    assert float(usage["perplexity"]) == pytest.approx(2.0) and float(usage["dead_code_share"]) == 0.5
+
+
+def _random_lpips_state_dict(seed=0):
+    rng = np.random.default_rng(seed)
+    widths = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256)]
+    widths += [(17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512), (28, 512, 512)]
+    shapes = {index: (out_ch, in_ch) for index, in_ch, out_ch in widths}
+    slices = {0: 1, 2: 1, 5: 2, 7: 2, 10: 3, 12: 3, 14: 3, 17: 4, 19: 4, 21: 4, 24: 5, 26: 5, 28: 5}
+    state = {}
+    for index, (out_ch, in_ch) in shapes.items():
+        state[f"net.slice{slices[index]}.{index}.weight"] = rng.normal(0, (9 * in_ch) ** -0.5, (out_ch, in_ch, 3, 3))
+        state[f"net.slice{slices[index]}.{index}.bias"] = np.zeros(out_ch)
+    for k, channels in enumerate((64, 128, 256, 512, 512)):
+        state[f"lin{k}.model.1.weight"] = np.abs(rng.normal(0, 0.1, (1, channels, 1, 1)))
+    return state
+
+
+def test_lpips_plumbing_with_random_weights():
+    params = lpips_params_from_state_dict(_random_lpips_state_dict())
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    lpips = LPIPS()
+    same = lpips.apply({"params": params}, x, x)
+    other = lpips.apply({"params": params}, x, x[::-1])
+    assert same.shape == (2,) and float(jnp.max(jnp.abs(same))) == 0.0 and float(jnp.min(other)) > 0
+    with pytest.raises(KeyError, match="lacks lin4.model.1.weight"):
+        lpips_params_from_state_dict({k: v for k, v in _random_lpips_state_dict().items() if "lin4" not in k})
+    # In the trainer the perceptual term adds to the reconstruction loss.
+    batch = _data().batch(0, 8)
+    plain = _trainer().train_step(_trainer().init_state(), jnp.asarray(batch))[1]
+    base = _trainer(perceptual_weight=1.0)
+    trainer = VQGANTrainer(base.model, base.config, lpips_params=params, mesh=SINGLE)
+    with_lpips = trainer.train_step(trainer.init_state(), jnp.asarray(batch))[1]
+    assert float(with_lpips["nll_loss"]) > float(plain["nll_loss"])
