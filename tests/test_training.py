@@ -151,7 +151,9 @@ def test_loss_functions():
     x = jnp.zeros((2, 4, 4, 3))
     assert float(reconstruction_loss(x, x + 0.5)) == pytest.approx(0.5)
     assert float(reconstruction_loss(x, x + 0.5, "l2")) == pytest.approx(0.25)
-    assert float(reconstruction_loss(x, x, perceptual=lambda a, b: jnp.ones(2), perceptual_weight=0.3)) == pytest.approx(0.3)
+    assert float(
+        reconstruction_loss(x, x, perceptual=lambda a, b: jnp.ones(2), perceptual_weight=0.3)
+    ) == pytest.approx(0.3)
     with pytest.raises(ValueError, match="unknown reconstruction loss 'l3'"):
         reconstruction_loss(x, x, "l3")
     assert float(hinge_d_loss(jnp.array([2.0]), jnp.array([-2.0]))) == 0.0

@@ -21,7 +21,13 @@ from .quantizers import GumbelQuantizer, QuantizerOutput, VectorQuantizer
 
 __version__ = "0.1.0"
 
+import os as _os
+
+# The small model this project trained and ships (see default_model/README.md): loads offline.
+DEFAULT_MODEL = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "default_model")
+
 __all__ = [
+    "DEFAULT_MODEL",
     "PRESETS",
     "AttnBlock",
     "Decoder",

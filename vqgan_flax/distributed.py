@@ -11,45 +11,18 @@ from __future__ import annotations
 import glob
 import math
 import os
-import tempfile
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
+from .image_io import atomic_write, load_image
 from .modeling_flax_vqgan import FlaxVQGANPreTrainedModel
 from .parallel import make_mesh
 
 SHARD_PATTERN = "tokens-{process:05d}-of-{count:05d}.npz"
-
-
-def load_image(item: Any, size: int) -> np.ndarray:
-    """An image file path or an (H, W, C) array → (size, size, 3) float32 in [-1, 1].
-
-    Files are read with Pillow, converted to RGB, resized so the shorter side is ``size``
-    (bicubic) and center-cropped. uint8 arrays are rescaled; float arrays are taken as [-1, 1].
-    """
-    if isinstance(item, np.ndarray):
-        array = item
-    else:
-        from PIL import Image
-
-        with Image.open(item) as image:
-            image = image.convert("RGB")
-            scale = size / min(image.size)
-            resized = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
-            image = image.resize(resized, Image.Resampling.BICUBIC)
-            left, top = (image.width - size) // 2, (image.height - size) // 2
-            array = np.asarray(image.crop((left, top, left + size, top + size)))
-    if array.shape[:2] != (size, size):
-        raise ValueError(
-            f"{item if not isinstance(item, np.ndarray) else 'array'}: shape {array.shape}, expected {size}x{size}"
-        )
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 127.5 - 1.0
-    return array.astype(np.float32)
 
 
 def _process_rows(sharding: NamedSharding, global_shape: Tuple[int, ...]) -> List[int]:
@@ -59,18 +32,6 @@ def _process_rows(sharding: NamedSharding, global_shape: Tuple[int, ...]) -> Lis
     for index in sharding.addressable_devices_indices_map(global_shape).values():
         rows.update(range(*index[0].indices(global_shape[0])))
     return sorted(rows)
-
-
-def _write_atomically(path: str, arrays: Dict[str, np.ndarray]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def encode_dataset(
@@ -124,14 +85,12 @@ def encode_dataset(
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, SHARD_PATTERN.format(process=jax.process_index(), count=jax.process_count()))
     order = np.argsort(item_ids, kind="stable")
-    _write_atomically(
-        path,
-        {
-            "item_ids": np.asarray(item_ids, np.int64)[order],
-            "indices": np.asarray(tokens, np.int32).reshape(-1, *latent)[order],
-            "num_items": np.asarray(len(items)),
-        },
-    )
+    arrays = {
+        "item_ids": np.asarray(item_ids, np.int64)[order],
+        "indices": np.asarray(tokens, np.int32).reshape(-1, *latent)[order],
+        "num_items": np.asarray(len(items)),
+    }
+    atomic_write(path, lambda f: np.savez(f, **arrays))
     # Nobody merges before every process has written its shard.
     multihost_utils.sync_global_devices("vqgan_flax.encode_dataset")
     return path

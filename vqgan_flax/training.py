@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from flax import serialization
 
+from .image_io import list_images
 from .losses import (
     NLayerDiscriminator,
     adaptive_weight,
@@ -31,8 +32,6 @@ from .losses import (
 from .lpips import LPIPS
 from .modeling_flax_vqgan import FlaxVQGANModel
 from .parallel import make_mesh
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 @dataclasses.dataclass
@@ -111,15 +110,7 @@ class ImageCrops:
 
     @classmethod
     def from_folder(cls, folder: str, crop_size: int, seed: int = 0) -> ImageCrops:
-        paths = sorted(
-            os.path.join(root, name)
-            for root, _, names in os.walk(folder)
-            for name in names
-            if name.lower().endswith(IMAGE_SUFFIXES)
-        )
-        if not paths:
-            raise FileNotFoundError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
-        return cls(paths, crop_size, seed)
+        return cls(list_images(folder), crop_size, seed)
 
     def batch(self, step: int, batch_size: int) -> np.ndarray:
         """(batch_size, crop, crop, 3) float32 in [-1, 1] for ``step``."""

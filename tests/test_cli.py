@@ -1,0 +1,158 @@
+"""The vqgan-flax command line, end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import FIXTURES
+from PIL import Image
+
+from vqgan_flax import FlaxVQGANModel, VQGANConfig
+from vqgan_flax.cli import main
+from vqgan_flax.image_io import atomic_write, load_image, to_uint8
+from vqgan_flax.metrics import psnr, ssim
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=0).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(20, 24), (16, 16), (30, 18)]):
+        coarse = rng.integers(0, 256, (4, 4, 3)).astype(np.uint8)
+        Image.fromarray(coarse).resize(size[::-1], Image.Resampling.BILINEAR).save(folder / f"img{i}.png")
+    return str(folder)
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_encode_then_decode_equals_python_api(tiny, images, tmp_path, capsys):
+    code, out, _ = _run(capsys, "encode", images, "--out", tmp_path / "t.npz", "--model", tiny, "--quiet",
+                        "--batch-size", 2)  # fmt: skip
+    assert code == 0 and "wrote 3 x 8x8 tokens" in out
+    record = np.load(tmp_path / "t.npz")
+    assert record["tokens"].shape == (3, 8, 8) and tuple(record["grid_shape"]) == (8, 8)
+    assert str(record["model"]) == tiny and len(record["files"]) == 3
+    model = FlaxVQGANModel.from_pretrained(tiny)
+    files = sorted(os.path.join(images, f) for f in os.listdir(images))
+    expected = np.asarray(model.encode(np.stack([load_image(f, 16) for f in files])).indices).reshape(3, 8, 8)
+    np.testing.assert_array_equal(record["tokens"], expected)
+
+    code, out, _ = _run(capsys, "decode", tmp_path / "t.npz", "--out", tmp_path / "dec", "--model", tiny, "--quiet")
+    assert code == 0
+    decoded = np.asarray(Image.open(tmp_path / "dec" / "img0.png"))
+    np.testing.assert_array_equal(decoded, to_uint8(model.decode_code(expected[:1]))[0])
+
+
+def test_reconstruct_writes_pngs_and_correct_metrics(tiny, images, tmp_path, capsys):
+    code, out, _ = _run(capsys, "reconstruct", images, "--out", tmp_path / "rec", "--model", tiny, "--quiet")
+    assert code == 0 and out.splitlines()[-1].startswith("mean ") and "PSNR" in out
+    metrics = json.loads((tmp_path / "rec" / "metrics.json").read_text())
+    assert len(metrics["images"]) == 3
+    for row in metrics["images"]:
+        name = os.path.splitext(os.path.basename(row["image"]))[0]
+        side = np.asarray(Image.open(tmp_path / "rec" / f"{name}_side_by_side.png"))
+        recon = np.asarray(Image.open(tmp_path / "rec" / f"{name}.png"))
+        assert side.shape == (16, 32, 3)
+        np.testing.assert_array_equal(side[:, 16:], recon)
+        assert row["psnr"] == pytest.approx(psnr(side[:, :16], recon))
+        assert row["ssim"] == pytest.approx(ssim(side[:, :16], recon))
+    assert metrics["mean_psnr"] == pytest.approx(np.mean([r["psnr"] for r in metrics["images"]]))
+
+
+def test_info(tiny, capsys):
+    code, out, _ = _run(capsys, "info", tiny, "--size", 32)
+    assert code == 0
+    assert "codebook 32 x 8" in out and "downsampling factor: 2" in out and "256 (16x16) at 32x32" in out
+
+
+@pytest.mark.parametrize(
+    "make, argv, message",
+    [
+        (None, ["encode", "{tmp}/missing.png", "--out", "{tmp}/t.npz"], "missing.png: no such file or folder"),
+        (lambda t: (t / "bad.png").write_text("not an image"), ["encode", "{tmp}/bad.png", "--out", "{tmp}/t.npz"],
+         "cannot identify image file"),
+        (lambda t: (t / "bad.npz").write_text("garbage"), ["decode", "{tmp}/bad.npz", "--out", "{tmp}/d"],
+         "bad.npz: not a token file"),
+        (lambda t: np.savez(t / "oob.npz", tokens=np.full((1, 8, 8), 32)),
+         ["decode", "{tmp}/oob.npz", "--out", "{tmp}/d"], "token 32 is outside the model's codebook [0, 32)"),
+        (lambda t: np.savez(t / "flat.npz", tokens=np.zeros((1, 64), np.int32)),
+         ["decode", "{tmp}/flat.npz", "--out", "{tmp}/d"], "expected an integer 'tokens' array of shape (N, h, w)"),
+    ],
+)  # fmt: skip
+def test_bad_inputs_give_one_line_and_exit_1(tiny, tmp_path, capsys, make, argv, message):
+    if make:
+        make(tmp_path)
+    code, _, err = _run(capsys, *[a.format(tmp=tmp_path) for a in argv], "--model", tiny, "--quiet")
+    assert code == 1
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_model_with_missing_weights(tiny, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_bytes((FIXTURES / "vqganjax" / "checkpoint" / "config.json").read_bytes())
+    code, _, err = _run(capsys, "info", broken)
+    assert code == 1 and err.count("\n") == 1 and "flax_model.msgpack" in err
+
+
+def test_interrupted_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "tokens.npz"
+
+    def crash(f):
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(str(target), crash)
+    assert os.listdir(tmp_path) == []
+
+
+def test_train_command_and_console_script(tmp_path, images):
+    """The installed `vqgan-flax` entry point trains a few steps and the result loads."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    script = os.path.join(os.path.dirname(sys.executable), "vqgan-flax")
+    result = subprocess.run(
+        [script, "train", "--data", str(data), "--output", str(tmp_path / "run"), "--config", "tiny", "--steps", "2",
+         "--batch-size", "8", "--crop-size", "32", "--disc-start", "1", "--log-every", "1", "--quiet"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "trained to step 2" in result.stdout
+    logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logs] == [1, 2] and logs[1]["disc_factor"] == 1.0
+    assert FlaxVQGANModel.from_pretrained(tmp_path / "run" / "model").config.ch == 32
+
+
+def test_metrics_match_skimage():
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
+    assert psnr(a, b) == pytest.approx(peak_signal_noise_ratio(a, b, data_range=255), rel=1e-9)
+    expected = structural_similarity(
+        a, b, channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255
+    )
+    # skimage also averages over the border band that a valid-region filter drops: close, not equal.
+    assert ssim(a, b) == pytest.approx(expected, abs=0.02)
+    assert psnr(a, a) == float("inf") and ssim(a, a) == pytest.approx(1.0)

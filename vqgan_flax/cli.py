@@ -1,0 +1,262 @@
+"""``vqgan-flax``: tokenize, detokenize, reconstruct, convert, inspect and train VQGANs.
+
+Errors print one readable line and exit with status 1 (add ``--debug`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+
+from .image_io import atomic_write, list_images, load_image, save_png, to_uint8
+
+TOKEN_FILE_VERSION = 1
+
+
+def _default_model() -> str:
+    from . import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+def _load_model(args: argparse.Namespace):
+    import jax.numpy as jnp
+
+    from .modeling_flax_vqgan import FlaxVQGANModel
+
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
+    kwargs = {"revision": args.revision} if args.revision else {}
+    return FlaxVQGANModel.from_pretrained(args.model or _default_model(), dtype=dtype, **kwargs)
+
+
+def _batches(items: Sequence[Any], size: int):
+    for start in range(0, len(items), size):
+        yield start, items[start : start + size]
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled)
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    model = _load_model(args)
+    paths = list_images(args.inputs)
+    size = args.size or model.config.resolution
+    grid = model.config.latent_shape(size, size)
+    tokens = np.empty((len(paths), *grid), np.int32)
+    with _progress(len(paths), "encode", not args.quiet) as bar:
+        for start, chunk in _batches(paths, args.batch_size):  # memory bounded by the batch size
+            pixels = np.stack([load_image(p, size) for p in chunk])
+            tokens[start : start + len(chunk)] = np.asarray(model.encode(pixels).indices).reshape(-1, *grid)
+            bar.update(len(chunk))
+    record = {
+        "tokens": tokens,
+        "grid_shape": np.asarray(grid),
+        "image_size": np.asarray(size),
+        "files": np.asarray(paths),
+        "model": np.asarray(str(args.model or _default_model())),
+        "revision": np.asarray(args.revision or ""),
+        "version": np.asarray(TOKEN_FILE_VERSION),
+    }
+    atomic_write(args.out, lambda f: np.savez(f, **record))
+    print(f"wrote {len(paths)} x {grid[0]}x{grid[1]} tokens to {args.out}")
+
+
+def read_token_file(path: str, n_embed: int) -> dict:
+    """Load and validate a token file written by ``vqgan-flax encode``."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            record = {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except Exception as err:
+        raise ValueError(f"{path}: not a token file ({type(err).__name__}: {err})") from None
+    if "tokens" not in record or record["tokens"].ndim != 3 or record["tokens"].dtype.kind not in "iu":
+        raise ValueError(f"{path}: expected an integer 'tokens' array of shape (N, h, w)")
+    tokens = record["tokens"]
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= n_embed):
+        bad = int(tokens.max() if tokens.max() >= n_embed else tokens.min())
+        raise ValueError(f"{path}: token {bad} is outside the model's codebook [0, {n_embed})")
+    return record
+
+
+def cmd_decode(args: argparse.Namespace) -> None:
+    model = _load_model(args)
+    record = read_token_file(args.tokens, model.config.n_embed)
+    tokens = record["tokens"]
+    names = [os.path.splitext(os.path.basename(str(f)))[0] for f in record.get("files", [])]
+    names = names if len(names) == len(tokens) else [f"{i:06d}" for i in range(len(tokens))]
+    os.makedirs(args.out, exist_ok=True)
+    with _progress(len(tokens), "decode", not args.quiet) as bar:
+        for start, chunk in _batches(tokens, args.batch_size):
+            for k, image in enumerate(to_uint8(model.decode_code(chunk))):
+                save_png(os.path.join(args.out, f"{names[start + k]}.png"), image)
+            bar.update(len(chunk))
+    print(f"wrote {len(tokens)} images to {args.out}")
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    from .metrics import psnr, ssim
+
+    model = _load_model(args)
+    paths = list_images(args.inputs)
+    size = args.size or model.config.resolution
+    os.makedirs(args.out, exist_ok=True)
+    rows: List[dict] = []
+    with _progress(len(paths), "reconstruct", not args.quiet) as bar:
+        for _, chunk in _batches(paths, args.batch_size):
+            originals = to_uint8(np.stack([load_image(p, size) for p in chunk]))
+            recons = to_uint8(model(originals.astype(np.float32) / 127.5 - 1.0).reconstruction)
+            for path, original, recon in zip(chunk, originals, recons):
+                name = os.path.splitext(os.path.basename(path))[0]
+                save_png(os.path.join(args.out, f"{name}.png"), recon)
+                save_png(os.path.join(args.out, f"{name}_side_by_side.png"), np.concatenate([original, recon], 1))
+                rows.append({"image": path, "psnr": psnr(original, recon), "ssim": ssim(original, recon)})
+            bar.update(len(chunk))
+    summary = {
+        "images": rows,
+        "mean_psnr": float(np.mean([r["psnr"] for r in rows])),
+        "mean_ssim": float(np.mean([r["ssim"] for r in rows])),
+        "model": str(args.model or _default_model()),
+        "image_size": size,
+    }
+    atomic_write(os.path.join(args.out, "metrics.json"), lambda f: f.write(json.dumps(summary, indent=2).encode()))
+    width = max(len(os.path.basename(r["image"])) for r in rows)
+    for r in rows:
+        print(f"{os.path.basename(r['image']):<{width}}  PSNR {r['psnr']:6.2f} dB  SSIM {r['ssim']:.4f}")
+    print(f"{'mean':<{width}}  PSNR {summary['mean_psnr']:6.2f} dB  SSIM {summary['mean_ssim']:.4f}  ({args.out})")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    import jax
+
+    model = _load_model(args)
+    cfg = model.config
+    size = args.size or cfg.resolution
+    h, w = cfg.latent_shape(size, size)
+    print(f"model:               {args.model or _default_model()}")
+    print(f"quantizer:           {cfg.quantizer}, codebook {cfg.n_embed} x {cfg.embed_dim}")
+    print(f"parameters:          {sum(int(np.prod(x.shape)) for x in jax.tree.leaves(model.params)):,}")
+    print(f"downsampling factor: {cfg.downsampling_factor}")
+    print(f"tokens per image:    {h * w} ({h}x{w}) at {size}x{size}")
+    print(f"architecture:        ch={cfg.ch} ch_mult={cfg.ch_mult} num_res_blocks={cfg.num_res_blocks} "
+          f"attn_resolutions={cfg.attn_resolutions} z_channels={cfg.z_channels}")  # fmt: skip
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .configuration_vqgan import PRESETS, VQGANConfig
+    from .lpips import lpips_params_from_state_dict
+    from .modeling_flax_vqgan import FlaxVQGANModel
+    from .training import ImageCrops, TrainingConfig, VQGANTrainer
+
+    seed = args.seed or 0
+    if args.init_from:
+        model = FlaxVQGANModel.from_pretrained(args.init_from)
+    elif args.config in PRESETS:
+        model = FlaxVQGANModel(VQGANConfig.from_preset(args.config), seed=seed)
+    elif args.config and args.config.endswith((".yaml", ".yml")):
+        model = FlaxVQGANModel(VQGANConfig.from_taming_yaml(args.config), seed=seed)
+    elif args.config:
+        model = FlaxVQGANModel(VQGANConfig.from_json_file(args.config), seed=seed)
+    else:
+        raise ValueError("give --config PRESET|config.json|model.yaml or --init-from MODEL")
+    fields = {f: getattr(args, f) for f in TrainingConfig.__dataclass_fields__ if getattr(args, f, None) is not None}
+    config = TrainingConfig(**fields)
+    lpips = None
+    if args.lpips:
+        from .checkpoint_io import load_state_dict
+
+        lpips = lpips_params_from_state_dict(load_state_dict(args.lpips))
+    trainer = VQGANTrainer(model, config, lpips_params=lpips)
+    began = time.time()
+    trainer.fit(ImageCrops.from_folder(args.data, config.crop_size, config.seed), args.output, progress=not args.quiet)
+    print(
+        f"trained to step {config.steps} in {time.time() - began:.0f} s; model in {os.path.join(args.output, 'model')}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vqgan-flax", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", help="folder or Hub id (default: the shipped default model)")
+        p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
+        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("encode", help="images → tokens.npz")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=int, help="resize (shorter side) and center-crop to this size")
+    model_options(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="tokens.npz → PNG images")
+    p.add_argument("tokens")
+    p.add_argument("--out", required=True)
+    model_options(p)
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("reconstruct", help="images → reconstructions, side-by-side PNGs, PSNR/SSIM")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=int)
+    model_options(p)
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("info", help="describe a model")
+    p.add_argument("model", nargs="?")
+    p.add_argument("--size", type=int)
+    p.add_argument("--revision")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="taming checkpoint ↔ Flax folder (see python -m vqgan_flax.convert_checkpoint)")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=None)
+
+    p = sub.add_parser("train", help="train or fine-tune on a folder of images")
+    p.add_argument("--data", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--config", help="preset name, config.json or taming model.yaml (new model)")
+    p.add_argument("--init-from", help="fine-tune this model folder / Hub id")
+    p.add_argument("--lpips", help="LPIPS weights (.safetensors/.pt state dict) for the perceptual term")
+    p.add_argument("--quiet", action="store_true")
+    for name in ("steps", "batch_size", "crop_size", "disc_start", "disc_num_layers", "disc_ndf", "seed",
+                 "save_every", "log_every", "codebook_restart_every"):  # fmt: skip
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=int)
+    for name in ("learning_rate", "disc_weight", "codebook_weight", "perceptual_weight", "ema_decay"):
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=float)
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "convert":
+        from .convert_checkpoint import main as convert_main
+
+        return convert_main(args.args)
+    try:
+        args.func(args)
+    except Exception as err:  # one readable line, unless --debug
+        if args.debug:
+            raise
+        print(f"vqgan-flax {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Reading images for the model and writing its outputs: pixels in [-1, 1] ↔ uint8 RGB."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Callable
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def load_image(item: Any, size: int) -> np.ndarray:
+    """An image file path or an (H, W, C) array → (size, size, 3) float32 in [-1, 1].
+
+    Files are read with Pillow, converted to RGB, resized so the shorter side is ``size``
+    (bicubic) and center-cropped. uint8 arrays are rescaled; float arrays are taken as [-1, 1].
+    """
+    if isinstance(item, np.ndarray):
+        array = item
+    else:
+        from PIL import Image
+
+        with Image.open(item) as image:
+            image = image.convert("RGB")
+            scale = size / min(image.size)
+            resized = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
+            image = image.resize(resized, Image.Resampling.BICUBIC)
+            left, top = (image.width - size) // 2, (image.height - size) // 2
+            array = np.asarray(image.crop((left, top, left + size, top + size)))
+    if array.shape[:2] != (size, size):
+        raise ValueError(
+            f"{item if not isinstance(item, np.ndarray) else 'array'}: shape {array.shape}, expected {size}x{size}"
+        )
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 127.5 - 1.0
+    return array.astype(np.float32)
+
+
+def to_uint8(pixels: Any) -> np.ndarray:
+    """Model output in [-1, 1] (values outside are clipped) → uint8."""
+    return np.clip(np.round((np.asarray(pixels, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def atomic_write(path: str, write: Callable[[Any], None]) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place: an
+    interrupted write never leaves a partial ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+    """Write a uint8 (H, W, 3) image as PNG, atomically."""
+    from PIL import Image
+
+    atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
+
+
+def list_images(paths: Any) -> list:
+    """Image files from a list of files and folders (folders: recursively, sorted)."""
+    found = []
+    for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            found += sorted(
+                os.path.join(root, name)
+                for root, _, names in os.walk(path)
+                for name in names
+                if name.lower().endswith(IMAGE_SUFFIXES)
+            )
+        elif os.path.isfile(path):
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    if not found:
+        raise FileNotFoundError(f"no images in {paths}")
+    return found
