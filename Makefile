@@ -19,7 +19,8 @@ setup-test: $(PY)
 	$(PIP) install --quiet --no-deps taming-transformers-rom1504==0.0.6
 
 demo: setup
-	$(PY) examples/parity_demo.py --output build/demo
+	$(VENV)/bin/vqgan-flax reconstruct examples/images --size 256 --out build/demo/reconstructions --quiet
+	$(PY) examples/parity_demo.py --output build/demo/parity
 
 test: setup-test
 	$(PY) -m ruff check vqgan_flax tests examples

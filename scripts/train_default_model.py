@@ -72,8 +72,8 @@ def evaluate(model: FlaxVQGANModel, crops: np.ndarray) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--output", default="build/default_model")
-    parser.add_argument("--steps", type=int, default=2400)
-    parser.add_argument("--disc-start", type=int, default=1800)
+    parser.add_argument("--steps", type=int, default=1600)
+    parser.add_argument("--disc-start", type=int, default=1300)
     args = parser.parse_args()
     config = TrainingConfig(
         steps=args.steps, batch_size=16, crop_size=32, learning_rate=2e-4, disc_start=args.disc_start,

@@ -19,6 +19,13 @@ from taming_reference import TamingVQGAN, randomize_, state_dict_numpy, to_nchw_
 from vqgan_flax import Decoder, Encoder, FlaxVQGANModel, VQGANConfig
 from vqgan_flax.convert_checkpoint import convert_state_dict, taming_to_flax
 
+
+def _small(**overrides) -> VQGANConfig:
+    """A two-level architecture for the quick cases; overrides change one aspect at a time."""
+    fields = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], z_channels=8, embed_dim=8)
+    return VQGANConfig(**{**fields, "n_embed": 32, "resolution": 16, **overrides})
+
+
 CONFIGS = {
     # taming's f16 ImageNet architecture (ch 128, ch_mult 1,1,2,2,4, attention at 16), small codebook,
     # on a 32x32 input: attention still runs where taming runs it (decided by `resolution`).
@@ -37,17 +44,7 @@ CONFIGS = {
         (2, 32, 32, 3),
     ),
     "no-conv-resampling-nonsquare": (
-        VQGANConfig(
-            ch=32,
-            ch_mult=[1, 2],
-            num_res_blocks=2,
-            attn_resolutions=[],
-            z_channels=8,
-            embed_dim=8,
-            n_embed=32,
-            resolution=16,
-            resamp_with_conv=False,
-        ),
+        _small(num_res_blocks=2, resamp_with_conv=False),
         (2, 16, 24, 3),
     ),
     "gumbel": (
@@ -142,18 +139,7 @@ def _module_params(reference, module, x):
 
 @pytest.mark.parametrize("legacy", [True, False])
 def test_vq_training_loss_and_straight_through_match_taming(legacy):
-    config = VQGANConfig(
-        ch=32,
-        ch_mult=[1, 2],
-        num_res_blocks=1,
-        attn_resolutions=[],
-        z_channels=8,
-        embed_dim=8,
-        n_embed=32,
-        resolution=16,
-        legacy_loss=legacy,
-        beta=0.25,
-    )
+    config = _small(legacy_loss=legacy, beta=0.25)
     reference = randomize_(TamingVQGAN(config, legacy=legacy), seed=16)
     params, _ = taming_to_flax(state_dict_numpy(reference), config)
     model = FlaxVQGANModel(config, _do_init=False)

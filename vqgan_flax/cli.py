@@ -195,25 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("encode", help="images → tokens.npz")
-    p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("--out", required=True)
-    p.add_argument("--size", type=int, help="resize (shorter side) and center-crop to this size")
-    model_options(p)
-    p.set_defaults(func=cmd_encode)
+    for name, func, help_text in (
+        ("encode", cmd_encode, "images → tokens.npz"),
+        ("reconstruct", cmd_reconstruct, "images → reconstructions, side-by-side PNGs, PSNR/SSIM"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("inputs", nargs="+", help="image files or folders")
+        p.add_argument("--out", required=True)
+        p.add_argument("--size", type=int, help="resize (shorter side) and center-crop to this size")
+        model_options(p)
+        p.set_defaults(func=func)
 
     p = sub.add_parser("decode", help="tokens.npz → PNG images")
     p.add_argument("tokens")
     p.add_argument("--out", required=True)
     model_options(p)
     p.set_defaults(func=cmd_decode)
-
-    p = sub.add_parser("reconstruct", help="images → reconstructions, side-by-side PNGs, PSNR/SSIM")
-    p.add_argument("inputs", nargs="+")
-    p.add_argument("--out", required=True)
-    p.add_argument("--size", type=int)
-    model_options(p)
-    p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("info", help="describe a model")
     p.add_argument("model", nargs="?")
