@@ -1,6 +1,9 @@
 """vqgan-flax: taming-transformers' VQGAN image tokenizer in JAX/Flax."""
 
+import os as _os
+
 from .configuration_vqgan import PRESETS, VQGANConfig, list_presets
+from .image_processing_vqgan import VQGANImageProcessor
 from .modeling_flax_vqgan import (
     AttnBlock,
     Decoder,
@@ -21,7 +24,16 @@ from .quantizers import GumbelQuantizer, QuantizerOutput, VectorQuantizer
 
 __version__ = "0.1.0"
 
-import os as _os
+
+def _register_auto_classes() -> None:
+    """After ``import vqgan_flax``, AutoConfig / FlaxAutoModel resolve ``model_type: vqgan``."""
+    from transformers import AutoConfig, FlaxAutoModel
+
+    AutoConfig.register(VQGANConfig.model_type, VQGANConfig, exist_ok=True)
+    FlaxAutoModel.register(VQGANConfig, FlaxVQGANModel, exist_ok=True)
+
+
+_register_auto_classes()
 
 # The small model this project trained and ships (see default_model/README.md): loads offline.
 DEFAULT_MODEL = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "default_model")
@@ -45,6 +57,7 @@ __all__ = [
     "UpsamplingBlock",
     "VQGANConfig",
     "VQGANEncoderOutput",
+    "VQGANImageProcessor",
     "VQGANOutput",
     "VQModel",
     "VectorQuantizer",

@@ -11,11 +11,40 @@ import numpy as np
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
+def to_rgb(image: Any) -> Any:
+    """A PIL image → RGB PIL image: EXIF orientation applied, palette and grayscale expanded,
+    transparency composited on white, 16-bit and 32-bit integer images scaled to 8 bits."""
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # Pillow's convert("RGB") clips these at 255; scale the full 16-bit range instead.
+        values = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8))
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def resize_and_center_crop(image: Any, size: int, crop: int) -> Any:
+    """Resize a PIL image so its shorter side is ``size`` (bicubic), then center-crop ``crop``²."""
+    from PIL import Image
+
+    scale = size / min(image.size)
+    resized = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
+    image = image.resize(resized, Image.Resampling.BICUBIC)
+    left, top = (image.width - crop) // 2, (image.height - crop) // 2
+    return image.crop((left, top, left + crop, top + crop))
+
+
 def load_image(item: Any, size: int) -> np.ndarray:
     """An image file path or an (H, W, C) array → (size, size, 3) float32 in [-1, 1].
 
-    Files are read with Pillow, converted to RGB, resized so the shorter side is ``size``
-    (bicubic) and center-cropped. uint8 arrays are rescaled; float arrays are taken as [-1, 1].
+    Files are read with Pillow and go through [`to_rgb`] and [`resize_and_center_crop`].
+    uint8 arrays are rescaled; float arrays are taken as [-1, 1].
     """
     if isinstance(item, np.ndarray):
         array = item
@@ -23,12 +52,7 @@ def load_image(item: Any, size: int) -> np.ndarray:
         from PIL import Image
 
         with Image.open(item) as image:
-            image = image.convert("RGB")
-            scale = size / min(image.size)
-            resized = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
-            image = image.resize(resized, Image.Resampling.BICUBIC)
-            left, top = (image.width - size) // 2, (image.height - size) // 2
-            array = np.asarray(image.crop((left, top, left + size, top + size)))
+            array = np.asarray(resize_and_center_crop(to_rgb(image), size, size))
     if array.shape[:2] != (size, size):
         raise ValueError(
             f"{item if not isinstance(item, np.ndarray) else 'array'}: shape {array.shape}, expected {size}x{size}"

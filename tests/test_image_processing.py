@@ -1,0 +1,96 @@
+"""VQGANImageProcessor against PIL's own resize/crop, odd image modes, save/load."""
+
+from __future__ import annotations
+
+import io
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vqgan_flax import VQGANImageProcessor
+from vqgan_flax.image_io import load_image
+
+SAMPLES = pathlib.Path(__file__).parent.parent / "examples" / "images"
+
+
+def _pil_reference(image: Image.Image, edge: int, crop: int) -> np.ndarray:
+    """Shorter side to `edge` with PIL's bicubic resize, then PIL's center crop."""
+    scale = edge / min(image.size)
+    image = image.convert("RGB").resize(
+        (max(edge, round(image.width * scale)), max(edge, round(image.height * scale))), Image.Resampling.BICUBIC
+    )
+    left, top = (image.width - crop) // 2, (image.height - crop) // 2
+    return np.asarray(image.crop((left, top, left + crop, top + crop)))
+
+
+@pytest.mark.parametrize("name", ["coffee.png", "chelsea.png", "rocket.jpg", "brick.png"])
+def test_matches_pil_resize_and_crop(name):
+    processor = VQGANImageProcessor(size={"shortest_edge": 96}, crop_size={"height": 80, "width": 80})
+    image = Image.open(SAMPLES / name)
+    pixels = processor(image, return_tensors="np")["pixel_values"]
+    assert pixels.shape == (1, 80, 80, 3) and pixels.dtype == np.float32
+    expected = _pil_reference(image, 96, 80).astype(np.float32) / 127.5 - 1.0
+    np.testing.assert_allclose(pixels[0], expected, atol=1e-6)
+    assert pixels.min() >= -1.0 and pixels.max() <= 1.0
+    # load_image (CLI, dataset encoding) takes the same path.
+    np.testing.assert_allclose(load_image(str(SAMPLES / name), 80), _pil_reference(image, 80, 80) / 127.5 - 1.0,
+                               atol=1e-6)  # fmt: skip
+
+
+def test_zero_to_one_range_and_postprocess_round_trip():
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    for low, high in ((0.0, 1.0), (-1.0, 1.0)):
+        processor = VQGANImageProcessor(do_resize=False, do_center_crop=False, pixel_range=(low, high))
+        pixels = processor([image, image])["pixel_values"]
+        assert pixels.shape == (2, 32, 32, 3) and pixels.min() >= low and pixels.max() <= high
+        np.testing.assert_array_equal(processor.postprocess(pixels)[1], image)
+        pil = processor.postprocess(pixels, output_type="pil")
+        assert isinstance(pil[0], Image.Image) and np.array_equal(np.asarray(pil[0]), image)
+    with pytest.raises(ValueError, match="output_type must be 'np' or 'pil'"):
+        processor.postprocess(pixels, output_type="pt")
+    with pytest.raises(ValueError, match="pixel_range must be"):
+        VQGANImageProcessor(pixel_range=(1, 0))
+
+
+def _roundtrip(image: Image.Image, fmt: str = "PNG", **save) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    buffer.seek(0)
+    return Image.open(buffer)
+
+
+def test_image_modes():
+    processor = VQGANImageProcessor(do_resize=False, do_center_crop=False)
+    gray = Image.fromarray(np.full((8, 8), 200, np.uint8))
+    np.testing.assert_allclose(processor(gray)["pixel_values"][0], np.full((8, 8, 3), 200 / 127.5 - 1), atol=1e-6)
+    rgba = Image.fromarray(np.dstack([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)]), "RGBA")
+    assert processor(rgba)["pixel_values"].max() == 1.0  # fully transparent → white background
+    sixteen = Image.fromarray(np.full((8, 8), 65535, np.uint16))
+    assert processor(_roundtrip(sixteen))["pixel_values"].min() == 1.0  # full 16-bit range, not clipped
+    palette = Image.fromarray(np.full((8, 8, 3), (255, 0, 0), np.uint8)).convert("P")
+    np.testing.assert_allclose(processor(palette)["pixel_values"][0, 0, 0], [1.0, -1.0, -1.0])
+
+
+def test_exif_orientation_is_applied():
+    image = np.zeros((10, 20, 3), np.uint8)
+    image[:, :10] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    stored = _roundtrip(Image.fromarray(image), "JPEG", exif=exif, quality=100)
+    pixels = VQGANImageProcessor(do_resize=False, do_center_crop=False)(stored)["pixel_values"][0]
+    assert pixels.shape == (20, 10, 3)
+    assert pixels[:10].mean() > 0.9 and pixels[10:].mean() < -0.9  # the white half is now on top
+
+
+def test_save_and_load(tmp_path):
+    processor = VQGANImageProcessor(
+        size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}, pixel_range=(0, 1)
+    )
+    processor.save_pretrained(tmp_path)
+    assert (tmp_path / "preprocessor_config.json").is_file()
+    loaded = VQGANImageProcessor.from_pretrained(tmp_path)
+    assert loaded.size == {"shortest_edge": 64} and loaded.pixel_range == [0.0, 1.0]
+    with pytest.raises(ValueError, match="array images must be uint8"):
+        loaded(np.zeros((4, 4, 3), np.float32))

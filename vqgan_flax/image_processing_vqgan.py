@@ -1,0 +1,105 @@
+"""``VQGANImageProcessor``: images ↔ the model's pixel values, saved as ``preprocessor_config.json``."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+
+from .image_io import resize_and_center_crop, to_rgb
+
+
+class VQGANImageProcessor(BaseImageProcessor):
+    r"""Prepares images for a VQGAN and turns its outputs back into images.
+
+    Args:
+        do_resize (`bool`): resize so the shorter side is ``size["shortest_edge"]`` (bicubic).
+        size (`Dict[str, int]`): ``{"shortest_edge": int}``.
+        do_center_crop (`bool`): center-crop to ``crop_size`` after resizing.
+        crop_size (`Dict[str, int]`): ``{"height": int, "width": int}``.
+        pixel_range (`Tuple[float, float]`): the model's input range: ``(-1, 1)`` for taming/LWM
+            models, ``(0, 1)`` for DALL·E-mini's fine-tuned VQGAN.
+
+    Any PIL image or uint8 array is accepted: grayscale, palette, RGBA (composited on white),
+    16-bit; EXIF orientation is applied. Pixel values are NHWC float32.
+    """
+
+    model_input_names: ClassVar[List[str]] = ["pixel_values"]
+
+    def __init__(
+        self,
+        do_resize: bool = True,
+        size: Optional[Dict[str, int]] = None,
+        do_center_crop: bool = True,
+        crop_size: Optional[Dict[str, int]] = None,
+        pixel_range: Sequence[float] = (-1.0, 1.0),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.do_resize = do_resize
+        self.size = dict(size or {"shortest_edge": 256})
+        self.do_center_crop = do_center_crop
+        self.crop_size = dict(crop_size or {"height": 256, "width": 256})
+        if len(pixel_range) != 2 or pixel_range[0] >= pixel_range[1]:
+            raise ValueError(f"pixel_range must be (low, high) with low < high; got {pixel_range!r}")
+        self.pixel_range = [float(v) for v in pixel_range]
+
+    def _to_pil(self, image: Any):
+        from PIL import Image
+
+        if isinstance(image, Image.Image):
+            return to_rgb(image)
+        array = np.asarray(image)
+        if array.dtype != np.uint8:
+            raise ValueError(f"array images must be uint8 (H, W[, C]); got {array.dtype} of shape {array.shape}")
+        return to_rgb(Image.fromarray(array))
+
+    def preprocess(self, images: Any, return_tensors: Optional[str] = None, **kwargs: Any) -> BatchFeature:
+        """One image or a list → ``BatchFeature(pixel_values=(B, H, W, 3) float32 in pixel_range)``."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        low, high = self.pixel_range
+        batch = []
+        for image in images:
+            image = self._to_pil(image)
+            if self.do_resize or self.do_center_crop:
+                edge = self.size["shortest_edge"] if self.do_resize else min(image.size)
+                height, width = self.crop_size["height"], self.crop_size["width"]
+                if not self.do_center_crop:
+                    height = width = None
+                image = _resize_crop(image, edge, height, width)
+            batch.append(np.asarray(image, np.float32) / 255.0 * (high - low) + low)
+        shapes = {a.shape for a in batch}
+        if len(shapes) > 1:
+            raise ValueError(f"images of different sizes {sorted(shapes)} cannot form a batch; enable center crop")
+        return BatchFeature({"pixel_values": np.stack(batch)}, tensor_type=return_tensors)
+
+    def postprocess(self, pixel_values: Any, output_type: str = "np") -> Union[np.ndarray, List[Any]]:
+        """Model outputs (B, H, W, 3) in pixel_range → uint8 arrays (``"np"``) or PIL images (``"pil"``)."""
+        low, high = self.pixel_range
+        values = (np.asarray(pixel_values, np.float32) - low) / (high - low)
+        images = np.clip(np.round(values * 255.0), 0, 255).astype(np.uint8)
+        if output_type == "np":
+            return images
+        if output_type == "pil":
+            from PIL import Image
+
+            return [Image.fromarray(image) for image in images]
+        raise ValueError(f"output_type must be 'np' or 'pil'; got {output_type!r}")
+
+
+def _resize_crop(image: Any, edge: int, height: Optional[int], width: Optional[int]) -> Any:
+    if height is None:
+        from PIL import Image
+
+        scale = edge / min(image.size)
+        return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
+    if height == width:
+        return resize_and_center_crop(image, edge, height)
+    resized = _resize_crop(image, edge, None, None)
+    left, top = (resized.width - width) // 2, (resized.height - height) // 2
+    return resized.crop((left, top, left + width, top + height))
+
+
+__all__: Tuple[str, ...] = ("VQGANImageProcessor",)
