@@ -75,6 +75,22 @@ def test_reconstruct_writes_pngs_and_correct_metrics(tiny, images, tmp_path, cap
     assert metrics["mean_psnr"] == pytest.approx(np.mean([r["psnr"] for r in metrics["images"]]))
 
 
+def test_replicate_uses_all_devices_with_the_same_result(tiny, images, tmp_path, capsys):
+    for flag in ([], ["--replicate"]):
+        out = tmp_path / f"t{len(flag)}.npz"
+        assert (
+            _run(capsys, "encode", images, "--out", out, "--model", tiny, "--quiet", "--batch-size", 3, *flag)[0] == 0
+        )
+        assert (
+            _run(capsys, "decode", out, "--out", tmp_path / f"d{len(flag)}", "--model", tiny, "--quiet", *flag)[0] == 0
+        )
+    np.testing.assert_array_equal(np.load(tmp_path / "t0.npz")["tokens"], np.load(tmp_path / "t1.npz")["tokens"])
+    for name in ("img0.png", "img2.png"):
+        a = np.asarray(Image.open(tmp_path / "d0" / name), np.int16)
+        b = np.asarray(Image.open(tmp_path / "d1" / name), np.int16)
+        assert np.abs(a - b).max() <= 1  # float32 on 1 vs 8 devices; rounding to uint8 may differ by 1
+
+
 def test_info(tiny, capsys):
     code, out, _ = _run(capsys, "info", tiny, "--size", 32)
     assert code == 0

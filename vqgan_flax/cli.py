@@ -35,6 +35,32 @@ def _load_model(args: argparse.Namespace):
     return FlaxVQGANModel.from_pretrained(args.model or _default_model(), dtype=dtype, **kwargs)
 
 
+class _Runner:
+    """Encode/decode on one device, or on all local devices with ``--replicate`` (pmap)."""
+
+    def __init__(self, model: Any, replicate: bool) -> None:
+        from .parallel import replicate_params
+
+        self.model = model
+        self.replicated = replicate_params(model.params) if replicate else None
+
+    def encode(self, pixels: np.ndarray, grid: Sequence[int]) -> np.ndarray:
+        from .parallel import pmap_encode
+
+        if self.replicated is None:
+            indices = self.model.encode(pixels).indices
+        else:
+            indices = pmap_encode(self.model, pixels, self.replicated).indices
+        return np.asarray(indices).reshape(-1, *grid)
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        from .parallel import pmap_decode_code
+
+        if self.replicated is None:
+            return to_uint8(self.model.decode_code(tokens))
+        return to_uint8(pmap_decode_code(self.model, tokens, self.replicated))
+
+
 def _batches(items: Sequence[Any], size: int):
     for start in range(0, len(items), size):
         yield start, items[start : start + size]
@@ -48,6 +74,7 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def cmd_encode(args: argparse.Namespace) -> None:
     model = _load_model(args)
+    runner = _Runner(model, args.replicate)
     paths = list_images(args.inputs)
     size = args.size or model.config.resolution
     grid = model.config.latent_shape(size, size)
@@ -55,7 +82,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     with _progress(len(paths), "encode", not args.quiet) as bar:
         for start, chunk in _batches(paths, args.batch_size):  # memory bounded by the batch size
             pixels = np.stack([load_image(p, size) for p in chunk])
-            tokens[start : start + len(chunk)] = np.asarray(model.encode(pixels).indices).reshape(-1, *grid)
+            tokens[start : start + len(chunk)] = runner.encode(pixels, grid)
             bar.update(len(chunk))
     record = {
         "tokens": tokens,
@@ -90,6 +117,7 @@ def read_token_file(path: str, n_embed: int) -> dict:
 
 def cmd_decode(args: argparse.Namespace) -> None:
     model = _load_model(args)
+    runner = _Runner(model, args.replicate)
     record = read_token_file(args.tokens, model.config.n_embed)
     tokens = record["tokens"]
     names = [os.path.splitext(os.path.basename(str(f)))[0] for f in record.get("files", [])]
@@ -97,7 +125,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
     os.makedirs(args.out, exist_ok=True)
     with _progress(len(tokens), "decode", not args.quiet) as bar:
         for start, chunk in _batches(tokens, args.batch_size):
-            for k, image in enumerate(to_uint8(model.decode_code(chunk))):
+            for k, image in enumerate(runner.decode(chunk)):
                 save_png(os.path.join(args.out, f"{names[start + k]}.png"), image)
             bar.update(len(chunk))
     print(f"wrote {len(tokens)} images to {args.out}")
@@ -107,14 +135,16 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     from .metrics import psnr, ssim
 
     model = _load_model(args)
+    runner = _Runner(model, args.replicate)
     paths = list_images(args.inputs)
     size = args.size or model.config.resolution
+    grid = model.config.latent_shape(size, size)
     os.makedirs(args.out, exist_ok=True)
     rows: List[dict] = []
     with _progress(len(paths), "reconstruct", not args.quiet) as bar:
         for _, chunk in _batches(paths, args.batch_size):
             originals = to_uint8(np.stack([load_image(p, size) for p in chunk]))
-            recons = to_uint8(model(originals.astype(np.float32) / 127.5 - 1.0).reconstruction)
+            recons = runner.decode(runner.encode(originals.astype(np.float32) / 127.5 - 1.0, grid))
             for path, original, recon in zip(chunk, originals, recons):
                 name = os.path.splitext(os.path.basename(path))[0]
                 save_png(os.path.join(args.out, f"{name}.png"), recon)
@@ -194,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--replicate", action="store_true", help="use all local devices (pmap; any batch size)")
 
     for name, func, help_text in (
         ("encode", cmd_encode, "images → tokens.npz"),
