@@ -23,12 +23,12 @@ demo: setup
 	$(PY) examples/parity_demo.py --output build/demo/parity
 
 test: setup-test
-	$(PY) -m ruff check vqgan_flax tests examples
+	$(PY) -m ruff check vqgan_flax tests examples benchmarks scripts
 	$(PY) -m pytest -q
 
 lint: setup-test
-	$(PY) -m ruff check vqgan_flax tests examples
-	$(PY) -m ruff format --check vqgan_flax tests examples
+	$(PY) -m ruff check vqgan_flax tests examples benchmarks scripts
+	$(PY) -m ruff format --check vqgan_flax tests examples benchmarks scripts
 
 clean:
 	rm -rf $(VENV) build

@@ -30,3 +30,20 @@ def test_parity_demo(tmp_path):
     assert all(row["ok"] for row in report)
     assert all(row["max_abs_diff_decode"] < 1e-4 for row in report)
     assert (tmp_path / "taming_gumbel" / "model.safetensors").is_file()
+
+
+def test_benchmark_harness_runs(tmp_path):
+    """The harness itself (tiny model, one batch size): every system measured, ratios computed."""
+    root = FIXTURES.parent.parent
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "run.py"), "--systems", "jax-float32", "torch-float32",
+         "--batch-sizes", "2", "--size", "32", "--preset", "tiny", "--repeats", "1", "--json", str(out)],
+        cwd=root, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["system"] for r in rows] == ["jax-float32", "torch-float32"]
+    assert all(r["encode_s"] > 0 and r["decode_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+    assert rows[0]["gflop_per_s"] > 0 and rows[0]["speedup_vs_best_torch_float32"] > 0
+    assert "speedup_vs_best_torch_float32" in rows[0] and "jax-float32" in result.stdout
