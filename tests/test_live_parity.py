@@ -100,33 +100,29 @@ def test_full_model_matches_taming(name):
     assert_close(decoded, to_nhwc(ref_reconstruction), "decode_code")
 
 
-@pytest.mark.parametrize("double_z", [False, True])
-def test_encoder_matches_taming(double_z):
-    config = VQGANConfig(
-        ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], z_channels=4, resolution=16, double_z=double_z
-    )
-    reference = randomize_(TamingEncoder(**config.to_taming_ddconfig()), seed=12)
-    module = Encoder(config)
-    x = _inputs((1, 16, 16, 3), seed=13)
+def _compare_module(reference_cls, module_cls, config, input_shape, seed):
+    """A bare taming Encoder/Decoder and ours with the same random weights, on the same input."""
+    reference = randomize_(reference_cls(**config.to_taming_ddconfig()), seed=seed)
+    module = module_cls(config)
+    x = _inputs(input_shape, seed=seed + 1)
     params = _module_params(reference, module, x)
     with torch.no_grad():
         expected = to_nhwc(reference(to_nchw_tensor(x)))
+    assert_close(module.apply({"params": params}, x), expected, module_cls.__name__)
+    return expected
+
+
+@pytest.mark.parametrize("double_z", [False, True])
+def test_encoder_matches_taming(double_z):
+    config = _small(attn_resolutions=[8], z_channels=4, double_z=double_z)
+    expected = _compare_module(TamingEncoder, Encoder, config, (1, 16, 16, 3), seed=12)
     assert expected.shape[-1] == (8 if double_z else 4)
-    assert_close(module.apply({"params": params}, x), expected, "encoder")
 
 
 def test_decoder_give_pre_end_matches_taming():
-    config = VQGANConfig(
-        ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], z_channels=4, resolution=16, give_pre_end=True
-    )
-    reference = randomize_(TamingDecoder(**config.to_taming_ddconfig()), seed=14)
-    module = Decoder(config)
-    z = _inputs((1, 8, 8, 4), seed=15)
-    params = _module_params(reference, module, z)
-    with torch.no_grad():
-        expected = to_nhwc(reference(to_nchw_tensor(z)))
+    config = _small(z_channels=4, give_pre_end=True)
+    expected = _compare_module(TamingDecoder, Decoder, config, (1, 8, 8, 4), seed=14)
     assert expected.shape == (1, 16, 16, 32)  # features before norm_out / conv_out
-    assert_close(module.apply({"params": params}, z), expected, "decoder pre-end")
 
 
 def _module_params(reference, module, x):

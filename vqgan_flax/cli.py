@@ -72,12 +72,16 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="img", disable=not enabled)
 
 
-def cmd_encode(args: argparse.Namespace) -> None:
+def _image_job(args: argparse.Namespace):
+    """Model, runner, input files, image size and token grid of an encode/reconstruct command."""
     model = _load_model(args)
-    runner = _Runner(model, args.replicate)
     paths = list_images(args.inputs)
     size = args.size or model.config.resolution
-    grid = model.config.latent_shape(size, size)
+    return model, _Runner(model, args.replicate), paths, size, model.config.latent_shape(size, size)
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    _, runner, paths, size, grid = _image_job(args)
     tokens = np.empty((len(paths), *grid), np.int32)
     with _progress(len(paths), "encode", not args.quiet) as bar:
         for start, chunk in _batches(paths, args.batch_size):  # memory bounded by the batch size
@@ -134,11 +138,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
 def cmd_reconstruct(args: argparse.Namespace) -> None:
     from .metrics import psnr, ssim
 
-    model = _load_model(args)
-    runner = _Runner(model, args.replicate)
-    paths = list_images(args.inputs)
-    size = args.size or model.config.resolution
-    grid = model.config.latent_shape(size, size)
+    _, runner, paths, size, grid = _image_job(args)
     os.makedirs(args.out, exist_ok=True)
     rows: List[dict] = []
     with _progress(len(paths), "reconstruct", not args.quiet) as bar:

@@ -476,7 +476,7 @@ class FlaxVQGANPreTrainedModel(FlaxPreTrainedModel):
             warnings.warn(
                 f"{resolved_archive_file}: reshaped {squeezed} GroupNorm scale/bias arrays from (1, 1, 1, C) "
                 "to (C,) (older Flax layout)",
-                stacklevel=2,
+                stacklevel=4,  # the caller of from_pretrained
             )
         return unflatten_dict(flat)
 
