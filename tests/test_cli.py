@@ -172,3 +172,15 @@ def test_metrics_match_skimage():
     # skimage also averages over the border band that a valid-region filter drops: close, not equal.
     assert ssim(a, b) == pytest.approx(expected, abs=0.02)
     assert psnr(a, a) == float("inf") and ssim(a, a) == pytest.approx(1.0)
+
+
+def test_train_fine_tunes_an_existing_model(tiny, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(data / "a.png")
+    code, _, err = _run(capsys, "train", "--data", data, "--output", tmp_path / "ft", "--init-from", tiny,
+                          "--steps", 1, "--batch-size", 8, "--crop-size", 32, "--quiet")  # fmt: skip
+    assert code == 0, err
+    start = FlaxVQGANModel.from_pretrained(tiny).params["decoder"]["conv_out"]["kernel"]
+    tuned = FlaxVQGANModel.from_pretrained(tmp_path / "ft" / "model").params["decoder"]["conv_out"]["kernel"]
+    assert 0 < float(np.abs(np.asarray(tuned) - np.asarray(start)).max()) < 0.01  # one small step from the start

@@ -286,7 +286,7 @@ class VQGANTrainer:
         with open(os.path.join(output_dir, "training_config.json"), "w") as f:
             json.dump({**self.config.to_dict(), "step": int(host_state.step)}, f, indent=2)
         params = host_state.ema_params if self.config.ema_decay else host_state.params
-        self.model.save_pretrained(os.path.join(output_dir, "model"), params=params)
+        self.model.save_pretrained(os.path.join(output_dir, "model"), params=params, safe_serialization=True)
         return output_dir
 
     def restore(self, output_dir: str) -> TrainState:
