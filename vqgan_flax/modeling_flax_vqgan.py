@@ -373,9 +373,6 @@ class FlaxVQGANModule(nn.Module):
         self, pixel_values: jax.Array, train: bool = False, temperature: Optional[float] = None
     ) -> VQGANOutput:
         encoded = self.encode(pixel_values, train=train, temperature=temperature)
-        if self.is_initializing() and self.config.quantizer == "vq":
-            # Make sure the codebook exists even though the nearest-neighbour path only reads it.
-            self.quantize.get_codebook_entry(encoded.indices)
         reconstruction = self.decode(encoded.quant_states, train=train)
         return VQGANOutput(
             reconstruction, encoded.indices, encoded.quant_states, encoded.latents, encoded.loss, encoded.logits
