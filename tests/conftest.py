@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import pathlib
 
+# In-process CLI calls must not switch on a persistent compilation cache for the whole session.
+os.environ["VQGAN_FLAX_CACHE_DIR"] = ""
+
 # Eight CPU devices for the multi-device tests; must be set before JAX initialises its backend.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 

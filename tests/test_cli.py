@@ -184,3 +184,18 @@ def test_train_fine_tunes_an_existing_model(tiny, tmp_path, capsys):
     start = FlaxVQGANModel.from_pretrained(tiny).params["decoder"]["conv_out"]["kernel"]
     tuned = FlaxVQGANModel.from_pretrained(tmp_path / "ft" / "model").params["decoder"]["conv_out"]["kernel"]
     assert 0 < float(np.abs(np.asarray(tuned) - np.asarray(start)).max()) < 0.01  # one small step from the start
+
+
+def test_second_process_reuses_compiled_programs(tiny, images, tmp_path):
+    cache = tmp_path / "cache"
+    env = {**os.environ, "VQGAN_FLAX_CACHE_DIR": str(cache)}
+    script = os.path.join(os.path.dirname(sys.executable), "vqgan-flax")
+    entries = []
+    for run in range(2):
+        argv = [script, "encode", images, "--out", str(tmp_path / f"t{run}.npz"), "--model", tiny, "--quiet"]
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        entries.append({name: os.stat(cache / name).st_mtime_ns for name in os.listdir(cache)})
+    assert any(name.startswith("jit_apply") for name in entries[0])
+    # A miss would compile and (re)write its entry; the second process only read the cache.
+    assert entries[1] == entries[0]

@@ -270,8 +270,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def enable_compilation_cache() -> Optional[str]:
+    """Let later ``vqgan-flax`` processes reuse compiled programs (JAX's persistent cache).
+
+    The folder is ``$VQGAN_FLAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/vqgan_flax/jax`` (default
+    ``~/.cache``); an empty ``VQGAN_FLAX_CACHE_DIR`` turns the cache off.
+    """
+    folder = os.environ.get("VQGAN_FLAX_CACHE_DIR")
+    if folder is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "vqgan_flax", "jax")
+    if not folder:
+        return None
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", folder)
+    # Our programs compile in about a second on CPU: cache them all, whatever their size.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return folder
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    enable_compilation_cache()
     if args.command == "convert":
         from .convert_checkpoint import main as convert_main
 
