@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig
+from vqgan_flax.image_io import to_rgb, to_uint8
 from vqgan_flax.metrics import psnr, ssim
 from vqgan_flax.training import ImageCrops, TrainingConfig, VQGANTrainer
 
@@ -43,10 +44,7 @@ def skimage_data_dir() -> str:
 
 def load_rgb(path: str) -> np.ndarray:
     with Image.open(path) as image:
-        if image.mode in ("RGBA", "LA", "P"):  # composite transparency on white
-            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, image.convert("RGBA"))
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(to_rgb(image))  # transparency composited on white
 
 
 def held_out_crops(size: int = 64, per_image: int = 4, seed: int = 1234) -> np.ndarray:
@@ -64,7 +62,7 @@ def held_out_crops(size: int = 64, per_image: int = 4, seed: int = 1234) -> np.n
 def evaluate(model: FlaxVQGANModel, crops: np.ndarray) -> dict:
     pixels = crops.astype(np.float32) / 127.5 - 1.0
     out = np.asarray(model(pixels).reconstruction)
-    recon = np.clip(np.round((out + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    recon = to_uint8(out)
     return {
         "psnr": float(np.mean([psnr(a, b) for a, b in zip(crops, recon)])),
         "ssim": float(np.mean([ssim(a, b) for a, b in zip(crops, recon)])),

@@ -16,6 +16,7 @@ from PIL import Image
 import vqgan_flax
 from vqgan_flax import FlaxVQGANModel
 from vqgan_flax.cli import main
+from vqgan_flax.image_io import to_uint8
 from vqgan_flax.metrics import psnr, ssim
 
 IMAGES = pathlib.Path(__file__).parent.parent / "examples" / "images"
@@ -44,7 +45,7 @@ def test_default_model_reconstructs_held_out_crops():
     model = FlaxVQGANModel.from_pretrained(vqgan_flax.DEFAULT_MODEL)
     crops = _held_out_crops()
     out = np.asarray(model(crops.astype(np.float32) / 127.5 - 1.0).reconstruction)
-    recon = np.clip(np.round((out + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    recon = to_uint8(out)
     mean_psnr = np.mean([psnr(a, b) for a, b in zip(crops, recon)])
     mean_ssim = np.mean([ssim(a, b) for a, b in zip(crops, recon)])
     assert mean_psnr > MIN_PSNR, mean_psnr

@@ -36,20 +36,15 @@ class ConversionError(ValueError):
     mis-shaped key."""
 
 
-def expected_param_shapes(config: VQGANConfig) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
-    """Shapes of every Flax parameter for ``config``, from ``jax.eval_shape`` of the init (no compute)."""
-    import jax
-    import jax.numpy as jnp
+def expected_param_shapes(config: VQGANConfig, model: Any = None) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
+    """Shapes of every Flax parameter for ``config``: the ``params_shape_tree`` (``jax.eval_shape``
+    of the init, no compute) of ``model``, or of a new ``FlaxVQGANModel(config, _do_init=False)``."""
     from flax.traverse_util import flatten_dict
 
-    from .modeling_flax_vqgan import FlaxVQGANModule
+    from .modeling_flax_vqgan import FlaxVQGANModel
 
-    module = FlaxVQGANModule(config)
-    side = config.downsampling_factor
-    dummy = jax.ShapeDtypeStruct((1, side, side, config.in_channels), jnp.float32)
-    rngs = {name: jax.random.PRNGKey(0) for name in ("params", "dropout", "gumbel")}
-    shapes = jax.eval_shape(lambda x: module.init(rngs, x), dummy)["params"]
-    return {k: tuple(v.shape) for k, v in flatten_dict(shapes).items()}
+    model = model or FlaxVQGANModel(config, _do_init=False)
+    return {k: tuple(v.shape) for k, v in flatten_dict(model.params_shape_tree).items()}
 
 
 def taming_key_to_flax(key: str, expected: Dict[Tuple[str, ...], Any]) -> Optional[Tuple[str, ...]]:
@@ -186,8 +181,10 @@ def convert_taming_checkpoint(
     if weights_format not in ("safetensors", "msgpack"):
         raise ValueError(f"unknown weights format {weights_format!r}; expected 'safetensors' or 'msgpack'")
     state_dict = load_state_dict(checkpoint)
-    params, dropped = taming_to_flax(state_dict, config, source=os.fspath(checkpoint))
     model = FlaxVQGANModel(config, _do_init=False)
+    expected = expected_param_shapes(config, model)
+    source = os.fspath(checkpoint)
+    params, dropped = convert_state_dict(state_dict, expected, source, describe_architecture(config))
     model.save_pretrained(output_dir, params=params, safe_serialization=weights_format == "safetensors")
     return dropped
 

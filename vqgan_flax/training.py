@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from flax import serialization
 
-from .image_io import list_images
+from .image_io import list_images, to_rgb
 from .losses import (
     NLayerDiscriminator,
     adaptive_weight,
@@ -97,7 +97,7 @@ class ImageCrops:
                 array = item
             else:
                 with Image.open(item) as image:
-                    image = image.convert("RGB")
+                    image = to_rgb(image)
                     if min(image.size) < crop_size:  # upscale small images so a crop fits
                         scale = crop_size / min(image.size)
                         image = image.resize((round(image.width * scale + 0.5), round(image.height * scale + 0.5)))
