@@ -484,7 +484,6 @@ class FlaxVQGANPreTrainedModel(FlaxPreTrainedModel):
         initialisation is computed only to be overwritten."""
         do_init = kwargs.pop("_do_init", True)
         model, params = super().from_pretrained(pretrained_model_name_or_path, *model_args, _do_init=False, **kwargs)
-        cls._missing_keys = set()
         missing = model.required_params - set(flatten_dict(flax.core.unfreeze(params)))
         if missing:
             names = sorted("/".join(k) for k in missing)
