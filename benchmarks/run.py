@@ -6,8 +6,11 @@
 Each measurement runs in its own process (JAX's thread pool slows PyTorch ~4x in one process),
 and the systems alternate. Times are the median of --repeats calls after a warm-up call; the
 warm-up (compile) time of our first call is reported separately. FLOPs come from XLA's cost
-analysis of the compiled programs. The PyTorch side is taming-transformers' own Encoder/Decoder/
-VectorQuantizer2 (the test extras), float32 NCHW, float32 channels_last and bf16 autocast.
+analysis of the compiled programs. The roofline is measured here too: the best FLOP/s that XLA
+reaches on this device, in that dtype and batch, for a standalone 3x3 convolution of each of the
+model's levels or for the same work as one im2col matmul. The PyTorch side is taming-transformers'
+own Encoder/Decoder/VectorQuantizer2 (the test extras): float32 NCHW, float32 channels_last and
+bf16 autocast. Where a GPU is present both sides use it (same command); nothing else changes.
 """
 
 from __future__ import annotations
@@ -36,6 +39,15 @@ def _timed(fn, repeats):
     return statistics.median(times)
 
 
+def _jax_device_info(jax):
+    device = jax.devices()[0]
+    info = {"device": "cpu" if device.platform == "cpu" else f"{device.platform}: {device.device_kind}"}
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:
+        info["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20
+    return info
+
+
 def worker_jax(dtype_name, batch, size, preset, repeats):
     import jax
     import jax.numpy as jnp
@@ -50,24 +62,57 @@ def worker_jax(dtype_name, batch, size, preset, repeats):
     pixels = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32))
     encode = jax.jit(lambda p, x: model.encode(x, params=p).indices)
     decode = jax.jit(lambda p, i: model.decode_code(i, params=p))
-    start = time.perf_counter()
-    indices = encode(params, pixels).block_until_ready()
-    compile_encode = time.perf_counter() - start
-    start = time.perf_counter()
-    decode(params, indices).block_until_ready()
-    compile_decode = time.perf_counter() - start
-    flops = [
-        fn.lower(params, arg).compile().cost_analysis().get("flops", float("nan"))
-        for fn, arg in ((encode, pixels), (decode, indices))
-    ]
+    measured, arg = {}, pixels
+    for name, fn in (("encode", encode), ("decode", decode)):
+        start = time.perf_counter()
+        lowered = fn.lower(params, arg)
+        compiled = lowered.compile()
+        measured[f"compile_{name}_s"] = time.perf_counter() - start  # trace + lower + XLA compile, cold
+        compiled(params, arg).block_until_ready()
+        measured[f"first_{name}_s"] = time.perf_counter() - start  # what a user's first call costs
+        measured[f"{name}_s"] = _timed(lambda: compiled(params, arg).block_until_ready(), repeats)  # noqa: B023
+        # The lowered (not yet optimised) program: a GPU's compiled cost analysis omits cuDNN calls.
+        measured[f"{name}_gflop"] = lowered.cost_analysis()["flops"] / 1e9
+        arg = compiled(params, arg)  # the encoder's tokens are the decoder's input
     return {
-        "encode_s": _timed(lambda: encode(params, pixels).block_until_ready(), repeats),
-        "decode_s": _timed(lambda: decode(params, indices).block_until_ready(), repeats),
-        "first_call_s": compile_encode + compile_decode,
-        "encode_gflop": flops[0] / 1e9,
-        "decode_gflop": flops[1] / 1e9,
+        **measured,
         "versions": {"jax": jax.__version__},
+        **_jax_device_info(jax),
     }
+
+
+def worker_roofline(dtype_name, batch, size, preset, repeats):
+    """Best FLOP/s of a lone 3x3 conv (or the same work as one matmul) over the model's levels."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from vqgan_flax import VQGANConfig
+
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
+    config = VQGANConfig.from_preset(preset)
+    conv = jax.jit(
+        lambda x, w: jax.lax.conv_general_dilated(
+            x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            preferred_element_type=jnp.float32,
+        )
+    )  # fmt: skip
+    matmul = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    rng = np.random.default_rng(0)
+    best = {"roofline_gflop_per_s": 0.0}
+    for level, mult in enumerate(config.ch_mult):
+        side, channels = size >> level, config.ch * mult
+        flop = 2 * batch * side * side * 9 * channels * channels
+        x = jnp.asarray(rng.standard_normal((batch, side, side, channels)), dtype)
+        w = jnp.asarray(rng.standard_normal((3, 3, channels, channels)), dtype)
+        a = jnp.asarray(rng.standard_normal((batch * side * side, 9 * channels)), dtype)
+        for name, fn, args in (("conv", conv, (x, w)), ("matmul", matmul, (a, w.reshape(-1, channels)))):
+            fn(*args).block_until_ready()
+            rate = flop / _timed(lambda: fn(*args).block_until_ready(), repeats) / 1e9  # noqa: B023
+            if rate > best["roofline_gflop_per_s"]:
+                best = {"roofline_gflop_per_s": rate, "roofline_op": f"{name} {side}x{side}x{channels}"}
+        del x, w, a
+    return {**best, "versions": {"jax": jax.__version__}}
 
 
 def worker_torch(variant, batch, size, preset, repeats):
@@ -79,40 +124,121 @@ def worker_torch(variant, batch, size, preset, repeats):
 
     from vqgan_flax import VQGANConfig
 
+    torch.use_deterministic_algorithms(False)  # the tests want determinism; a benchmark wants cuDNN's best
     torch.set_num_threads(os.cpu_count())
-    model = randomize_(TamingVQGAN(VQGANConfig.from_preset(preset)), seed=0)
-    pixels = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (batch, 3, size, size)).astype(np.float32))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cudnn.benchmark = True
+    model = randomize_(TamingVQGAN(VQGANConfig.from_preset(preset)), seed=0).to(device)
+    pixels = np.random.default_rng(0).uniform(-1, 1, (batch, 3, size, size)).astype(np.float32)
+    pixels = torch.from_numpy(pixels).to(device)
     if variant == "float32-channels_last":
         model = model.to(memory_format=torch.channels_last)
         pixels = pixels.to(memory_format=torch.channels_last)
     autocast = variant == "bfloat16"
 
-    def encode():
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            return model.quantize(model.quant_conv(model.encoder(pixels)))
+    def synced(fn):
+        def call():
+            with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+                out = fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return out
 
+        return call
+
+    encode = synced(lambda: model.quantize(model.quant_conv(model.encoder(pixels))))
     quant = encode()[0]
-
-    def decode():
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            return model.decode(quant)
-
+    decode = synced(lambda: model.decode(quant))
     decode()
-    return {
+    result = {
         "encode_s": _timed(encode, repeats),
         "decode_s": _timed(decode, repeats),
         "versions": {"torch": torch.__version__},
+        "device": f"gpu: {torch.cuda.get_device_name()}" if device == "cuda" else "cpu",
     }
+    if device == "cuda":
+        result["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
 
 
 def run_worker(args):
     system = args.worker
-    if system.startswith("jax-"):
+    if system.startswith("roofline-"):
+        result = worker_roofline(system[9:], args.batch, args.size, args.preset, args.repeats)
+    elif system.startswith("jax-"):
         result = worker_jax(system[4:], args.batch, args.size, args.preset, args.repeats)
     else:
         result = worker_torch(system[6:], args.batch, args.size, args.preset, args.repeats)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
+
+
+def _measure(system, batch, args):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", system, "--batch", str(batch),
+           "--size", str(args.size), "--preset", args.preset, "--repeats", str(args.repeats)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark worker {system} (batch {batch}) failed:\n{proc.stderr[-3000:]}")
+    print(f"measured {system} batch {batch}", file=sys.stderr, flush=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def add_ratios(rows, rooflines):
+    """Derived columns: images/s, GFLOP/s, % of roofline, speed-ups over the PyTorch rows."""
+    for row in rows:
+        total = row["encode_s"] + row["decode_s"]
+        row["images_per_s"] = row["batch"] / total
+        if "encode_gflop" in row:
+            row["gflop_per_s"] = (row["encode_gflop"] + row["decode_gflop"]) / total
+            roof = rooflines.get((row["system"].split("-", 1)[1], row["batch"]))
+            if roof:
+                row["roofline_gflop_per_s"] = roof["roofline_gflop_per_s"]
+                row["roofline_op"] = roof["roofline_op"]
+                row["percent_of_roofline"] = 100 * row["gflop_per_s"] / roof["roofline_gflop_per_s"]
+    for row in rows:
+        if not row["system"].startswith("jax-"):
+            continue
+        same_batch = [r for r in rows if r["batch"] == row["batch"]]
+        pairs = (("speedup_vs_best_torch_float32", "torch-float32"), ("speedup_vs_torch_bfloat16", "torch-bfloat16"))
+        for key, prefix in pairs:
+            torch_rows = [r for r in same_batch if r["system"].startswith(prefix)]
+            if torch_rows:
+                row[key] = min(r["encode_s"] + r["decode_s"] for r in torch_rows) / (row["encode_s"] + row["decode_s"])
+    return rows
+
+
+def format_table(rows):
+    """Markdown table of the rows (the README's performance section prints this)."""
+
+    def fmt(row, key, spec, suffix=""):
+        return f"{row[key]:{spec}}{suffix}" if key in row else "-"
+
+    lines = [
+        "| system | batch | encode s | decode s | images/s | GFLOP/s | % of roofline | vs torch f32 | vs torch bf16 "
+        "| compile s (enc / dec) | first call s (enc / dec) | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        first = f"{r['first_encode_s']:.1f} / {r['first_decode_s']:.1f}" if "first_encode_s" in r else "-"
+        compiled = f"{r['compile_encode_s']:.1f} / {r['compile_decode_s']:.1f}" if "compile_encode_s" in r else "-"
+        lines.append(
+            f"| {r['system']} | {r['batch']} | {r['encode_s']:.3f} | {r['decode_s']:.3f} | {r['images_per_s']:.2f} "
+            f"| {fmt(r, 'gflop_per_s', '.0f')} | {fmt(r, 'percent_of_roofline', '.0f', '%')} "
+            f"| {fmt(r, 'speedup_vs_best_torch_float32', '.2f', 'x')} "
+            f"| {fmt(r, 'speedup_vs_torch_bfloat16', '.2f', 'x')} "
+            f"| {compiled} | {first} | {r['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def machine_description():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def main():
@@ -122,6 +248,7 @@ def main():
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--preset", default="f16-1024")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-roofline", action="store_true", help="skip the roofline measurement")
     parser.add_argument("--json", help="also write the rows here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -129,44 +256,47 @@ def main():
     if args.worker:
         return run_worker(args)
 
-    rows = []
+    rows, rooflines = [], {}
     for batch in args.batch_sizes:
         for system in args.systems:  # alternating systems, each in a fresh process
-            cmd = [sys.executable, __file__, "--worker", system, "--batch", str(batch), "--size", str(args.size),
-                   "--preset", args.preset, "--repeats", str(args.repeats)]  # fmt: skip
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
-            row = {"system": system, "batch": batch, **json.loads(out.strip().splitlines()[-1])}
-            row["images_per_s"] = batch / (row["encode_s"] + row["decode_s"])
-            if "encode_gflop" in row:
-                row["gflop_per_s"] = (row["encode_gflop"] + row["decode_gflop"]) / (row["encode_s"] + row["decode_s"])
-            rows.append(row)
-            print(f"measured {system} batch {batch}", file=sys.stderr, flush=True)
+            rows.append({"system": system, "batch": batch, **_measure(system, batch, args)})
+            write_json(args, rows, rooflines)  # what is measured survives a run that is cut short
+        if not args.no_roofline:
+            for dtype in sorted({s.split("-", 1)[1] for s in args.systems if s.startswith("jax-")}):
+                rooflines[(dtype, batch)] = _measure(f"roofline-{dtype}", batch, args)
+    add_ratios(rows, rooflines)
+    meta = write_json(args, rows, rooflines)
+    print(format_table(rows))
+    print(f"\n{summary_line(meta)}")
 
-    for row in rows:
-        torch_rows = [r for r in rows if r["batch"] == row["batch"] and r["system"].startswith("torch-float32")]
-        if torch_rows and row["system"].startswith("jax-"):
-            best = min(r["encode_s"] + r["decode_s"] for r in torch_rows)
-            row["speedup_vs_best_torch_float32"] = best / (row["encode_s"] + row["decode_s"])
 
-    header = f"{'system':<30}{'batch':>6}{'encode s':>10}{'decode s':>10}{'img/s':>8}{'GFLOP/s':>9}{'vs torch':>9}"
-    print(f"{header}{'1st call s':>11}{'peak RSS MB':>12}")
-    for r in rows:
-        gflops = f"{r['gflop_per_s']:.0f}" if "gflop_per_s" in r else "-"
-        ratio = f"{r['speedup_vs_best_torch_float32']:.2f}x" if "speedup_vs_best_torch_float32" in r else "-"
-        first = f"{r['first_call_s']:.1f}" if "first_call_s" in r else "-"
-        print(f"{r['system']:<30}{r['batch']:>6}{r['encode_s']:>10.3f}{r['decode_s']:>10.3f}{r['images_per_s']:>8.2f}"
-              f"{gflops:>9}{ratio:>9}{first:>11}{r['peak_rss_mb']:>12.0f}")  # fmt: skip
+def summary_line(meta):
+    """Date, machine, devices, workload and versions of a run, in one line."""
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+    size = meta["image_size"]
+    return (f"{meta['date']}, {meta['machine']}, {', '.join(meta['devices'])}, {meta['preset']} at {size}x{size}, "
+            f"median of {meta['repeats']}, {versions}")  # fmt: skip
+
+
+def write_json(args, rows, rooflines):
+    """Write the rows measured so far (when --json is given); return the run's metadata."""
+    devices = sorted({r["device"] for r in rows})
+    versions = {k: v for r in rows for k, v in r["versions"].items()}
     meta = {
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine_description(),
+        "devices": devices,
         "python": platform.python_version(),
+        "versions": versions,
         "preset": args.preset,
         "image_size": args.size,
+        "repeats": args.repeats,
     }
-    print(f"\n{meta['date']}, {meta['machine']}, {args.preset} at {args.size}x{args.size}, median of {args.repeats}")
     if args.json:
+        roofs = [{"dtype": d, "batch": b, **v} for (d, b), v in rooflines.items()]
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+            json.dump({"meta": meta, "rows": rows, "rooflines": roofs}, f, indent=2)
+    return meta
 
 
 if __name__ == "__main__":
