@@ -199,3 +199,28 @@ def test_second_process_reuses_compiled_programs(tiny, images, tmp_path):
     assert any(name.startswith("jit_apply") for name in entries[0])
     # A miss would compile and (re)write its entry; the second process only read the cache.
     assert entries[1] == entries[0]
+
+
+def test_bucket_size_rounds_chunks_up_to_powers_of_two():
+    from vqgan_flax.cli import bucket_size
+
+    assert [bucket_size(n, 8) for n in (1, 2, 3, 5, 7, 8)] == [1, 2, 4, 8, 8, 8]
+    assert bucket_size(5, 6) == 6
+    for bad in (0, 9):
+        with pytest.raises(ValueError, match=f"chunk of {bad} items"):
+            bucket_size(bad, 8)
+
+
+def test_ragged_last_chunk_reuses_the_compiled_batch_shape(tiny):
+    from vqgan_flax.cli import _Runner
+
+    model = FlaxVQGANModel.from_pretrained(tiny)
+    pixels = np.random.default_rng(1).uniform(-1, 1, (7, 32, 32, 3)).astype(np.float32)
+    runner = _Runner(model, replicate=False, batch_size=4)
+    tokens = np.concatenate([runner.encode(pixels[:4], (16, 16)), runner.encode(pixels[4:], (16, 16))])
+    np.testing.assert_array_equal(tokens, np.asarray(model.encode(pixels).indices).reshape(7, 16, 16))
+    (encode,) = [fn for key, fn in model._compiled.items() if key[0] == "encode"]
+    assert encode._cache_size() == 2  # batch 4 (both chunks) and batch 7 (the reference call)
+    images = np.concatenate([runner.decode(tokens[:4]), runner.decode(tokens[4:])])
+    assert images.shape == (7, 32, 32, 3) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images, to_uint8(model.decode_code(tokens)))

@@ -6,7 +6,6 @@ checkpoints load unchanged and taming checkpoints convert by renaming and transp
 
 from __future__ import annotations
 
-import itertools
 import math
 import warnings
 from typing import Any, Optional, Sequence, Tuple
@@ -384,27 +383,28 @@ class FlaxVQGANModule(nn.Module):
 def torch_style_init(shapes: Any, rng: jax.Array, config: VQGANConfig) -> dict:
     """Parameters for the tree of ``shapes``, distributed as PyTorch initialises taming's modules:
     conv weights and biases U(±1/sqrt(fan_in)), GroupNorm scale 1 and bias 0, the VQ codebook
-    U(±1/n_embed), the Gumbel codebook N(0, 1). One device draw, the rest in numpy."""
+    U(±1/n_embed), the Gumbel codebook N(0, 1).
+
+    Drawn one parameter at a time by a numpy generator seeded from ``rng``: no RNG program to
+    compile per parameter, and no whole-model temporary buffer (f16-1024: 5 s and 2.7 GB peak RSS
+    with one device-wide draw; this way about 1 s and under 1 GB).
+    """
     flat = flatten_dict(flax.core.unfreeze(shapes))
-    sizes = [math.prod(s.shape) for s in flat.values()]
-    draws = np.asarray(jax.random.uniform(rng, (2, sum(sizes)), jnp.float32, -1.0, 1.0))
-    offsets = itertools.accumulate(sizes, initial=0)
+    generator = np.random.default_rng(np.asarray(jax.random.key_data(rng)).ravel().tolist())
     params = {}
-    for (path, struct), start, size in zip(flat.items(), offsets, sizes):
-        unit = draws[0, start : start + size].reshape(struct.shape)
+    for path, struct in flat.items():
         module, leaf = path[:-1], path[-1]
         if leaf == "embedding" and module[-1] == "embed":
-            # Box-Muller from the two uniform draws: N(0, 1) like torch.nn.Embedding.
-            radius = np.sqrt(-2.0 * np.log1p(-(draws[1, start : start + size] + 1.0) / 2.0 * (1 - 1e-7)))
-            value = radius.reshape(struct.shape) * np.cos(np.pi * unit)
+            value = generator.standard_normal(struct.shape, np.float32)  # torch.nn.Embedding's default
         elif leaf == "embedding":
-            value = unit / config.n_embed
+            value = generator.uniform(-1.0, 1.0, struct.shape) / config.n_embed
         elif leaf == "scale":
-            value = np.ones(struct.shape)
+            value = np.ones(struct.shape, np.float32)
         elif leaf == "bias" and (*module, "kernel") not in flat:
-            value = np.zeros(struct.shape)  # GroupNorm bias
+            value = np.zeros(struct.shape, np.float32)  # GroupNorm bias
         else:
-            value = unit / math.sqrt(math.prod(flat[(*module, "kernel")].shape[:-1]))
+            bound = 1.0 / math.sqrt(math.prod(flat[(*module, "kernel")].shape[:-1]))
+            value = generator.uniform(-bound, bound, struct.shape)
         params[path] = jnp.asarray(value, dtype=struct.dtype)
     return unflatten_dict(params)
 

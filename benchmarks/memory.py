@@ -1,0 +1,97 @@
+"""Peak memory of large decodes and of streaming encodes, each measured in its own process.
+
+    python benchmarks/memory.py [--json memory.json]
+
+1. Decoding one 1024x1024 image (64x64 tokens) with the f16-1024 architecture (random weights),
+   in one piece: exact, no tiles, no seams.
+2. ``vqgan-flax encode`` over N copies of the bundled photographs, N = 8 and 64, batch size 8:
+   pixels are loaded one batch at a time, so peak memory should not grow with N (only the
+   N x h x w int32 token array does, 1 KiB per 256x256 image with the default model).
+Peak RSS is the process's ru_maxrss, model loading included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker_decode(tokens_side: int) -> dict:
+    import jax.numpy as jnp
+    import numpy as np
+
+    from vqgan_flax import FlaxVQGANModel, VQGANConfig
+
+    model = FlaxVQGANModel(VQGANConfig.from_preset("f16-1024"), seed=0)
+    after_load = _peak_rss_mb()
+    tokens = np.random.default_rng(0).integers(0, model.config.n_embed, (1, tokens_side, tokens_side))
+    start = time.perf_counter()
+    pixels = model.decode_code(jnp.asarray(tokens, jnp.int32)).block_until_ready()
+    return {
+        "case": f"decode {pixels.shape[1]}x{pixels.shape[2]} (f16-1024, {tokens_side}x{tokens_side} tokens)",
+        "seconds": time.perf_counter() - start,
+        "peak_rss_mb_after_load": after_load,
+    }
+
+
+def worker_encode(count: int) -> dict:
+    from vqgan_flax.cli import main
+
+    with tempfile.TemporaryDirectory() as folder:
+        sources = sorted(os.listdir(os.path.join(ROOT, "examples", "images")))
+        for i in range(count):
+            name = sources[i % len(sources)]
+            shutil.copy(os.path.join(ROOT, "examples", "images", name), os.path.join(folder, f"{i:04d}_{name}"))
+        start = time.perf_counter()
+        out = os.path.join(folder, "tokens.npz")
+        code = main(["encode", folder, "--quiet", "--batch-size", "8", "--size", "256", "--out", out])
+        if code:
+            raise SystemExit(f"vqgan-flax encode failed with status {code}")
+        return {"case": f"encode {count} images at 256x256 (default model, batch 8)",
+                "seconds": time.perf_counter() - start}  # fmt: skip
+
+
+def measure(case: str, value: int) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", case, "--value", str(value)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"memory worker {case} {value} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--decode-tokens", type=int, default=64, help="token grid side of the large decode")
+    parser.add_argument("--encode-counts", type=int, nargs="+", default=[8, 64])
+    parser.add_argument("--json")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--value", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = worker_decode(args.value) if args.worker == "decode" else worker_encode(args.value)
+        print(json.dumps({**result, "peak_rss_mb": _peak_rss_mb()}))
+        return
+    rows = [measure("decode", args.decode_tokens)] + [measure("encode", n) for n in args.encode_counts]
+    print("| case | seconds | peak RSS MB |\n|---|---:|---:|")
+    for row in rows:
+        print(f"| {row['case']} | {row['seconds']:.1f} | {row['peak_rss_mb']:.0f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
