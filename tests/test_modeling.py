@@ -125,6 +125,35 @@ def test_jit_matches_eager(pretrained_model):
     )
 
 
+def test_micro_batching_gives_the_same_results(pretrained_model):
+    x = _images((6, 32, 32, 3), seed=2)
+    whole = pretrained_model(x, micro_batch_size=6)  # one chunk: no loop
+    for micro in (1, 4):  # 4 does not divide 6: chunks of gcd(4, 6) = 2
+        chunked = pretrained_model(x, micro_batch_size=micro)
+        np.testing.assert_array_equal(chunked.indices, whole.indices)
+        assert_close(chunked.reconstruction, whole.reconstruction, f"micro {micro}", atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(float(chunked.loss), float(whole.loss), rtol=1e-5)
+        encoded = pretrained_model.encode(x, micro_batch_size=micro)
+        np.testing.assert_array_equal(encoded.indices, whole.indices)
+        assert_close(pretrained_model.decode(encoded.quant_states, micro_batch_size=micro), whole.reconstruction,
+                     "decode", atol=1e-5, rtol=1e-5)  # fmt: skip
+        assert_close(pretrained_model.decode_code(whole.indices, micro_batch_size=micro), whole.reconstruction,
+                     "decode_code", atol=1e-5, rtol=1e-5)  # fmt: skip
+    compiled = [key[1] for key in pretrained_model._compiled if key[0] == "__call__"]
+    assert {1, 2}.issubset(compiled) and None in compiled  # one compiled loop per chunk size
+
+
+def test_default_micro_batch_size():
+    pick = FlaxVQGANModel.default_micro_batch_size
+    assert pick(np.zeros((8, 4))) == 1 and pick(jnp.zeros((8, 4))) == 1  # one CPU device
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("batch",))  # 8 CPU devices (conftest)
+    sharded = jax.device_put(np.zeros((8, 4)), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch")))
+    assert pick(sharded) is None
+    seen = []
+    jax.jit(lambda x: seen.append(pick(x)) or x)(np.zeros(3))
+    assert seen == [None]  # inside a caller's jit the placement is unknown: whole batch
+
+
 def test_bf16_compute_close_to_float32():
     """bf16 compute, float32 params: finite, indices and pixels close to float32 (stated tolerance)."""
     folder = FIXTURES / "vqganjax" / "checkpoint"

@@ -59,13 +59,16 @@ class VQGAN:
         self.devices = list(devices or jax.local_devices())
         self.params = replicate_params(params, self.devices) if replicate else jax.device_put(params, self.devices[0])
 
+        # Under our own jit the model cannot see the device: pass the micro-batching an eager call would use.
+        micro = None if replicate else self.model.default_micro_batch_size(jax.tree.leaves(self.params)[0])
+
         def encode(pixel_values, params):
-            out = self.model.encode(pixel_values, params=params)
+            out = self.model.encode(pixel_values, params=params, micro_batch_size=micro)
             height, width = out.quant_states.shape[1:3]
             return out.quant_states, out.indices.reshape(-1, height, width)
 
         def decode(indices, params):
-            return jnp.clip(self.model.decode_code(indices, params=params), -1.0, 1.0)
+            return jnp.clip(self.model.decode_code(indices, params=params, micro_batch_size=micro), -1.0, 1.0)
 
         wrap = (lambda fn: jax.pmap(fn, devices=self.devices)) if replicate else jax.jit
         self._encode, self._decode = wrap(encode), wrap(decode)
