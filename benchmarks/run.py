@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -73,18 +74,34 @@ def worker_jax(dtype_name, batch, size, preset, repeats):
         compiled(params, arg).block_until_ready()
         measured[f"first_{name}_s"] = time.perf_counter() - start  # what a user's first call costs
         measured[f"{name}_s"] = _timed(lambda: compiled(params, arg).block_until_ready(), repeats)  # noqa: B023
-        # The lowered (not yet optimised) program: a GPU's compiled cost analysis omits cuDNN calls.
-        measured[f"{name}_gflop"] = lowered.cost_analysis()["flops"] / 1e9
         arg = compiled(params, arg)  # the encoder's tokens are the decoder's input
     return {
         **measured,
+        **program_gflop(model, params, pixels),
         "versions": {"jax": jax.__version__},
         **_jax_device_info(jax),
     }
 
 
+def program_gflop(model, params, pixels):
+    """GFLOP of encode and decode_code for this batch, from XLA's cost analysis of the lowered
+    (not yet optimised) whole-batch programs: a GPU's compiled cost analysis omits cuDNN calls, and
+    a micro-batched program's loop body is counted once, not once per image."""
+    import jax
+
+    whole = len(pixels)  # a micro-batch as large as the batch: no loop
+    encode = jax.jit(lambda p, x: model.encode(x, params=p, micro_batch_size=whole).indices)
+    decode = jax.jit(lambda p, i: model.decode_code(i, params=p, micro_batch_size=whole))
+    indices = jax.eval_shape(encode, params, pixels)
+    return {
+        "encode_gflop": encode.lower(params, pixels).cost_analysis()["flops"] / 1e9,
+        "decode_gflop": decode.lower(params, indices).cost_analysis()["flops"] / 1e9,
+    }
+
+
 def worker_roofline(dtype_name, batch, size, preset, repeats):
-    """Best FLOP/s of a lone 3x3 conv (or the same work as one matmul) over the model's levels."""
+    """Best FLOP/s of a lone 3x3 conv (or the same work as one matmul) over the model's levels, at
+    this batch size and at batch 1 (the batch can be run one image at a time, as on CPU we do)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -102,17 +119,17 @@ def worker_roofline(dtype_name, batch, size, preset, repeats):
     matmul = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
     rng = np.random.default_rng(0)
     best = {"roofline_gflop_per_s": 0.0}
-    for level, mult in enumerate(config.ch_mult):
+    for (level, mult), images in itertools.product(enumerate(config.ch_mult), sorted({1, batch})):
         side, channels = size >> level, config.ch * mult
-        flop = 2 * batch * side * side * 9 * channels * channels
-        x = jnp.asarray(rng.standard_normal((batch, side, side, channels)), dtype)
+        flop = 2 * images * side * side * 9 * channels * channels
+        x = jnp.asarray(rng.standard_normal((images, side, side, channels)), dtype)
         w = jnp.asarray(rng.standard_normal((3, 3, channels, channels)), dtype)
-        a = jnp.asarray(rng.standard_normal((batch * side * side, 9 * channels)), dtype)
+        a = jnp.asarray(rng.standard_normal((images * side * side, 9 * channels)), dtype)
         for name, fn, args in (("conv", conv, (x, w)), ("matmul", matmul, (a, w.reshape(-1, channels)))):
             fn(*args).block_until_ready()
             rate = flop / _timed(lambda: fn(*args).block_until_ready(), repeats) / 1e9  # noqa: B023
             if rate > best["roofline_gflop_per_s"]:
-                best = {"roofline_gflop_per_s": rate, "roofline_op": f"{name} {side}x{side}x{channels}"}
+                best = {"roofline_gflop_per_s": rate, "roofline_op": f"{name} {images}x{side}x{side}x{channels}"}
         del x, w, a
     return {**best, "versions": {"jax": jax.__version__}}
 

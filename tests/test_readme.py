@@ -25,3 +25,16 @@ def test_readme_block_runs(index):
         [sys.executable, "-c", BLOCKS[index]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, f"README block {index} failed:\n{BLOCKS[index]}\n{result.stderr[-3000:]}"
+
+
+def test_performance_section_is_generated_from_the_results():
+    """The README's performance section is exactly what benchmarks/report.py makes of the results."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import report
+
+    section = report.section()
+    assert section in (ROOT / "README.md").read_text()
+    for needle in ("**CPU**", "**GPU**", "**Memory**", "**Targets**", "% of roofline", "vs torch bf16"):
+        assert needle in section
+    # One verdict per target of the performance issue, each computed from the numbers.
+    assert section.count("**met**") + section.count("**not met**") >= 9
