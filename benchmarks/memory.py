@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import resource
 import shutil
 import subprocess
@@ -85,12 +86,15 @@ def main() -> None:
         print(json.dumps({**result, "peak_rss_mb": _peak_rss_mb()}))
         return
     rows = [measure("decode", args.decode_tokens)] + [measure("encode", n) for n in args.encode_counts]
-    print("| case | seconds | peak RSS MB |\n|---|---:|---:|")
-    for row in rows:
-        print(f"| {row['case']} | {row['seconds']:.1f} | {row['peak_rss_mb']:.0f} |")
+    print(format_table(rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+def format_table(rows: list) -> str:
+    """Markdown table of the measurements (the README's performance section prints this)."""
+    lines = ["| case | seconds | peak RSS MB |", "|---|---:|---:|"]
+    return "\n".join(lines + [f"| {r['case']} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |" for r in rows])
 
 
 if __name__ == "__main__":

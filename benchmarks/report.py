@@ -20,6 +20,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from memory import format_table as memory_table  # noqa: E402
 from run import format_table, summary_line  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
@@ -144,9 +145,7 @@ def section():
         "",
         "**Memory** (`benchmarks/memory.py`, peak RSS of a fresh process, model load included):",
         "",
-        "| case | seconds | peak RSS MB |",
-        "|---|---:|---:|",
-        *[f"| {r['case']} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |" for r in memory],
+        memory_table(memory),
         "",
         "**Targets**",
         "",
