@@ -1,0 +1,300 @@
+"""taming-transformers' Encoder and Decoder and their building blocks, in Flax, NHWC inside.
+
+One class per taming block, with taming's names (``down_0/block_1/norm1`` ...), so state dicts map
+one to one; ``FlaxVQGANModule`` in ``modeling_flax_vqgan`` puts them together with the quantizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .configuration_vqgan import VQGANConfig
+
+__all__ = [
+    "AttnBlock",
+    "Decoder",
+    "Downsample",
+    "DownsamplingBlock",
+    "Encoder",
+    "MidBlock",
+    "ResnetBlock",
+    "Upsample",
+    "UpsamplingBlock",
+]
+
+
+def _group_norm(param_dtype: jnp.dtype) -> nn.GroupNorm:
+    """taming's ``Normalize``: GroupNorm(32 groups, eps=1e-6).
+
+    It always computes in float32 (bf16 statistics over thousands of pixels visibly shift the
+    output) with torch's two-pass variance; ``_normalize`` casts back to the compute dtype.
+    """
+    return nn.GroupNorm(
+        num_groups=32, epsilon=1e-6, dtype=jnp.float32, param_dtype=param_dtype, use_fast_variance=False
+    )
+
+
+def _normalize(norm: nn.GroupNorm, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """Apply a float32 GroupNorm and return the compute dtype."""
+    return norm(x.astype(jnp.float32)).astype(dtype)
+
+
+def _conv(features: int, kernel: int, dtype: jnp.dtype, param_dtype: jnp.dtype, **kwargs: Any) -> nn.Conv:
+    # taming's 3x3 convs pad 1 on every side ("SAME" equals that for odd kernels at stride 1).
+    pad = (kernel - 1) // 2
+    kwargs.setdefault("padding", ((pad, pad), (pad, pad)))
+    return nn.Conv(features, (kernel, kernel), dtype=dtype, param_dtype=param_dtype, **kwargs)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour ×2 upsampling, then a 3x3 conv when ``with_conv``."""
+
+    in_channels: int
+    with_conv: bool = True
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self) -> None:
+        if self.with_conv:
+            self.conv = _conv(self.in_channels, 3, self.dtype, self.param_dtype)
+
+    def __call__(self, hidden_states: jax.Array) -> jax.Array:
+        # Repeating each pixel is exactly torch's interpolate(mode="nearest", scale_factor=2).
+        hidden_states = jnp.repeat(jnp.repeat(hidden_states, 2, axis=1), 2, axis=2)
+        if self.with_conv:
+            hidden_states = self.conv(hidden_states)
+        return hidden_states
+
+
+class Downsample(nn.Module):
+    """×2 downsampling: a stride-2 3x3 conv after a (0, 1) pad, or 2x2 average pooling."""
+
+    in_channels: int
+    with_conv: bool = True
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self) -> None:
+        if self.with_conv:
+            self.conv = _conv(self.in_channels, 3, self.dtype, self.param_dtype, strides=(2, 2), padding="VALID")
+
+    def __call__(self, hidden_states: jax.Array) -> jax.Array:
+        if self.with_conv:
+            # taming pads only bottom/right by one, then a VALID stride-2 conv; "SAME" would pad
+            # differently and shift every output pixel.
+            hidden_states = jnp.pad(hidden_states, ((0, 0), (0, 1), (0, 1), (0, 0)))
+            return self.conv(hidden_states)
+        return nn.avg_pool(hidden_states, (2, 2), strides=(2, 2), padding="VALID")
+
+
+class ResnetBlock(nn.Module):
+    """GroupNorm → swish → conv, twice, plus a (1x1 ``nin_shortcut`` when channels change) skip."""
+
+    in_channels: int
+    out_channels: Optional[int] = None
+    dropout: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self) -> None:
+        out_channels = self.out_channels or self.in_channels
+        self.norm1 = _group_norm(self.param_dtype)
+        self.conv1 = _conv(out_channels, 3, self.dtype, self.param_dtype)
+        self.norm2 = _group_norm(self.param_dtype)
+        self.dropout_layer = nn.Dropout(self.dropout)
+        self.conv2 = _conv(out_channels, 3, self.dtype, self.param_dtype)
+        if out_channels != self.in_channels:
+            self.nin_shortcut = _conv(out_channels, 1, self.dtype, self.param_dtype)
+
+    def __call__(self, hidden_states: jax.Array, deterministic: bool = True) -> jax.Array:
+        residual = hidden_states
+        hidden_states = nn.swish(_normalize(self.norm1, hidden_states, self.dtype))
+        hidden_states = self.conv1(hidden_states)
+        hidden_states = nn.swish(_normalize(self.norm2, hidden_states, self.dtype))
+        hidden_states = self.dropout_layer(hidden_states, deterministic=deterministic)
+        hidden_states = self.conv2(hidden_states)
+        if (self.out_channels or self.in_channels) != self.in_channels:
+            residual = self.nin_shortcut(residual)
+        return residual + hidden_states
+
+
+class AttnBlock(nn.Module):
+    """Single-head spatial self-attention over all h*w positions, with a residual connection."""
+
+    in_channels: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self) -> None:
+        self.norm = _group_norm(self.param_dtype)
+        self.q = _conv(self.in_channels, 1, self.dtype, self.param_dtype)
+        self.k = _conv(self.in_channels, 1, self.dtype, self.param_dtype)
+        self.v = _conv(self.in_channels, 1, self.dtype, self.param_dtype)
+        self.proj_out = _conv(self.in_channels, 1, self.dtype, self.param_dtype)
+
+    def __call__(self, hidden_states: jax.Array) -> jax.Array:
+        batch, height, width, channels = hidden_states.shape
+        normed = _normalize(self.norm, hidden_states, self.dtype)
+        query, key, value = (
+            layer(normed).reshape(batch, height * width, channels) for layer in (self.q, self.k, self.v)
+        )
+        # Scaled by C^-0.5 as taming does (one head of width C); softmax over the key positions.
+        scores = jnp.einsum("bic,bjc->bij", query, key) * (channels**-0.5)
+        weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
+        attended = jnp.einsum("bij,bjc->bic", weights, value).reshape(batch, height, width, channels)
+        return hidden_states + self.proj_out(attended)
+
+
+class DownsamplingBlock(nn.Module):
+    """One encoder level: ``num_res_blocks`` ResnetBlocks (each followed by attention where
+    taming has it) and a Downsample unless it is the last level."""
+
+    config: VQGANConfig
+    block_idx: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self) -> None:
+        cfg = self.config
+        in_ch_mult = (1, *tuple(cfg.ch_mult))
+        block_in = cfg.ch * in_ch_mult[self.block_idx]
+        block_out = cfg.ch * cfg.ch_mult[self.block_idx]
+        blocks, attns = [], []
+        for _ in range(cfg.num_res_blocks):
+            blocks.append(ResnetBlock(block_in, block_out, cfg.dropout, self.dtype, self.param_dtype))
+            block_in = block_out
+            if cfg.attention_at_level(self.block_idx):
+                attns.append(AttnBlock(block_in, self.dtype, self.param_dtype))
+        self.block = blocks
+        self.attn = attns
+        if self.block_idx != cfg.num_resolutions - 1:
+            self.downsample = Downsample(block_in, cfg.resamp_with_conv, self.dtype, self.param_dtype)
+
+    def __call__(self, hidden_states: jax.Array, deterministic: bool = True) -> jax.Array:
+        for i, block in enumerate(self.block):
+            hidden_states = block(hidden_states, deterministic=deterministic)
+            if self.attn:
+                hidden_states = self.attn[i](hidden_states)
+        if self.block_idx != self.config.num_resolutions - 1:
+            hidden_states = self.downsample(hidden_states)
+        return hidden_states
+
+
+class UpsamplingBlock(nn.Module):
+    """One decoder level: ``num_res_blocks + 1`` ResnetBlocks (with attention where taming has
+    it) and an Upsample unless it is level 0 (the highest resolution)."""
+
+    config: VQGANConfig
+    block_idx: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self) -> None:
+        cfg = self.config
+        # The level below (block_idx + 1) feeds this one; the lowest level is fed by the mid block.
+        block_in = cfg.ch * cfg.ch_mult[min(self.block_idx + 1, cfg.num_resolutions - 1)]
+        block_out = cfg.ch * cfg.ch_mult[self.block_idx]
+        blocks, attns = [], []
+        for _ in range(cfg.num_res_blocks + 1):
+            blocks.append(ResnetBlock(block_in, block_out, cfg.dropout, self.dtype, self.param_dtype))
+            block_in = block_out
+            if cfg.attention_at_level(self.block_idx):
+                attns.append(AttnBlock(block_in, self.dtype, self.param_dtype))
+        self.block = blocks
+        self.attn = attns
+        if self.block_idx != 0:
+            self.upsample = Upsample(block_in, cfg.resamp_with_conv, self.dtype, self.param_dtype)
+
+    def __call__(self, hidden_states: jax.Array, deterministic: bool = True) -> jax.Array:
+        for i, block in enumerate(self.block):
+            hidden_states = block(hidden_states, deterministic=deterministic)
+            if self.attn:
+                hidden_states = self.attn[i](hidden_states)
+        if self.block_idx != 0:
+            hidden_states = self.upsample(hidden_states)
+        return hidden_states
+
+
+class MidBlock(nn.Module):
+    """ResnetBlock → AttnBlock (unless ``use_attention`` is False) → ResnetBlock."""
+
+    channels: int
+    dropout: float = 0.0
+    use_attention: bool = True
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self) -> None:
+        self.block_1 = ResnetBlock(self.channels, self.channels, self.dropout, self.dtype, self.param_dtype)
+        if self.use_attention:
+            self.attn_1 = AttnBlock(self.channels, self.dtype, self.param_dtype)
+        self.block_2 = ResnetBlock(self.channels, self.channels, self.dropout, self.dtype, self.param_dtype)
+
+    def __call__(self, hidden_states: jax.Array, deterministic: bool = True) -> jax.Array:
+        hidden_states = self.block_1(hidden_states, deterministic=deterministic)
+        if self.use_attention:
+            hidden_states = self.attn_1(hidden_states)
+        return self.block_2(hidden_states, deterministic=deterministic)
+
+
+class Encoder(nn.Module):
+    """Pixels (B, H, W, in_channels) → latents (B, H/f, W/f, z_channels [×2 if double_z])."""
+
+    config: VQGANConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.conv_in = _conv(cfg.ch, 3, self.dtype, self.param_dtype)
+        self.down = [DownsamplingBlock(cfg, i, self.dtype, self.param_dtype) for i in range(cfg.num_resolutions)]
+        block_in = cfg.ch * cfg.ch_mult[-1]
+        self.mid = MidBlock(block_in, cfg.dropout, cfg.mid_block_attention, self.dtype, self.param_dtype)
+        self.norm_out = _group_norm(self.param_dtype)
+        out_channels = 2 * cfg.z_channels if cfg.double_z else cfg.z_channels
+        # The latents decide the codes: the last conv (cheap, at token resolution) stays float32
+        # in every dtype, which raised bf16's index agreement with float32 from 93% to 95%.
+        self.conv_out = _conv(out_channels, 3, jnp.float32, self.param_dtype)
+
+    def __call__(self, pixel_values: jax.Array, deterministic: bool = True) -> jax.Array:
+        hidden_states = self.conv_in(pixel_values.astype(self.dtype))
+        for level in self.down:
+            hidden_states = level(hidden_states, deterministic=deterministic)
+        hidden_states = self.mid(hidden_states, deterministic=deterministic)
+        hidden_states = nn.swish(_normalize(self.norm_out, hidden_states, jnp.float32))
+        return self.conv_out(hidden_states)
+
+
+class Decoder(nn.Module):
+    """Latents (B, h, w, z_channels) → pixels (B, h*f, w*f, out_ch)."""
+
+    config: VQGANConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self) -> None:
+        cfg = self.config
+        block_in = cfg.ch * cfg.ch_mult[-1]
+        self.conv_in = _conv(block_in, 3, self.dtype, self.param_dtype)
+        self.mid = MidBlock(block_in, cfg.dropout, cfg.mid_block_attention, self.dtype, self.param_dtype)
+        # up_0 is the highest resolution, as taming's decoder.up[0]; they run in reverse order.
+        self.up = [UpsamplingBlock(cfg, i, self.dtype, self.param_dtype) for i in range(cfg.num_resolutions)]
+        self.norm_out = _group_norm(self.param_dtype)
+        self.conv_out = _conv(cfg.out_ch, 3, self.dtype, self.param_dtype)
+
+    def __call__(self, hidden_states: jax.Array, deterministic: bool = True) -> jax.Array:
+        hidden_states = self.conv_in(hidden_states.astype(self.dtype))
+        hidden_states = self.mid(hidden_states, deterministic=deterministic)
+        for level in reversed(self.up):
+            hidden_states = level(hidden_states, deterministic=deterministic)
+        if self.config.give_pre_end:
+            if self.is_initializing():
+                # taming still owns norm_out/conv_out; create them so state dicts map one to one.
+                self.conv_out(nn.swish(_normalize(self.norm_out, hidden_states, self.dtype)))
+            return hidden_states
+        hidden_states = nn.swish(_normalize(self.norm_out, hidden_states, self.dtype))
+        return self.conv_out(hidden_states)
