@@ -56,8 +56,9 @@ class _Runner:
         self.replicated = replicate_params(model.params) if replicate else None
 
     def _padded(self, array: np.ndarray) -> np.ndarray:
-        rows = bucket_size(len(array), self.batch_size) - len(array)
-        return np.concatenate([array, np.zeros((rows, *array.shape[1:]), array.dtype)]) if rows else array
+        from .parallel import pad_batch
+
+        return pad_batch(array, bucket_size(len(array), self.batch_size))[0]  # a multiple ≥ len: exactly that
 
     def encode(self, pixels: np.ndarray, grid: Sequence[int]) -> np.ndarray:
         from .parallel import pmap_encode
