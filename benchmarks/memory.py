@@ -16,18 +16,15 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from run import peak_rss_mb, run_in_fresh_process  # noqa: E402
 
 
 def worker_decode(tokens_side: int) -> dict:
@@ -37,7 +34,7 @@ def worker_decode(tokens_side: int) -> dict:
     from vqgan_flax import FlaxVQGANModel, VQGANConfig
 
     model = FlaxVQGANModel(VQGANConfig.from_preset("f16-1024"), seed=0)
-    after_load = _peak_rss_mb()
+    after_load = peak_rss_mb()
     tokens = np.random.default_rng(0).integers(0, model.config.n_embed, (1, tokens_side, tokens_side))
     start = time.perf_counter()
     pixels = model.decode_code(jnp.asarray(tokens, jnp.int32)).block_until_ready()
@@ -66,11 +63,7 @@ def worker_encode(count: int) -> dict:
 
 
 def measure(case: str, value: int) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", case, "--value", str(value)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"memory worker {case} {value} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_in_fresh_process(__file__, [case, "--value", str(value)], f"memory {case} {value}")
 
 
 def main() -> None:
@@ -83,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         result = worker_decode(args.value) if args.worker == "decode" else worker_encode(args.value)
-        print(json.dumps({**result, "peak_rss_mb": _peak_rss_mb()}))
+        print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
         return
     rows = [measure("decode", args.decode_tokens)] + [measure("encode", n) for n in args.encode_counts]
     print(format_table(rows))

@@ -180,6 +180,20 @@ def worker_torch(variant, batch, size, preset, repeats):
     return result
 
 
+def peak_rss_mb():
+    """This process's peak resident memory so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_in_fresh_process(script, worker_args, label):
+    """Run ``script --worker ...`` in a new Python process; return the JSON object it prints last."""
+    proc = subprocess.run([sys.executable, os.path.abspath(script), "--worker", *worker_args],
+                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark worker {label} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run_worker(args):
     system = args.worker
     if system.startswith("roofline-"):
@@ -188,18 +202,16 @@ def run_worker(args):
         result = worker_jax(system[4:], args.batch, args.size, args.preset, args.repeats)
     else:
         result = worker_torch(system[6:], args.batch, args.size, args.preset, args.repeats)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
 
 def _measure(system, batch, args):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", system, "--batch", str(batch),
-           "--size", str(args.size), "--preset", args.preset, "--repeats", str(args.repeats)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"benchmark worker {system} (batch {batch}) failed:\n{proc.stderr[-3000:]}")
+    worker_args = [system, "--batch", str(batch), "--size", str(args.size), "--preset", args.preset,
+                   "--repeats", str(args.repeats)]  # fmt: skip
+    result = run_in_fresh_process(__file__, worker_args, f"{system} (batch {batch})")
     print(f"measured {system} batch {batch}", file=sys.stderr, flush=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 def add_ratios(rows, rooflines):
