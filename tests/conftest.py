@@ -33,6 +33,30 @@ def assert_close(actual, expected, name: str = "", atol: float = ATOL, rtol: flo
     np.testing.assert_allclose(actual, expected, atol=atol, rtol=rtol, err_msg=name)
 
 
+TORCH_SKIP_REASON = (
+    "needs PyTorch and the taming reference: torch==2.13.0 is a CPU build for Python 3.11 only, so the "
+    "live PyTorch comparisons run on the legacy stack"
+)
+
+
+def require_torch_reference() -> None:
+    """Skip the calling test (or module) when torch or taming's modules do not import; with
+    ``VQGAN_FLAX_REQUIRE_TORCH=1`` (the legacy stack in CI, where they are installed) fail instead,
+    so a broken install never hides behind a skip."""
+    try:
+        import taming.modules.diffusionmodules.model  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as error:
+        if os.environ.get("VQGAN_FLAX_REQUIRE_TORCH") == "1":
+            pytest.fail(f"VQGAN_FLAX_REQUIRE_TORCH=1 but the PyTorch reference does not import: {error}", pytrace=False)
+        pytest.skip(f"{TORCH_SKIP_REASON} ({error})", allow_module_level=True)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("torch"):
+        require_torch_reference()
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> pathlib.Path:
     return FIXTURES

@@ -8,7 +8,6 @@ import zipfile
 import ml_dtypes
 import numpy as np
 import pytest
-import torch
 from conftest import FIXTURES
 
 from vqgan_flax.checkpoint_io import (
@@ -34,7 +33,10 @@ def test_lightning_fixture_reads_without_lightning():
         np.testing.assert_array_equal(checkpoint["state_dict"][key], value)
 
 
+@pytest.mark.torch
 def test_dtypes_strides_views_and_scalars(tmp_path):
+    import torch
+
     base = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
     tensors = {
         "transposed": base.permute(2, 0, 1),  # non-contiguous
@@ -68,7 +70,10 @@ def test_not_a_zip_checkpoint(tmp_path):
         load_state_dict(tmp_path / "missing.ckpt")
 
 
+@pytest.mark.torch
 def test_missing_storage_is_reported(tmp_path):
+    import torch
+
     torch.save({"w": torch.ones(3)}, tmp_path / "t.pt")
     with zipfile.ZipFile(tmp_path / "t.pt") as src, zipfile.ZipFile(tmp_path / "cut.pt", "w") as dst:
         for name in src.namelist():

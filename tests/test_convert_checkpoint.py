@@ -8,10 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from conftest import FIXTURES, assert_close, nchw_to_nhwc
 from safetensors.numpy import load_file, save_file
-from taming_reference import TamingVQGAN, randomize_, to_nchw_tensor, to_nhwc
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig
 from vqgan_flax.checkpoint_io import load_state_dict
@@ -83,7 +81,11 @@ def test_safetensors_input_and_preset_free_flags(tmp_path):
     np.testing.assert_array_equal(model.encode(inputs).indices, expected["indices"].reshape(2, -1))
 
 
+@pytest.mark.torch
 def test_preset_with_pt_state_dict(tmp_path):
+    import torch
+    from taming_reference import TamingVQGAN, randomize_, to_nchw_tensor, to_nhwc
+
     config = VQGANConfig.from_preset("tiny")
     reference = randomize_(TamingVQGAN(config), seed=5)
     torch.save(reference.state_dict(), tmp_path / "tiny.pt")
@@ -161,8 +163,12 @@ class _Evals:
         return eval, (f"open({str(self.marker)!r}, 'w').close()",)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("payload", [_RunsCode, _Evals])
 def test_hostile_ckpt_never_runs_code(tmp_path, payload):
+    import torch
+    from taming_reference import TamingVQGAN, randomize_
+
     marker = tmp_path / "pwned"
     reference = randomize_(TamingVQGAN(VQGANConfig.from_preset("tiny")), seed=6)
     checkpoint = {"state_dict": reference.state_dict(), "callbacks": {"hook": payload(marker)}}
@@ -194,8 +200,12 @@ def test_conversion_works_without_torch(tmp_path):
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".ckpt"])
 def test_export_loads_into_taming_strictly(tmp_path, suffix):
+    import torch
+    from taming_reference import TamingVQGAN, to_nchw_tensor, to_nhwc
+
     folder = FIXTURES / "vqganjax" / "checkpoint"
     output = tmp_path / f"taming{suffix}"
     assert main(["--to-taming", str(folder), "--output", str(output)]) == 0

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import FIXTURES
 
 
@@ -32,6 +33,7 @@ def test_parity_demo(tmp_path):
     assert (tmp_path / "taming_gumbel" / "model.safetensors").is_file()
 
 
+@pytest.mark.torch
 def test_benchmark_harness_runs(tmp_path):
     """The harness itself (tiny model, one batch size): every system measured, ratios computed."""
     root = FIXTURES.parent.parent

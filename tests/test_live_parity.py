@@ -9,15 +9,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-from conftest import assert_close
+from conftest import assert_close, require_torch_reference
 from flax.traverse_util import flatten_dict
-from taming.modules.diffusionmodules.model import Decoder as TamingDecoder
-from taming.modules.diffusionmodules.model import Encoder as TamingEncoder
-from taming_reference import TamingVQGAN, randomize_, state_dict_numpy, to_nchw_tensor, to_nhwc
 
 from vqgan_flax import Decoder, Encoder, FlaxVQGANModel, VQGANConfig
 from vqgan_flax.convert_checkpoint import convert_state_dict, taming_to_flax
+
+require_torch_reference()  # every test here compares with PyTorch: skip (or fail) the whole module
+
+import torch  # noqa: E402
+from taming.modules.diffusionmodules.model import Decoder as TamingDecoder  # noqa: E402
+from taming.modules.diffusionmodules.model import Encoder as TamingEncoder  # noqa: E402
+from taming_reference import TamingVQGAN, randomize_, state_dict_numpy, to_nchw_tensor, to_nhwc  # noqa: E402
 
 
 def _small(**overrides) -> VQGANConfig:

@@ -91,6 +91,9 @@ class VQGANConfig(PretrainedConfig):
     """
 
     model_type = "vqgan"
+    # transformers 5 refuses to save a config holding a generation parameter (``temperature``)
+    # unless the class declares it as a field (its configs are dataclasses); harmless on 4.x.
+    temperature: float = 1.0
 
     def __init__(
         self,

@@ -7,9 +7,11 @@ checkpoints load unchanged and taming checkpoints convert by renaming and transp
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import warnings
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Iterator, Optional, Sequence, Tuple
 
 import flax
 import flax.linen as nn
@@ -17,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
-from transformers.modeling_flax_utils import FlaxPreTrainedModel
 
 from .blocks import (
     AttnBlock,
@@ -32,6 +33,7 @@ from .blocks import (
     _conv,
 )
 from .configuration_vqgan import VQGANConfig
+from .modeling_flax_base import select_base
 from .modeling_outputs import VQGANEncoderOutput, VQGANOutput, indices_to_grid
 from .quantizers import GumbelQuantizer, QuantizerOutput, VectorQuantizer
 
@@ -120,6 +122,19 @@ class FlaxVQGANModule(nn.Module):
         )
 
 
+@contextlib.contextmanager
+def _quiet_transformers_deprecation() -> Iterator[None]:
+    """transformers 4.x logs "TensorFlow and JAX classes are deprecated" when the first Flax model
+    is built; our users chose Flax on purpose, and the CLI's stderr stays clean."""
+    flax_logger = logging.getLogger("transformers.modeling_flax_utils")
+    level = flax_logger.level
+    flax_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        flax_logger.setLevel(level)
+
+
 def torch_style_init(shapes: Any, rng: jax.Array, config: VQGANConfig) -> dict:
     """Parameters for the tree of ``shapes``, distributed as PyTorch initialises taming's modules:
     conv weights and biases U(±1/sqrt(fan_in)), GroupNorm scale 1 and bias 0, the VQ codebook
@@ -149,8 +164,12 @@ def torch_style_init(shapes: Any, rng: jax.Array, config: VQGANConfig) -> dict:
     return unflatten_dict(params)
 
 
-class FlaxVQGANPreTrainedModel(FlaxPreTrainedModel):
+class FlaxVQGANPreTrainedModel(select_base()):
     """Weight loading/saving and the ``params=...`` calling convention of transformers' Flax models.
+
+    The base is transformers' ``FlaxPreTrainedModel`` where the installed transformers has it (4.x)
+    and our ``FlaxHubModel`` otherwise (transformers 5 removed its Flax classes): same methods,
+    same files (see ``modeling_flax_base.py``).
 
     The public methods are compiled with ``jax.jit`` on first use (per input shape and option),
     so eager calls are fast; they also work inside a caller's own ``jit``/``pmap``.
@@ -177,7 +196,13 @@ class FlaxVQGANPreTrainedModel(FlaxPreTrainedModel):
             input_shape = (1, side, side, config.in_channels)
         self._compiled: dict = {}
         module = self.module_class(config=config, dtype=dtype, **kwargs)
-        super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
+        with _quiet_transformers_deprecation():
+            super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
+
+    def num_parameters(self, params: Optional[dict] = None) -> int:
+        """Number of parameter values (of ``params``, else of the model's parameter shapes)."""
+        tree = self.params_shape_tree if params is None else params
+        return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
 
     def init_weights(self, rng: jax.Array, input_shape: Tuple[int, ...], params: Optional[dict] = None) -> dict:
         """Random parameters drawn like a freshly built PyTorch taming model; entries of ``params``

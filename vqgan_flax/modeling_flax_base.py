@@ -1,0 +1,512 @@
+"""The base under [`FlaxVQGANPreTrainedModel`]: transformers' ``FlaxPreTrainedModel`` where the
+installed transformers still has it (4.x), else ``FlaxHubModel``, a small base of ours.
+
+transformers 5 removed every Flax class; ``FlaxHubModel`` keeps the public surface that DALL·E-mini
+style code relies on (``from_pretrained(..., _do_init=False)``, ``params``, ``save_pretrained``,
+``push_to_hub``, ``to_bf16``) on ``huggingface_hub`` (downloads, cache, revisions, offline mode,
+uploads), ``safetensors`` and ``flax.serialization``, and reads and writes the same files as
+transformers 4.x (``config.json``, ``flax_model.msgpack`` [+ shards and index] or
+``model.safetensors`` with ``{"format": "flax"}``), so a folder saved on one stack loads
+bit-identically on the other.
+
+``VQGAN_FLAX_BASE=hub`` selects ``FlaxHubModel`` even where transformers has Flax classes
+(``transformers`` forces transformers' base; unset or ``auto`` picks as above).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+from functools import partial
+from typing import Any, Optional, Tuple, Union
+
+import flax
+import jax
+import jax.numpy as jnp
+from flax.serialization import msgpack_restore, to_bytes
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+FLAX_WEIGHTS_NAME = "flax_model.msgpack"
+FLAX_WEIGHTS_INDEX_NAME = "flax_model.msgpack.index.json"
+SAFE_WEIGHTS_NAME = "model.safetensors"
+PYTORCH_WEIGHTS_NAME = "pytorch_model.bin"
+# In transformers' order of preference.
+WEIGHTS_CANDIDATES = (FLAX_WEIGHTS_NAME, FLAX_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME)
+
+# Keyword arguments transformers' loaders (and its Auto classes) pass that mean nothing here.
+_IGNORED_KWARGS = ("proxies", "resume_download", "trust_remote_code", "_from_auto", "_from_pipeline", "adapter_kwargs")
+
+
+def _file_size(size: Union[int, str]) -> int:
+    """``"10GB"`` / ``"5MB"`` / ``"500KiB"`` / an int → bytes (transformers' units)."""
+    if isinstance(size, int):
+        return size
+    text = size.strip().upper()
+    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9}
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    raise ValueError(f"max_shard_size={size!r}: expected bytes as an int or digits followed by KB/MB/GB/KiB/MiB/GiB")
+
+
+def shard_params(params: dict, max_shard_size: Union[int, str] = "10GB") -> Tuple[dict, Optional[dict]]:
+    """Split ``params`` into msgpack shards of at most ``max_shard_size`` bytes (a single larger
+    weight gets a shard of its own), in key order, as transformers 4.x does: ``({file: flat
+    shard}, index)``, with ``index=None`` when everything fits in ``flax_model.msgpack``."""
+    limit = _file_size(max_shard_size)
+    blocks, block, block_size, total = [], {}, 0, 0
+    for key, value in flatten_dict(flax.core.unfreeze(params), sep="/").items():
+        size = value.size * value.dtype.itemsize
+        if block and block_size + size > limit:
+            blocks.append(block)
+            block, block_size = {}, 0
+        block[key] = value
+        block_size += size
+        total += size
+    blocks.append(block)
+    if len(blocks) == 1:
+        return {FLAX_WEIGHTS_NAME: blocks[0]}, None
+    shards, weight_map = {}, {}
+    for number, shard in enumerate(blocks, start=1):
+        name = FLAX_WEIGHTS_NAME.replace(".msgpack", f"-{number:05d}-of-{len(blocks):05d}.msgpack")
+        shards[name] = shard
+        weight_map.update(dict.fromkeys(shard, name))
+    return shards, {"metadata": {"total_size": total}, "weight_map": weight_map}
+
+
+def _offline() -> bool:
+    import huggingface_hub
+
+    is_offline = getattr(huggingface_hub, "is_offline_mode", None)  # huggingface_hub >= 1.0
+    return bool(is_offline()) if is_offline else bool(huggingface_hub.constants.HF_HUB_OFFLINE)
+
+
+def _hub_file(repo_id: str, filename: str, hub_kwargs: dict) -> Optional[str]:
+    """Path of ``filename`` in the Hub repo (downloaded or from the cache); None if the repo
+    (at that revision) has no such file, or, offline, the cache does not hold it."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return hf_hub_download(repo_id, filename, **hub_kwargs)
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        return None
+
+
+class FlaxHubModel:
+    """transformers 4.x's ``FlaxPreTrainedModel`` surface without transformers' model classes.
+
+    Subclasses set ``config_class`` (a ``PretrainedConfig``), ``base_model_prefix`` and
+    ``main_input_name``, and implement ``init_weights(rng, input_shape, params=None)``.
+    """
+
+    config_class: Any = None
+    base_model_prefix = ""
+    main_input_name = "pixel_values"
+    _auto_class = None
+
+    def __init__(
+        self,
+        config: Any,
+        module: flax.linen.Module,
+        input_shape: Tuple[int, ...] = (1, 1),
+        seed: int = 0,
+        dtype: jnp.dtype = jnp.float32,
+        _do_init: bool = True,
+    ) -> None:
+        if config is None or module is None:
+            raise ValueError(f"{type(self).__name__} needs a config and a module; got {config!r}, {module!r}")
+        self._config = config
+        self._module = module
+        self.key = jax.random.PRNGKey(seed)
+        self.dtype = dtype
+        self.input_shape = input_shape
+        self.generation_config = None
+        self._is_initialized = _do_init
+        if _do_init:
+            random_params = self.init_weights(self.key, input_shape)
+            self._params_shape_tree = jax.eval_shape(lambda params: params, random_params)
+        else:
+            self._params_shape_tree = jax.eval_shape(partial(self.init_weights, input_shape=input_shape), self.key)
+        self._required_params = set(flatten_dict(flax.core.unfreeze(self._params_shape_tree)))
+        if _do_init:
+            self.params = random_params
+
+    def init_weights(self, rng: jax.Array, input_shape: Tuple[int, ...], params: Optional[dict] = None) -> dict:
+        raise NotImplementedError(f"{type(self).__name__} must implement init_weights")
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return False
+
+    @property
+    def framework(self) -> str:
+        return "flax"
+
+    @property
+    def config(self) -> Any:
+        return self._config
+
+    @property
+    def module(self) -> flax.linen.Module:
+        return self._module
+
+    @property
+    def required_params(self) -> set:
+        """Flattened parameter paths (tuples) the module needs."""
+        return self._required_params
+
+    @property
+    def params_shape_tree(self) -> dict:
+        """The parameter tree as ``jax.ShapeDtypeStruct`` leaves (no memory)."""
+        return self._params_shape_tree
+
+    @property
+    def params(self) -> dict:
+        if not self._is_initialized:
+            raise ValueError(
+                "`params` cannot be accessed from a model created with `_do_init=False`: keep the params "
+                "outside the model and pass them explicitly (`params=...`)."
+            )
+        return self._params
+
+    @params.setter
+    def params(self, params: dict) -> None:
+        if not self._is_initialized:
+            raise ValueError("`params` cannot be set on a model created with `_do_init=False`: keep them outside.")
+        params = flax.core.unfreeze(params)
+        missing = self.required_params - set(flatten_dict(params))
+        if missing:
+            raise ValueError(f"params lack {len(missing)} required parameters, e.g. {sorted(missing)[:5]}")
+        self._params = params
+
+    def _cast_floating_to(self, params: dict, dtype: jnp.dtype, mask: Any = None) -> dict:
+        def cast(param: Any) -> Any:
+            if isinstance(param, jax.Array) and jnp.issubdtype(param.dtype, jnp.floating):
+                return param.astype(dtype)
+            return param
+
+        if mask is None:
+            return jax.tree.map(cast, params)
+        flat = flatten_dict(flax.core.unfreeze(params))
+        # As transformers: the mask's leaves, in tree order, pair with the sorted parameter paths.
+        for masked, key in zip(jax.tree.leaves(mask), sorted(flat)):
+            if masked:
+                flat[key] = cast(flat[key])
+        return unflatten_dict(flat)
+
+    def to_bf16(self, params: dict, mask: Any = None) -> dict:
+        """A copy of ``params`` with floating leaves (where ``mask`` is True) in bfloat16."""
+        return self._cast_floating_to(params, jnp.bfloat16, mask)
+
+    def to_fp16(self, params: dict, mask: Any = None) -> dict:
+        """A copy of ``params`` with floating leaves (where ``mask`` is True) in float16."""
+        return self._cast_floating_to(params, jnp.float16, mask)
+
+    def to_fp32(self, params: dict, mask: Any = None) -> dict:
+        """A copy of ``params`` with floating leaves (where ``mask`` is True) in float32."""
+        return self._cast_floating_to(params, jnp.float32, mask)
+
+    @classmethod
+    def load_flax_weights(cls, resolved_archive_file: str) -> dict:
+        """The nested parameter dict stored in a ``.safetensors`` or msgpack file."""
+        try:
+            if resolved_archive_file.endswith(".safetensors"):
+                from safetensors.flax import load_file
+
+                return unflatten_dict(load_file(resolved_archive_file), sep=".")
+            with open(resolved_archive_file, "rb") as f:
+                data = f.read()
+            return msgpack_restore(data)
+        except Exception as error:
+            with open(resolved_archive_file, "rb") as f:
+                if f.read(7) == b"version":
+                    raise OSError(
+                        f"{resolved_archive_file} is a git-lfs pointer, not the weights: run `git lfs pull`"
+                    ) from error
+            raise OSError(f"Unable to read Flax weights from {resolved_archive_file}: {error}") from error
+
+    @classmethod
+    def load_flax_sharded_weights(cls, shard_files: list) -> dict:
+        """The parameters of all msgpack shards, merged, one shard in memory at a time."""
+        flat: dict = {}
+        for shard_file in shard_files:
+            flat.update(flatten_dict(cls.load_flax_weights(shard_file)))
+        return unflatten_dict(flat)
+
+    @classmethod
+    def _resolve_weights(cls, name_or_path: str, subfolder: str, hub_kwargs: dict) -> Tuple[list, str]:
+        """Weight files to read (several for a sharded msgpack checkpoint) and the chosen file name."""
+        if os.path.isfile(os.path.join(subfolder, name_or_path)):
+            path = os.path.join(subfolder, name_or_path)
+            return [path], os.path.basename(path)
+        if os.path.isdir(name_or_path):
+            folder = os.path.join(name_or_path, subfolder) if subfolder else name_or_path
+            found = next((n for n in WEIGHTS_CANDIDATES if os.path.isfile(os.path.join(folder, n))), None)
+
+            def locate(filename: str) -> str:
+                return os.path.join(folder, filename)
+
+            where = f"folder {folder}"
+        else:
+            hub_kwargs = {**hub_kwargs, "subfolder": subfolder or None}
+            located = {}
+            for candidate in WEIGHTS_CANDIDATES:
+                located[candidate] = _hub_file(name_or_path, candidate, hub_kwargs)
+                if located[candidate]:
+                    break
+            found = next((n for n, path in located.items() if path), None)
+
+            def locate(filename: str) -> str:
+                path = located.get(filename) or _hub_file(name_or_path, filename, hub_kwargs)
+                if path is None:
+                    raise OSError(f"{name_or_path}: {filename} is listed in its index but missing")
+                return path
+
+            offline = " (offline: only the local cache was searched)" if hub_kwargs.get("local_files_only") else ""
+            where = f"Hub repo {name_or_path!r} (revision {hub_kwargs.get('revision') or 'main'}){offline}"
+        if found is None:
+            hint = ""
+            if os.path.isdir(name_or_path) and os.path.isfile(os.path.join(folder, PYTORCH_WEIGHTS_NAME)):
+                hint = "; it has PyTorch weights: convert them with `vqgan-flax convert`"
+            raise OSError(f"{where} has no {', '.join(WEIGHTS_CANDIDATES)}{hint}")
+        if found != FLAX_WEIGHTS_INDEX_NAME:
+            return [locate(found)], found
+        index_file = locate(found)
+        with open(index_file) as f:
+            weight_map = json.load(f).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise OSError(f"{index_file}: no weight_map")
+        shard_names = sorted(set(weight_map.values()))
+        if any(os.path.basename(n) != n or not n.endswith(".msgpack") for n in shard_names):
+            raise OSError(f"{index_file}: shard names must be plain .msgpack file names; got {shard_names[:3]}")
+        return [locate(n) for n in shard_names], found
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: Union[str, os.PathLike],
+        dtype: jnp.dtype = jnp.float32,
+        *model_args: Any,
+        config: Any = None,
+        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        ignore_mismatched_sizes: bool = False,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: Optional[Union[str, bool]] = None,
+        revision: str = "main",
+        **kwargs: Any,
+    ) -> Any:
+        """Load a model from a local folder, a weights file or a Hub repo id (cached by
+        ``huggingface_hub``; ``HF_HUB_OFFLINE=1`` reads the cache only). Returns the model, or
+        ``(model, params)`` with ``_do_init=False`` (params kept on the host CPU)."""
+        subfolder = kwargs.pop("subfolder", "") or ""
+        do_init = kwargs.pop("_do_init", True)
+        kwargs.pop("_commit_hash", None)
+        for name in _IGNORED_KWARGS:
+            kwargs.pop(name, None)
+        if kwargs.pop("from_pt", False):
+            raise ValueError("from_pt=True needs PyTorch; convert taming checkpoints with `vqgan-flax convert`")
+        if kwargs.pop("use_auth_token", None) is not None:
+            raise TypeError("use_auth_token was removed: pass token=...")
+        local_files_only = local_files_only or _offline()
+        name_or_path = str(pretrained_model_name_or_path)
+        hub_kwargs = dict(
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+            revision=revision,
+        )
+        if not isinstance(config, cls.config_class):
+            config, model_kwargs = cls.config_class.from_pretrained(
+                name_or_path if config is None else config,
+                return_unused_kwargs=True,
+                subfolder=subfolder,
+                **hub_kwargs,
+                **kwargs,
+            )
+        else:
+            model_kwargs = dict(kwargs)
+        files, filename = cls._resolve_weights(name_or_path, subfolder, hub_kwargs)
+        if filename == SAFE_WEIGHTS_NAME:
+            from safetensors import safe_open
+
+            with safe_open(files[0], framework="flax") as f:
+                weights_format = (f.metadata() or {}).get("format")
+            if weights_format != "flax":
+                raise OSError(
+                    f"{files[0]}: safetensors format {weights_format!r}, expected 'flax' (PyTorch weights: "
+                    "convert them with `vqgan-flax convert`)"
+                )
+        model = cls(config, *model_args, dtype=dtype, _do_init=do_init, **model_kwargs)
+        state = cls.load_flax_sharded_weights(files) if len(files) > 1 else cls.load_flax_weights(files[0])
+        state = flax.core.unfreeze(state)
+        expected = flatten_dict(flax.core.unfreeze(model.params_shape_tree))
+        prefix = cls.base_model_prefix
+        top_level = {key[0] for key in expected}
+        if prefix and prefix not in top_level and prefix in state:
+            state = state[prefix]
+        elif prefix and prefix in top_level and prefix not in state:
+            state = {prefix: state}
+        state = flatten_dict(state)
+        missing = model.required_params - set(state)
+        unexpected = set(state) - model.required_params
+        for key, value in list(state.items()):
+            if key in expected and tuple(value.shape) != tuple(expected[key].shape):
+                if not ignore_mismatched_sizes:
+                    raise ValueError(
+                        f"{name_or_path}: weight {'/'.join(key)} has shape {tuple(value.shape)} in the checkpoint "
+                        f"but {tuple(expected[key].shape)} in the model (ignore_mismatched_sizes=True re-initialises it)"
+                    )
+                logger.warning("%s: re-initialising %s (shape mismatch)", name_or_path, "/".join(key))
+                missing.add(key)
+                del state[key]
+        for key in unexpected:
+            del state[key]
+        if unexpected:
+            logger.warning("%s: %d checkpoint weights unused, e.g. %s", name_or_path, len(unexpected), sorted(unexpected)[:5])
+        if missing:
+            logger.warning("%s: %d model weights not in the checkpoint, e.g. %s", name_or_path, len(missing), sorted(missing)[:5])
+        if do_init:
+            if missing:
+                random_state = flatten_dict(flax.core.unfreeze(model.params))
+                state.update({key: random_state[key] for key in missing})
+            model.params = unflatten_dict({key: jnp.asarray(value) for key, value in state.items()})
+            return model
+        host = jax.local_devices(backend="cpu")[0]
+        return model, unflatten_dict({key: jax.device_put(value, host) for key, value in state.items()})
+
+    def save_pretrained(
+        self,
+        save_directory: Union[str, os.PathLike],
+        params: Optional[dict] = None,
+        push_to_hub: bool = False,
+        max_shard_size: Union[int, str] = "10GB",
+        token: Optional[Union[str, bool]] = None,
+        safe_serialization: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Write ``config.json`` and the weights (``model.safetensors`` with
+        ``safe_serialization=True``, else ``flax_model.msgpack``, sharded above ``max_shard_size``);
+        ``push_to_hub=True`` then uploads the folder (``repo_id=``, ``commit_message=``, ``private=``)."""
+        save_directory = os.path.abspath(os.fspath(save_directory))
+        if os.path.isfile(save_directory):
+            raise NotADirectoryError(f"save_pretrained: {save_directory} is a file, not a directory")
+        os.makedirs(save_directory, exist_ok=True)
+        params = self.params if params is None else params
+        self.config.architectures = [type(self).__name__[4:]]  # transformers' convention: drop "Flax"
+        self.config.save_pretrained(save_directory)
+        shards, index = shard_params(params, max_shard_size)
+        weights_name = SAFE_WEIGHTS_NAME if safe_serialization and index is None else FLAX_WEIGHTS_NAME
+        stem = os.path.splitext(weights_name)[0]
+        for filename in os.listdir(save_directory):  # weights left from an earlier save
+            path = os.path.join(save_directory, filename)
+            if filename.startswith(stem) and os.path.isfile(path) and filename not in shards:
+                os.remove(path)
+        if index is None and safe_serialization:
+            from safetensors.flax import save_file
+
+            flat = flatten_dict(flax.core.unfreeze(params), sep=".")
+            save_file(flat, os.path.join(save_directory, SAFE_WEIGHTS_NAME), metadata={"format": "flax"})
+        elif index is None:
+            with open(os.path.join(save_directory, FLAX_WEIGHTS_NAME), "wb") as f:
+                f.write(to_bytes(params))
+        else:
+            with open(os.path.join(save_directory, FLAX_WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
+                f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
+            for filename, shard in shards.items():
+                with open(os.path.join(save_directory, filename), "wb") as f:
+                    f.write(to_bytes(unflatten_dict(shard, sep="/")))
+        if push_to_hub:
+            repo_id = kwargs.pop("repo_id", os.path.basename(save_directory))
+            self._upload_folder(save_directory, repo_id, token=token, **kwargs)
+
+    @staticmethod
+    def _upload_folder(
+        folder: str,
+        repo_id: str,
+        token: Optional[Union[str, bool]] = None,
+        commit_message: Optional[str] = None,
+        commit_description: Optional[str] = None,
+        private: Optional[bool] = None,
+        create_pr: bool = False,
+        revision: Optional[str] = None,
+    ) -> Any:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message=commit_message or "Upload model",
+            commit_description=commit_description,
+            create_pr=create_pr,
+            revision=revision,
+        )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        use_temp_dir: Optional[bool] = None,
+        commit_message: Optional[str] = None,
+        private: Optional[bool] = None,
+        token: Optional[Union[str, bool]] = None,
+        max_shard_size: Union[int, str] = "5GB",
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        revision: Optional[str] = None,
+        commit_description: Optional[str] = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Save to a temporary folder and upload it to the Hub repo ``repo_id`` (created if needed);
+        returns ``huggingface_hub``'s commit info."""
+        kwargs.pop("tags", None)
+        params = kwargs.pop("params", None)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(
+                folder, params=params, max_shard_size=max_shard_size, safe_serialization=safe_serialization
+            )
+            return self._upload_folder(
+                folder, repo_id, token, commit_message, commit_description, private, create_pr, revision
+            )
+
+
+def _transformers_flax_base() -> Optional[type]:
+    """transformers' ``FlaxPreTrainedModel``, or None where the installed transformers lacks it."""
+    try:
+        if importlib.util.find_spec("transformers.modeling_flax_utils") is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    from transformers.modeling_flax_utils import FlaxPreTrainedModel
+
+    return FlaxPreTrainedModel
+
+
+def select_base() -> type:
+    """The base class chosen by ``VQGAN_FLAX_BASE`` (``auto``, ``transformers`` or ``hub``)."""
+    choice = os.environ.get("VQGAN_FLAX_BASE", "auto").strip().lower() or "auto"
+    if choice not in ("auto", "transformers", "hub"):
+        raise ValueError(f"VQGAN_FLAX_BASE={choice!r}: expected 'auto', 'transformers' or 'hub'")
+    if choice == "hub":
+        return FlaxHubModel
+    base = _transformers_flax_base()
+    if base is None and choice == "transformers":
+        import transformers
+
+        raise ImportError(
+            f"VQGAN_FLAX_BASE=transformers, but transformers {transformers.__version__} has no Flax models "
+            "(removed in 5.0); unset it to use vqgan-flax's own base"
+        )
+    return base or FlaxHubModel
+
+
+__all__ = ["FlaxHubModel", "select_base", "shard_params"]
