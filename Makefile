@@ -1,34 +1,68 @@
-# `make demo`: set up and run the main job; `make test`: set up and run the whole test suite.
-PYTHON ?= python3
-VENV ?= .venv
-PY := $(VENV)/bin/python
-PIP := $(PY) -m pip
+# `make demo`: set up the current stack (.venv-current) and run the main job.
+# `make test`: set up both stacks and run lint + the whole suite on each (what CI runs).
+#   legacy  (.venv):         Python 3.11, transformers 4.57.6 (Flax classes), jax 0.10.2, flax 0.12.8,
+#                            huggingface_hub 0.36, torch 2.13.0 CPU + the taming reference;
+#   current (.venv-current): Python >= 3.12 with the newest jax, flax, transformers 5.x, huggingface_hub.
+LEGACY_VENV ?= .venv
+CURRENT_VENV ?= .venv-current
+LEGACY_PY := $(LEGACY_VENV)/bin/python
+CURRENT_PY := $(CURRENT_VENV)/bin/python
+PIP_QUIET := --quiet --disable-pip-version-check
+# taming's reference modules for the parity tests; --no-deps: its declared dependencies pull a
+# torchvision that does not import beside torch 2.13.
+TAMING := taming-transformers-rom1504==0.0.6
+LINT_PATHS := vqgan_flax tests examples benchmarks scripts ci
 
-.PHONY: setup setup-test demo test lint clean
+.PHONY: setup setup-test demo test test-legacy test-current lint clean
 
-$(PY):
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
+$(LEGACY_VENV)/.installed: pyproject.toml ci/legacy-constraints.txt
+	py=$$(ci/find-python.sh legacy) && $$py -m venv $(LEGACY_VENV)
+	$(LEGACY_PY) -m pip install $(PIP_QUIET) --upgrade pip
+	$(LEGACY_PY) -m pip install $(PIP_QUIET) -c ci/legacy-constraints.txt -e ".[test]"
+	$(LEGACY_PY) -m pip install $(PIP_QUIET) --no-deps $(TAMING)
+	touch $@
 
-setup: $(PY)
-	$(PIP) install --quiet -e .
+# The newest jax, flax, transformers and huggingface_hub go in first, as a user's environment would
+# have them; installing vqgan-flax beside them must change none of them (checked, else the setup fails).
+$(CURRENT_VENV)/.installed: pyproject.toml
+	py=$$(ci/find-python.sh current) && $$py -m venv $(CURRENT_VENV)
+	$(CURRENT_PY) -m pip install $(PIP_QUIET) --upgrade pip
+	$(CURRENT_PY) -m pip install $(PIP_QUIET) --upgrade jax jaxlib flax transformers huggingface_hub
+	$(CURRENT_PY) ci/core_versions.py record $(CURRENT_VENV)/core-versions.json
+	$(CURRENT_PY) -m pip install $(PIP_QUIET) -e .
+	$(CURRENT_PY) ci/core_versions.py compare $(CURRENT_VENV)/core-versions.json
+	touch $@
 
-setup-test: $(PY)
-	$(PIP) install --quiet -e ".[test]"
-	# taming's reference modules for the parity tests; --no-deps: see setup.cfg.
-	$(PIP) install --quiet --no-deps taming-transformers-rom1504==0.0.6
+$(CURRENT_VENV)/.installed-test: $(CURRENT_VENV)/.installed
+	$(CURRENT_PY) -m pip install $(PIP_QUIET) -e ".[test]"
+	$(CURRENT_PY) ci/core_versions.py compare $(CURRENT_VENV)/core-versions.json
+	touch $@
+
+setup: $(CURRENT_VENV)/.installed
+
+setup-test: $(LEGACY_VENV)/.installed $(CURRENT_VENV)/.installed-test
 
 demo: setup
-	$(VENV)/bin/vqgan-flax reconstruct examples/images --size 256 --out build/demo/reconstructions --quiet
-	$(PY) examples/parity_demo.py --output build/demo/parity
+	$(CURRENT_VENV)/bin/vqgan-flax reconstruct examples/images --size 256 --out build/demo/reconstructions --quiet
+	$(CURRENT_PY) examples/parity_demo.py --output build/demo/parity
 
+# Each stack's suite also checks folders against the other stack's interpreter; on the legacy
+# stack the PyTorch reference must import (a missing torch fails instead of skipping).
 test: setup-test
-	$(PY) -m ruff check vqgan_flax tests examples benchmarks scripts
-	$(PY) -m pytest -q
+	$(LEGACY_PY) -m ruff check $(LINT_PATHS)
+	$(MAKE) --no-print-directory test-legacy test-current
 
-lint: setup-test
-	$(PY) -m ruff check vqgan_flax tests examples benchmarks scripts
-	$(PY) -m ruff format --check vqgan_flax tests examples benchmarks scripts
+test-legacy: $(LEGACY_VENV)/.installed
+	@echo "== legacy stack: $$($(LEGACY_PY) ci/core_versions.py show)"
+	VQGAN_FLAX_REQUIRE_TORCH=1 VQGAN_FLAX_OTHER_PYTHON=$(abspath $(CURRENT_PY)) $(LEGACY_PY) -m pytest -q
+
+test-current: $(CURRENT_VENV)/.installed-test
+	@echo "== current stack: $$($(CURRENT_PY) ci/core_versions.py show)"
+	VQGAN_FLAX_OTHER_PYTHON=$(abspath $(LEGACY_PY)) $(CURRENT_PY) -m pytest -q
+
+lint: $(LEGACY_VENV)/.installed
+	$(LEGACY_PY) -m ruff check $(LINT_PATHS)
+	$(LEGACY_PY) -m ruff format --check $(LINT_PATHS)
 
 clean:
-	rm -rf $(VENV) build
+	rm -rf $(LEGACY_VENV) $(CURRENT_VENV) build

@@ -83,7 +83,9 @@ def test_round_trip_is_bit_identical(toy, tmp_path, safe):
     assert loaded.config.features == 5
     _tree_equal(loaded.params, toy.params)
     x = np.ones((2, 2), np.float32)
-    np.testing.assert_array_equal(loaded.module.apply({"params": loaded.params}, x), toy.module.apply({"params": toy.params}, x))
+    np.testing.assert_array_equal(
+        loaded.module.apply({"params": loaded.params}, x), toy.module.apply({"params": toy.params}, x)
+    )
 
 
 def test_saving_again_replaces_the_other_format(toy, tmp_path):
@@ -154,7 +156,10 @@ def test_casts_with_mask(toy):
     bf16 = toy.to_bf16(params)
     assert {leaf.dtype for leaf in jax.tree.leaves(bf16)} == {jnp.dtype(jnp.bfloat16)}
     assert {leaf.dtype for leaf in jax.tree.leaves(toy.to_fp16(params))} == {jnp.dtype(jnp.float16)}
-    _tree_equal(toy.to_fp32(toy.to_fp16(jax.tree.map(lambda x: x.astype(jnp.float16), params))), toy.to_fp32(toy.to_fp16(params)))
+    _tree_equal(
+        toy.to_fp32(toy.to_fp16(jax.tree.map(lambda x: x.astype(jnp.float16), params))),
+        toy.to_fp32(toy.to_fp16(params)),
+    )
     mask = {"body": {"bias": False, "kernel": True}, "head": {"bias": False, "kernel": False}}
     masked = flatten_dict(toy.to_bf16(params, mask))
     assert masked["body", "kernel"].dtype == jnp.bfloat16 and masked["body", "bias"].dtype == jnp.float32
@@ -162,7 +167,9 @@ def test_casts_with_mask(toy):
 
 
 def test_errors_name_the_file(toy, tmp_path):
-    with pytest.raises(OSError, match=r"folder .*empty has no flax_model.msgpack, flax_model.msgpack.index.json, model.safetensors"):
+    with pytest.raises(
+        OSError, match=r"folder .*empty has no flax_model.msgpack, flax_model.msgpack.index.json, model.safetensors"
+    ):
         (tmp_path / "empty").mkdir()
         toy.config.save_pretrained(tmp_path / "empty")
         FlaxToyModel.from_pretrained(tmp_path / "empty")
@@ -201,7 +208,9 @@ def test_hub_cache_revisions_subfolder_offline(tmp_path):
     cache = _fake_hub_cache(tmp_path / "cache", "acme/toy", {"main": tmp_path / "main", "v2": tmp_path / "v2"})
     loaded = FlaxToyModel.from_pretrained("acme/toy", cache_dir=cache, local_files_only=True)
     _tree_equal(loaded.params, first.params)
-    other = FlaxToyModel.from_pretrained("acme/toy", cache_dir=cache, local_files_only=True, revision="v2", subfolder="weights")
+    other = FlaxToyModel.from_pretrained(
+        "acme/toy", cache_dir=cache, local_files_only=True, revision="v2", subfolder="weights"
+    )
     _tree_equal(other.params, second.params)
     with pytest.raises(OSError):
         FlaxToyModel.from_pretrained("acme/absent", cache_dir=cache, local_files_only=True)
@@ -218,7 +227,9 @@ def test_offline_environment_reads_only_the_cache(tmp_path):
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
     root = pathlib.Path(__file__).parent.parent
-    result = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("(4, 3)")
 

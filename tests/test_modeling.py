@@ -269,14 +269,3 @@ def test_random_init_follows_torch_defaults():
         jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params), jax.random.PRNGKey(3), config
     )
     np.testing.assert_array_equal(again["decoder"]["conv_out"]["kernel"], params["decoder"]["conv_out"]["kernel"])
-
-
-def test_auto_classes_load_a_saved_folder(tiny_model, tmp_path):
-    from transformers import AutoConfig, FlaxAutoModel
-
-    tiny_model.save_pretrained(tmp_path)
-    assert isinstance(AutoConfig.from_pretrained(tmp_path), VQGANConfig)
-    model = FlaxAutoModel.from_pretrained(tmp_path)
-    assert isinstance(model, FlaxVQGANModel)
-    x = _images((1, 16, 16, 3))
-    np.testing.assert_array_equal(model(x).indices, tiny_model(x).indices)

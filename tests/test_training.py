@@ -40,7 +40,9 @@ def _changed(before, after):
 
 
 def test_loss_goes_down_and_every_part_learns():
-    trainer = _trainer(steps=25, disc_start=1000)
+    # 50 steps: the batch loss is noisy and falls slowly (at 25 steps it sat at 0.80-0.81 of its
+    # start on both stacks, right at the bound); at 50 it is about 0.7.
+    trainer = _trainer(steps=50, disc_start=1000)
     logs = []
     state = trainer.init_state()
     start = jax.device_get(state.params)

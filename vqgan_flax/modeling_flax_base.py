@@ -363,7 +363,7 @@ class FlaxHubModel:
                 if not ignore_mismatched_sizes:
                     raise ValueError(
                         f"{name_or_path}: weight {'/'.join(key)} has shape {tuple(value.shape)} in the checkpoint "
-                        f"but {tuple(expected[key].shape)} in the model (ignore_mismatched_sizes=True re-initialises it)"
+                        f"but {tuple(expected[key].shape)} in the model (ignore_mismatched_sizes=True re-initialises)"
                     )
                 logger.warning("%s: re-initialising %s (shape mismatch)", name_or_path, "/".join(key))
                 missing.add(key)
@@ -371,9 +371,13 @@ class FlaxHubModel:
         for key in unexpected:
             del state[key]
         if unexpected:
-            logger.warning("%s: %d checkpoint weights unused, e.g. %s", name_or_path, len(unexpected), sorted(unexpected)[:5])
+            logger.warning(
+                "%s: %d checkpoint weights unused, e.g. %s", name_or_path, len(unexpected), sorted(unexpected)[:5]
+            )
         if missing:
-            logger.warning("%s: %d model weights not in the checkpoint, e.g. %s", name_or_path, len(missing), sorted(missing)[:5])
+            logger.warning(
+                "%s: %d model weights not in the checkpoint, e.g. %s", name_or_path, len(missing), sorted(missing)[:5]
+            )
         if do_init:
             if missing:
                 random_state = flatten_dict(flax.core.unfreeze(model.params))

@@ -1,0 +1,213 @@
+"""Both stacks: which base the model stands on, folders that travel between the legacy stack
+(transformers 4.57, Flax classes) and the current one (transformers 5, our base) bit for bit, the
+Auto classes, and a quiet stderr on import and in the CLI.
+
+The cross-stack tests need the other stack's interpreter in ``VQGAN_FLAX_OTHER_PYTHON`` (``make
+test`` sets it: each stack's suite checks against the other's venv); without it they are skipped.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax.traverse_util import flatten_dict
+
+import vqgan_flax
+from vqgan_flax import FlaxHubModel, FlaxVQGANModel, FlaxVQGANPreTrainedModel, VQGANConfig, VQGANImageProcessor
+from vqgan_flax.modeling_flax_base import _transformers_flax_base
+
+ROOT = pathlib.Path(__file__).parent.parent
+TRANSFORMERS_FLAX = _transformers_flax_base()
+OTHER_PYTHON = os.environ.get("VQGAN_FLAX_OTHER_PYTHON")
+CONFIG_FIELDS = [name for name in inspect.signature(VQGANConfig.__init__).parameters if name not in ("self", "kwargs")]
+
+# Run by another interpreter (the other stack) or with another base (VQGAN_FLAX_BASE=hub), with
+# a JSON list of jobs: ["save", FOLDER, SEED, FORMAT] writes a random tiny model; ["dump", FOLDER,
+# OUT.npz] loads a folder and records its parameters and its outputs on fixed inputs as that stack
+# sees them; the config fields of each dumped folder are printed as JSON.
+HELPER = r"""
+import json, sys
+import numpy as np
+from flax.traverse_util import flatten_dict
+from vqgan_flax import FlaxVQGANModel, VQGANConfig
+
+jobs, fields = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+configs = {}
+for job in jobs:
+    if job[0] == "save":
+        model = FlaxVQGANModel(VQGANConfig.from_preset("tiny", n_embed=48), seed=job[2])
+        model.save_pretrained(job[1], safe_serialization=job[3] == "safetensors")
+        continue
+    model = FlaxVQGANModel.from_pretrained(job[1])
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+    out = model(x)
+    arrays = {"/".join(k): np.asarray(v) for k, v in flatten_dict(model.params).items()}
+    arrays.update({"@reconstruction": np.asarray(out.reconstruction), "@indices": np.asarray(out.indices)})
+    np.savez(job[2], **arrays)
+    configs[job[1]] = {k: getattr(model.config, k) for k in fields}
+print(json.dumps(configs))
+"""
+
+
+def _helper(python: str, jobs: list, env: dict | None = None) -> dict:
+    result = subprocess.run(
+        [python, "-c", HELPER, json.dumps(jobs), json.dumps(CONFIG_FIELDS)],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, f"{python} {jobs} failed:\n{result.stderr[-3000:]}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _assert_same_model(folder: pathlib.Path, there_npz: pathlib.Path, there_config: dict) -> None:
+    model = FlaxVQGANModel.from_pretrained(folder)
+    assert {k: getattr(model.config, k) for k in CONFIG_FIELDS} == there_config
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+    out = model(x)
+    arrays = {"/".join(k): np.asarray(v) for k, v in flatten_dict(model.params).items()}
+    there = dict(np.load(there_npz))
+    assert sorted(arrays) == sorted(k for k in there if not k.startswith("@"))
+    for key in arrays:  # bit-identical weights
+        assert arrays[key].dtype == there[key].dtype, key
+        np.testing.assert_array_equal(arrays[key], there[key], err_msg=key)
+    # Outputs of the same weights: equal up to the two XLA versions' float rounding.
+    np.testing.assert_allclose(np.asarray(out.reconstruction), there["@reconstruction"], atol=1e-5, rtol=1e-5)
+    assert np.mean(np.asarray(out.indices) == there["@indices"]) >= 0.99
+
+
+def _round_trips(tmp_path: pathlib.Path, python: str, env: dict | None = None) -> None:
+    """Folders (safetensors and msgpack) written there load here bit-identically, and vice versa."""
+    formats = ("safetensors", "msgpack")
+    jobs = [["save", str(tmp_path / f"there-{fmt}"), 3, fmt] for fmt in formats]
+    jobs += [["dump", str(tmp_path / f"there-{fmt}"), str(tmp_path / f"there-{fmt}.npz")] for fmt in formats]
+    for fmt in formats:
+        FlaxVQGANModel(VQGANConfig.from_preset("tiny", n_embed=48), seed=4).save_pretrained(
+            tmp_path / f"here-{fmt}", safe_serialization=fmt == "safetensors"
+        )
+        jobs.append(["dump", str(tmp_path / f"here-{fmt}"), str(tmp_path / f"here-{fmt}.npz")])
+    configs = _helper(python, jobs, env)
+    for origin in ("there", "here"):
+        for fmt in formats:
+            folder = tmp_path / f"{origin}-{fmt}"
+            _assert_same_model(folder, tmp_path / f"{origin}-{fmt}.npz", configs[str(folder)])
+
+
+def test_base_follows_the_installed_transformers():
+    import transformers
+
+    base = FlaxVQGANPreTrainedModel.__mro__[1]
+    if transformers.__version__.startswith("4."):
+        assert base is TRANSFORMERS_FLAX and base.__module__ == "transformers.modeling_flax_utils"
+    else:
+        assert base is FlaxHubModel and TRANSFORMERS_FLAX is None
+    # The same public surface on either base.
+    surface = "from_pretrained save_pretrained push_to_hub params init_weights to_bf16 to_fp16 to_fp32"
+    for name in (surface + " num_parameters params_shape_tree required_params load_flax_weights").split():
+        assert hasattr(FlaxVQGANModel, name), name
+    model = FlaxVQGANModel(VQGANConfig.from_preset("tiny"), _do_init=False)
+    assert model.num_parameters() == sum(int(np.prod(s.shape)) for s in jax.tree.leaves(model.params_shape_tree))
+
+
+def test_base_can_be_forced_and_bad_values_are_refused():
+    def run(value: str) -> subprocess.CompletedProcess:
+        code = "import vqgan_flax; print(vqgan_flax.FlaxVQGANPreTrainedModel.__mro__[1].__name__)"
+        env = {**os.environ, "VQGAN_FLAX_BASE": value}
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+    assert run("hub").stdout.strip() == "FlaxHubModel"
+    bad = run("pytorch")
+    assert bad.returncode != 0 and "VQGAN_FLAX_BASE='pytorch': expected 'auto', 'transformers' or 'hub'" in bad.stderr
+    forced = run("transformers")
+    if TRANSFORMERS_FLAX is None:
+        assert forced.returncode != 0 and "has no Flax models (removed in 5.0)" in forced.stderr
+    else:
+        assert forced.stdout.strip() == "FlaxPreTrainedModel"
+
+
+@pytest.mark.skipif(TRANSFORMERS_FLAX is None, reason="one base only: this transformers has no Flax classes")
+def test_folders_travel_between_transformers_base_and_ours(tmp_path):
+    """On the legacy stack, in one environment: transformers' base (here) and ours (a subprocess
+    with VQGAN_FLAX_BASE=hub) read each other's folders bit-identically."""
+    _round_trips(tmp_path, sys.executable, env={"VQGAN_FLAX_BASE": "hub"})
+
+
+@pytest.mark.skipif(not OTHER_PYTHON, reason="VQGAN_FLAX_OTHER_PYTHON (the other stack's python) is not set")
+def test_folders_travel_between_stacks(tmp_path):
+    assert pathlib.Path(OTHER_PYTHON).is_file(), f"VQGAN_FLAX_OTHER_PYTHON={OTHER_PYTHON}: no such interpreter"
+    here = subprocess.run(
+        [sys.executable, "-c", "import transformers; print(transformers.__version__)"], capture_output=True, text=True
+    ).stdout
+    there = subprocess.run(
+        [OTHER_PYTHON, "-c", "import transformers; print(transformers.__version__)"], capture_output=True, text=True
+    ).stdout
+    assert here.split(".")[0] != there.split(".")[0], f"both interpreters run transformers {here.strip()}"
+    _round_trips(tmp_path, OTHER_PYTHON)
+
+
+def test_auto_classes(tmp_path):
+    from transformers import AutoConfig, AutoImageProcessor
+
+    FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=0).save_pretrained(tmp_path)
+    VQGANImageProcessor(pixel_range=(0, 1), crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, VQGANConfig) and config.n_embed == 32
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert isinstance(processor, VQGANImageProcessor)
+    assert processor.pixel_range == [0.0, 1.0] and processor.crop_size == {"height": 32, "width": 32}
+
+
+@pytest.mark.skipif(TRANSFORMERS_FLAX is None, reason="this transformers has no FlaxAutoModel (removed in 5.0)")
+def test_flax_auto_model(tmp_path):
+    from transformers import FlaxAutoModel
+
+    reference = FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=0)
+    reference.save_pretrained(tmp_path)
+    model = FlaxAutoModel.from_pretrained(tmp_path)
+    assert isinstance(model, FlaxVQGANModel)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_array_equal(model(x).indices, reference(x).indices)
+
+
+def test_import_and_cli_keep_stderr_clean(tmp_path):
+    """No transformers advisories ("PyTorch was not found") or deprecations ("TensorFlow and JAX
+    classes are deprecated") on import, model loading or a CLI run, on either stack."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "TRANSFORMERS_VERBOSITY")
+    }
+    env["VQGAN_FLAX_CACHE_DIR"] = ""
+    code = (
+        "import os, vqgan_flax\n"
+        "assert 'TRANSFORMERS_NO_ADVISORY_WARNINGS' not in os.environ  # the user's environment is left alone\n"
+        "m = vqgan_flax.FlaxVQGANModel.from_pretrained(vqgan_flax.DEFAULT_MODEL)\n"
+        "print(m.num_parameters())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert int(result.stdout) > 0
+    cli = pathlib.Path(sys.executable).parent / "vqgan-flax"
+    result = subprocess.run(
+        [str(cli), "encode", str(ROOT / "examples" / "images" / "brick.png"), "--size", "32", "--quiet",
+         "--out", str(tmp_path / "t.npz")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "wrote 1 x 8x8 tokens" in result.stdout
+
+
+def test_version_is_the_package_metadata():
+    from importlib.metadata import version
+
+    assert version("vqgan-flax") == vqgan_flax.__version__
