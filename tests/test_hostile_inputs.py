@@ -1,0 +1,242 @@
+"""Crafted checkpoints: tensor metadata that lies about its storage, pickles that hand the tensor
+rebuilder their own buffers, corrupt or oversized zip members. Each must give a ``CheckpointError``
+naming the file and the storage, never a crash, an out-of-bounds read or a huge allocation.
+
+The files are written opcode by opcode (no torch needed), as an attacker would.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import struct
+import subprocess
+import sys
+import zipfile
+from typing import Optional, Sequence
+
+import numpy as np
+import pytest
+
+from vqgan_flax.checkpoint_io import CheckpointError, load_pickle, load_state_dict, load_torch_zip
+
+
+class PickleWriter:
+    """Protocol-2 pickle opcodes, enough for torch's data.pkl layout."""
+
+    def __init__(self) -> None:
+        self.out = bytearray(b"\x80\x02")
+
+    def raw(self, opcodes: bytes) -> PickleWriter:
+        self.out += opcodes
+        return self
+
+    def global_(self, module: str, name: str) -> PickleWriter:
+        return self.raw(b"c" + f"{module}\n{name}\n".encode())
+
+    def str_(self, text: str) -> PickleWriter:
+        data = text.encode()
+        return self.raw(b"X" + struct.pack("<I", len(data)) + data)
+
+    def int_(self, number: int) -> PickleWriter:
+        data = number.to_bytes((number.bit_length() + 8) // 8 or 1, "little", signed=True)
+        return self.raw(b"\x8a" + bytes([len(data)]) + data)
+
+    def ints(self, numbers: Sequence[int]) -> PickleWriter:
+        self.raw(b"(")
+        for number in numbers:
+            self.int_(number)
+        return self.raw(b"t")
+
+    def tensor(
+        self,
+        key: str,
+        offset: int,
+        size: Sequence[int],
+        stride: Sequence[int],
+        numel: Optional[int],
+        storage: str = "FloatStorage",
+    ) -> PickleWriter:
+        """torch._utils._rebuild_tensor_v2(persistent storage, offset, size, stride, False, OrderedDict())."""
+        self.global_("torch._utils", "_rebuild_tensor_v2").raw(b"(")
+        self.raw(b"(").str_("storage").global_("torch", storage).str_(key).str_("cpu")
+        if numel is not None:
+            self.int_(numel)
+        self.raw(b"tQ")  # TUPLE, BINPERSID
+        self.int_(offset).ints(size).ints(stride).raw(b"\x89")  # NEWFALSE
+        return self.global_("collections", "OrderedDict").raw(b")R").raw(b"tR")
+
+    def state_dict(self, entries: dict) -> bytes:
+        """``{name: callable writing one value}`` as a dict, then STOP."""
+        self.raw(b"}(")
+        for name, write in entries.items():
+            self.str_(name)
+            write(self)
+        return bytes(self.raw(b"u.").out)
+
+
+def _write_zip(path, pickle_bytes: bytes, storages: dict, extra: Optional[dict] = None, byteorder: bytes = b"little"):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("archive/data.pkl", pickle_bytes)
+        archive.writestr("archive/byteorder", byteorder)
+        for key, data in storages.items():
+            archive.writestr(f"archive/data/{key}", data)
+        for name, (data, compression) in (extra or {}).items():
+            archive.writestr(name, data, compress_type=compression)
+    return path
+
+
+def _one_tensor(tmp_path, offset, size, stride, numel=64, storage_bytes=None, name="evil.ckpt"):
+    storage = np.arange(64, dtype=np.float32).tobytes() if storage_bytes is None else storage_bytes
+    pickle_bytes = PickleWriter().state_dict({"w": lambda p: p.tensor("0", offset, size, stride, numel)})
+    return _write_zip(tmp_path / name, pickle_bytes, {"0": storage})
+
+
+def test_honest_crafted_tensor_honours_offset_and_strides(tmp_path):
+    loaded = load_state_dict(_one_tensor(tmp_path, offset=2, size=(2, 3), stride=(1, 2)))
+    expected = np.arange(64, dtype=np.float32)[2:][np.arange(2)[:, None] + 2 * np.arange(3)]
+    np.testing.assert_array_equal(loaded["w"], expected)
+    scalar = load_state_dict(_one_tensor(tmp_path, offset=63, size=(), stride=(), name="scalar.ckpt"))
+    assert scalar["w"].shape == () and float(scalar["w"]) == 63.0
+
+
+@pytest.mark.parametrize(
+    "offset,size,stride,message",
+    [
+        (0, (10**7,), (1,), r"size \(10000000,\) has 10000000 elements, its storage holds 64"),
+        (0, (2048,), (1,), r"size \(2048,\) has 2048 elements, its storage holds 64"),
+        (60, (8,), (1,), r"offset 60, size \(8,\) and stride \(1,\) reach element 67, past the storage's 64 elements"),
+        (0, (8, 8), (8, 2), r"reach element 70, past the storage's 64"),
+        (64, (), (), r"reach element 64, past the storage's 64"),
+        (-4, (4,), (1,), r"offset is negative \(-4\)"),
+        (0, (4,), (-1,), r"stride is negative \(-1\)"),
+        (0, (10**9, 10**9), (0, 0), r"has 1000000000000000000 elements, its storage holds 64"),
+        (0, (4, 4), (1,), r"size \(4, 4\) and stride \(1,\) must be sequences of one length"),
+    ],
+)
+def test_tensor_metadata_outside_its_storage_is_refused(tmp_path, offset, size, stride, message):
+    path = _one_tensor(tmp_path, offset, size, stride)
+    with pytest.raises(CheckpointError, match=r"evil.ckpt: tensor on storage 0: .*" + message):
+        load_torch_zip(path)
+
+
+def test_storage_bytes_must_match_the_element_count(tmp_path):
+    short = _one_tensor(tmp_path, 0, (64,), (1,), storage_bytes=b"\0" * 100)
+    with pytest.raises(CheckpointError, match=r"evil.ckpt: storage 0 declares 100 bytes, the pickle expects 64 x 4"):
+        load_torch_zip(short)
+    ragged = _one_tensor(tmp_path, 0, (2,), (1,), numel=None, storage_bytes=b"\0" * 10, name="ragged.ckpt")
+    with pytest.raises(CheckpointError, match=r"ragged.ckpt: storage 0 holds 10 bytes, expected a multiple of 4"):
+        load_torch_zip(ragged)
+
+
+def test_storage_types_and_references(tmp_path):
+    writer = PickleWriter()
+    pickle_bytes = writer.state_dict({"w": lambda p: p.tensor("0", 0, (2,), (1,), 2, storage="ComplexFloatStorage")})
+    path = _write_zip(tmp_path / "complex.ckpt", pickle_bytes, {"0": b"\0" * 16})
+    with pytest.raises(CheckpointError, match=r"complex.ckpt: unsupported tensor storage type torch.Complex"):
+        load_torch_zip(path)
+    pickle_bytes = PickleWriter().state_dict({"w": lambda p: p.tensor("7", 0, (2,), (1,), 2)})
+    missing = _write_zip(tmp_path / "missing.ckpt", pickle_bytes, {"0": b"\0" * 8})
+    with pytest.raises(CheckpointError, match=r"missing.ckpt: storage 7 referenced by the pickle is missing"):
+        load_torch_zip(missing)
+
+
+def test_a_buffer_made_by_the_pickle_is_not_a_storage(tmp_path):
+    """The rebuilder only takes storages read from the archive: an array the pickle builds itself
+    (numpy's own reconstruct path) cannot be viewed past its end."""
+
+    def own_buffer(p: PickleWriter) -> None:
+        p.global_("torch._utils", "_rebuild_tensor_v2").raw(b"(")
+        p.global_("builtins", "frozenset").raw(b")R")  # any object the allow-list builds
+        p.int_(0).ints([10**7]).ints([1]).raw(b"\x89").global_("collections", "OrderedDict").raw(b")R").raw(b"tR")
+
+    path = _write_zip(tmp_path / "own.ckpt", PickleWriter().state_dict({"w": own_buffer}), {})
+    with pytest.raises(CheckpointError, match=r"own.ckpt: a tensor's storage is a frozenset, not a storage of"):
+        load_torch_zip(path)
+    # The same in a plain (LWM-style) pickle, which has no storages at all.
+    plain = tmp_path / "lwm.pkl"
+    plain.write_bytes(PickleWriter().state_dict({"w": lambda p: p.tensor("0", 0, (10**7,), (1,), 64)}))
+    with pytest.raises(CheckpointError, match=r"lwm.pkl: storage 0: a plain pickle cannot reference tensor storages"):
+        load_pickle(plain)
+
+
+def test_numpy_arrays_in_a_plain_pickle_cannot_preallocate(tmp_path):
+    def big_array(p: PickleWriter) -> None:
+        p.global_("numpy.core.multiarray", "_reconstruct").raw(b"(").global_("numpy", "ndarray")
+        p.ints([10**7]).raw(b"X\x01\x00\x00\x00b").raw(b"tR")
+
+    plain = tmp_path / "lwm.pkl"
+    plain.write_bytes(PickleWriter().state_dict({"w": big_array}))
+    with pytest.raises(CheckpointError, match=r"lwm.pkl: refusing to rebuild an array of initial shape \(10000000,\)"):
+        load_pickle(plain)
+    # Real numpy pickles (initial shape (0,), data in __setstate__) still load.
+    import pickle
+
+    good = tmp_path / "good.pkl"
+    for protocol in (2, 4):  # protocol 2 spells bytes as _codecs.encode(text, "latin1")
+        good.write_bytes(pickle.dumps({"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, protocol=protocol))
+        np.testing.assert_array_equal(load_pickle(good)["w"], np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+def test_unreferenced_members_are_never_read(tmp_path):
+    """A 64 MB member the pickle never references (deflated to kilobytes) costs nothing; only the
+    referenced storages count against max_bytes."""
+    zeros = b"\0" * (64 << 20)
+    pickle_bytes = PickleWriter().state_dict({"w": lambda p: p.tensor("0", 0, (64,), (1,), 64)})
+    extra = {"archive/data/99": (zeros, zipfile.ZIP_DEFLATED)}
+    path = _write_zip(tmp_path / "bomb.ckpt", pickle_bytes, {"0": np.ones(64, np.float32).tobytes()}, extra)
+    assert path.stat().st_size < 1 << 20
+    state = load_state_dict(path, max_bytes=1 << 20)
+    np.testing.assert_array_equal(state["w"], np.ones(64, np.float32))
+    pickle_bytes = PickleWriter().state_dict({"w": lambda p: p.tensor("99", 0, (16,), (1,), None)})
+    referenced = _write_zip(tmp_path / "bomb2.ckpt", pickle_bytes, {}, extra)
+    with pytest.raises(CheckpointError, match=r"bomb2.ckpt: archive/data/99 declares 67108864 bytes, more than the"):
+        load_state_dict(referenced, max_bytes=1 << 20)
+
+
+def test_corrupt_members_and_byteorder(tmp_path):
+    pickle_bytes = PickleWriter().state_dict({"w": lambda p: p.tensor("0", 0, (64,), (1,), 64)})
+    path = tmp_path / "corrupt.ckpt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle_bytes)
+        archive.writestr("archive/data/0", np.arange(64, dtype=np.float32).tobytes(), zipfile.ZIP_DEFLATED)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"archive/data/0") + len("archive/data/0")  # the first local header's payload
+    for i in range(start + 10, start + 40):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"corrupt.ckpt: (archive/data/0 is corrupt|corrupt zip archive)"):
+        load_torch_zip(path)
+    odd = _write_zip(tmp_path / "odd.ckpt", pickle_bytes, {"0": b"\0" * 256}, byteorder=b"middle")
+    with pytest.raises(CheckpointError, match=r"odd.ckpt: byteorder is 'middle', not 'little' or 'big'"):
+        load_torch_zip(odd)
+
+
+def test_truncated_safetensors_names_the_file(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"w": np.ones(1000, np.float32)}, str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r"w.safetensors: unreadable safetensors file"):
+        load_state_dict(path)
+
+
+def test_fuzzed_fixture_checkpoints_never_crash_or_blow_up():
+    """Seeded mutations of the real taming and LWM files for a fixed time (see fuzz_checkpoints.py):
+    no crash, nothing but CheckpointError naming the file, no array larger than the file, memory
+    bounded. The seed is fixed so CI is reproducible; ``VQGAN_FLAX_FUZZ_SEED`` explores others."""
+    import os
+
+    seed = int(os.environ.get("VQGAN_FLAX_FUZZ_SEED", "0"))
+    script = pathlib.Path(__file__).parent / "fuzz_checkpoints.py"
+    result = subprocess.run([sys.executable, str(script), "20", str(seed)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"fuzzing (seed {seed}) died with {result.returncode}: {result.stderr[-2000:]}"
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    print(json.dumps(summary))  # iterations and outcomes, visible with -s
+    assert summary["failures"] == [], summary
+    assert summary["iterations"] >= 100, summary
+    assert summary["peak_rss_above_baseline_mb"] < 256, summary
+    # Both readers and every mutation kind were exercised, and some mutants still load.
+    kinds = {key.split(":")[0] for key in summary["outcomes"]}
+    assert {"lwm-pickle", "ckpt-pickle", "ckpt-file", "ckpt-truncate", "ckpt-storage-size"} <= kinds, summary
