@@ -240,3 +240,73 @@ def test_fuzzed_fixture_checkpoints_never_crash_or_blow_up():
     # Both readers and every mutation kind were exercised, and some mutants still load.
     kinds = {key.split(":")[0] for key in summary["outcomes"]}
     assert {"lwm-pickle", "ckpt-pickle", "ckpt-file", "ckpt-truncate", "ckpt-storage-size"} <= kinds, summary
+
+
+@pytest.mark.parametrize("bad", ["int8", "bool", "nan", "inf"])
+def test_weights_that_would_compute_garbage_are_refused(tmp_path, bad):
+    """Non-floating or non-finite weights: refused by from_pretrained, the taming converter and
+    the LWM loader alike, naming the file and the tensor."""
+    import jax
+    from flax.traverse_util import flatten_dict, unflatten_dict
+    from safetensors.numpy import save_file
+
+    from vqgan_flax import FlaxVQGANModel, VQGANConfig
+    from vqgan_flax.convert_checkpoint import ConversionError, flax_to_taming, taming_to_flax
+
+    config = VQGANConfig.from_preset("tiny")
+    params = flatten_dict(jax.tree.map(np.asarray, FlaxVQGANModel(config, seed=0).params))
+    key = ("decoder", "conv_out", "kernel")
+    if bad in ("int8", "bool"):
+        params[key] = params[key].astype(bad)
+    else:
+        params[key] = params[key].copy()
+        params[key][0, 0, 0, 0] = np.nan if bad == "nan" else np.inf
+    message = "has dtype" if bad in ("int8", "bool") else "holds 1 non-finite values"
+    folder = tmp_path / "model"
+    FlaxVQGANModel(config, _do_init=False).save_pretrained(folder, params=unflatten_dict(params))
+    with pytest.raises(ValueError, match=rf"model: weight decoder/conv_out/kernel {message}"):
+        FlaxVQGANModel.from_pretrained(folder)
+    state = flax_to_taming(unflatten_dict(params))  # float32 copies: put the bad dtype back
+    if bad in ("int8", "bool"):
+        state["decoder.conv_out.weight"] = state["decoder.conv_out.weight"].astype(bad)
+    save_file(state, str(tmp_path / "taming.safetensors"))
+    source = str(tmp_path / "taming.safetensors")
+    with pytest.raises(ConversionError, match=rf"taming.safetensors: weight decoder.conv_out.weight {message}"):
+        taming_to_flax(load_state_dict(source), config, source=source)
+
+
+def test_bad_pixels_and_tokens_get_one_clear_message():
+    from vqgan_flax import FlaxVQGANModel, VQGANConfig
+    from vqgan_flax.vqgan import VQGAN
+
+    model = FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=0)
+    good = np.zeros((3, 16, 16, 3), np.float32)
+    nan = good.copy()
+    nan[1, 2, 3, 0] = np.nan
+    cases = {
+        r"pixel_values\[1\] holds non-finite values": nan,
+        r"dtype uint8; the model takes floats in \[-1, 1\]": good.astype(np.uint8),
+        r"pixel_values\[0\] reaches 255; the model takes \[-1, 1\] \(0..255 values\?": good + 255,
+        r"pixel_values is an empty batch": good[:0],
+        r"pixel_values has 4 channels .* the model takes 3": np.zeros((1, 16, 16, 4), np.float32),
+        r"pixel_values has 1 channels": np.zeros((1, 16, 16, 1), np.float32),
+    }
+    for message, pixels in cases.items():
+        for method in (model.encode, model):
+            with pytest.raises(ValueError, match=message):
+                method(pixels)
+    tokens = np.zeros((2, 8, 8), np.int32)
+    tokens[1, 3, 4] = 32
+    with pytest.raises(ValueError, match=r"indices\[1, 3, 4\] = 32 is outside the codebook \[0, 32\)"):
+        model.decode_code(tokens)
+    with pytest.raises(ValueError, match=r"indices\[0, 0\] = -1 is outside the codebook"):
+        model.decode_code(np.full((1, 64), -1))
+    with pytest.raises(ValueError, match=r"indices have dtype float32"):
+        model.decode_code(np.zeros((1, 64), np.float32))
+    # The same through the LWM-style wrapper (which jit-compiles, so the checks must come first).
+    wrapper = VQGAN.__new__(VQGAN)
+    wrapper.model = model
+    with pytest.raises(ValueError, match=r"outside the codebook"):
+        wrapper.decode(tokens)
+    with pytest.raises(ValueError, match=r"pixel_values\[1\] holds non-finite values"):
+        wrapper.encode(nan[None].repeat(2, 0)[:1].reshape(1, 3, 16, 16, 3))

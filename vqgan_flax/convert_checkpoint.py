@@ -125,9 +125,11 @@ def convert_state_dict(
         if tuple(value.shape) != wanted:
             mismatched.append(f"{key}: checkpoint {tuple(value.shape)}, model expects {wanted}")
             continue
-        flat[path] = _to_flax_array(np.asarray(value), path[-1])
+        flat[path] = value
     missing = [f"{flax_key_to_taming(p)} {taming_shape(p, expected[p])}" for p in expected if p not in seen]
     raise_on_mismatch(source, architecture, missing, unexpected, mismatched)
+    check_weights({flax_key_to_taming(path): value for path, value in flat.items()}, source)
+    flat = {path: _to_flax_array(np.asarray(value), path[-1]) for path, value in flat.items()}
     return unflatten_dict(flat), len(dropped)
 
 
@@ -142,6 +144,20 @@ def raise_on_mismatch(
         if items:
             lines.append(f"  {len(items)} {title}: " + "; ".join(sorted(items)))
     raise ConversionError("\n".join(lines))
+
+
+def check_weights(named: Dict[str, Any], source: str) -> None:
+    """Refuse weights a model would silently compute garbage with: non-floating dtypes (an int8 or
+    bool tensor where a float belongs) and NaN/inf values. Names the first offending tensor."""
+    import jax.numpy as jnp
+
+    for name, value in named.items():
+        dtype = np.asarray(value).dtype if not hasattr(value, "dtype") else value.dtype
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ConversionError(f"{source}: weight {name} has dtype {dtype}, expected floating point")
+        bad = int(np.size(value) - np.count_nonzero(np.isfinite(np.asarray(value))))
+        if bad:
+            raise ConversionError(f"{source}: weight {name} holds {bad} non-finite values (NaN/inf)")
 
 
 def flax_to_taming(params: Dict[str, Any]) -> Dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .checkpoint_io import CheckpointError, PathLike, load_pickle
 from .configuration_vqgan import VQGANConfig
-from .convert_checkpoint import describe_architecture, expected_param_shapes, raise_on_mismatch
+from .convert_checkpoint import check_weights, describe_architecture, expected_param_shapes, raise_on_mismatch
 
 # LWM's VQGANConfig defaults (the published LWM vision tokenizer).
 LWM_DEFAULTS: Dict[str, Any] = {
@@ -160,6 +160,7 @@ def lwm_params_to_flax(lwm_params: Dict[str, Any], config: VQGANConfig, source: 
         if p in expected and v.shape != expected[p]
     ]
     raise_on_mismatch(source, describe_architecture(config), missing, unexpected, mismatched)
+    check_weights({"/".join(p): v for p, v in flat.items()}, source)
     return unflatten_dict({p: np.asarray(v, dtype=np.float32) for p, v in flat.items()})
 
 

@@ -33,6 +33,7 @@ from .blocks import (
     _conv,
 )
 from .configuration_vqgan import VQGANConfig
+from .input_checks import check_indices, check_pixels
 from .modeling_flax_base import select_base
 from .modeling_outputs import VQGANEncoderOutput, VQGANOutput, indices_to_grid
 from .quantizers import GumbelQuantizer, QuantizerOutput, VectorQuantizer
@@ -246,18 +247,23 @@ class FlaxVQGANPreTrainedModel(select_base()):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any):
-        """transformers' ``from_pretrained`` with two differences: a checkpoint lacking parameters
-        is an error (a VQGAN with random layers silently produces garbage), and no random
-        initialisation is computed only to be overwritten."""
+        """transformers' ``from_pretrained`` with three differences: a checkpoint lacking parameters
+        is an error (a VQGAN with random layers silently produces garbage), so is one with
+        non-floating or non-finite weights, and no random initialisation is computed only to be
+        overwritten."""
         do_init = kwargs.pop("_do_init", True)
         model, params = super().from_pretrained(pretrained_model_name_or_path, *model_args, _do_init=False, **kwargs)
-        missing = model.required_params - set(flatten_dict(flax.core.unfreeze(params)))
+        flat = flatten_dict(flax.core.unfreeze(params))
+        missing = model.required_params - set(flat)
         if missing:
             names = sorted("/".join(k) for k in missing)
             raise ValueError(
                 f"{pretrained_model_name_or_path}: checkpoint lacks {len(names)} of the model's "
                 f"{len(model.required_params)} parameters, e.g. {names[:5]}"
             )
+        from .convert_checkpoint import check_weights
+
+        check_weights({"/".join(k): v for k, v in flat.items()}, str(pretrained_model_name_or_path))
         if not do_init:
             return model, params
         model._is_initialized = True
@@ -341,6 +347,7 @@ class FlaxVQGANPreTrainedModel(select_base()):
 
         ``micro_batch_size``: images per step of the compiled loop (default: see
         [`default_micro_batch_size`]); results are the same either way."""
+        check_pixels(pixel_values, self.config.in_channels)
         rngs = self._rngs(dropout_rng, gumbel_rng)
         traced = {"temperature": self._temperature(temperature)}
         return self._run("encode", pixel_values, params, rngs, traced, micro_batch_size, train=train)
@@ -364,6 +371,7 @@ class FlaxVQGANPreTrainedModel(select_base()):
         micro_batch_size: Optional[int] = None,
     ) -> jax.Array:
         """Indices (B, N) with square N, (B, N) with ``latent_shape=(h, w)``, or (B, h, w) → pixels."""
+        check_indices(indices, self.config.n_embed)
         latent_shape = None if latent_shape is None else tuple(int(n) for n in latent_shape)
         return self._run("decode_code", indices, params, None, None, micro_batch_size, latent_shape=latent_shape)
 
@@ -378,6 +386,7 @@ class FlaxVQGANPreTrainedModel(select_base()):
         micro_batch_size: Optional[int] = None,
     ) -> VQGANOutput:
         """Encode and decode: ``reconstruction, indices = model(pixel_values)``."""
+        check_pixels(pixel_values, self.config.in_channels)
         rngs = self._rngs(dropout_rng, gumbel_rng)
         traced = {"temperature": self._temperature(temperature)}
         return self._run("__call__", pixel_values, params, rngs, traced, micro_batch_size, train=train)

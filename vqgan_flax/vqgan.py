@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .input_checks import check_indices, check_pixels
 from .lwm import load_lwm_checkpoint
 from .modeling_flax_vqgan import FlaxVQGANModel
 from .parallel import replicate_params, shard_batch, unshard
@@ -93,8 +94,12 @@ class VQGAN:
 
     def encode(self, pixel_values: Any) -> Tuple[jax.Array, jax.Array]:
         """Pixels in [-1, 1] → ``(quantized, indices)``; indices as a grid (B, h, w) or (B, T, h, w)."""
+        pixels = np.asarray(pixel_values)
+        frames = pixels.reshape(-1, *pixels.shape[-3:]) if pixels.ndim >= 4 else pixels  # video: (B*T, H, W, C)
+        check_pixels(frames, self.model.config.in_channels)
         return self._run(self._encode, pixel_values, item_ndim=3)
 
     def decode(self, indices: Any) -> jax.Array:
         """Indices (B, h, w) or (B, T, h, w) → pixels clipped to [-1, 1]."""
+        check_indices(indices, self.model.config.n_embed)
         return self._run(self._decode, np.asarray(indices, dtype=np.int32), item_ndim=2)
