@@ -95,8 +95,8 @@ class VQGAN:
     def encode(self, pixel_values: Any) -> Tuple[jax.Array, jax.Array]:
         """Pixels in [-1, 1] → ``(quantized, indices)``; indices as a grid (B, h, w) or (B, T, h, w)."""
         pixels = np.asarray(pixel_values)
-        frames = pixels.reshape(-1, *pixels.shape[-3:]) if pixels.ndim >= 4 else pixels  # video: (B*T, H, W, C)
-        check_pixels(frames, self.model.config.in_channels)
+        if pixels.ndim in (4, 5):  # other shapes get _run's own message
+            check_pixels(pixels.reshape(-1, *pixels.shape[-3:]), self.model.config.in_channels)  # video: B*T frames
         return self._run(self._encode, pixel_values, item_ndim=3)
 
     def decode(self, indices: Any) -> jax.Array:
