@@ -77,3 +77,14 @@ def test_bf16_agreement_script(tmp_path):
     assert [r["tokens"] for r in rows] == [4 * 16 * 16, 4 * 4 * 4] and "tokens agree" in stdout
     # bf16 rounding flips near-tied codes only: most tokens must agree, not all need to.
     assert all(0.8 < r["agreement"] <= 1.0 for r in rows)
+
+
+def test_input_checks_benchmark_runs(tmp_path):
+    root = FIXTURES.parent.parent
+    out = tmp_path / "checks.json"
+    _run_script(root, root / "benchmarks" / "input_checks.py", "--size", "32", "--batch", "2", "--repeats", "1",
+                "--json", out)  # fmt: skip
+    report = json.loads(out.read_text())
+    assert [row["call"] for row in report["rows"]] == ["encode", "decode_code"]
+    assert all(0 < row["check_share_median"] < 1 and row["call_s_median"] > 0 for row in report["rows"])
+    assert len(report["commit"]) == 40 and report["cpu"]
