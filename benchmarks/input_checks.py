@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -24,6 +23,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from run import machine_description  # noqa: E402
+
 from vqgan_flax import DEFAULT_MODEL, FlaxVQGANModel  # noqa: E402
 from vqgan_flax.input_checks import check_indices, check_pixels  # noqa: E402
 
@@ -32,18 +35,6 @@ def _seconds(fn) -> float:
     start = time.perf_counter()
     jax.block_until_ready(fn())
     return time.perf_counter() - start
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return platform.processor()
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
-    isa = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
-    return f"{model} ({' '.join(isa)})"
 
 
 def main() -> None:
@@ -84,7 +75,7 @@ def main() -> None:
         "benchmark": "input_checks",
         "commit": commit,
         "command": " ".join(sys.argv),
-        "cpu": _cpu(),
+        "cpu": machine_description(),
         "jax": jax.__version__,
         "batch": args.batch,
         "size": args.size,

@@ -263,13 +263,17 @@ def format_table(rows):
 
 
 def machine_description():
-    cpu = platform.processor() or platform.machine()
+    """CPU model, core count and the vector ISA extensions that decide conv/matmul speed."""
+    cpu, isa = platform.processor() or platform.machine(), []
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            lines = f.read().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+        isa = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    return f"{cpu}, {os.cpu_count()} cores" + (f" ({' '.join(isa)})" if isa else "")
 
 
 def main():
