@@ -310,3 +310,97 @@ def test_bad_pixels_and_tokens_get_one_clear_message():
         wrapper.decode(tokens)
     with pytest.raises(ValueError, match=r"pixel_values\[1\] holds non-finite values"):
         wrapper.encode(nan[None].repeat(2, 0)[:1].reshape(1, 3, 16, 16, 3))
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("n_embed", 0, r"n_embed=0 must be an integer in \[1, 16777216\]"),
+        ("n_embed", -5, r"n_embed=-5 must be an integer"),
+        ("embed_dim", 10**9, r"embed_dim=1000000000 must be an integer in \[1, 16384\]"),
+        ("ch", "128", r"ch='128' must be an integer"),
+        ("ch_mult", [1, 0], r"ch_mult=\[1, 0\] must be a list of positive integers"),
+        ("attn_resolutions", "16", r"attn_resolutions='16' must be a list of positive integers"),
+        ("dropout", 1.5, r"dropout=1.5 must be a number in \[0.0, 1.0\)"),
+        ("temperature", 0, r"temperature=0 must be positive"),
+        ("double_z", "no", r"double_z='no' must be true or false"),
+    ],
+)
+def test_nonsense_config_values_fail_at_construction(tmp_path, field, value, message):
+    from vqgan_flax import FlaxVQGANModel, VQGANConfig
+
+    with pytest.raises(ValueError, match=message):
+        VQGANConfig.from_preset("tiny", **{field: value})
+    FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=0).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(ValueError, match=message):
+        FlaxVQGANModel.from_pretrained(tmp_path)
+
+
+def test_taming_yaml_with_python_tags_or_bad_types(tmp_path):
+    from vqgan_flax import VQGANConfig
+
+    tagged = tmp_path / "evil.yaml"
+    tagged.write_text("model:\n  target: !!python/object/apply:os.system ['touch pwned']\n  params: {}\n")
+    with pytest.raises(ValueError, match=r"evil.yaml: not a plain YAML taming config: .* \(line 2\)"):
+        VQGANConfig.from_taming_yaml(tagged)
+    assert not (tmp_path / "pwned").exists()
+    typed = tmp_path / "typed.yaml"
+    typed.write_text(
+        "model:\n  target: taming.models.vqgan.VQModel\n  params:\n    embed_dim: 8\n    n_embed: many\n"
+        "    ddconfig: {ch: 32, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [], z_channels: 8,"
+        " resolution: 16}\n"
+    )
+    with pytest.raises(ValueError, match=r"typed.yaml: n_embed='many' must be an integer"):
+        VQGANConfig.from_taming_yaml(typed)
+
+
+def test_loading_names_the_folder_file_or_unused_weights(tmp_path):
+    import time
+
+    from vqgan_flax import FlaxVQGANModel, VQGANConfig
+
+    model = FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=0)
+    model.save_pretrained(tmp_path / "attn", safe_serialization=True)
+    config = json.loads((tmp_path / "attn" / "config.json").read_text())
+    (tmp_path / "attn" / "config.json").write_text(json.dumps({**config, "attn_resolutions": []}))
+    with pytest.raises(ValueError, match=r"attn: the config leaves 30 checkpoint weights unused, e.g. \['decoder/up_1"):
+        FlaxVQGANModel.from_pretrained(tmp_path / "attn")
+
+    (tmp_path / "empty").mkdir()
+    model.config.save_pretrained(tmp_path / "empty")
+    with pytest.raises(OSError, match=r"empty has no model weights \(looked for .*model.safetensors"):
+        FlaxVQGANModel.from_pretrained(tmp_path / "empty")
+    started = time.monotonic()
+    with pytest.raises(OSError, match=r"mistyped/model: no such model folder"):
+        FlaxVQGANModel.from_pretrained(str(tmp_path / "mistyped" / "model"))
+    assert time.monotonic() - started < 5  # no Hub retries
+
+    for name, fmt in (("flax_model.msgpack", False), ("model.safetensors", True)):
+        folder = tmp_path / f"cut-{fmt}"
+        model.save_pretrained(folder, safe_serialization=fmt)
+        weights = folder / name
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        with pytest.raises(OSError, match=rf"cut-{fmt}/{name}"):
+            FlaxVQGANModel.from_pretrained(folder)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["encode", "x.png", "--out", "t.npz", "--batch-size", "-1"],
+            "argument --batch-size: -1 is below the minimum 1",
+        ),
+        (["encode", "x.png", "--out", "t.npz", "--batch-size", "0"], "argument --batch-size: 0 is below the minimum 1"),
+        (["encode", "x.png", "--out", "t.npz", "--size", "abc"], "argument --size: 'abc' is not an integer"),
+        (["train", "--data", "d", "--output", "o", "--learning-rate", "nan"], "--learning-rate: nan is below"),
+    ],
+)
+def test_cli_numeric_options_are_checked_by_the_parser(argv, message, capsys):
+    from vqgan_flax.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

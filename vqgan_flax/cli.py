@@ -233,6 +233,27 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
 
+def _number(kind: type, minimum: float, name: str):
+    """An argparse type: ``kind`` values ≥ ``minimum`` (finite), refused by the parser otherwise."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (value >= minimum and value < float("inf")):
+            raise argparse.ArgumentTypeError(f"{text} is below the minimum {minimum} for {name}")
+        return value
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT = _number(int, 1, "a positive integer")
+COUNT = _number(int, 0, "a count")
+NON_NEGATIVE = _number(float, 0.0, "a non-negative number")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqgan-flax", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -241,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     def model_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", help="folder or Hub id (default: the shipped default model)")
         p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
-        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--batch-size", type=POSITIVE_INT, default=8)
         p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--replicate", action="store_true", help="use all local devices (pmap; any batch size)")
@@ -253,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("inputs", nargs="+", help="image files or folders")
         p.add_argument("--out", required=True)
-        p.add_argument("--size", type=int, help="resize (shorter side) and center-crop to this size")
+        p.add_argument("--size", type=POSITIVE_INT, help="resize (shorter side) and center-crop to this size")
         model_options(p)
         p.set_defaults(func=func)
 
@@ -265,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe a model")
     p.add_argument("model", nargs="?")
-    p.add_argument("--size", type=int)
+    p.add_argument("--size", type=POSITIVE_INT)
     p.add_argument("--revision")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.set_defaults(func=cmd_info)
@@ -281,11 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", help="fine-tune this model folder / Hub id")
     p.add_argument("--lpips", help="LPIPS weights (.safetensors/.pt state dict) for the perceptual term")
     p.add_argument("--quiet", action="store_true")
-    for name in ("steps", "batch_size", "crop_size", "disc_start", "disc_num_layers", "disc_ndf", "seed",
-                 "save_every", "log_every", "codebook_restart_every"):  # fmt: skip
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=int)
+    for name in ("steps", "batch_size", "crop_size", "disc_num_layers", "disc_ndf", "save_every", "log_every"):
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=POSITIVE_INT)
+    for name in ("disc_start", "seed", "codebook_restart_every"):
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=COUNT)
     for name in ("learning_rate", "disc_weight", "codebook_weight", "perceptual_weight", "ema_decay"):
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=float)
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=NON_NEGATIVE)
     p.set_defaults(func=cmd_train)
     return parser
 

@@ -51,6 +51,47 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     ),
 }
 
+# Far beyond any published VQGAN; a config asking for more is corrupt or hostile, and would
+# otherwise fail deep inside XLA (or exhaust memory) instead of naming the field.
+_LIMITS = {"ch": 4096, "out_ch": 64, "in_channels": 64, "num_res_blocks": 64, "resolution": 1 << 16,
+           "z_channels": 1 << 14, "n_embed": 1 << 24, "embed_dim": 1 << 14, "ch_mult": 64}  # fmt: skip
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_fields(**fields: Any) -> None:
+    """Type and range of every field, naming the first one that is wrong."""
+    for name in ("ch", "out_ch", "in_channels", "num_res_blocks", "resolution", "z_channels", "n_embed", "embed_dim"):
+        value = fields[name]
+        low = 0 if name == "num_res_blocks" else 1
+        if not _is_int(value) or not low <= value <= _LIMITS[name]:
+            raise ValueError(f"{name}={value!r} must be an integer in [{low}, {_LIMITS[name]}]")
+    for name in ("ch_mult", "attn_resolutions"):
+        value = fields[name]
+        if not isinstance(value, (list, tuple)) or any(not _is_int(m) or m < 1 for m in value):
+            raise ValueError(f"{name}={value!r} must be a list of positive integers")
+    if not fields["ch_mult"] or len(fields["ch_mult"]) > 16 or max(fields["ch_mult"]) > _LIMITS["ch_mult"]:
+        raise ValueError(
+            f"ch_mult={list(fields['ch_mult'])} must hold 1 to 16 multipliers of at most {_LIMITS['ch_mult']}"
+        )
+    for name, low, high in (
+        ("dropout", 0.0, 1.0),
+        ("beta", 0.0, 1e6),
+        ("kl_weight", 0.0, 1e6),
+        ("temperature", 0.0, 1e6),
+    ):
+        value = fields[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+            raise ValueError(f"{name}={value!r} must be a number in [{low}, {high})")
+    if fields["temperature"] == 0:
+        raise ValueError("temperature=0 must be positive (the Gumbel softmax divides by it)")
+    for name in ("double_z", "resamp_with_conv", "give_pre_end", "legacy_loss", "mid_block_attention"):
+        if not isinstance(fields[name], bool):
+            raise ValueError(f"{name}={fields[name]!r} must be true or false")
+
+
 _TAMING_TARGETS = {
     "taming.models.vqgan.VQModel": "vq",
     "taming.models.vqgan.GumbelVQ": "gumbel",
@@ -130,10 +171,15 @@ class VQGANConfig(PretrainedConfig):
             raise ValueError(f"Unknown quantizer {quantizer!r}; expected one of {QUANTIZERS}")
         if quantizer == "gumbel" and double_z:
             raise ValueError("double_z=True is not supported with the gumbel quantizer")
+        _check_fields(
+            ch=ch, out_ch=out_ch, in_channels=in_channels, num_res_blocks=num_res_blocks, resolution=resolution,
+            z_channels=z_channels, ch_mult=ch_mult, attn_resolutions=attn_resolutions, n_embed=n_embed,
+            embed_dim=embed_dim, dropout=dropout, beta=beta, kl_weight=kl_weight, temperature=temperature,
+            double_z=double_z, resamp_with_conv=resamp_with_conv, give_pre_end=give_pre_end,
+            legacy_loss=legacy_loss, mid_block_attention=mid_block_attention,
+        )  # fmt: skip
         if ch % 32:
             raise ValueError(f"ch={ch} must be a multiple of 32 (GroupNorm uses 32 groups)")
-        if not ch_mult or any(not isinstance(m, int) or m < 1 for m in ch_mult):
-            raise ValueError(f"ch_mult={list(ch_mult)} must be a non-empty list of positive integers")
         self.ch = ch
         self.out_ch = out_ch
         self.in_channels = in_channels
@@ -192,8 +238,14 @@ class VQGANConfig(PretrainedConfig):
         """Read taming-transformers' own ``model.yaml`` (``model.target`` VQModel or GumbelVQ)."""
         import yaml
 
-        with open(path) as f:
-            document = yaml.safe_load(f)
+        try:
+            with open(path) as f:
+                document = yaml.safe_load(f)
+        except yaml.YAMLError as err:  # e.g. a !!python/object tag, which safe_load refuses
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ValueError(f"{path}: not a plain YAML taming config: {problem}{where}") from None
         return cls.from_taming_dict(document, source=str(path), **overrides)
 
     @classmethod
@@ -219,7 +271,10 @@ class VQGANConfig(PretrainedConfig):
         if kwargs["quantizer"] == "gumbel":
             kwargs["kl_weight"] = params.get("kl_weight", 1e-8)  # GumbelVQ's own default
         kwargs.update(overrides)
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
 
     def to_taming_ddconfig(self) -> Dict[str, Any]:
         """The ``ddconfig`` taming's Encoder/Decoder take for this architecture."""

@@ -8,8 +8,10 @@ checkpoints load unchanged and taming checkpoints convert by renaming and transp
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
+import os
 import warnings
 from typing import Any, Iterator, Optional, Sequence, Tuple
 
@@ -34,7 +36,7 @@ from .blocks import (
 )
 from .configuration_vqgan import VQGANConfig
 from .input_checks import check_indices, check_pixels
-from .modeling_flax_base import select_base
+from .modeling_flax_base import WEIGHTS_CANDIDATES, select_base
 from .modeling_outputs import VQGANEncoderOutput, VQGANOutput, indices_to_grid
 from .quantizers import GumbelQuantizer, QuantizerOutput, VectorQuantizer
 
@@ -121,6 +123,37 @@ class FlaxVQGANModule(nn.Module):
         return VQGANOutput(
             reconstruction, encoded.indices, encoded.quant_states, encoded.latents, encoded.loss, encoded.logits
         )
+
+
+# Flat keys of the weights the running from_pretrained read, before the base drops those the model
+# does not use (transformers only logs a warning about them).
+_LOADED_KEYS: contextvars.ContextVar = contextvars.ContextVar("vqgan_flax_loaded_keys", default=None)
+
+
+def _local_path_problem(name: str, subfolder: str, needs_config: bool) -> Optional[str]:
+    """Why ``name`` cannot be a model folder, for paths that are local: without this, a mistyped
+    path is tried as a Hub id (retries, then a network error) and a folder without weights gets
+    transformers 4's message, which never mentions model.safetensors."""
+    if os.path.isdir(name):
+        folder = os.path.join(name, subfolder) if subfolder else name
+        if needs_config and not os.path.isfile(os.path.join(folder, "config.json")):
+            return f"folder {folder} has no config.json"
+        weights = next((n for n in WEIGHTS_CANDIDATES if os.path.isfile(os.path.join(folder, n))), None)
+        if weights is None:
+            return f"folder {folder} has no model weights (looked for {', '.join(WEIGHTS_CANDIDATES)})"
+        if weights.endswith(".safetensors"):  # transformers 4 reads its header before our loader runs
+            from safetensors import safe_open
+
+            try:
+                with safe_open(os.path.join(folder, weights), framework="numpy") as f:
+                    f.metadata()
+            except Exception as err:
+                return f"{os.path.join(folder, weights)}: unreadable safetensors file ({err})"
+        return None
+    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or os.sep in name
+    if looks_local and not os.path.exists(name):
+        return f"{name}: no such model folder (Hub ids look like 'org/name')"
+    return None
 
 
 @contextlib.contextmanager
@@ -230,8 +263,16 @@ class FlaxVQGANPreTrainedModel(select_base()):
     def load_flax_weights(cls, resolved_archive_file: str) -> dict:
         """Read a msgpack/safetensors file; squeeze the (1, 1, 1, C) GroupNorm parameters that
         older vqgan-jax checkpoints store, with one warning."""
-        state = super().load_flax_weights(resolved_archive_file)
+        try:
+            state = super().load_flax_weights(resolved_archive_file)
+        except Exception as err:  # truncated/empty files give raw msgpack/safetensors errors
+            if resolved_archive_file in str(err):
+                raise
+            raise OSError(f"{resolved_archive_file}: unreadable weights ({type(err).__name__}: {err})") from None
         flat = flatten_dict(state)
+        loaded = _LOADED_KEYS.get()
+        if loaded is not None:
+            loaded.update(flat)
         squeezed = 0
         for key, value in flat.items():
             if key[-1] in ("scale", "bias") and value.ndim == 4 and value.shape[:3] == (1, 1, 1):
@@ -246,24 +287,51 @@ class FlaxVQGANPreTrainedModel(select_base()):
         return unflatten_dict(flat)
 
     @classmethod
+    def load_flax_sharded_weights(cls, shard_files: list) -> dict:
+        """Merged msgpack shards (see [`load_flax_weights`]); their keys are recorded like one file's."""
+        state = super().load_flax_sharded_weights(shard_files)
+        loaded = _LOADED_KEYS.get()
+        if loaded is not None:
+            loaded.update(flatten_dict(flax.core.unfreeze(state)))
+        return state
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any):
-        """transformers' ``from_pretrained`` with three differences: a checkpoint lacking parameters
-        is an error (a VQGAN with random layers silently produces garbage), so is one with
-        non-floating or non-finite weights, and no random initialisation is computed only to be
-        overwritten."""
+        """transformers' ``from_pretrained`` with these differences: a checkpoint lacking
+        parameters is an error (a VQGAN with random layers silently produces garbage), so is one
+        holding weights the config leaves unused (e.g. a config without attention), or
+        non-floating or non-finite weights; a local path that is not a model folder is reported
+        as such (no Hub retries); no random initialisation is computed only to be overwritten."""
         do_init = kwargs.pop("_do_init", True)
-        model, params = super().from_pretrained(pretrained_model_name_or_path, *model_args, _do_init=False, **kwargs)
+        name = os.fspath(pretrained_model_name_or_path)
+        problem = _local_path_problem(name, kwargs.get("subfolder") or "", needs_config=kwargs.get("config") is None)
+        if problem:
+            raise OSError(problem)
+        recording = _LOADED_KEYS.set(set())
+        try:
+            model, params = super().from_pretrained(name, *model_args, _do_init=False, **kwargs)
+            loaded = _LOADED_KEYS.get()
+        finally:
+            _LOADED_KEYS.reset(recording)
         flat = flatten_dict(flax.core.unfreeze(params))
         missing = model.required_params - set(flat)
         if missing:
             names = sorted("/".join(k) for k in missing)
             raise ValueError(
-                f"{pretrained_model_name_or_path}: checkpoint lacks {len(names)} of the model's "
-                f"{len(model.required_params)} parameters, e.g. {names[:5]}"
+                f"{name}: checkpoint lacks {len(names)} of the model's {len(model.required_params)} parameters, "
+                f"e.g. {names[:5]}"
+            )
+        prefix = cls.base_model_prefix
+        unused = sorted("/".join(k[1:] if k[0] == prefix else k) for k in loaded) if loaded else []
+        unused = [k for k in unused if tuple(k.split("/")) not in model.required_params]
+        if unused:
+            raise ValueError(
+                f"{name}: the config leaves {len(unused)} checkpoint weights unused, e.g. {unused[:5]}: it does not "
+                "describe this checkpoint (attention, levels or blocks differ?)"
             )
         from .convert_checkpoint import check_weights
 
-        check_weights({"/".join(k): v for k, v in flat.items()}, str(pretrained_model_name_or_path))
+        check_weights({"/".join(k): v for k, v in flat.items()}, name)
         if not do_init:
             return model, params
         model._is_initialized = True
