@@ -319,7 +319,7 @@ def test_bad_pixels_and_tokens_get_one_clear_message():
         ("n_embed", -5, r"n_embed=-5 must be an integer"),
         ("embed_dim", 10**9, r"embed_dim=1000000000 must be an integer in \[1, 16384\]"),
         ("ch", "128", r"ch='128' must be an integer"),
-        ("ch_mult", [1, 0], r"ch_mult=\[1, 0\] must be a list of positive integers"),
+        ("ch_mult", [1, 0], r"ch_mult=\[1, 0\] must be a non-empty list of positive integers"),
         ("attn_resolutions", "16", r"attn_resolutions='16' must be a list of positive integers"),
         ("dropout", 1.5, r"dropout=1.5 must be a number in \[0.0, 1.0\)"),
         ("temperature", 0, r"temperature=0 must be positive"),

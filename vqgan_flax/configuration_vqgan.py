@@ -68,11 +68,13 @@ def _check_fields(**fields: Any) -> None:
         low = 0 if name == "num_res_blocks" else 1
         if not _is_int(value) or not low <= value <= _LIMITS[name]:
             raise ValueError(f"{name}={value!r} must be an integer in [{low}, {_LIMITS[name]}]")
-    for name in ("ch_mult", "attn_resolutions"):
+    for name, kind in (("ch_mult", "a non-empty list"), ("attn_resolutions", "a list")):
         value = fields[name]
         if not isinstance(value, (list, tuple)) or any(not _is_int(m) or m < 1 for m in value):
-            raise ValueError(f"{name}={value!r} must be a list of positive integers")
-    if not fields["ch_mult"] or len(fields["ch_mult"]) > 16 or max(fields["ch_mult"]) > _LIMITS["ch_mult"]:
+            raise ValueError(f"{name}={value!r} must be {kind} of positive integers")
+    if not fields["ch_mult"]:
+        raise ValueError("ch_mult=[] must be a non-empty list of positive integers")
+    if len(fields["ch_mult"]) > 16 or max(fields["ch_mult"]) > _LIMITS["ch_mult"]:
         raise ValueError(
             f"ch_mult={list(fields['ch_mult'])} must hold 1 to 16 multipliers of at most {_LIMITS['ch_mult']}"
         )
