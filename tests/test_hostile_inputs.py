@@ -404,3 +404,13 @@ def test_cli_numeric_options_are_checked_by_the_parser(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_converter_bounds_what_a_checkpoint_may_inflate_to():
+    from vqgan_flax import VQGANConfig
+    from vqgan_flax.convert_checkpoint import checkpoint_read_limit, expected_param_shapes
+
+    tiny = checkpoint_read_limit(expected_param_shapes(VQGANConfig.from_preset("tiny")))
+    f16 = checkpoint_read_limit(expected_param_shapes(VQGANConfig.from_preset("f16-16384")))
+    assert (256 << 20) < tiny < (300 << 20)  # tiny: 8 x 1.3 MB + 256 MB
+    assert 2 << 30 < f16 < 3 << 30  # f16-16384 (72 M parameters): room for Lightning's extras, no more

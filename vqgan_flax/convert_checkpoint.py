@@ -184,6 +184,13 @@ def describe_architecture(config: VQGANConfig) -> str:
     )
 
 
+def checkpoint_read_limit(expected: Dict[Tuple[str, ...], Tuple[int, ...]]) -> int:
+    """Bytes a taming checkpoint for these parameter shapes may make the reader load: 8x the
+    model in float32 (a Lightning file adds the discriminator, LPIPS and two Adam moments per
+    weight) plus 256 MB, so a small file cannot inflate into gigabytes."""
+    return 8 * 4 * sum(int(np.prod(shape)) for shape in expected.values()) + (256 << 20)
+
+
 def convert_taming_checkpoint(
     checkpoint: PathLike,
     output_dir: PathLike,
@@ -196,9 +203,9 @@ def convert_taming_checkpoint(
 
     if weights_format not in ("safetensors", "msgpack"):
         raise ValueError(f"unknown weights format {weights_format!r}; expected 'safetensors' or 'msgpack'")
-    state_dict = load_state_dict(checkpoint)
     model = FlaxVQGANModel(config, _do_init=False)
     expected = expected_param_shapes(config, model)
+    state_dict = load_state_dict(checkpoint, max_bytes=checkpoint_read_limit(expected))
     source = os.fspath(checkpoint)
     params, dropped = convert_state_dict(state_dict, expected, source, describe_architecture(config))
     model.save_pretrained(output_dir, params=params, safe_serialization=weights_format == "safetensors")
