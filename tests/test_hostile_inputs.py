@@ -414,3 +414,54 @@ def test_converter_bounds_what_a_checkpoint_may_inflate_to():
     f16 = checkpoint_read_limit(expected_param_shapes(VQGANConfig.from_preset("f16-16384")))
     assert (256 << 20) < tiny < (300 << 20)  # tiny: 8 x 1.3 MB + 256 MB
     assert 2 << 30 < f16 < 3 << 30  # f16-16384 (72 M parameters): room for Lightning's extras, no more
+
+
+def test_outputs_honour_the_umask_and_killed_runs_leave_nothing_readable(tmp_path):
+    """What a SIGKILL leaves (a hidden .partial file) is skipped by the next run's image listing;
+    outputs get the umask's permissions, not mkstemp's 0600."""
+    import os
+
+    from PIL import Image
+
+    from vqgan_flax.image_io import atomic_write, list_images
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / ".b.png.x1y2.partial").write_bytes(b"\x89PNG half")  # left by a killed atomic_write
+    (tmp_path / "._c.png").write_bytes(b"AppleDouble")  # macOS metadata beside copied photos
+    assert list_images(tmp_path) == [str(tmp_path / "a.png")]
+    previous = os.umask(0o022)
+    try:
+        atomic_write(str(tmp_path / "out.bin"), lambda f: f.write(b"x"))
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out.bin").stat().st_mode & 0o777 == 0o644
+
+    def interrupted(f):
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(str(tmp_path / "never.bin"), interrupted)
+    assert not any(name.startswith(".never") or name == "never.bin" for name in os.listdir(tmp_path))
+
+
+def test_converter_output_naming_a_file_is_an_error(tmp_path, capsys):
+    from vqgan_flax import FlaxVQGANModel, VQGANConfig
+    from vqgan_flax.convert_checkpoint import main
+
+    taming = pathlib.Path(__file__).parent / "fixtures" / "taming_vq"
+    existing = tmp_path / "model.bin"
+    existing.write_bytes(b"keep me")
+    argv = [
+        "--checkpoint",
+        str(taming / "last.ckpt"),
+        "--config",
+        str(taming / "model.yaml"),
+        "--output",
+        str(existing),
+    ]
+    assert main(argv) == 1
+    assert "model.bin is a file, not a directory" in capsys.readouterr().err
+    assert existing.read_bytes() == b"keep me"
+    with pytest.raises(NotADirectoryError):
+        FlaxVQGANModel(VQGANConfig.from_preset("tiny"), _do_init=False).save_pretrained(existing, params={})

@@ -69,12 +69,19 @@ def to_uint8(pixels: Any) -> np.ndarray:
 
 def atomic_write(path: str, write: Callable[[Any], None]) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place: an
-    interrupted write never leaves a partial ``path``."""
+    interrupted write never leaves a partial ``path``.
+
+    The temporary name is hidden and ends in ``.partial``, so what a killed process leaves behind
+    is never taken for an image by a later run ([`list_images`] skips it); the result gets the
+    permissions the umask allows (``mkstemp`` alone would leave every output at 0600)."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".partial")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -98,7 +105,8 @@ def list_images(paths: Any) -> list:
                 os.path.join(root, name)
                 for root, _, names in os.walk(path)
                 for name in names
-                if name.lower().endswith(IMAGE_SUFFIXES)
+                # Hidden files: partial outputs of a killed run, macOS "._x.jpg" metadata, never photos.
+                if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
             )
         elif os.path.isfile(path):
             found.append(path)

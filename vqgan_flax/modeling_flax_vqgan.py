@@ -338,6 +338,13 @@ class FlaxVQGANPreTrainedModel(select_base()):
         model.params = jax.tree.map(jnp.asarray, params)  # onto the default device
         return model
 
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> None:
+        """transformers' ``save_pretrained``; a ``save_directory`` that is a file is an error on
+        both bases (transformers 4 only logs one and writes nothing)."""
+        if os.path.isfile(save_directory):
+            raise NotADirectoryError(f"save_pretrained: {os.fspath(save_directory)} is a file, not a directory")
+        super().save_pretrained(save_directory, *args, **kwargs)
+
     @staticmethod
     def default_micro_batch_size(array: Any) -> Optional[int]:
         """What ``micro_batch_size=None`` picks: 1 for a concrete array on one CPU device, else no
