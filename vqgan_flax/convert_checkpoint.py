@@ -152,10 +152,10 @@ def check_weights(named: Dict[str, Any], source: str) -> None:
     import jax.numpy as jnp
 
     for name, value in named.items():
-        dtype = np.asarray(value).dtype if not hasattr(value, "dtype") else value.dtype
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise ConversionError(f"{source}: weight {name} has dtype {dtype}, expected floating point")
-        bad = int(np.size(value) - np.count_nonzero(np.isfinite(np.asarray(value))))
+        array = np.asarray(value)
+        if not jnp.issubdtype(array.dtype, jnp.floating):
+            raise ConversionError(f"{source}: weight {name} has dtype {array.dtype}, expected floating point")
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         if bad:
             raise ConversionError(f"{source}: weight {name} holds {bad} non-finite values (NaN/inf)")
 

@@ -322,8 +322,8 @@ class FlaxVQGANPreTrainedModel(select_base()):
                 f"e.g. {names[:5]}"
             )
         prefix = cls.base_model_prefix
-        unused = sorted("/".join(k[1:] if k[0] == prefix else k) for k in loaded) if loaded else []
-        unused = [k for k in unused if tuple(k.split("/")) not in model.required_params]
+        read = {k[1:] if k[0] == prefix else k for k in loaded or ()}
+        unused = sorted("/".join(k) for k in read - model.required_params)
         if unused:
             raise ValueError(
                 f"{name}: the config leaves {len(unused)} checkpoint weights unused, e.g. {unused[:5]}: it does not "
