@@ -64,10 +64,10 @@ def test_reconstruct_writes_pngs_and_correct_metrics(tiny, images, tmp_path, cap
     assert code == 0 and out.splitlines()[-1].startswith("mean ") and "PSNR" in out
     metrics = json.loads((tmp_path / "rec" / "metrics.json").read_text())
     assert len(metrics["images"]) == 3
+    assert sorted(row["key"] for row in metrics["images"]) == ["img0.png", "img1.png", "img2.png"]
     for row in metrics["images"]:
-        name = os.path.splitext(os.path.basename(row["image"]))[0]
-        side = np.asarray(Image.open(tmp_path / "rec" / f"{name}_side_by_side.png"))
-        recon = np.asarray(Image.open(tmp_path / "rec" / f"{name}.png"))
+        side = np.asarray(Image.open(tmp_path / "rec" / "side_by_side" / row["key"]))
+        recon = np.asarray(Image.open(tmp_path / "rec" / "reconstructions" / row["key"]))
         assert side.shape == (16, 32, 3)
         np.testing.assert_array_equal(side[:, 16:], recon)
         assert row["psnr"] == pytest.approx(psnr(side[:, :16], recon))

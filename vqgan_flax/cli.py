@@ -14,9 +14,10 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from .image_io import atomic_write, list_images, load_image, save_png, to_uint8
+from .image_io import atomic_write, check_key, find_images, load_image, output_names, save_png, to_uint8
 
-TOKEN_FILE_VERSION = 1
+# 2: adds 'keys' (input-relative names); version 1 files are still read.
+TOKEN_FILE_VERSION = 2
 
 
 def _default_model() -> str:
@@ -92,16 +93,49 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="img", disable=not enabled)
 
 
+def check_output_file(path: str) -> None:
+    """Refuse an ``--out`` file that cannot be written, before any work is done."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"--out {path}: is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--out {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"--out {path}: folder {folder} is not writable")
+
+
+def prepare_output_folder(path: str) -> None:
+    """Create the ``--out`` folder (or accept an existing one), before any work is done."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"--out {path}: exists and is not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"--out {path}: cannot create the folder ({err.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise PermissionError(f"--out {path}: folder is not writable")
+
+
+def _save_png_under(folder: str, name: str, image: np.ndarray) -> None:
+    path = os.path.join(folder, *name.split("/"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_png(path, image)
+
+
 def _image_job(args: argparse.Namespace):
-    """Model, runner, input files, image size and token grid of an encode/reconstruct command."""
+    """Model, runner, input files and keys, image size and token grid of an encode/reconstruct
+    command. The inputs and ``--out`` are checked before the model is loaded."""
+    inputs = find_images(args.inputs)
     model = _load_model(args)
-    paths = list_images(args.inputs)
     size = args.size or model.config.resolution
-    return model, _Runner(model, args.replicate, args.batch_size), paths, size, model.config.latent_shape(size, size)
+    runner = _Runner(model, args.replicate, args.batch_size)
+    return runner, inputs, size, model.config.latent_shape(size, size)
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
-    _, runner, paths, size, grid = _image_job(args)
+    check_output_file(args.out)
+    runner, inputs, size, grid = _image_job(args)
+    paths = [path for path, _ in inputs]
     tokens = np.empty((len(paths), *grid), np.int32)
     with _progress(len(paths), "encode", not args.quiet) as bar:
         for start, chunk in _batches(paths, args.batch_size):  # memory bounded by the batch size
@@ -113,6 +147,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
         "grid_shape": np.asarray(grid),
         "image_size": np.asarray(size),
         "files": np.asarray(paths),
+        "keys": np.asarray([key for _, key in inputs]),
         "model": np.asarray(str(args.model or _default_model())),
         "revision": np.asarray(args.revision or ""),
         "version": np.asarray(TOKEN_FILE_VERSION),
@@ -133,24 +168,43 @@ def read_token_file(path: str, n_embed: int) -> dict:
     if "tokens" not in record or record["tokens"].ndim != 3 or record["tokens"].dtype.kind not in "iu":
         raise ValueError(f"{path}: expected an integer 'tokens' array of shape (N, h, w)")
     tokens = record["tokens"]
+    if "keys" in record:
+        keys = record["keys"]
+        if keys.shape != (len(tokens),) or keys.dtype.kind != "U":
+            raise ValueError(
+                f"{path}: 'keys' must hold one string per token grid ({len(tokens)}); got {keys.dtype} {keys.shape}"
+            )
+        for i, key in enumerate(keys.tolist()):
+            check_key(key, f"{path}: keys[{i}]")
     if tokens.size and (tokens.min() < 0 or tokens.max() >= n_embed):
         bad = int(tokens.max() if tokens.max() >= n_embed else tokens.min())
         raise ValueError(f"{path}: token {bad} is outside the model's codebook [0, {n_embed})")
     return record
 
 
+def _token_keys(record: dict) -> List[str]:
+    """Names for the images of a token file: its keys; for version 1 files the input file names,
+    or the index where those are missing or repeat."""
+    count = len(record["tokens"])
+    if "keys" in record:
+        return record["keys"].tolist()
+    names = [os.path.basename(str(f)) for f in record.get("files", [])]
+    if len(names) == count and len(set(names)) == count and all(names):
+        return names
+    return [f"{i:06d}" for i in range(count)]
+
+
 def cmd_decode(args: argparse.Namespace) -> None:
+    prepare_output_folder(args.out)
     model = _load_model(args)
     runner = _Runner(model, args.replicate, args.batch_size)
     record = read_token_file(args.tokens, model.config.n_embed)
     tokens = record["tokens"]
-    names = [os.path.splitext(os.path.basename(str(f)))[0] for f in record.get("files", [])]
-    names = names if len(names) == len(tokens) else [f"{i:06d}" for i in range(len(tokens))]
-    os.makedirs(args.out, exist_ok=True)
+    names = output_names(_token_keys(record))
     with _progress(len(tokens), "decode", not args.quiet) as bar:
         for start, chunk in _batches(tokens, args.batch_size):
             for k, image in enumerate(runner.decode(chunk)):
-                save_png(os.path.join(args.out, f"{names[start + k]}.png"), image)
+                _save_png_under(args.out, names[start + k], image)
             bar.update(len(chunk))
     print(f"wrote {len(tokens)} images to {args.out}")
 
@@ -158,18 +212,19 @@ def cmd_decode(args: argparse.Namespace) -> None:
 def cmd_reconstruct(args: argparse.Namespace) -> None:
     from .metrics import psnr, ssim
 
-    _, runner, paths, size, grid = _image_job(args)
-    os.makedirs(args.out, exist_ok=True)
+    prepare_output_folder(args.out)
+    runner, inputs, size, grid = _image_job(args)
+    names = output_names([key for _, key in inputs])
     rows: List[dict] = []
-    with _progress(len(paths), "reconstruct", not args.quiet) as bar:
-        for _, chunk in _batches(paths, args.batch_size):
-            originals = to_uint8(np.stack([load_image(p, size) for p in chunk]))
+    with _progress(len(inputs), "reconstruct", not args.quiet) as bar:
+        for start, chunk in _batches(inputs, args.batch_size):
+            originals = to_uint8(np.stack([load_image(path, size) for path, _ in chunk]))
             recons = runner.decode(runner.encode(originals.astype(np.float32) / 127.5 - 1.0, grid))
-            for path, original, recon in zip(chunk, originals, recons):
-                name = os.path.splitext(os.path.basename(path))[0]
-                save_png(os.path.join(args.out, f"{name}.png"), recon)
-                save_png(os.path.join(args.out, f"{name}_side_by_side.png"), np.concatenate([original, recon], 1))
-                rows.append({"image": path, "psnr": psnr(original, recon), "ssim": ssim(original, recon)})
+            for (path, key), name, original, recon in zip(chunk, names[start:], originals, recons):
+                # Two trees, so that no input name can collide with a side-by-side name.
+                _save_png_under(os.path.join(args.out, "reconstructions"), name, recon)
+                _save_png_under(os.path.join(args.out, "side_by_side"), name, np.concatenate([original, recon], 1))
+                rows.append({"image": path, "key": key, "psnr": psnr(original, recon), "ssim": ssim(original, recon)})
             bar.update(len(chunk))
     summary = {
         "images": rows,
@@ -179,9 +234,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
         "image_size": size,
     }
     atomic_write(os.path.join(args.out, "metrics.json"), lambda f: f.write(json.dumps(summary, indent=2).encode()))
-    width = max(len(os.path.basename(r["image"])) for r in rows)
+    width = max(len(r["key"]) for r in rows)
     for r in rows:
-        print(f"{os.path.basename(r['image']):<{width}}  PSNR {r['psnr']:6.2f} dB  SSIM {r['ssim']:.4f}")
+        print(f"{r['key']:<{width}}  PSNR {r['psnr']:6.2f} dB  SSIM {r['ssim']:.4f}")
     print(f"{'mean':<{width}}  PSNR {summary['mean_psnr']:6.2f} dB  SSIM {summary['mean_ssim']:.4f}  ({args.out})")
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, Callable
+from collections import Counter
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -29,15 +30,34 @@ def to_rgb(image: Any) -> Any:
     return image.convert("RGB")
 
 
-def resize_and_center_crop(image: Any, size: int, crop: int) -> Any:
-    """Resize a PIL image so its shorter side is ``size`` (bicubic), then center-crop ``crop``²."""
+# Above this many pixels, the resized image is never built: the crop is resampled straight from
+# the source region it covers (a 1x8000 PNG at 256 would otherwise be a 256x2,048,000 image, GBs).
+# Below it the result is bit-identical to resize-then-crop; above it Pillow may run its two
+# resampling passes in the other order, which can move a pixel by a few levels.
+_RESIZE_LIMIT_PIXELS = 1 << 24
+
+
+def resize_and_center_crop(image: Any, size: int, crop: int, crop_width: Optional[int] = None) -> Any:
+    """Resize a PIL image so its shorter side is ``size`` (bicubic), then center-crop ``crop``²
+    (or ``crop`` x ``crop_width``, height x width).
+
+    Memory is bounded whatever the aspect ratio: when the resized image would exceed 2**24 pixels,
+    only the source region under the crop is resampled."""
     from PIL import Image
 
+    height, width = crop, crop if crop_width is None else crop_width
     scale = size / min(image.size)
     resized = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
+    left, top = (resized[0] - width) // 2, (resized[1] - height) // 2
+    inside = left >= 0 and top >= 0
+    if inside and resized[0] * resized[1] > _RESIZE_LIMIT_PIXELS:
+        # Pillow maps output pixel j of a box resize to box_start + (j + 0.5) * box_size / out, the
+        # same source point as pixel left + j of the full resize.
+        sx, sy = image.width / resized[0], image.height / resized[1]
+        box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
+        return image.resize((width, height), Image.Resampling.BICUBIC, box=box)
     image = image.resize(resized, Image.Resampling.BICUBIC)
-    left, top = (image.width - crop) // 2, (image.height - crop) // 2
-    return image.crop((left, top, left + crop, top + crop))
+    return image.crop((left, top, left + width, top + height))
 
 
 def load_image(item: Any, size: int) -> np.ndarray:
@@ -51,8 +71,14 @@ def load_image(item: Any, size: int) -> np.ndarray:
     else:
         from PIL import Image
 
-        with Image.open(item) as image:
-            array = np.asarray(resize_and_center_crop(to_rgb(image), size, size))
+        try:
+            with Image.open(item) as image:
+                array = np.asarray(resize_and_center_crop(to_rgb(image), size, size))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{item}: no such file") from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            # Pillow's messages for truncated or corrupt files often omit the file.
+            raise ValueError(f"{item}: not a readable image ({type(err).__name__}: {err})") from None
     if array.shape[:2] != (size, size):
         raise ValueError(
             f"{item if not isinstance(item, np.ndarray) else 'array'}: shape {array.shape}, expected {size}x{size}"
@@ -95,12 +121,17 @@ def save_png(path: str, image: np.ndarray) -> None:
     atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
 
 
-def list_images(paths: Any) -> list:
-    """Image files from a list of files and folders (folders: recursively, sorted)."""
-    found = []
+def find_images(paths: Any) -> List[Tuple[str, str]]:
+    """``(path, key)`` of every image in a list of files and folders (folders: recursively, sorted).
+
+    The key names an image relative to the inputs: relative to the folder for a file found in a
+    folder argument, the file name for a file argument, and relative to the inputs' common parent
+    when several are given (``a/x.png`` and ``b/x.png`` stay apart). A file given twice counts once."""
+    roots, found = [], []
     for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
-        path = os.fspath(path)
+        path = os.path.abspath(os.fspath(path))
         if os.path.isdir(path):
+            roots.append(path)
             found += sorted(
                 os.path.join(root, name)
                 for root, _, names in os.walk(path)
@@ -109,9 +140,41 @@ def list_images(paths: Any) -> list:
                 if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
             )
         elif os.path.isfile(path):
+            roots.append(os.path.dirname(path))
             found.append(path)
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
     if not found:
         raise FileNotFoundError(f"no images in {paths}")
-    return found
+    common = os.path.commonpath(roots)
+    unique = dict.fromkeys(found)  # first occurrence wins, order kept
+    return [(path, os.path.relpath(path, common).replace(os.sep, "/")) for path in unique]
+
+
+def list_images(paths: Any) -> List[str]:
+    """Image files from a list of files and folders (folders: recursively, sorted); see [`find_images`]."""
+    return [path for path, _ in find_images(paths)]
+
+
+def check_key(key: str, where: str) -> str:
+    """A key read from a file names an output: refuse what would escape the output folder."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or "\\" in key or "\0" in key or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"{where}: {key!r} is not a relative path of plain names (no '', '.', '..', '/' at the start)")
+    return key
+
+
+def output_names(keys: Sequence[str], suffix: str = ".png") -> List[str]:
+    """Output file names for input keys: the key with its extension replaced by ``suffix``
+    (``cats/1.jpg`` → ``cats/1.png``). Keys that would collide that way (``1.jpg`` and ``1.png``,
+    or names equal up to case, which collide on macOS and Windows) keep their extension
+    (``1.jpg.png``); nothing is ever written twice."""
+    stems = [os.path.splitext(key)[0] + suffix for key in keys]
+    counts = Counter(stem.casefold() for stem in stems)
+    names = [key + suffix if counts[stem.casefold()] > 1 else stem for key, stem in zip(keys, stems)]
+    seen: Dict[str, str] = {}
+    for key, name in zip(keys, names):
+        if name.casefold() in seen:
+            raise ValueError(f"inputs {seen[name.casefold()]!r} and {key!r} would both be written as {name!r}")
+        seen[name.casefold()] = key
+    return names

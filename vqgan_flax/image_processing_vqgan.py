@@ -94,12 +94,14 @@ def _resize_crop(image: Any, edge: int, height: Optional[int], width: Optional[i
         from PIL import Image
 
         scale = edge / min(image.size)
-        return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
-    if height == width:
-        return resize_and_center_crop(image, edge, height)
-    resized = _resize_crop(image, edge, None, None)
-    left, top = (resized.width - width) // 2, (resized.height - height) // 2
-    return resized.crop((left, top, left + width, top + height))
+        size = (round(image.width * scale), round(image.height * scale))
+        if size[0] * size[1] > Image.MAX_IMAGE_PIXELS:  # a 1x8000 PNG at edge 256: 524M pixels
+            raise ValueError(
+                f"resizing a {image.width}x{image.height} image to shortest edge {edge} gives {size[0]}x{size[1]}, "
+                f"more than Pillow's limit of {Image.MAX_IMAGE_PIXELS} pixels; enable center crop"
+            )
+        return image.resize(size, Image.Resampling.BICUBIC)
+    return resize_and_center_crop(image, edge, height, width)
 
 
 __all__: Tuple[str, ...] = ("VQGANImageProcessor",)

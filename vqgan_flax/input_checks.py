@@ -64,6 +64,4 @@ def check_indices(indices: Any, n_embed: int) -> None:
     outside = (array < 0) | (array >= n_embed)
     if outside.any():
         position = tuple(int(i) for i in np.argwhere(outside)[0])
-        raise ValueError(
-            f"indices{list(position)} = {int(array[position])} is outside the codebook [0, {n_embed})"
-        )
+        raise ValueError(f"indices{list(position)} = {int(array[position])} is outside the codebook [0, {n_embed})")
