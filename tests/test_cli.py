@@ -224,3 +224,73 @@ def test_ragged_last_chunk_reuses_the_compiled_batch_shape(tiny):
     images = np.concatenate([runner.decode(tokens[:4]), runner.decode(tokens[4:])])
     assert images.shape == (7, 32, 32, 3) and images.dtype == np.uint8
     np.testing.assert_array_equal(images, to_uint8(model.decode_code(tokens)))
+
+
+def test_convert_through_the_entry_point_as_the_readme_shows_it(tmp_path):
+    """`vqgan-flax convert --checkpoint ... --config ... --output ...` (argparse used to refuse its options)."""
+    script = os.path.join(os.path.dirname(sys.executable), "vqgan-flax")
+    taming = FIXTURES / "taming_vq"
+    result = subprocess.run(
+        [script, "convert", "--checkpoint", str(taming / "last.ckpt"), "--config", str(taming / "model.yaml"),
+         "--output", str(tmp_path / "converted")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "wrote" in result.stdout and FlaxVQGANModel.from_pretrained(tmp_path / "converted").config.n_embed > 0
+    version = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=600)
+    assert version.returncode == 0 and version.stdout.strip() == f"vqgan-flax {__import__('vqgan_flax').__version__}"
+
+
+def test_ctrl_c_is_one_line_and_status_130(tiny, images, tmp_path, capsys, monkeypatch):
+    import vqgan_flax.cli as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_image", interrupted)
+    code, _, err = _run(capsys, "encode", images, "--out", tmp_path / "t.npz", "--model", tiny, "--quiet")
+    assert code == 130 and err == "vqgan-flax encode: interrupted\n"
+    assert not (tmp_path / "t.npz").exists()
+
+
+def test_decode_uses_the_model_recorded_in_the_token_file(tiny, images, tmp_path, capsys, monkeypatch):
+    other = tmp_path / "other"
+    FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=1).save_pretrained(other)
+    monkeypatch.chdir(tmp_path)  # the model is recorded as an absolute path
+    code, _, _ = _run(capsys, "encode", images, "--out", "t.npz", "--model", os.path.relpath(other), "--quiet")
+    assert code == 0 and str(np.load("t.npz")["model"]) == str(other)
+    monkeypatch.chdir(images)
+    assert _run(capsys, "decode", tmp_path / "t.npz", "--out", tmp_path / "recorded", "--quiet")[0] == 0
+    assert _run(capsys, "decode", tmp_path / "t.npz", "--out", tmp_path / "given", "--model", other, "--quiet")[0] == 0
+    code, _, err = _run(capsys, "decode", tmp_path / "t.npz", "--out", tmp_path / "wrong", "--model", tiny, "--quiet")
+    assert code == 0 and err.startswith(f"note: decoding with --model {tiny}; ")
+    for name in ("img0.png", "img1.png"):
+        recorded = np.asarray(Image.open(tmp_path / "recorded" / name))
+        np.testing.assert_array_equal(recorded, np.asarray(Image.open(tmp_path / "given" / name)))
+        assert np.abs(recorded.astype(int) - np.asarray(Image.open(tmp_path / "wrong" / name))).max() > 0
+    np.savez(tmp_path / "gone.npz", tokens=np.zeros((1, 8, 8), np.int32), model=np.asarray(str(tmp_path / "gone")))
+    code, _, err = _run(capsys, "decode", tmp_path / "gone.npz", "--out", tmp_path / "g", "--quiet")
+    assert code == 1 and err.count("\n") == 1
+    assert f"gone.npz was made with model '{tmp_path / 'gone'}', which does not load here" in err
+
+
+def test_pixel_range_comes_from_the_model_folder(tiny, images, tmp_path, capsys):
+    """A model that takes [0, 1] (DALL·E-mini's fine-tuned VQGAN) says so in preprocessor_config.json."""
+    from vqgan_flax import VQGANImageProcessor
+
+    zero_one = tmp_path / "zero_one"
+    FlaxVQGANModel.from_pretrained(tiny).save_pretrained(zero_one)
+    VQGANImageProcessor(pixel_range=(0.0, 1.0), size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}
+                        ).save_pretrained(zero_one)  # fmt: skip
+    assert _run(capsys, "encode", images, "--out", tmp_path / "t.npz", "--model", zero_one, "--quiet")[0] == 0
+    model = FlaxVQGANModel.from_pretrained(zero_one)
+    files = sorted(os.path.join(images, f) for f in os.listdir(images))
+    pixels01 = (np.stack([load_image(f, 16) for f in files]) + 1.0) / 2.0
+    expected = np.asarray(model.encode(pixels01).indices).reshape(3, 8, 8)
+    np.testing.assert_array_equal(np.load(tmp_path / "t.npz")["tokens"], expected)
+    assert _run(capsys, "decode", tmp_path / "t.npz", "--out", tmp_path / "dec", "--quiet")[0] == 0
+    decoded = np.asarray(Image.open(tmp_path / "dec" / "img0.png"))
+    np.testing.assert_array_equal(decoded, to_uint8(np.asarray(model.decode_code(expected[:1])) * 2.0 - 1.0)[0])
+    (zero_one / "preprocessor_config.json").write_text('{"pixel_range": [1, 0]}')
+    code, _, err = _run(capsys, "encode", images, "--out", tmp_path / "u.npz", "--model", zero_one, "--quiet")
+    assert code == 1 and "preprocessor_config.json: pixel_range [1.0, 0.0] must have low < high" in err

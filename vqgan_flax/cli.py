@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -33,7 +33,40 @@ def _load_model(args: argparse.Namespace):
 
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
     kwargs = {"revision": args.revision} if args.revision else {}
-    return FlaxVQGANModel.from_pretrained(args.model or _default_model(), dtype=dtype, **kwargs)
+    return FlaxVQGANModel.from_pretrained(_model_name(args), dtype=dtype, **kwargs)
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    """The model as a token file records it: a local folder as an absolute path (the file may be
+    decoded from another working directory), a Hub id as given."""
+    model = args.model or _default_model()
+    return os.path.abspath(model) if os.path.isdir(model) else model
+
+
+def model_pixel_range(model: str, revision: Optional[str] = None) -> Tuple[float, float]:
+    """The pixel range the model takes, from the ``preprocessor_config.json`` beside its weights
+    (DALL·E-mini's fine-tuned VQGAN takes [0, 1]); (-1, 1), taming's range, where there is none."""
+    if os.path.isdir(model):
+        path = os.path.join(model, "preprocessor_config.json")
+        if not os.path.isfile(path):
+            return (-1.0, 1.0)
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import EntryNotFoundError
+
+        try:
+            path = hf_hub_download(model, "preprocessor_config.json", revision=revision)
+        except EntryNotFoundError:
+            return (-1.0, 1.0)
+    try:
+        with open(path, encoding="utf-8") as f:
+            low, high = json.load(f).get("pixel_range", (-1.0, 1.0))
+        low, high = float(low), float(high)
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path}: pixel_range must be [low, high] ({type(err).__name__}: {err})") from None
+    if not low < high:
+        raise ValueError(f"{path}: pixel_range [{low}, {high}] must have low < high")
+    return (low, high)
 
 
 def bucket_size(count: int, batch_size: int) -> int:
@@ -49,10 +82,11 @@ class _Runner:
     """Encode/decode on one device, or on all local devices with ``--replicate`` (pmap); chunks
     are padded to [`bucket_size`] rows and the padding dropped."""
 
-    def __init__(self, model: Any, replicate: bool, batch_size: int) -> None:
+    def __init__(self, model: Any, replicate: bool, batch_size: int, pixel_range: Tuple[float, float]) -> None:
         from .parallel import replicate_params
 
         self.model = model
+        self.pixel_range = pixel_range
         self.batch_size = batch_size
         self.replicated = replicate_params(model.params) if replicate else None
 
@@ -62,8 +96,12 @@ class _Runner:
         return pad_batch(array, bucket_size(len(array), self.batch_size))[0]  # a multiple ≥ len: exactly that
 
     def encode(self, pixels: np.ndarray, grid: Sequence[int]) -> np.ndarray:
+        """``pixels`` in [-1, 1], as [`load_image`] gives them, mapped to the model's range."""
         from .parallel import pmap_encode
 
+        low, high = self.pixel_range
+        if (low, high) != (-1.0, 1.0):
+            pixels = low + (pixels + 1.0) * ((high - low) / 2.0)
         padded = self._padded(pixels)
         if self.replicated is None:
             indices = self.model.encode(padded).indices
@@ -79,7 +117,11 @@ class _Runner:
             pixels = self.model.decode_code(padded)
         else:
             pixels = pmap_decode_code(self.model, padded, self.replicated)
-        return to_uint8(np.asarray(pixels)[: len(tokens)])
+        low, high = self.pixel_range
+        pixels = np.asarray(pixels)[: len(tokens)]
+        if (low, high) != (-1.0, 1.0):
+            pixels = (pixels - low) * (2.0 / (high - low)) - 1.0
+        return to_uint8(pixels)
 
 
 def _batches(items: Sequence[Any], size: int):
@@ -128,7 +170,7 @@ def _image_job(args: argparse.Namespace):
     inputs = find_images(args.inputs)
     model = _load_model(args)
     size = args.size or model.config.resolution
-    runner = _Runner(model, args.replicate, args.batch_size)
+    runner = _Runner(model, args.replicate, args.batch_size, model_pixel_range(_model_name(args), args.revision))
     return runner, inputs, size, model.config.latent_shape(size, size)
 
 
@@ -148,7 +190,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
         "image_size": np.asarray(size),
         "files": np.asarray(paths),
         "keys": np.asarray([key for _, key in inputs]),
-        "model": np.asarray(str(args.model or _default_model())),
+        "model": np.asarray(_model_name(args)),
         "revision": np.asarray(args.revision or ""),
         "version": np.asarray(TOKEN_FILE_VERSION),
     }
@@ -156,8 +198,9 @@ def cmd_encode(args: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} x {grid[0]}x{grid[1]} tokens to {args.out}")
 
 
-def read_token_file(path: str, n_embed: int) -> dict:
-    """Load and validate a token file written by ``vqgan-flax encode``."""
+def read_token_file(path: str, n_embed: Optional[int] = None) -> dict:
+    """Load and validate a token file written by ``vqgan-flax encode`` (token values against the
+    codebook too when ``n_embed`` is given)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             record = {key: data[key] for key in data.files}
@@ -176,10 +219,18 @@ def read_token_file(path: str, n_embed: int) -> dict:
             )
         for i, key in enumerate(keys.tolist()):
             check_key(key, f"{path}: keys[{i}]")
+    for name in ("model", "revision"):
+        if name in record and (record[name].shape != () or record[name].dtype.kind != "U"):
+            raise ValueError(f"{path}: '{name}' must be one string; got {record[name].dtype} {record[name].shape}")
+    if n_embed is not None:
+        check_token_range(tokens, n_embed, path)
+    return record
+
+
+def check_token_range(tokens: np.ndarray, n_embed: int, path: str) -> None:
     if tokens.size and (tokens.min() < 0 or tokens.max() >= n_embed):
         bad = int(tokens.max() if tokens.max() >= n_embed else tokens.min())
         raise ValueError(f"{path}: token {bad} is outside the model's codebook [0, {n_embed})")
-    return record
 
 
 def _token_keys(record: dict) -> List[str]:
@@ -196,9 +247,25 @@ def _token_keys(record: dict) -> List[str]:
 
 def cmd_decode(args: argparse.Namespace) -> None:
     prepare_output_folder(args.out)
-    model = _load_model(args)
-    runner = _Runner(model, args.replicate, args.batch_size)
-    record = read_token_file(args.tokens, model.config.n_embed)
+    record = read_token_file(args.tokens)
+    recorded = str(record["model"]) if "model" in record else None
+    if args.model is None and recorded:
+        # The tokens mean something only to the model that made them.
+        args.model = recorded
+        args.revision = args.revision or str(record.get("revision", "")) or None
+        try:
+            model = _load_model(args)
+        except Exception as err:
+            raise ValueError(
+                f"{args.tokens} was made with model {recorded!r}, which does not load here ({err}); "
+                "give --model to decode with another copy of it"
+            ) from None
+    else:
+        if recorded and args.model != recorded:
+            print(f"note: decoding with --model {args.model}; {args.tokens} was made with {recorded}", file=sys.stderr)
+        model = _load_model(args)
+    runner = _Runner(model, args.replicate, args.batch_size, model_pixel_range(_model_name(args), args.revision))
+    check_token_range(record["tokens"], model.config.n_embed, args.tokens)
     tokens = record["tokens"]
     names = output_names(_token_keys(record))
     with _progress(len(tokens), "decode", not args.quiet) as bar:
@@ -230,7 +297,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
         "images": rows,
         "mean_psnr": float(np.mean([r["psnr"] for r in rows])),
         "mean_ssim": float(np.mean([r["ssim"] for r in rows])),
-        "model": str(args.model or _default_model()),
+        "model": _model_name(args),
         "image_size": size,
     }
     atomic_write(os.path.join(args.out, "metrics.json"), lambda f: f.write(json.dumps(summary, indent=2).encode()))
@@ -309,9 +376,16 @@ COUNT = _number(int, 0, "a count")
 NON_NEGATIVE = _number(float, 0.0, "a non-negative number")
 
 
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqgan-flax", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_options(p: argparse.ArgumentParser) -> None:
@@ -346,8 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("convert", help="taming checkpoint ↔ Flax folder (see python -m vqgan_flax.convert_checkpoint)")
-    p.add_argument("args", nargs=argparse.REMAINDER)
+    from .convert_checkpoint import DESCRIPTION, add_arguments
+
+    p = sub.add_parser("convert", help="taming checkpoint ↔ Flax folder", description=DESCRIPTION)
+    add_arguments(p)
     p.set_defaults(func=None)
 
     p = sub.add_parser("train", help="train or fine-tune on a folder of images")
@@ -391,12 +467,16 @@ def enable_compilation_cache() -> Optional[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     enable_compilation_cache()
-    if args.command == "convert":
-        from .convert_checkpoint import main as convert_main
-
-        return convert_main(args.args)
     try:
+        if args.command == "convert":
+            from .convert_checkpoint import run
+
+            return run(args)
         args.func(args)
+    except KeyboardInterrupt:
+        # Outputs are written atomically: what was finished stays, nothing half-written is left.
+        print(f"vqgan-flax {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as err:  # one readable line, unless --debug
         if args.debug:
             raise

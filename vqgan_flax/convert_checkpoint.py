@@ -255,11 +255,12 @@ def _config_from_args(args: argparse.Namespace) -> VQGANConfig:
     return VQGANConfig(**overrides)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m vqgan_flax.convert_checkpoint",
-        description="Convert a taming-transformers VQGAN checkpoint to a Flax folder (or back with --to-taming).",
-    )
+DESCRIPTION = "Convert a taming-transformers VQGAN checkpoint to a Flax folder (or back with --to-taming)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The converter's options, shared by ``python -m vqgan_flax.convert_checkpoint`` and
+    ``vqgan-flax convert``."""
     parser.add_argument("--checkpoint", help="taming .ckpt / .pt / .pth / .safetensors file")
     parser.add_argument("--to-taming", metavar="MODEL_DIR", help="export this Flax folder to a taming state dict")
     parser.add_argument("--output", required=True, help="output folder (or file with --to-taming)")
@@ -277,8 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def build_parser() -> argparse.ArgumentParser:
+    return add_arguments(
+        argparse.ArgumentParser(prog="python -m vqgan_flax.convert_checkpoint", description=DESCRIPTION)
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert as the parsed options say; errors print one line and give status 1."""
     try:
         if args.to_taming:
             state = export_to_taming(args.to_taming, args.output)
@@ -293,6 +300,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     print(f"dropped {dropped} loss.* entries (discriminator/LPIPS); wrote {args.output} ({args.weights_format})")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
