@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -133,8 +134,9 @@ def make_inputs(d: pathlib.Path) -> None:
     for sub in ("a", "b", "b/c"):
         (d / "same_names" / sub).mkdir(parents=True)
         Image.fromarray(rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)).save(d / "same_names" / sub / "x.png")
-    (d / "killed").mkdir()
-    Image.fromarray(rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)).save(d / "killed" / "a.png")
+    for name in ("killed", "clean"):  # "killed" gets a killed write's leftovers; "clean" stays clean
+        (d / name).mkdir()
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)).save(d / name / "a.png")
     Image.fromarray(rng.integers(0, 256, (8000, 1, 3)).astype(np.uint8)).save(d / "thin.png")
     (d / "truncated").mkdir()
     for i in range(3):
@@ -214,7 +216,7 @@ def cases() -> List[Case]:
         Case(
             "cli",
             "--batch-size -1",
-            cli("encode", "{d}/killed", "--out", "{d}/o1.npz", "--batch-size", "-1"),
+            cli("encode", "{d}/clean", "--out", "{d}/o1.npz", "--batch-size", "-1"),
             ["--batch-size"],
             cli=True,
         ),
@@ -233,7 +235,7 @@ def cases() -> List[Case]:
             ).replace("sys.exit(", "assert 0 == (")
             + "import numpy as np\n"
             "assert 0 == main(['decode', '{d}/same.npz', '--out', '{d}/same_out', '--model', '{d}/tiny', '--quiet'])\n"
-            "import os\nn = sum(len(f) for _, _, f in os.walk('{d}/same_out'))\nassert n == 3, f'{{n}} outputs'\n",
+            "import os\nn = sum(len(f) for _, _, f in os.walk('{d}/same_out'))\nassert n == 3, f'{n} outputs'\n",
             cli=True,
         ),
         Case(
@@ -269,14 +271,14 @@ def cases() -> List[Case]:
         Case(
             "cli",
             "--out is an existing folder",
-            cli("encode", "{d}/killed", "--out", "{d}/killed", "--model", "{d}/tiny", "--quiet"),
+            cli("encode", "{d}/clean", "--out", "{d}/killed", "--model", "{d}/tiny", "--quiet"),
             ["--out"],
             cli=True,
         ),
         Case(
             "cli",
             "--out in a missing folder",
-            cli("encode", "{d}/killed", "--out", "{d}/missing/t.npz", "--model", "{d}/tiny", "--quiet"),
+            cli("encode", "{d}/clean", "--out", "{d}/missing/t.npz", "--model", "{d}/tiny", "--quiet"),
             ["missing"],
             cli=True,
         ),
@@ -300,7 +302,7 @@ def cases() -> List[Case]:
             "cli",
             "outputs honour umask 022",
             "import os\nos.umask(0o022)\n"
-            + cli("encode", "{d}/killed", "--out", "{d}/mode.npz", "--model", "{d}/tiny", "--quiet").replace(
+            + cli("encode", "{d}/clean", "--out", "{d}/mode.npz", "--model", "{d}/tiny", "--quiet").replace(
                 "sys.exit(", "assert 0 == ("
             )
             + "mode = os.stat('{d}/mode.npz').st_mode & 0o777\nassert mode == 0o644, oct(mode)\n",
@@ -342,7 +344,9 @@ def run_case(case: Case, tree: str, d: pathlib.Path) -> Tuple[str, str, int]:
         return "crash", f"peak RSS {peak_mb} MB > {case.limit_mb} MB", peak_mb
     code = os.WEXITSTATUS(status)
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    last = lines[-1] if lines else ""
+    # The exception's own line (JAX appends a note after it), else the last line.
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b", line)]
+    last = raised[-1] if raised else lines[-1] if lines else ""
     if "AssertionError" in last:
         return "garbage", last[:160], peak_mb
     if not case.refuse:
