@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, List, Optional, Sequence, Tuple
@@ -15,6 +16,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .image_io import atomic_write, check_key, find_images, load_image, output_names, save_png, to_uint8
+from .token_writers import FORMATS, INFO_DIR
 
 # 2: adds 'keys' (input-relative names); version 1 files are still read.
 TOKEN_FILE_VERSION = 2
@@ -174,28 +176,121 @@ def _image_job(args: argparse.Namespace):
     return runner, inputs, size, model.config.latent_shape(size, size)
 
 
+def _source_items(args: argparse.Namespace):
+    """The items of ``encode``'s inputs, by ``--source`` (``auto``: ``.tar`` inputs are webdataset
+    shards, a saved dataset folder or ``.parquet`` file is a Hugging Face dataset, anything else
+    image files and folders). Missing inputs are refused here, before the model loads."""
+    from .sources import file_items, hf_items, tar_items
+
+    source = args.source
+    if source == "auto":
+        if all(re.search(r"\.tar(\.gz)?$", path) for path in args.inputs):
+            source = "tar"
+        elif len(args.inputs) == 1 and _looks_like_dataset(args.inputs[0]):
+            source = "hf"
+        else:
+            source = "files"
+    if source == "tar":
+        return source, tar_items(args.inputs)
+    if source == "hf":
+        if len(args.inputs) != 1:
+            raise ValueError(f"--source hf takes one dataset; got {len(args.inputs)} inputs")
+        return source, hf_items(args.inputs[0], args.image_column, args.split, args.caption_column)
+    return source, file_items(args.inputs)
+
+
+def _looks_like_dataset(path: str) -> bool:
+    markers = ("dataset_info.json", "dataset_dict.json", "state.json")
+    return path.endswith(".parquet") or (
+        os.path.isdir(path) and any(os.path.isfile(os.path.join(path, m)) for m in markers)
+    )
+
+
+def _check_format(args: argparse.Namespace) -> None:
+    """The format is ``--format``'s, never the extension's: an ``--out`` whose extension names
+    another format is a mistake, caught before any work."""
+    if not 0 <= args.process_index < args.process_count:
+        raise ValueError(f"--process-index {args.process_index} is not in [0, --process-count {args.process_count})")
+    if args.process_count > 1 and args.format == "npz":
+        raise ValueError("--process-count > 1 needs a sharded --format (parquet or jsonl): each process writes its own")
+    extension = os.path.splitext(args.out.rstrip("/"))[1].lstrip(".").lower()
+    if extension in FORMATS and extension != args.format:
+        raise ValueError(
+            f"--out {args.out} looks like {extension}, but --format is {args.format}; give --format {extension}"
+        )
+    if args.format == "npz":
+        if args.out != "-":
+            check_output_file(args.out)
+    elif args.out == "-":
+        raise ValueError(f"--out -: {args.format} output is a folder of shards; give a folder")
+    else:
+        prepare_output_folder(args.out)
+
+
+def _hub_commit(model: str, revision: Optional[str]) -> Optional[str]:
+    """The commit a Hub model resolved to (its snapshot folder's name); None for local folders."""
+    if os.path.isdir(model):
+        return None
+    from huggingface_hub import hf_hub_download
+
+    return os.path.basename(os.path.dirname(hf_hub_download(model, "config.json", revision=revision)))
+
+
 def cmd_encode(args: argparse.Namespace) -> None:
-    check_output_file(args.out)
-    runner, inputs, size, grid = _image_job(args)
-    paths = [path for path, _ in inputs]
-    tokens = np.empty((len(paths), *grid), np.int32)
-    with _progress(len(paths), "encode", not args.quiet) as bar:
-        for start, chunk in _batches(paths, args.batch_size):  # memory bounded by the batch size
-            pixels = np.stack([load_image(p, size) for p in chunk])
-            tokens[start : start + len(chunk)] = runner.encode(pixels, grid)
-            bar.update(len(chunk))
-    record = {
-        "tokens": tokens,
-        "grid_shape": np.asarray(grid),
-        "image_size": np.asarray(size),
-        "files": np.asarray(paths),
-        "keys": np.asarray([key for _, key in inputs]),
-        "model": np.asarray(_model_name(args)),
-        "revision": np.asarray(args.revision or ""),
-        "version": np.asarray(TOKEN_FILE_VERSION),
+    from . import __version__
+    from .token_writers import NpzTokenWriter, ShardedTokenWriter
+    from .tokenize_dataset import errors_jsonl, summary_lines, tokenize_items
+
+    _check_format(args)
+    source, items = _source_items(args)
+    model = _load_model(args)
+    size = args.size or model.config.resolution
+    grid = model.config.latent_shape(size, size)
+    pixel_range = model_pixel_range(_model_name(args), args.revision)
+    runner = _Runner(model, args.replicate, args.batch_size, pixel_range)
+    metadata = {
+        "token_file_version": TOKEN_FILE_VERSION,
+        "vqgan_flax_version": __version__,
+        "model": _model_name(args),
+        "revision": args.revision,
+        "commit": _hub_commit(_model_name(args), args.revision),
+        "n_embed": model.config.n_embed,
+        "downsampling_factor": model.config.downsampling_factor,
+        "grid": list(grid),
+        "image_size": size,
+        "pixel_range": list(pixel_range),
+        "source": source,
     }
-    atomic_write(args.out, lambda f: np.savez(f, **record))
-    print(f"wrote {len(paths)} x {grid[0]}x{grid[1]} tokens to {args.out}")
+    if args.format == "npz":
+        writer = NpzTokenWriter(args.out, metadata)
+    else:
+        writer = ShardedTokenWriter(args.out, args.format, metadata, args.shard_size, process=args.process_index)
+    index, count, total = args.process_index, args.process_count, None
+    if source == "files":  # a known number: partition here, so that the progress bar has a total
+        items = list(items)[index::count]
+        index, count, total = 0, 1, len(items)
+    with _progress(total, "encode", not args.quiet) as bar:
+        summary = tokenize_items(
+            items, lambda pixels: runner.encode(pixels, grid), writer, size, args.batch_size, strict=args.strict,
+            workers=args.workers, process_index=index, process_count=count,
+            progress=bar.update,
+        )  # fmt: skip
+    where = ""
+    if args.format != "npz":
+        errors_file = os.path.join(args.out, INFO_DIR, f"errors-{writer.process:03d}.jsonl")
+        if summary.errors:
+            atomic_write(errors_file, lambda f: f.write(errors_jsonl(summary)))
+            where = f" (all in {errors_file})"
+        elif os.path.exists(errors_file):
+            os.unlink(errors_file)  # an earlier run's failures: retried, and read this time
+    for line in summary_lines(summary, where):
+        print(line, file=sys.stderr)
+    if not summary.encoded and not summary.already_done and summary.errors:
+        key, message = summary.errors[0]
+        raise ValueError(f"no item could be read; the first: {key}: {message}")
+    done = f" ({summary.already_done} already there from an earlier run)" if summary.already_done else ""
+    report = f"wrote {summary.encoded} x {grid[0]}x{grid[1]} tokens to {args.out}{done}"
+    print(report, file=sys.stderr if args.out == "-" else sys.stdout)
 
 
 def read_token_file(path: str, n_embed: Optional[int] = None) -> dict:
@@ -401,11 +496,36 @@ def build_parser() -> argparse.ArgumentParser:
         ("reconstruct", cmd_reconstruct, "images → reconstructions, side-by-side PNGs, PSNR/SSIM"),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("inputs", nargs="+", help="image files or folders")
+        p.add_argument(
+            "inputs",
+            nargs="+",
+            help="image files or folders" + (", .tar shards, a dataset" if name == "encode" else ""),
+        )
         p.add_argument("--out", required=True)
         p.add_argument("--size", type=POSITIVE_INT, help="resize (shorter side) and center-crop to this size")
         model_options(p)
         p.set_defaults(func=func)
+        if name == "encode":
+            p.add_argument(
+                "--format",
+                choices=FORMATS,
+                default="npz",
+                help="npz: one file (--out -: standard output); parquet, jsonl (LWM): a folder of shards",
+            )
+            p.add_argument(
+                "--source",
+                choices=("auto", "files", "tar", "hf"),
+                default="auto",
+                help="files/folders, webdataset .tar shards, or a Hugging Face dataset (default: guessed)",
+            )
+            p.add_argument("--image-column", default="image", help="the image column of a Hugging Face dataset")
+            p.add_argument("--caption-column", help="a text column to keep beside the tokens")
+            p.add_argument("--split", help="the split of a Hugging Face dataset (default: its only one)")
+            p.add_argument("--shard-size", type=POSITIVE_INT, default=10_000, help="rows per parquet/jsonl shard")
+            p.add_argument("--workers", type=POSITIVE_INT, default=4, help="threads decoding images")
+            p.add_argument("--strict", action="store_true", help="stop at the first unreadable item (default: skip it)")
+            p.add_argument("--process-index", type=COUNT, default=0, help="this process's number (many hosts)")
+            p.add_argument("--process-count", type=POSITIVE_INT, default=1, help="processes sharing the inputs")
 
     p = sub.add_parser("decode", help="tokens.npz → PNG images")
     p.add_argument("tokens")

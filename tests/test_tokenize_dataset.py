@@ -1,0 +1,292 @@
+"""Tokenizing datasets: sources (folders, webdataset tar shards, Hugging Face datasets), parquet /
+LWM JSONL / npz outputs, resuming exactly once, bad items skipped, processes sharing a dataset."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vqgan_flax import FlaxVQGANModel, VQGANConfig
+from vqgan_flax.cli import main
+from vqgan_flax.image_io import load_image
+from vqgan_flax.sources import Item, expand_braces, file_items, hf_items, tar_items
+from vqgan_flax.token_writers import NpzTokenWriter, ShardedTokenWriter, lwm_record
+from vqgan_flax.tokenize_dataset import tokenize_items
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=0).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def model(tiny):
+    return FlaxVQGANModel.from_pretrained(tiny)
+
+
+def _png(seed: int, size=(20, 24)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    for i in range(5):
+        (root / f"{i}.png").write_bytes(_png(i))
+    (root / "sub").mkdir()
+    (root / "sub" / "0.png").write_bytes(_png(10))
+    return root
+
+
+def _expected(model, paths):
+    pixels = np.stack([load_image(str(p), 16) for p in paths])
+    return np.asarray(model.encode(pixels).indices).reshape(len(paths), 8, 8)
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_expand_braces():
+    assert expand_braces("s-{000..003}.tar") == ["s-000.tar", "s-001.tar", "s-002.tar", "s-003.tar"]
+    assert expand_braces("{a,b}-{8..10}.tar") == ["a-8.tar", "a-9.tar", "a-10.tar", "b-8.tar", "b-9.tar", "b-10.tar"]
+    assert expand_braces("plain.tar") == ["plain.tar"]
+    with pytest.raises(ValueError, match=r"range \{5..1\} runs backwards"):
+        expand_braces("s-{5..1}.tar")
+    with pytest.raises(ValueError, match="more than a million shards"):
+        expand_braces("s-{0..99999999}.tar")
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w") as archive:
+        for name, data in members:
+            if data is None:  # a symlink, which must never be followed
+                info = tarfile.TarInfo(name)
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                archive.addfile(info)
+                continue
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+
+def test_tar_shards_stream_samples_with_captions(tmp_path, model):
+    _tar(tmp_path / "shard-000.tar", [("a/0001.png", _png(1)), ("a/0001.txt", b"a red square"),
+                                      ("a/0002.json", b"{}"), ("a/0002.png", _png(2))])  # fmt: skip
+    _tar(tmp_path / "shard-001.tar", [("a/0001.jpg", _png(3)), ("link.png", None), ("0003.txt", b"no image"),
+                                      ("0004.png", _png(4)[:40])])  # fmt: skip
+    items = list(tar_items([str(tmp_path / "shard-{000..001}.tar")]))
+    assert [i.key for i in items] == ["shard-000.tar/a/0001", "shard-000.tar/a/0002", "shard-001.tar/a/0001",
+                                      "shard-001.tar/0003", "shard-001.tar/0004"]  # fmt: skip
+    assert items[0].caption == "a red square" and items[1].caption is None
+    assert items[0].origin == f"{tmp_path / 'shard-000.tar'}:a/0001"
+    np.testing.assert_array_equal(np.asarray(items[0].load()), np.asarray(Image.open(io.BytesIO(_png(1)))))
+    with pytest.raises(ValueError, match=r"sample shard-001.tar/0003 has no image member \(found \['txt'\]\)"):
+        items[3].load()
+    with pytest.raises(OSError):
+        items[4].load()  # truncated PNG: fails when loaded, alone
+    with pytest.raises(FileNotFoundError, match="shard-002.tar: no such shard"):
+        tar_items([str(tmp_path / "shard-{000..002}.tar")])
+
+
+def test_a_corrupt_tar_keeps_what_came_before(tmp_path):
+    _tar(tmp_path / "s.tar", [("0001.png", _png(1)), ("0002.png", _png(2))])
+    data = (tmp_path / "s.tar").read_bytes()
+    first_end = 512 + -(-len(_png(1)) // 512) * 512  # header + padded data
+    (tmp_path / "cut.tar").write_bytes(data[: first_end + 700])  # the first member whole, the second cut
+    items = list(tar_items([str(tmp_path / "cut.tar")]))
+    assert items[0].key == "cut.tar/0001" and items[0].load().size == (24, 20)
+    assert [i.key for i in items] == ["cut.tar/0001", "cut.tar/<unreadable>"]
+    with pytest.raises(ValueError, match=r"cut.tar: corrupt or cut short"):
+        items[-1].load()
+    (tmp_path / "junk.tar").write_bytes(b"\x00junk" * 10)
+    assert [i.key for i in tar_items([str(tmp_path / "junk.tar")])] == ["junk.tar/<unreadable>"]
+
+
+def test_hugging_face_dataset_on_disk_and_parquet(tmp_path, folder):
+    import datasets
+
+    paths = sorted(str(p) for p in folder.glob("*.png"))
+    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict({"image": paths, "text": [f"t{i}" for i in range(5)]}, features=features)
+    datasets.DatasetDict({"train": ds, "test": ds.select([0])}).save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(ValueError, match=r"choose a split with --split \(\['test', 'train'\]\)"):
+        hf_items(str(tmp_path / "saved"))
+    with pytest.raises(ValueError, match=r"no column 'img'"):
+        hf_items(str(tmp_path / "saved"), image_column="img", split="train")
+    items = list(hf_items(str(tmp_path / "saved"), split="train", caption_column="text"))
+    assert [i.key for i in items] == [f"train/{i}" for i in range(5)] and items[2].caption == "t2"
+    np.testing.assert_array_equal(np.asarray(items[3].load()), np.asarray(Image.open(paths[3]).convert("RGB")))
+    ds.to_parquet(str(tmp_path / "data.parquet"))
+    from_parquet = list(hf_items(str(tmp_path / "data.parquet")))
+    assert len(from_parquet) == 5
+    np.testing.assert_array_equal(np.asarray(from_parquet[1].load()), np.asarray(items[1].load()))
+
+
+def test_parquet_output_is_a_dataset_with_the_right_tokens_and_metadata(tiny, model, folder, tmp_path, capsys):
+    out = tmp_path / "tokens"
+    code, stdout, _ = _run(capsys, "encode", folder, "--out", out, "--format", "parquet", "--model", tiny,
+                           "--quiet", "--shard-size", 4, "--batch-size", 2)  # fmt: skip
+    assert code == 0 and "wrote 6 x 8x8 tokens" in stdout
+    assert sorted(os.listdir(out)) == [".vqgan_flax", "part-000-00000.parquet", "part-000-00001.parquet"]
+    import datasets
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    loaded = datasets.load_dataset("parquet", data_dir=str(out), split="train")  # sees only the shards
+    assert loaded.num_rows == 6 and set(loaded.column_names) >= {"key", "tokens", "frames", "height", "width"}
+    frame = pd.read_parquet(out)
+    assert list(frame["key"]) == ["0.png", "1.png", "2.png", "3.png", "4.png", "sub/0.png"]
+    files = [folder / k for k in frame["key"]]
+    expected = _expected(model, files)
+    for row, tokens in zip(frame.itertuples(), expected):
+        assert (row.frames, row.height, row.width) == (1, 8, 8)
+        np.testing.assert_array_equal(np.asarray(row.tokens).reshape(8, 8), tokens)
+    schema = pq.read_schema(out / "part-000-00000.parquet")
+    assert str(schema.field("tokens").type) == "list<element: int32>" and str(schema.field("key").type) == "string"
+    meta = json.loads(schema.metadata[b"vqgan_flax"])
+    assert meta == json.loads((out / ".vqgan_flax" / "metadata.json").read_text())
+    assert meta["model"] == tiny and meta["n_embed"] == 32 and meta["downsampling_factor"] == 2
+    assert meta["grid"] == [8, 8] and meta["image_size"] == 16 and meta["pixel_range"] == [-1.0, 1.0]
+    assert meta["vqgan_flax_version"] == __import__("vqgan_flax").__version__ and meta["format"] == "parquet"
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_and_every_item_is_written_once(model, folder, tmp_path):
+    items = lambda: file_items([str(folder)])  # noqa: E731
+    metadata = {"model": "m", "grid": [8, 8], "image_size": 16, "pixel_range": [-1, 1], "n_embed": 32}
+    calls = []
+
+    def encode(pixels):
+        calls.append(len(pixels))
+        if len(calls) == 3:
+            raise _Interrupt  # killed after two batches (one shard of 2 rows, one of 2)
+        return np.asarray(model.encode(pixels).indices).reshape(len(pixels), 8, 8)
+
+    writer = ShardedTokenWriter(str(tmp_path), "parquet", metadata, rows_per_shard=2)
+    with pytest.raises(_Interrupt):
+        tokenize_items(items(), encode, writer, 16, batch_size=2)
+    assert sorted(os.listdir(tmp_path)) == [".vqgan_flax", "part-000-00000.parquet", "part-000-00001.parquet"]
+    resumed = ShardedTokenWriter(str(tmp_path), "parquet", metadata, rows_per_shard=2)
+    assert resumed.done == {"0.png", "1.png", "2.png", "3.png"}
+    summary = tokenize_items(items(), encode, resumed, 16, batch_size=2)
+    assert (summary.encoded, summary.already_done, summary.errors) == (2, 4, [])
+    import pandas as pd
+
+    frame = pd.read_parquet(tmp_path)
+    assert sorted(frame["key"]) == ["0.png", "1.png", "2.png", "3.png", "4.png", "sub/0.png"]  # once each
+    other = dict(metadata, image_size=32)
+    with pytest.raises(ValueError, match=r"holds tokens made with image_size=16, this run has 32"):
+        ShardedTokenWriter(str(tmp_path), "parquet", other)
+    with pytest.raises(ValueError, match=r"holds tokens made with format='parquet', this run has 'jsonl'"):
+        ShardedTokenWriter(str(tmp_path), "jsonl", metadata)
+
+
+def test_bad_items_are_skipped_and_listed_or_fatal_with_strict(tiny, folder, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.png", "b.png"):
+        (data / name).write_bytes((folder / "0.png").read_bytes())
+    (data / "truncated.png").write_bytes((folder / "1.png").read_bytes()[:100])
+    out = tmp_path / "out"
+    code, stdout, err = _run(capsys, "encode", data, "--out", out, "--format", "parquet", "--model", tiny, "--quiet")
+    assert code == 0 and "wrote 2 x 8x8 tokens" in stdout
+    assert f"skipped 1 item(s) that could not be read (all in {out}/.vqgan_flax/errors-000.jsonl):" in err
+    assert "truncated.png" in err.splitlines()[1]
+    errors = (out / ".vqgan_flax" / "errors-000.jsonl").read_text().splitlines()
+    assert [json.loads(line)["key"] for line in errors] == ["truncated.png"]
+    code, _, err = _run(capsys, "encode", data, "--out", tmp_path / "s.npz", "--model", tiny, "--quiet", "--strict")
+    assert code == 1 and err.startswith("vqgan-flax encode: error: truncated.png: ") and err.count("\n") == 1
+    assert not (tmp_path / "s.npz").exists()
+    (data / "a.png").unlink()
+    (data / "b.png").unlink()
+    code, _, err = _run(capsys, "encode", data, "--out", tmp_path / "n.npz", "--model", tiny, "--quiet")
+    assert code == 1 and "error: no item could be read; the first: truncated.png: " in err
+
+
+def test_lwm_jsonl_records(tiny, model, folder, tmp_path, capsys):
+    out = tmp_path / "lwm"
+    assert _run(capsys, "encode", folder, "--out", out, "--format", "jsonl", "--model", tiny, "--quiet")[0] == 0
+    records = [json.loads(line) for line in (out / "part-000-00000.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in records] == ["0.png", "1.png", "2.png", "3.png", "4.png", "sub/0.png"]
+    expected = _expected(model, [folder / r["key"] for r in records])
+    for record, tokens in zip(records, expected):
+        assert record["fields"] == "vision" and (record["frames"], record["height"], record["width"]) == (1, 8, 8)
+        assert record["vision"] == tokens.reshape(-1).tolist()
+    video = lwm_record("clip", np.arange(2 * 2 * 3).reshape(2, 2, 3), "a caption")
+    assert video["vision"] == list(range(12)) and video["frames"] == 2 and video["fields"] == "[caption],vision"
+
+
+def test_npz_to_standard_output(tiny, folder, tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "vqgan-flax")
+    result = subprocess.run([script, "encode", str(folder), "--out", "-", "--model", tiny, "--quiet"],
+                            capture_output=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = np.load(io.BytesIO(result.stdout))
+    assert record["tokens"].shape == (6, 8, 8) and "wrote 6 x 8x8 tokens to -" in result.stderr.decode()
+    assert not os.path.exists("-")
+
+
+def test_processes_share_a_dataset_by_item_number(model, folder, tmp_path):
+    metadata = {"model": "m", "grid": [8, 8], "image_size": 16, "pixel_range": [-1, 1], "n_embed": 32}
+    encode = lambda x: np.asarray(model.encode(x).indices).reshape(len(x), 8, 8)  # noqa: E731
+    for index in range(3):
+        writer = ShardedTokenWriter(str(tmp_path), "jsonl", metadata, process=index)
+        summary = tokenize_items(file_items([str(folder)]), encode, writer, 16, process_index=index, process_count=3)
+        assert summary.encoded == 2
+    names = sorted(n for n in os.listdir(tmp_path) if n.startswith("part-"))
+    assert names == ["part-000-00000.jsonl", "part-001-00000.jsonl", "part-002-00000.jsonl"]
+    keys = [json.loads(line)["key"] for n in names for line in (tmp_path / n).read_text().splitlines()]
+    assert sorted(keys) == ["0.png", "1.png", "2.png", "3.png", "4.png", "sub/0.png"]
+    with pytest.raises(ValueError, match=r"process_index 3 is not in \[0, 3\)"):
+        tokenize_items([], encode, writer, 16, process_index=3, process_count=3)
+
+
+def test_duplicate_keys_and_npz_writer_shapes(model):
+    items = [Item("x", lambda: Image.new("RGB", (16, 16))), Item("x", lambda: Image.new("RGB", (16, 16)))]
+    writer = NpzTokenWriter("unused.npz", {"grid": [8, 8]})
+    writer.close = lambda: None
+    encode = lambda x: np.asarray(model.encode(x).indices).reshape(len(x), 8, 8)  # noqa: E731
+    summary = tokenize_items(items, encode, writer, 16)
+    assert summary.encoded == 1 and summary.errors == [("x", "duplicate key: an earlier item has the same key")]
+    with pytest.raises(ValueError, match=r"y: token grid \(1, 4, 4\) differs from the first item's \(1, 8, 8\)"):
+        writer.add("y", np.zeros((1, 4, 4)))
+
+
+def test_cli_processes_and_tar_source(tiny, folder, tmp_path, capsys):
+    _tar(tmp_path / "s-0.tar", [(f"{i:04d}.png", (folder / f"{i}.png").read_bytes()) for i in range(3)])
+    _tar(tmp_path / "s-1.tar", [(f"{i:04d}.png", (folder / f"{i}.png").read_bytes()) for i in range(3, 5)])
+    out = tmp_path / "out"
+    for index in range(2):
+        shards = (tmp_path / "s-0.tar", tmp_path / "s-1.tar")
+        code, stdout, _ = _run(capsys, "encode", *shards, "--out", out, "--format", "jsonl", "--model", tiny,
+                               "--quiet", "--process-index", index, "--process-count", 2)  # fmt: skip
+        assert code == 0 and f"wrote {3 - index} x 8x8 tokens" in stdout
+    keys = sorted(json.loads(line)["key"] for n in ("part-000-00000.jsonl", "part-001-00000.jsonl")
+                  for line in (out / n).read_text().splitlines())  # fmt: skip
+    assert keys == ["s-0.tar/0000", "s-0.tar/0001", "s-0.tar/0002", "s-1.tar/0003", "s-1.tar/0004"]
+    code, _, err = _run(capsys, "encode", folder, "--out", tmp_path / "t.npz", "--process-count", 2, "--model", tiny)
+    assert code == 1 and "--process-count > 1 needs a sharded --format" in err
+    code, _, err = _run(capsys, "encode", folder, "--out", tmp_path / "o", "--format", "parquet", "--process-index",
+                        2, "--process-count", 2)  # fmt: skip
+    assert code == 1 and "--process-index 2 is not in [0, --process-count 2)" in err
+    code, _, err = _run(capsys, "encode", folder, "--out", "-", "--format", "parquet", "--model", tiny)
+    assert code == 1 and "--out -: parquet output is a folder of shards" in err

@@ -1,0 +1,209 @@
+"""Where the items of a dataset come from: files and folders, webdataset ``.tar`` shards, and
+Hugging Face ``datasets`` on disk. Every source is a stream of [`Item`]s: a key that names the
+item uniquely within the source, and a ``load`` that reads its image only when called, so a
+dataset is never held in memory and an unreadable item fails alone.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import re
+import tarfile
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, List, Optional, Sequence
+
+from .image_io import IMAGE_SUFFIXES, find_images, to_rgb
+
+# A sample member larger than this is refused, not read: a crafted tar header can claim any size.
+MAX_MEMBER_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of a dataset. ``load()`` returns an RGB PIL image (raising for an unreadable one);
+    ``caption`` is the text that came with it, where the source has one; ``origin`` says where it
+    was read from (a path, ``SHARD:MEMBER``, ``DATASET:ROW``)."""
+
+    key: str
+    load: Callable[[], Any]
+    caption: Optional[str] = None
+    origin: str = ""
+
+
+def _open_image(data: bytes) -> Any:
+    """Encoded image bytes → RGB PIL image, decoded now (a truncated file fails here)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return to_rgb(image)
+
+
+def _open_file(path: str) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return to_rgb(image)
+
+
+def file_items(paths: Sequence[str]) -> Iterator[Item]:
+    """Image files and folders (recursively); keys as [`find_images`] gives them. The files are
+    listed (and missing inputs refused) at the call, before anything is read."""
+    found = find_images(paths)
+    return (Item(key, lambda path=path: _open_file(path), origin=path) for path, key in found)
+
+
+_BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}|\{([^{}]*,[^{}]*)\}")
+
+
+def expand_braces(pattern: str) -> List[str]:
+    """webdataset's shard patterns: ``shard-{000..009}.tar`` (zero-padded ranges) and
+    ``{train,val}-0.tar`` (alternatives), any number of each."""
+    match = _BRACES.search(pattern)
+    if not match:
+        return [pattern]
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    if match.group(3) is not None:
+        choices = match.group(3).split(",")
+    else:
+        first, last = match.group(1), match.group(2)
+        if int(last) < int(first):
+            raise ValueError(f"{pattern}: range {{{first}..{last}}} runs backwards")
+        if int(last) - int(first) >= 1_000_000:
+            raise ValueError(f"{pattern}: range {{{first}..{last}}} has more than a million shards")
+        width = len(first) if first.startswith("0") else 0
+        choices = [str(n).zfill(width) for n in range(int(first), int(last) + 1)]
+    return [expanded for choice in choices for expanded in expand_braces(head + choice + tail)]
+
+
+def _sample_key(name: str) -> tuple:
+    """webdataset's split of a member name: ``dir/0001.jpg`` → (``dir/0001``, ``jpg``); the key
+    ends at the first dot of the file name, so ``0001.seg.png`` belongs to sample ``0001``."""
+    folder, _, base = name.rpartition("/")
+    stem, _, extension = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), extension.lower()
+
+
+def tar_items(patterns: Sequence[str], image_extensions: Optional[Sequence[str]] = None) -> Iterator[Item]:
+    """Samples of webdataset ``.tar`` shards, read as a stream with :mod:`tarfile` (members of one
+    sample are consecutive). An item's key is ``SHARD/SAMPLE_KEY`` (sample keys repeat across
+    shards); its image is the first member with an image extension, its caption a ``.txt``
+    member. Links, devices and members over 256 MB are skipped, never followed or read.
+    """
+    extensions = tuple(e.lstrip(".").lower() for e in (image_extensions or [s[1:] for s in IMAGE_SUFFIXES]))
+    shards = [path for pattern in patterns for path in expand_braces(os.fspath(pattern))]
+    for shard in shards:
+        if not os.path.isfile(shard):
+            raise FileNotFoundError(f"{shard}: no such shard")
+    if len({os.path.basename(s) for s in shards}) != len(shards):
+        raise ValueError(f"shards with the same file name would give the same keys: {shards}")
+    return _tar_samples(shards, extensions)
+
+
+def _tar_samples(shards: List[str], extensions: Sequence[str]) -> Iterator[Item]:
+    for shard in shards:
+        name = os.path.basename(shard)
+        try:
+            archive = tarfile.open(shard, mode="r|*")
+        except (tarfile.TarError, OSError) as err:
+            yield Item(f"{name}/<unreadable>", _raiser(ValueError(f"{shard}: not a tar file ({err})")), origin=shard)
+            continue
+        with archive:
+            for key, members in itertools.groupby(_members(archive, shard), key=lambda m: m[0]):
+                yield _sample(f"{name}/{key}", list(members), extensions, f"{shard}:{key}")
+
+
+def _members(archive: tarfile.TarFile, shard: str) -> Iterator[tuple]:
+    """``(sample key, extension, bytes or the error)`` per regular member, in archive order. A
+    shard cut short or corrupt ends with one ``<unreadable>`` entry: what came before stands."""
+    try:
+        for member in archive:
+            if not member.isfile():
+                continue
+            key, extension = _sample_key(member.name)
+            if member.size > MAX_MEMBER_BYTES:
+                error = ValueError(f"{shard}: member {member.name} is {member.size} bytes, over the limit")
+                yield key, extension, error
+                continue
+            handle = archive.extractfile(member)
+            yield key, extension, handle.read() if handle else b""
+    except (tarfile.TarError, OSError, EOFError) as err:
+        yield "<unreadable>", "", ValueError(f"{shard}: corrupt or cut short ({type(err).__name__}: {err})")
+
+
+def _raiser(error: Exception) -> Callable[[], Any]:
+    def load() -> Any:
+        raise error
+
+    return load
+
+
+def _sample(key: str, members: List[tuple], extensions: Sequence[str], origin: str) -> Item:
+    caption = next((data for _, ext, data in members if ext == "txt" and isinstance(data, bytes)), None)
+    caption = caption.decode("utf-8", "replace") if caption is not None else None
+    for _, extension, data in members:
+        if extension in extensions:
+            if isinstance(data, Exception):
+                return Item(key, _raiser(data), caption, origin)
+            return Item(key, lambda data=data: _open_image(data), caption, origin)
+    error = next((data for _, ext, data in members if ext == "" and isinstance(data, Exception)), None)
+    if error is not None:
+        return Item(key, _raiser(error), caption, origin)
+    found = sorted({ext for _, ext, _ in members})
+    return Item(key, _raiser(ValueError(f"sample {key} has no image member (found {found})")), caption, origin)
+
+
+def hf_items(
+    path: str, image_column: str = "image", split: Optional[str] = None, caption_column: Optional[str] = None
+) -> Iterator[Item]:
+    """Rows of a Hugging Face dataset: a folder written by ``save_to_disk`` (``load_from_disk``),
+    or parquet files (``load_dataset("parquet", ...)``). Keys are ``SPLIT/ROW``. The dataset is
+    opened (and its split and columns checked) at the call; rows are read as they are iterated."""
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError("reading Hugging Face datasets needs the datasets package: pip install datasets") from None
+    if os.path.isdir(path) and any(
+        os.path.exists(os.path.join(path, f)) for f in ("dataset_info.json", "dataset_dict.json", "state.json")
+    ):
+        loaded = datasets.load_from_disk(path)
+    elif path.endswith(".parquet") or os.path.isdir(path):
+        files = path if path.endswith(".parquet") else os.path.join(path, "**", "*.parquet")
+        loaded = datasets.load_dataset("parquet", data_files=files)
+    else:
+        raise FileNotFoundError(f"{path}: not a saved dataset folder or parquet file(s)")
+    if isinstance(loaded, datasets.DatasetDict):
+        if split is None and len(loaded) != 1:
+            raise ValueError(f"{path}: choose a split with --split ({sorted(loaded)})")
+        split = split or next(iter(loaded))
+        if split not in loaded:
+            raise ValueError(f"{path}: no split {split!r} ({sorted(loaded)})")
+        loaded = loaded[split]
+    split = split or "train"
+    for column in filter(None, (image_column, caption_column)):
+        if column not in loaded.column_names:
+            raise ValueError(f"{path}: no column {column!r} (columns: {loaded.column_names})")
+    # Undecoded images: bytes or paths, decoded one at a time by Item.load.
+    if isinstance(loaded.features[image_column], datasets.Image):
+        loaded = loaded.cast_column(image_column, datasets.Image(decode=False))
+    return _hf_rows(loaded, split, image_column, caption_column, path)
+
+
+def _hf_rows(loaded: Any, split: str, image_column: str, caption_column: Optional[str], path: str) -> Iterator[Item]:
+    for row, example in enumerate(loaded):
+        caption = example[caption_column] if caption_column else None
+        image = example[image_column]
+        yield Item(f"{split}/{row}", lambda value=image: _hf_image(value), caption, f"{path}:{split}/{row}")
+
+
+def _hf_image(value: Any) -> Any:
+    if isinstance(value, dict) and value.get("bytes"):
+        return _open_image(value["bytes"])
+    if isinstance(value, dict) and value.get("path"):
+        return _open_file(value["path"])
+    if isinstance(value, (bytes, bytearray)):
+        return _open_image(bytes(value))
+    if hasattr(value, "convert"):  # already a PIL image
+        return to_rgb(value)
+    raise ValueError(f"cannot read an image from a {type(value).__name__}")

@@ -1,0 +1,218 @@
+"""Where tokens go: parquet shards (the dataset format of DALL·E-mini's encoding notebook and of
+``datasets.load_dataset("parquet", ...)``), LWM's vision-token JSONL, or one ``.npz`` for small
+jobs.
+
+Sharded outputs are folders of ``part-PPP-NNNNN.{parquet,jsonl}`` (process, shard number); the
+run's metadata and the list of items that could not be read go in the hidden ``.vqgan_flax/``
+subfolder, so that ``pandas.read_parquet(folder)`` and ``datasets.load_dataset("parquet",
+data_dir=folder)`` see only the shards. A shard appears only complete (written under a hidden temporary name, then
+renamed), so after an interruption every shard present is whole; a new run in the same folder
+reads the keys they hold and encodes only the rest: each item ends up in exactly one shard.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from typing import Any, Dict, Iterable, List, Optional, Set
+
+import numpy as np
+
+from .image_io import atomic_write
+
+FORMATS = ("npz", "parquet", "jsonl")
+INFO_DIR = ".vqgan_flax"
+METADATA_FILE = os.path.join(INFO_DIR, "metadata.json")
+# A resumed run must make the same tokens as the run that wrote the shards already there.
+_MUST_MATCH = ("model", "revision", "image_size", "pixel_range", "n_embed", "grid")
+_SHARD = re.compile(r"^part-(\d{3,})-(\d{5,})\.(parquet|jsonl)$")
+
+
+def parquet_schema(metadata: Dict[str, Any]) -> Any:
+    import pyarrow as pa
+
+    fields = [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("tokens", pa.list_(pa.int32()), nullable=False),
+        pa.field("frames", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("caption", pa.string()),
+    ]
+    return pa.schema(fields, metadata={"vqgan_flax": json.dumps(metadata)})
+
+
+def lwm_record(key: str, tokens: np.ndarray, caption: Optional[str]) -> Dict[str, Any]:
+    """One line of LWM's ``json_vision`` data: ``vision`` is the flat token list (frames × h × w,
+    row-major), ``fields`` the field order LWM's VisionTextProcessor reads (``fields_from_example
+    ='fields'``): ``[caption],vision`` (caption as context, loss on the vision tokens) where there
+    is a caption, else ``vision``."""
+    frames, height, width = tokens.shape
+    record = {"key": key, "vision": tokens.reshape(-1).tolist(), "frames": frames, "height": height, "width": width}
+    if caption is not None:
+        record["caption"] = caption
+    record["fields"] = "[caption],vision" if caption is not None else "vision"
+    return record
+
+
+class ShardedTokenWriter:
+    """Rows → ``folder/part-PPP-NNNNN.{parquet,jsonl}``, ``rows_per_shard`` rows each.
+
+    ``done`` holds the keys of every shard already in the folder (from any process); the caller
+    skips them. Shards made with other settings (``metadata.json`` disagrees on the model, image
+    size, pixel range or grid) are refused rather than mixed.
+    """
+
+    def __init__(
+        self, folder: str, fmt: str, metadata: Dict[str, Any], rows_per_shard: int = 10_000, process: int = 0
+    ) -> None:
+        if fmt not in ("parquet", "jsonl"):
+            raise ValueError(f"format {fmt!r} is not sharded; use one of parquet, jsonl")
+        if rows_per_shard < 1:
+            raise ValueError(f"rows_per_shard must be positive; got {rows_per_shard}")
+        self.folder, self.format, self.metadata = folder, fmt, dict(metadata, format=fmt)
+        self.rows_per_shard, self.process = rows_per_shard, process
+        self._rows: List[Dict[str, Any]] = []
+        self.written = 0
+        self._check_metadata()
+        self.done: Set[str] = set()
+        numbers = [-1]
+        for path in sorted(glob.glob(os.path.join(folder, "part-*"))):
+            match = _SHARD.match(os.path.basename(path))
+            if not match:
+                continue
+            if match.group(3) != fmt:
+                raise ValueError(f"{path}: a {match.group(3)} shard in a folder being written as {fmt}")
+            self.done.update(self._keys(path))
+            if int(match.group(1)) == process:
+                numbers.append(int(match.group(2)))
+        self._next = max(numbers) + 1
+
+    def _check_metadata(self) -> None:
+        path = os.path.join(self.folder, METADATA_FILE)
+        if os.path.exists(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    existing = json.load(f)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{path}: unreadable ({err})") from None
+            for name in (*_MUST_MATCH, "format"):
+                if existing.get(name) != self.metadata.get(name):
+                    raise ValueError(
+                        f"{self.folder} holds tokens made with {name}={existing.get(name)!r}, this run has "
+                        f"{self.metadata.get(name)!r}; use another output folder or the same settings"
+                    )
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            text = json.dumps(self.metadata, indent=2) + "\n"
+            atomic_write(path, lambda f: f.write(text.encode()))
+
+    def _keys(self, path: str) -> Iterable[str]:
+        try:
+            if self.format == "parquet":
+                import pyarrow.parquet as pq
+
+                return pq.read_table(path, columns=["key"]).column("key").to_pylist()
+            with open(path, encoding="utf-8") as f:
+                return [json.loads(line)["key"] for line in f if line.strip()]
+        except Exception as err:
+            message = f"{path}: unreadable shard ({type(err).__name__}: {err}); move it away to redo its items"
+            raise ValueError(message) from None
+
+    def add(self, key: str, tokens: np.ndarray, caption: Optional[str] = None, origin: str = "") -> None:
+        """Queue one item's tokens, (frames, height, width) integers."""
+        tokens = np.asarray(tokens, np.int32)
+        if tokens.ndim != 3:
+            raise ValueError(f"{key}: tokens must be (frames, height, width); got shape {tokens.shape}")
+        self._rows.append({"key": key, "tokens": tokens, "caption": caption})
+        if len(self._rows) >= self.rows_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued rows as one shard (nothing when none are queued)."""
+        if not self._rows:
+            return
+        path = os.path.join(self.folder, f"part-{self.process:03d}-{self._next:05d}.{self.format}")
+        rows, self._rows = self._rows, []
+        if self.format == "parquet":
+            atomic_write(path, lambda f: self._write_parquet(f, rows))
+        else:
+            lines = "".join(json.dumps(lwm_record(r["key"], r["tokens"], r["caption"])) + "\n" for r in rows)
+            atomic_write(path, lambda f: f.write(lines.encode()))
+        self._next += 1
+        self.written += len(rows)
+
+    def _write_parquet(self, f: Any, rows: List[Dict[str, Any]]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = parquet_schema(self.metadata)
+        shapes = np.asarray([r["tokens"].shape for r in rows], np.int32).reshape(-1, 3)
+        sizes = np.prod(shapes, axis=1, dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+        flat = np.concatenate([r["tokens"].reshape(-1) for r in rows])
+        columns = [
+            pa.array([r["key"] for r in rows], pa.string()),
+            pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, pa.int32())),
+            pa.array(shapes[:, 0]),
+            pa.array(shapes[:, 1]),
+            pa.array(shapes[:, 2]),
+            pa.array([r["caption"] for r in rows], pa.string()),
+        ]
+        pq.write_table(pa.Table.from_arrays(columns, schema=schema), f)
+
+    def close(self) -> None:
+        self.flush()
+
+
+class NpzTokenWriter:
+    """Everything in one ``.npz`` (``tokens`` (N, h, w) or (N, frames, h, w), ``keys``, the
+    metadata as 0-d arrays), written at ``close``: for jobs that fit in memory. ``--out -``
+    writes to standard output."""
+
+    def __init__(self, path: str, metadata: Dict[str, Any]) -> None:
+        self.path, self.metadata = path, metadata
+        self.done: Set[str] = set()
+        self.keys: List[str] = []
+        self.tokens: List[np.ndarray] = []
+        self.files: List[str] = []
+        self.written = 0
+
+    def add(self, key: str, tokens: np.ndarray, caption: Optional[str] = None, origin: str = "") -> None:
+        tokens = np.asarray(tokens, np.int32)
+        if self.tokens and tokens.shape != self.tokens[0].shape:
+            raise ValueError(f"{key}: token grid {tokens.shape} differs from the first item's {self.tokens[0].shape}")
+        self.keys.append(key)
+        self.tokens.append(tokens)
+        self.files.append(origin)
+        self.written += 1
+
+    def record(self) -> Dict[str, np.ndarray]:
+        grid = tuple(self.metadata["grid"])
+        tokens = np.stack(self.tokens) if self.tokens else np.zeros((0, 1, *grid), np.int32)
+        if tokens.shape[1] == 1:
+            tokens = tokens[:, 0]  # images: (N, h, w), as version 1 files had them
+        record = {
+            "tokens": tokens,
+            "keys": np.asarray(self.keys, dtype=str),
+            "files": np.asarray(self.files, dtype=str),
+            "grid_shape": np.asarray(grid),
+            "image_size": np.asarray(self.metadata["image_size"]),
+            "pixel_range": np.asarray(self.metadata["pixel_range"], np.float64),
+            "model": np.asarray(self.metadata["model"]),
+            "revision": np.asarray(self.metadata.get("revision") or ""),
+            "version": np.asarray(self.metadata["token_file_version"]),
+        }
+        return record
+
+    def close(self) -> None:
+        import sys
+
+        record = self.record()
+        if self.path == "-":
+            np.savez(sys.stdout.buffer, **record)
+            sys.stdout.buffer.flush()
+        else:
+            atomic_write(self.path, lambda f: np.savez(f, **record))

@@ -1,0 +1,143 @@
+"""Tokenizing a dataset: a stream of [`Item`]s in, token rows out, in bounded memory.
+
+Items are loaded by a few threads ahead of the model (Pillow decodes outside the GIL), batched,
+encoded and handed to a writer as they come. An item that cannot be read is skipped and
+reported (``errors``), never fatal unless ``strict``; items the writer already holds (a resumed
+run) are skipped before they are read. Several processes share a dataset by item number:
+process ``i`` of ``n`` takes the items whose position ``p`` has ``p % n == i``, so they need no
+communication and one failing leaves the others' shards intact.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from .image_io import resize_and_center_crop
+from .sources import Item
+
+
+@dataclass
+class TokenizeSummary:
+    """What a run did: ``encoded`` items written now, ``already_done`` skipped because an earlier
+    run wrote them, and ``errors`` as ``(key, message)`` for the items that could not be read."""
+
+    encoded: int = 0
+    already_done: int = 0
+    errors: List[Tuple[str, str]] = field(default_factory=list)
+
+
+def _pixels(item: Item, size: int) -> np.ndarray:
+    image = resize_and_center_crop(item.load(), size, size)
+    return np.asarray(image, np.float32) / 127.5 - 1.0
+
+
+def _loaded(items: Iterable[Item], size: int, workers: int, lookahead: int) -> Iterator[Tuple[Item, Any]]:
+    """``(item, pixels or the exception)`` in input order, at most ``lookahead`` items ahead."""
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+        pending: Deque[Tuple[Item, concurrent.futures.Future]] = collections.deque()
+        for item in items:
+            pending.append((item, pool.submit(_pixels, item, size)))
+            if len(pending) >= lookahead:
+                yield _result(*pending.popleft())
+        while pending:
+            yield _result(*pending.popleft())
+
+
+def _result(item: Item, future: concurrent.futures.Future) -> Tuple[Item, Any]:
+    try:
+        return item, future.result()
+    except Exception as err:  # any failure to read or decode is the item's, not the run's
+        return item, err
+
+
+def tokenize_items(
+    items: Iterable[Item],
+    encode: Callable[[np.ndarray], np.ndarray],
+    writer: Any,
+    image_size: int,
+    batch_size: int = 8,
+    strict: bool = False,
+    workers: int = 4,
+    process_index: int = 0,
+    process_count: int = 1,
+    progress: Optional[Callable[[int], None]] = None,
+) -> TokenizeSummary:
+    """Encode ``items`` with ``encode`` ((B, S, S, 3) pixels in [-1, 1] → (B, h, w) tokens) and
+    add each to ``writer`` (``add(key, tokens (frames, h, w), caption, origin)``, ``done``,
+    ``close()``; see [`token_writers`]).
+
+    With ``strict``, the first unreadable item raises ``ValueError`` naming it. A key seen twice
+    in one run is an error for its second occurrence (each key names one output row).
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+    summary = TokenizeSummary()
+    seen = set()
+
+    def mine() -> Iterator[Item]:
+        for item in itertools.islice(items, process_index, None, process_count):
+            if item.key in writer.done:
+                summary.already_done += 1
+                if progress:
+                    progress(1)
+            elif item.key in seen:
+                fail(item.key, "duplicate key: an earlier item has the same key")
+            else:
+                seen.add(item.key)
+                yield item
+
+    def fail(key: str, message: str) -> None:
+        if strict:
+            raise ValueError(f"{key}: {message}")
+        summary.errors.append((key, message))
+        if progress:
+            progress(1)
+
+    batch: List[Tuple[Item, np.ndarray]] = []
+
+    def run_batch() -> None:
+        tokens = np.asarray(encode(np.stack([pixels for _, pixels in batch])))
+        for (item, _), grid in zip(batch, tokens):
+            writer.add(item.key, grid[None], item.caption, item.origin)
+        summary.encoded += len(batch)
+        if progress:
+            progress(len(batch))
+        batch.clear()
+
+    for item, pixels in _loaded(mine(), image_size, workers, lookahead=2 * batch_size):
+        if isinstance(pixels, Exception):
+            fail(item.key, f"{type(pixels).__name__}: {pixels}")
+            continue
+        batch.append((item, pixels))
+        if len(batch) == batch_size:
+            run_batch()
+    if batch:
+        run_batch()
+    writer.close()
+    return summary
+
+
+def summary_lines(summary: TokenizeSummary, where: str, limit: int = 5) -> List[str]:
+    """Human-readable lines about skipped items, for standard error."""
+    if not summary.errors:
+        return []
+    lines = [f"skipped {len(summary.errors)} item(s) that could not be read{where}:"]
+    lines += [f"  {key}: {message}" for key, message in summary.errors[:limit]]
+    if len(summary.errors) > limit:
+        lines.append(f"  ... and {len(summary.errors) - limit} more")
+    return lines
+
+
+def errors_jsonl(summary: TokenizeSummary) -> bytes:
+    import json
+
+    return "".join(json.dumps({"key": k, "error": m}) + "\n" for k, m in summary.errors).encode()
+
+
+__all__: Tuple[str, ...] = ("TokenizeSummary", "errors_jsonl", "summary_lines", "tokenize_items")
