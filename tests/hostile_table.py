@@ -257,8 +257,12 @@ def cases() -> List[Case]:
         Case(
             "cli",
             "truncated JPEG among three",
-            cli("encode", "{d}/truncated", "--out", "{d}/t.npz", "--model", "{d}/tiny", "--quiet"),
-            ["1.jpg"],
+            "import contextlib, io\nfrom vqgan_flax.cli import main\nerr = io.StringIO()\n"
+            "with contextlib.redirect_stderr(err):\n"
+            "    code = main(['encode', '{d}/truncated', '--out', '{d}/t.npz', '--model', '{d}/tiny', '--quiet'])\n"
+            "assert code == 0, f'exit {code}, the two readable images are lost: {err.getvalue().strip()}'\n"
+            "import numpy as np\nassert len(np.load('{d}/t.npz')['tokens']) == 2\n"
+            "assert '1.jpg' in err.getvalue(), err.getvalue()\n",
             cli=True,
         ),
         Case(
