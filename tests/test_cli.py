@@ -216,7 +216,7 @@ def test_ragged_last_chunk_reuses_the_compiled_batch_shape(tiny):
 
     model = FlaxVQGANModel.from_pretrained(tiny)
     pixels = np.random.default_rng(1).uniform(-1, 1, (7, 32, 32, 3)).astype(np.float32)
-    runner = _Runner(model, replicate=False, batch_size=4)
+    runner = _Runner(model, replicate=False, batch_size=4, pixel_range=(-1.0, 1.0))
     tokens = np.concatenate([runner.encode(pixels[:4], (16, 16)), runner.encode(pixels[4:], (16, 16))])
     np.testing.assert_array_equal(tokens, np.asarray(model.encode(pixels).indices).reshape(7, 16, 16))
     (encode,) = [fn for key, fn in model._compiled.items() if key[0] == "encode"]

@@ -132,14 +132,10 @@ def test_output_checks_accept_what_is_writable(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "content, message",
-    [
-        (b"", "cannot identify image file"),
-        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "not a readable image"),
-        ("truncated", "not a readable image"),
-    ],
+    "content",
+    [b"", b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "truncated"],
 )
-def test_unreadable_images_name_the_file(tiny, tmp_path, capsys, content, message):
+def test_unreadable_images_name_the_file(tiny, tmp_path, capsys, content):
     path = tmp_path / "broken.png"
     if content == "truncated":
         _image(str(tmp_path / "full.jpg"), 0, (64, 64))
@@ -149,8 +145,10 @@ def test_unreadable_images_name_the_file(tiny, tmp_path, capsys, content, messag
         path.write_bytes(content)
     with pytest.raises(ValueError, match=str(path)):
         load_image(str(path), 16)
+    with pytest.raises(ValueError, match=str(path)):
+        _run(capsys, "--debug", "reconstruct", path, "--out", tmp_path / "r", "--model", tiny, "--quiet")
     code, _, err = _run(capsys, "encode", path, "--out", tmp_path / "t.npz", "--model", tiny, "--quiet")
-    assert code == 1 and err.count("\n") == 1 and str(path) in err and message in err, err
+    assert code == 1 and err.count("\n") == 1 and f"could be read; the first: {path.name}: " in err, err
     assert not (tmp_path / "t.npz").exists()
 
 

@@ -283,11 +283,13 @@ def cmd_encode(args: argparse.Namespace) -> None:
             where = f" (all in {errors_file})"
         elif os.path.exists(errors_file):
             os.unlink(errors_file)  # an earlier run's failures: retried, and read this time
-    for line in summary_lines(summary, where):
-        print(line, file=sys.stderr)
     if not summary.encoded and not summary.already_done and summary.errors:
         key, message = summary.errors[0]
-        raise ValueError(f"no item could be read; the first: {key}: {message}")
+        count = len(summary.errors)
+        raise ValueError(f"none of the {count} item(s) could be read{where}; the first: {key}: {message}")
+    writer.close()
+    for line in summary_lines(summary, where):
+        print(line, file=sys.stderr)
     done = f" ({summary.already_done} already there from an earlier run)" if summary.already_done else ""
     report = f"wrote {summary.encoded} x {grid[0]}x{grid[1]} tokens to {args.out}{done}"
     print(report, file=sys.stderr if args.out == "-" else sys.stdout)

@@ -69,8 +69,8 @@ def tokenize_items(
     progress: Optional[Callable[[int], None]] = None,
 ) -> TokenizeSummary:
     """Encode ``items`` with ``encode`` ((B, S, S, 3) pixels in [-1, 1] → (B, h, w) tokens) and
-    add each to ``writer`` (``add(key, tokens (frames, h, w), caption, origin)``, ``done``,
-    ``close()``; see [`token_writers`]).
+    add each to ``writer`` (``add(key, tokens (frames, h, w), caption, origin)`` and ``done``; see
+    [`token_writers`]). The caller closes the writer, which writes what is still queued.
 
     With ``strict``, the first unreadable item raises ``ValueError`` naming it. A key seen twice
     in one run is an error for its second occurrence (each key names one output row).
@@ -119,7 +119,6 @@ def tokenize_items(
             run_batch()
     if batch:
         run_batch()
-    writer.close()
     return summary
 
 
