@@ -212,11 +212,11 @@ def test_bucket_size_rounds_chunks_up_to_powers_of_two():
 
 
 def test_ragged_last_chunk_reuses_the_compiled_batch_shape(tiny):
-    from vqgan_flax.cli import _Runner
+    from vqgan_flax.cli import Runner
 
     model = FlaxVQGANModel.from_pretrained(tiny)
     pixels = np.random.default_rng(1).uniform(-1, 1, (7, 32, 32, 3)).astype(np.float32)
-    runner = _Runner(model, replicate=False, batch_size=4, pixel_range=(-1.0, 1.0))
+    runner = Runner(model, replicate=False, batch_size=4, pixel_range=(-1.0, 1.0))
     tokens = np.concatenate([runner.encode(pixels[:4], (16, 16)), runner.encode(pixels[4:], (16, 16))])
     np.testing.assert_array_equal(tokens, np.asarray(model.encode(pixels).indices).reshape(7, 16, 16))
     (encode,) = [fn for key, fn in model._compiled.items() if key[0] == "encode"]
@@ -247,7 +247,7 @@ def test_ctrl_c_is_one_line_and_status_130(tiny, images, tmp_path, capsys, monke
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "load_image", interrupted)
+    monkeypatch.setattr(cli.Runner, "encode", interrupted)
     code, _, err = _run(capsys, "encode", images, "--out", tmp_path / "t.npz", "--model", tiny, "--quiet")
     assert code == 130 and err == "vqgan-flax encode: interrupted\n"
     assert not (tmp_path / "t.npz").exists()

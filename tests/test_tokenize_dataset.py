@@ -292,3 +292,54 @@ def test_cli_processes_and_tar_source(tiny, folder, tmp_path, capsys):
     assert code == 1 and "--process-index 2 is not in [0, --process-count 2)" in err
     code, _, err = _run(capsys, "encode", folder, "--out", "-", "--format", "parquet", "--model", tiny)
     assert code == 1 and "--out -: parquet output is a folder of shards" in err
+
+
+def _video(path, frames=12, size=(24, 32)):
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = size[1], size[0], "yuv420p"
+        rng = np.random.default_rng(frames)
+        for _ in range(frames):
+            coarse = rng.integers(0, 256, (3, 4, 3)).astype(np.uint8)
+            image = np.asarray(Image.fromarray(coarse).resize(size[::-1], Image.Resampling.BILINEAR))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_videos_are_one_row_of_sampled_frames(tiny, model, tmp_path, capsys):
+    pytest.importorskip("av")
+    from vqgan_flax.image_io import resize_and_center_crop
+    from vqgan_flax.sources import video_frames
+    from vqgan_flax.vqgan import VQGAN
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    _video(clips / "a.mp4", frames=12)
+    _video(clips / "b.mp4", frames=3)
+    (clips / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 50)
+    out = tmp_path / "out"
+    code, stdout, err = _run(capsys, "encode", clips, "--out", out, "--format", "parquet", "--media", "video",
+                             "--frames", 4, "--model", tiny, "--quiet", "--batch-size", 3)  # fmt: skip
+    assert code == 0 and "wrote 2 x 8x8 tokens" in stdout and "broken.mp4" in err
+    import pandas as pd
+
+    frame = pd.read_parquet(out).set_index("key")
+    assert frame.loc["a.mp4", "frames"] == 4 and frame.loc["b.mp4", "frames"] == 3  # b has only 3
+    decoded = [np.asarray(resize_and_center_crop(f, 16, 16)) for f in video_frames(str(clips / "a.mp4"))]
+    chosen = np.stack([decoded[i] for i in (0, 4, 7, 11)])  # 4 evenly spaced of 12
+    pixels = chosen.astype(np.float32) / 127.5 - 1.0
+    expected = np.asarray(model.encode(pixels).indices).reshape(4, 8, 8)
+    np.testing.assert_array_equal(np.asarray(frame.loc["a.mp4", "tokens"]).reshape(4, 8, 8), expected)
+    # The LWM wrapper's video path, (B, T, H, W, C), gives the same tokens.
+    np.testing.assert_array_equal(np.asarray(VQGAN(tiny).encode(pixels[None])[1]).reshape(4, 8, 8), expected)
+    code, _, err = _run(capsys, "encode", clips / "a.mp4", "--out", tmp_path / "o2", "--format", "jsonl",
+                        "--media", "video", "--max-frames", 5, "--model", tiny, "--quiet")  # fmt: skip
+    assert code == 1 and "more than 5 frames at stride 1" in err
+    code, _, err = _run(capsys, "encode", clips / "a.mp4", clips / "b.mp4", "--out", tmp_path / "v.npz",
+                        "--media", "video", "--frame-stride", 3, "--model", tiny, "--quiet")  # fmt: skip
+    assert code == 0 and "b.mp4: token grid (1, 8, 8) differs from the first item's (4, 8, 8)" in err
+    assert np.load(tmp_path / "v.npz")["tokens"].shape == (1, 4, 8, 8)  # a: frames 0, 3, 6, 9

@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
 
 
 def to_rgb(image: Any) -> Any:
@@ -121,8 +122,9 @@ def save_png(path: str, image: np.ndarray) -> None:
     atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
 
 
-def find_images(paths: Any) -> List[Tuple[str, str]]:
-    """``(path, key)`` of every image in a list of files and folders (folders: recursively, sorted).
+def find_images(paths: Any, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> List[Tuple[str, str]]:
+    """``(path, key)`` of every image (file ending in one of ``suffixes``) in a list of files and
+    folders (folders: recursively, sorted).
 
     The key names an image relative to the inputs: relative to the folder for a file found in a
     folder argument, the file name for a file argument, and relative to the inputs' common parent
@@ -137,7 +139,7 @@ def find_images(paths: Any) -> List[Tuple[str, str]]:
                 for root, _, names in os.walk(path)
                 for name in names
                 # Hidden files: partial outputs of a killed run, macOS "._x.jpg" metadata, never photos.
-                if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
+                if name.lower().endswith(tuple(suffixes)) and not name.startswith(".")
             )
         elif os.path.isfile(path):
             roots.append(os.path.dirname(path))

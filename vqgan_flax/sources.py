@@ -14,7 +14,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, List, Optional, Sequence
 
-from .image_io import IMAGE_SUFFIXES, find_images, to_rgb
+from .image_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, find_images, to_rgb
 
 # A sample member larger than this is refused, not read: a crafted tar header can claim any size.
 MAX_MEMBER_BYTES = 256 << 20
@@ -22,14 +22,16 @@ MAX_MEMBER_BYTES = 256 << 20
 
 @dataclass(frozen=True)
 class Item:
-    """One image of a dataset. ``load()`` returns an RGB PIL image (raising for an unreadable one);
-    ``caption`` is the text that came with it, where the source has one; ``origin`` says where it
-    was read from (a path, ``SHARD:MEMBER``, ``DATASET:ROW``)."""
+    """One image or video of a dataset. ``load()`` returns an RGB PIL image, or for a video
+    (``video=True``) an iterator of RGB PIL frames, and raises for an unreadable one; ``caption``
+    is the text that came with it, where the source has one; ``origin`` says where it was read
+    from (a path, ``SHARD:MEMBER``, ``DATASET:ROW``)."""
 
     key: str
     load: Callable[[], Any]
     caption: Optional[str] = None
     origin: str = ""
+    video: bool = False
 
 
 def _open_image(data: bytes) -> Any:
@@ -47,11 +49,49 @@ def _open_file(path: str) -> Any:
         return to_rgb(image)
 
 
-def file_items(paths: Sequence[str]) -> Iterator[Item]:
-    """Image files and folders (recursively); keys as [`find_images`] gives them. The files are
-    listed (and missing inputs refused) at the call, before anything is read."""
-    found = find_images(paths)
-    return (Item(key, lambda path=path: _open_file(path), origin=path) for path, key in found)
+def file_items(paths: Sequence[str], media: str = "image", frame_stride: int = 1) -> Iterator[Item]:
+    """Files and folders (recursively); keys as [`find_images`] gives them. ``media``: ``image``
+    (image files), ``video`` (video files and GIFs, every ``frame_stride``-th frame) or ``auto``
+    (both; a GIF is then an image). The files are listed (and missing inputs refused) at the
+    call, before anything is read."""
+    if media not in ("image", "video", "auto"):
+        raise ValueError(f"media must be image, video or auto; got {media!r}")
+    suffixes = {"image": IMAGE_SUFFIXES, "video": VIDEO_SUFFIXES}.get(media, IMAGE_SUFFIXES + VIDEO_SUFFIXES)
+    found = find_images(paths, suffixes)
+
+    def item(path: str, key: str) -> Item:
+        is_video = media == "video" or (media == "auto" and path.lower().endswith(VIDEO_SUFFIXES[:-1]))
+        if is_video:
+            return Item(key, lambda: video_frames(path, frame_stride), origin=path, video=True)
+        return Item(key, lambda: _open_file(path), origin=path)
+
+    return (item(path, key) for path, key in found)
+
+
+def video_frames(path: str, stride: int = 1) -> Iterator[Any]:
+    """Every ``stride``-th frame of a video file as an RGB PIL image, decoded one at a time
+    (PyAV, whose wheels bundle ffmpeg). Frames larger than Pillow's pixel limit are refused."""
+    try:
+        import av
+    except ImportError:
+        raise ImportError("reading videos needs PyAV: pip install av") from None
+    from PIL import Image
+
+    if stride < 1:
+        raise ValueError(f"frame stride must be positive; got {stride}")
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise ValueError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            if stream.codec_context.width * stream.codec_context.height > Image.MAX_IMAGE_PIXELS:
+                size = f"{stream.codec_context.width}x{stream.codec_context.height}"
+                raise ValueError(f"{path}: {size} frames are over Pillow's pixel limit")
+            for number, frame in enumerate(container.decode(stream)):
+                if number % stride == 0:
+                    yield frame.to_image()
+    except av.FFmpegError as err:
+        raise ValueError(f"{path}: unreadable video ({type(err).__name__}: {err})") from None
 
 
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}|\{([^{}]*,[^{}]*)\}")

@@ -32,17 +32,49 @@ class TokenizeSummary:
     errors: List[Tuple[str, str]] = field(default_factory=list)
 
 
-def _pixels(item: Item, size: int) -> np.ndarray:
-    image = resize_and_center_crop(item.load(), size, size)
-    return np.asarray(image, np.float32) / 127.5 - 1.0
+@dataclass(frozen=True)
+class FrameSampling:
+    """Which frames of a video are encoded: every ``stride``-th decoded frame (the source applies
+    it), at most ``max_frames`` of them (a longer video is an error for that item: memory is
+    bounded), then ``frames`` evenly spaced ones where given (all where the video has fewer)."""
+
+    frames: Optional[int] = None
+    stride: int = 1
+    max_frames: int = 1024
 
 
-def _loaded(items: Iterable[Item], size: int, workers: int, lookahead: int) -> Iterator[Tuple[Item, Any]]:
+def _pixels(item: Item, size: int, sampling: FrameSampling) -> np.ndarray:
+    """uint8 (size, size, 3) for an image, (frames, size, size, 3) for a video: each frame is
+    cropped as it is decoded, so a long high-resolution video never sits in memory whole."""
+    if not item.video:
+        return np.asarray(resize_and_center_crop(item.load(), size, size), np.uint8)
+    kept = []
+    for frame in item.load():
+        if len(kept) == sampling.max_frames:
+            raise ValueError(
+                f"more than {sampling.max_frames} frames at stride {sampling.stride}; "
+                "sample fewer (frame stride) or raise the maximum"
+            )
+        kept.append(np.asarray(resize_and_center_crop(frame, size, size), np.uint8))
+    if not kept:
+        raise ValueError("the video has no frames")
+    if sampling.frames and len(kept) > sampling.frames:
+        kept = [kept[i] for i in np.linspace(0, len(kept) - 1, sampling.frames).round().astype(int)]
+    return np.stack(kept)
+
+
+def _to_model_range(pixels: np.ndarray) -> np.ndarray:
+    return pixels.astype(np.float32) / 127.5 - 1.0  # as load_image scales uint8
+
+
+def _loaded(
+    items: Iterable[Item], size: int, workers: int, lookahead: int, sampling: FrameSampling
+) -> Iterator[Tuple[Item, Any]]:
     """``(item, pixels or the exception)`` in input order, at most ``lookahead`` items ahead."""
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         pending: Deque[Tuple[Item, concurrent.futures.Future]] = collections.deque()
         for item in items:
-            pending.append((item, pool.submit(_pixels, item, size)))
+            pending.append((item, pool.submit(_pixels, item, size, sampling)))
             if len(pending) >= lookahead:
                 yield _result(*pending.popleft())
         while pending:
@@ -67,13 +99,20 @@ def tokenize_items(
     process_index: int = 0,
     process_count: int = 1,
     progress: Optional[Callable[[int], None]] = None,
+    sampling: FrameSampling = FrameSampling(),
+    lookahead: Optional[int] = None,
 ) -> TokenizeSummary:
     """Encode ``items`` with ``encode`` ((B, S, S, 3) pixels in [-1, 1] → (B, h, w) tokens) and
     add each to ``writer`` (``add(key, tokens (frames, h, w), caption, origin)`` and ``done``; see
     [`token_writers`]). The caller closes the writer, which writes what is still queued.
 
-    With ``strict``, the first unreadable item raises ``ValueError`` naming it. A key seen twice
-    in one run is an error for its second occurrence (each key names one output row).
+    Images are batched ``batch_size`` at a time; a video is encoded on its own, ``batch_size``
+    frames at a time, as the LWM wrapper encodes (B, T, H, W, C) (each frame independently), and
+    written as one row of (frames, h, w) tokens. With ``strict``, the first unreadable item
+    raises ``ValueError`` naming it. A key seen twice in one run is an error for its second
+    occurrence (each key names one output row); so is a row the writer refuses (an npz file
+    holds one grid shape). ``lookahead`` items (default ``2 * batch_size``) are decoded ahead of
+    the model: keep it small for videos, each of which is held whole (uint8, cropped).
     """
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
@@ -101,18 +140,32 @@ def tokenize_items(
 
     batch: List[Tuple[Item, np.ndarray]] = []
 
-    def run_batch() -> None:
-        tokens = np.asarray(encode(np.stack([pixels for _, pixels in batch])))
-        for (item, _), grid in zip(batch, tokens):
-            writer.add(item.key, grid[None], item.caption, item.origin)
-        summary.encoded += len(batch)
+    def write(item: Item, tokens: np.ndarray) -> None:
+        try:
+            writer.add(item.key, tokens, item.caption, item.origin)
+        except ValueError as err:
+            fail(item.key, str(err))
+            return
+        summary.encoded += 1
         if progress:
-            progress(len(batch))
+            progress(1)
+
+    def run_batch() -> None:
+        tokens = np.asarray(encode(_to_model_range(np.stack([pixels for _, pixels in batch]))))
+        for (item, _), grid in zip(batch, tokens):
+            write(item, grid[None])
         batch.clear()
 
-    for item, pixels in _loaded(mine(), image_size, workers, lookahead=2 * batch_size):
+    def run_video(item: Item, frames: np.ndarray) -> None:
+        chunks = [encode(_to_model_range(frames[i : i + batch_size])) for i in range(0, len(frames), batch_size)]
+        write(item, np.concatenate([np.asarray(c) for c in chunks]))
+
+    for item, pixels in _loaded(mine(), image_size, workers, lookahead or 2 * batch_size, sampling):
         if isinstance(pixels, Exception):
             fail(item.key, f"{type(pixels).__name__}: {pixels}")
+            continue
+        if item.video:
+            run_video(item, pixels)
             continue
         batch.append((item, pixels))
         if len(batch) == batch_size:
@@ -139,4 +192,4 @@ def errors_jsonl(summary: TokenizeSummary) -> bytes:
     return "".join(json.dumps({"key": k, "error": m}) + "\n" for k, m in summary.errors).encode()
 
 
-__all__: Tuple[str, ...] = ("TokenizeSummary", "errors_jsonl", "summary_lines", "tokenize_items")
+__all__: Tuple[str, ...] = ("FrameSampling", "TokenizeSummary", "errors_jsonl", "summary_lines", "tokenize_items")

@@ -1,0 +1,130 @@
+"""``vqgan-flax``: tokenize, detokenize, reconstruct, convert, inspect and train VQGANs.
+
+Errors print one readable line and exit with status 1 (add ``--debug`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from . import encode, images, train
+from .common import (
+    COUNT,
+    NON_NEGATIVE,
+    POSITIVE_INT,
+    TOKEN_FILE_VERSION,
+    Runner,
+    add_model_options,
+    bucket_size,
+    check_output_file,
+    model_pixel_range,
+    prepare_output_folder,
+)
+from .images import check_token_range, read_token_file
+
+
+def _package_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vqgan-flax", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    encode.add_arguments(sub.add_parser("encode", help="images, videos, shards or a dataset → tokens"))
+
+    p = sub.add_parser("reconstruct", help="images → reconstructions, side-by-side PNGs, PSNR/SSIM")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=POSITIVE_INT, help="resize (shorter side) and center-crop to this size")
+    add_model_options(p)
+    p.set_defaults(func=images.cmd_reconstruct)
+
+    p = sub.add_parser("decode", help="tokens.npz → PNG images")
+    p.add_argument("tokens")
+    p.add_argument("--out", required=True)
+    add_model_options(p)
+    p.set_defaults(func=images.cmd_decode)
+
+    p = sub.add_parser("info", help="describe a model")
+    p.add_argument("model", nargs="?")
+    p.add_argument("--size", type=POSITIVE_INT)
+    p.add_argument("--revision")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.set_defaults(func=images.cmd_info)
+
+    from ..convert_checkpoint import DESCRIPTION, add_arguments
+
+    p = sub.add_parser("convert", help="taming checkpoint ↔ Flax folder", description=DESCRIPTION)
+    add_arguments(p)
+    p.set_defaults(func=None)
+
+    train.add_arguments(sub.add_parser("train", help="train or fine-tune on a folder of images"))
+    return parser
+
+
+def enable_compilation_cache() -> Optional[str]:
+    """Let later ``vqgan-flax`` processes reuse compiled programs (JAX's persistent cache).
+
+    The folder is ``$VQGAN_FLAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/vqgan_flax/jax`` (default
+    ``~/.cache``); an empty ``VQGAN_FLAX_CACHE_DIR`` turns the cache off.
+    """
+    folder = os.environ.get("VQGAN_FLAX_CACHE_DIR")
+    if folder is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "vqgan_flax", "jax")
+    if not folder:
+        return None
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", folder)
+    # Our programs compile in about a second on CPU: cache them all, whatever their size.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return folder
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    enable_compilation_cache()
+    try:
+        if args.command == "convert":
+            from ..convert_checkpoint import run
+
+            return run(args)
+        args.func(args)
+    except KeyboardInterrupt:
+        # Outputs are written atomically: what was finished stays, nothing half-written is left.
+        print(f"vqgan-flax {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one readable line, unless --debug
+        if args.debug:
+            raise
+        print(f"vqgan-flax {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = (
+    "COUNT",
+    "NON_NEGATIVE",
+    "POSITIVE_INT",
+    "TOKEN_FILE_VERSION",
+    "Runner",
+    "bucket_size",
+    "build_parser",
+    "check_output_file",
+    "check_token_range",
+    "enable_compilation_cache",
+    "main",
+    "model_pixel_range",
+    "prepare_output_folder",
+    "read_token_file",
+)

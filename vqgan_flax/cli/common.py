@@ -1,0 +1,195 @@
+"""What the commands share: loading the model, running it in padded batches, checking outputs
+and numeric options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..image_io import save_png, to_uint8
+
+# 2: adds 'keys' (input-relative names); version 1 files are still read.
+TOKEN_FILE_VERSION = 2
+
+
+def default_model() -> str:
+    from .. import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+def load_model(args: argparse.Namespace):
+    import jax.numpy as jnp
+
+    from ..modeling_flax_vqgan import FlaxVQGANModel
+
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
+    kwargs = {"revision": args.revision} if args.revision else {}
+    return FlaxVQGANModel.from_pretrained(model_name(args), dtype=dtype, **kwargs)
+
+
+def model_name(args: argparse.Namespace) -> str:
+    """The model as a token file records it: a local folder as an absolute path (the file may be
+    decoded from another working directory), a Hub id as given."""
+    model = args.model or default_model()
+    return os.path.abspath(model) if os.path.isdir(model) else model
+
+
+def model_pixel_range(model: str, revision: Optional[str] = None) -> Tuple[float, float]:
+    """The pixel range the model takes, from the ``preprocessor_config.json`` beside its weights
+    (DALL·E-mini's fine-tuned VQGAN takes [0, 1]); (-1, 1), taming's range, where there is none."""
+    if os.path.isdir(model):
+        path = os.path.join(model, "preprocessor_config.json")
+        if not os.path.isfile(path):
+            return (-1.0, 1.0)
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import EntryNotFoundError
+
+        try:
+            path = hf_hub_download(model, "preprocessor_config.json", revision=revision)
+        except EntryNotFoundError:
+            return (-1.0, 1.0)
+    try:
+        with open(path, encoding="utf-8") as f:
+            low, high = json.load(f).get("pixel_range", (-1.0, 1.0))
+        low, high = float(low), float(high)
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path}: pixel_range must be [low, high] ({type(err).__name__}: {err})") from None
+    if not low < high:
+        raise ValueError(f"{path}: pixel_range [{low}, {high}] must have low < high")
+    return (low, high)
+
+
+def bucket_size(count: int, batch_size: int) -> int:
+    """The batch shape a chunk of ``count`` items runs at: the next power of two, at most
+    ``batch_size``. A ragged last chunk then reuses a compiled shape instead of compiling a new
+    program (seconds for the f16 model) for a one-off size."""
+    if not 0 < count <= batch_size:
+        raise ValueError(f"chunk of {count} items does not fit batch size {batch_size}")
+    return min(1 << (count - 1).bit_length(), batch_size)
+
+
+class Runner:
+    """Encode/decode on one device, or on all local devices with ``--replicate`` (pmap); chunks
+    are padded to [`bucket_size`] rows and the padding dropped."""
+
+    def __init__(self, model: Any, replicate: bool, batch_size: int, pixel_range: Tuple[float, float]) -> None:
+        from ..parallel import replicate_params
+
+        self.model = model
+        self.pixel_range = pixel_range
+        self.batch_size = batch_size
+        self.replicated = replicate_params(model.params) if replicate else None
+
+    def _padded(self, array: np.ndarray) -> np.ndarray:
+        from ..parallel import pad_batch
+
+        return pad_batch(array, bucket_size(len(array), self.batch_size))[0]  # a multiple ≥ len: exactly that
+
+    def encode(self, pixels: np.ndarray, grid: Sequence[int]) -> np.ndarray:
+        """``pixels`` in [-1, 1], as [`load_image`] gives them, mapped to the model's range."""
+        from ..parallel import pmap_encode
+
+        low, high = self.pixel_range
+        if (low, high) != (-1.0, 1.0):
+            pixels = low + (pixels + 1.0) * ((high - low) / 2.0)
+        padded = self._padded(pixels)
+        if self.replicated is None:
+            indices = self.model.encode(padded).indices
+        else:
+            indices = pmap_encode(self.model, padded, self.replicated).indices
+        return np.asarray(indices)[: len(pixels)].reshape(-1, *grid)
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        from ..parallel import pmap_decode_code
+
+        padded = self._padded(tokens)
+        if self.replicated is None:
+            pixels = self.model.decode_code(padded)
+        else:
+            pixels = pmap_decode_code(self.model, padded, self.replicated)
+        low, high = self.pixel_range
+        pixels = np.asarray(pixels)[: len(tokens)]
+        if (low, high) != (-1.0, 1.0):
+            pixels = (pixels - low) * (2.0 / (high - low)) - 1.0
+        return to_uint8(pixels)
+
+
+def batches(items: Sequence[Any], size: int):
+    for start in range(0, len(items), size):
+        yield start, items[start : start + size]
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled)
+
+
+def check_output_file(path: str) -> None:
+    """Refuse an ``--out`` file that cannot be written, before any work is done."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"--out {path}: is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--out {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"--out {path}: folder {folder} is not writable")
+
+
+def prepare_output_folder(path: str) -> None:
+    """Create the ``--out`` folder (or accept an existing one), before any work is done."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"--out {path}: exists and is not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"--out {path}: cannot create the folder ({err.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise PermissionError(f"--out {path}: folder is not writable")
+
+
+def save_png_under(folder: str, name: str, image: np.ndarray) -> None:
+    path = os.path.join(folder, *name.split("/"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_png(path, image)
+
+
+def _number(kind: type, minimum: float, name: str):
+    """An argparse type: ``kind`` values ≥ ``minimum`` (finite), refused by the parser otherwise."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (value >= minimum and value < float("inf")):
+            raise argparse.ArgumentTypeError(f"{text} is below the minimum {minimum} for {name}")
+        return value
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT = _number(int, 1, "a positive integer")
+
+
+COUNT = _number(int, 0, "a count")
+
+
+NON_NEGATIVE = _number(float, 0.0, "a non-negative number")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The options of every command that runs a model."""
+    p.add_argument("--model", help="folder or Hub id (default: the shipped default model)")
+    p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=8)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--replicate", action="store_true", help="use all local devices (pmap; any batch size)")

@@ -1,0 +1,57 @@
+"""``vqgan-flax train``: train or fine-tune on a folder of images."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from .common import COUNT, NON_NEGATIVE, POSITIVE_INT
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ..configuration_vqgan import PRESETS, VQGANConfig
+    from ..lpips import lpips_params_from_state_dict
+    from ..modeling_flax_vqgan import FlaxVQGANModel
+    from ..training import ImageCrops, TrainingConfig, VQGANTrainer
+
+    seed = args.seed or 0
+    if args.init_from:
+        model = FlaxVQGANModel.from_pretrained(args.init_from)
+    elif args.config in PRESETS:
+        model = FlaxVQGANModel(VQGANConfig.from_preset(args.config), seed=seed)
+    elif args.config and args.config.endswith((".yaml", ".yml")):
+        model = FlaxVQGANModel(VQGANConfig.from_taming_yaml(args.config), seed=seed)
+    elif args.config:
+        model = FlaxVQGANModel(VQGANConfig.from_json_file(args.config), seed=seed)
+    else:
+        raise ValueError("give --config PRESET|config.json|model.yaml or --init-from MODEL")
+    fields = {f: getattr(args, f) for f in TrainingConfig.__dataclass_fields__ if getattr(args, f, None) is not None}
+    config = TrainingConfig(**fields)
+    lpips = None
+    if args.lpips:
+        from ..checkpoint_io import load_state_dict
+
+        lpips = lpips_params_from_state_dict(load_state_dict(args.lpips))
+    trainer = VQGANTrainer(model, config, lpips_params=lpips)
+    began = time.time()
+    trainer.fit(ImageCrops.from_folder(args.data, config.crop_size, config.seed), args.output, progress=not args.quiet)
+    print(
+        f"trained to step {config.steps} in {time.time() - began:.0f} s; model in {os.path.join(args.output, 'model')}"
+    )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--config", help="preset name, config.json or taming model.yaml (new model)")
+    p.add_argument("--init-from", help="fine-tune this model folder / Hub id")
+    p.add_argument("--lpips", help="LPIPS weights (.safetensors/.pt state dict) for the perceptual term")
+    p.add_argument("--quiet", action="store_true")
+    for name in ("steps", "batch_size", "crop_size", "disc_num_layers", "disc_ndf", "save_every", "log_every"):
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=POSITIVE_INT)
+    for name in ("disc_start", "seed", "codebook_restart_every"):
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=COUNT)
+    for name in ("learning_rate", "disc_weight", "codebook_weight", "perceptual_weight", "ema_decay"):
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=NON_NEGATIVE)
+    p.set_defaults(func=cmd_train)
