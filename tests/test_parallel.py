@@ -162,8 +162,9 @@ def test_two_processes_encode_like_one(tmp_path):
     model.save_pretrained(tmp_path / "model")
     rng = np.random.default_rng(0)
     (tmp_path / "items").mkdir()
-    for i in range(11):  # 11 images, global batch 8: a full and a padded step
+    for i in range(11):  # 11 images: each process encodes its 5 or 6 on 4 local devices (batch 4)
         Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(tmp_path / "items" / f"{i:02d}.png")
+    (tmp_path / "items" / "05.png").write_bytes((tmp_path / "items" / "05.png").read_bytes()[:60])  # truncated
     items = sorted(str(p) for p in (tmp_path / "items").iterdir())
 
     port = _free_port()
@@ -194,16 +195,25 @@ def test_two_processes_encode_like_one(tmp_path):
         assert worker.returncode == 0, err[-3000:]
     shards = sorted(os.listdir(tmp_path / "multi"))
     assert shards == ["tokens-00000-of-00002.npz", "tokens-00001-of-00002.npz"]
-    per_process = [len(np.load(tmp_path / "multi" / s)["item_ids"]) for s in shards]
-    assert sum(per_process) == 11 and min(per_process) > 0
-    merged = merge_token_shards(tmp_path / "multi")
+    first, second = (np.load(tmp_path / "multi" / s) for s in shards)
+    assert first["item_ids"].tolist() == [0, 2, 4, 6, 8, 10] and second["item_ids"].tolist() == [1, 3, 7, 9]
+    assert second["skipped_ids"].tolist() == [5] and "05.png" in str(second["skipped_errors"][0])
+    with pytest.raises(ValueError, match=r"1 item\(s\) were skipped as unreadable, e.g. item 5: "):
+        merge_token_shards(tmp_path / "multi")
+    merged_ids, merged = merge_token_shards(tmp_path / "multi", return_ids=True)
+    assert merged_ids.tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
 
-    single_shard = encode_dataset(items, model, str(tmp_path / "single"), image_size=16, batch_size_per_device=1)
+    # One process, the items as a generator: the same tokens.
+    single_shard = encode_dataset(iter(items), model, str(tmp_path / "single"), image_size=16, batch_size_per_device=1)
     assert os.path.basename(single_shard) == "tokens-00000-of-00001.npz"
-    single = merge_token_shards(tmp_path / "single")
-    direct = np.asarray(model.encode(np.stack([load_image(p, 16) for p in items])).indices).reshape(11, 8, 8)
+    single_ids, single = merge_token_shards(tmp_path / "single", return_ids=True)
+    assert single_ids.tolist() == merged_ids.tolist()
+    readable = [p for i, p in enumerate(items) if i != 5]
+    direct = np.asarray(model.encode(np.stack([load_image(p, 16) for p in readable])).indices).reshape(10, 8, 8)
     np.testing.assert_array_equal(single, direct)
     np.testing.assert_array_equal(merged, single)
+    with pytest.raises(ValueError, match=r"item 5 \(.*05.png\): "):
+        encode_dataset(items, model, str(tmp_path / "strict"), image_size=16, strict=True)
 
 
 def test_merge_detects_missing_items(tmp_path):

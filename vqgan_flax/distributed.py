@@ -1,117 +1,148 @@
-"""Tokenizing a dataset on all devices of all processes (``jax.distributed``).
+"""Tokenizing a dataset with several processes (``jax.distributed``, many hosts).
 
-After ``jax.distributed.initialize(...)`` every process calls ``encode_dataset`` with the same
-item list. The items are split into global batches over all devices; each process loads only the
-items that land on its own devices, and writes their tokens to its own shard file. The shards
-together hold every item exactly once; ``merge_token_shards`` puts them back in input order.
+Every process calls ``encode_dataset`` with the same items (a list or any iterable, e.g. a
+generator of paths) and takes its share by position: process ``i`` of ``n`` encodes the items
+``i, i + n, i + 2n, ...`` on its own local devices and writes its own shard file. The processes
+exchange nothing while they work, so an unreadable item or a failing process stops nobody else
+(all of them used to run one global program per batch, so one failure left the others waiting
+for a collective until Gloo's deadline). ``merge_token_shards`` puts the shards back in input
+order. For parquet/JSONL outputs, resuming and webdataset or Hugging Face inputs, use
+``vqgan-flax encode --process-index i --process-count n`` ([`tokenize_dataset`]).
 """
 
 from __future__ import annotations
 
 import glob
-import math
 import os
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
 
 from .image_io import atomic_write, load_image
 from .modeling_flax_vqgan import FlaxVQGANPreTrainedModel
-from .parallel import make_mesh
+from .parallel import pmap_encode, replicate_params
 
 SHARD_PATTERN = "tokens-{process:05d}-of-{count:05d}.npz"
 
 
-def _process_rows(sharding: NamedSharding, global_shape: Tuple[int, ...]) -> List[int]:
-    """Rows of a batch-sharded global array held by this process's devices, in the order
-    ``jax.make_array_from_process_local_data`` expects the process-local data."""
-    rows = set()
-    for index in sharding.addressable_devices_indices_map(global_shape).values():
-        rows.update(range(*index[0].indices(global_shape[0])))
-    return sorted(rows)
-
-
 def encode_dataset(
-    items: Sequence[Any],
+    items: Iterable[Any],
     model: FlaxVQGANPreTrainedModel,
     output_dir: str,
     params: Any = None,
     image_size: Optional[int] = None,
     batch_size_per_device: int = 4,
     load: Optional[Callable[[Any], np.ndarray]] = None,
+    strict: bool = False,
+    barrier: bool = True,
 ) -> str:
-    """Encode ``items`` (image paths or arrays) with all global devices; returns this process's
-    shard file (``tokens-PPPPP-of-NNNNN.npz`` with ``item_ids`` and ``indices`` (n, h, w)).
+    """Encode this process's share of ``items`` (image paths or arrays) on its local devices;
+    returns its shard file (``tokens-PPPPP-of-NNNNN.npz``: ``item_ids``, ``indices`` (n, h, w),
+    ``num_items``, and the ``skipped_ids`` / ``skipped_errors`` of items that could not be read).
 
-    Every process must call this with the same ``items`` and options.
+    An unreadable item is skipped and recorded (``strict``: raises ``ValueError`` naming its
+    position). With ``barrier`` every process waits for the others once its shard is written, so
+    that process 0 may merge right after; a process that died is then reported by name.
     """
     image_size = image_size or model.config.resolution
     load = load or (lambda item: load_image(item, image_size))
-    mesh = make_mesh(jax.devices())
-    sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    global_batch = batch_size_per_device * mesh.size
-    shape = (global_batch, image_size, image_size, model.config.in_channels)
-    my_rows = _process_rows(sharding, shape)
-    # Every process holds the same params: each supplies its copy (no cross-host transfer).
-    params = jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x), np.shape(x)),
-        model.params if params is None else params,
-    )
-    encode = jax.jit(lambda x, p: model.encode(x, params=p).indices, out_shardings=sharding)
+    process, count = jax.process_index(), jax.process_count()
+    devices = jax.local_devices()
+    params = model.params if params is None else params
+    replicated = replicate_params(params, devices) if len(devices) > 1 else None
+    batch_size = batch_size_per_device * len(devices)
     latent = model.config.latent_shape(image_size, image_size)
 
     item_ids: List[int] = []
     tokens: List[np.ndarray] = []
-    for step in range(math.ceil(len(items) / global_batch)):
-        ids = [step * global_batch + row for row in my_rows]
-        local = np.zeros((len(ids), *shape[1:]), np.float32)  # rows past the end stay zero padding
-        for k, item_id in enumerate(ids):
-            if item_id < len(items):
-                local[k] = load(items[item_id])
-        batch = jax.make_array_from_process_local_data(sharding, local, shape)
-        indices = encode(batch, params)
-        for shard in indices.addressable_shards:
-            start = shard.index[0].indices(global_batch)[0]
-            for offset, row_tokens in enumerate(np.asarray(shard.data)):
-                item_id = step * global_batch + start + offset
-                if item_id < len(items):
-                    item_ids.append(item_id)
-                    tokens.append(row_tokens.reshape(latent))
+    skipped: List[Tuple[int, str]] = []
+    batch: List[Tuple[int, np.ndarray]] = []
+    seen = [0]
+
+    def mine() -> Iterable[Tuple[int, Any]]:
+        for position, item in enumerate(items):
+            seen[0] = position + 1
+            if position % count == process:
+                yield position, item
+
+    def run() -> None:
+        pixels = np.stack([p for _, p in batch])
+        out = model.encode(pixels, params=params) if replicated is None else pmap_encode(model, pixels, replicated)
+        item_ids.extend(position for position, _ in batch)
+        tokens.extend(np.asarray(out.indices).reshape(len(batch), *latent))
+        batch.clear()
+
+    for position, item in mine():
+        try:
+            batch.append((position, np.asarray(load(item), np.float32)))
+        except Exception as err:  # the item's failure, not the run's
+            if strict:
+                raise ValueError(f"item {position} ({str(item)[:200]}): {type(err).__name__}: {err}") from err
+            skipped.append((position, f"{type(err).__name__}: {err}"))
+            continue
+        if len(batch) == batch_size:
+            run()
+    if batch:
+        run()
 
     os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, SHARD_PATTERN.format(process=jax.process_index(), count=jax.process_count()))
-    order = np.argsort(item_ids, kind="stable")
+    path = os.path.join(output_dir, SHARD_PATTERN.format(process=process, count=count))
     arrays = {
-        "item_ids": np.asarray(item_ids, np.int64)[order],
-        "indices": np.asarray(tokens, np.int32).reshape(-1, *latent)[order],
-        "num_items": np.asarray(len(items)),
+        "item_ids": np.asarray(item_ids, np.int64),
+        "indices": np.asarray(tokens, np.int32).reshape(-1, *latent),
+        "num_items": np.asarray(seen[0]),
+        "skipped_ids": np.asarray([i for i, _ in skipped], np.int64),
+        "skipped_errors": np.asarray([m for _, m in skipped], dtype=str),
     }
     atomic_write(path, lambda f: np.savez(f, **arrays))
-    # Nobody merges before every process has written its shard.
-    multihost_utils.sync_global_devices("vqgan_flax.encode_dataset")
+    if barrier and count > 1:
+        try:
+            multihost_utils.sync_global_devices("vqgan_flax.encode_dataset")
+        except Exception as err:
+            raise RuntimeError(
+                f"process {process}: wrote {path}, but waiting for the other {count - 1} processes failed "
+                f"(one of them stopped?): {type(err).__name__}: {err}"
+            ) from None
     return path
 
 
-def merge_token_shards(output_dir: str) -> np.ndarray:
-    """All shard files of ``output_dir`` → indices (N, h, w) in input order; an item missing or
-    present twice is an error."""
+def merge_token_shards(output_dir: str, return_ids: bool = False) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+    """All shard files of ``output_dir`` → indices (N, h, w) in input order.
+
+    An item missing or present twice is an error, and so is an item a process skipped as
+    unreadable (its reason is in the message) unless ``return_ids``: then the result is
+    ``(item_ids, indices)`` of the items present, in input order.
+    """
     paths = sorted(glob.glob(os.path.join(output_dir, "tokens-*-of-*.npz")))
     if not paths:
         raise FileNotFoundError(f"{output_dir}: no tokens-*-of-*.npz shard files")
-    shards = [np.load(p) for p in paths]
+    shards = [dict(np.load(p)) for p in paths]
     counts = {int(s["num_items"]) for s in shards}
     if len(counts) != 1:
         raise ValueError(f"{output_dir}: shards disagree on the number of items: {sorted(counts)}")
     total = counts.pop()
-    item_ids = np.concatenate([s["item_ids"] for s in shards])
+    item_ids = np.concatenate([s["item_ids"] for s in shards]).astype(np.int64)
     indices = np.concatenate([s["indices"] for s in shards])
+    skipped = {}
+    for shard in shards:  # files from before skipping was recorded have neither array
+        ids, errors = shard.get("skipped_ids", np.zeros(0, np.int64)), shard.get("skipped_errors", np.zeros(0, str))
+        skipped.update(zip(ids.tolist(), errors.tolist()))
     seen = np.bincount(item_ids, minlength=total)
-    if len(seen) != total or seen.min() != 1 or seen.max() != 1:
-        missing = np.flatnonzero(seen[:total] == 0)[:10].tolist()
-        duplicated = np.flatnonzero(seen > 1)[:10].tolist()
-        raise ValueError(f"{output_dir}: items missing {missing} / duplicated {duplicated} across {len(paths)} shards")
-    return indices[np.argsort(item_ids)]
+    duplicated = np.flatnonzero(seen > 1)[:10].tolist()
+    missing = [i for i in np.flatnonzero(seen[:total] == 0).tolist() if i not in skipped]
+    if len(seen) > total or duplicated or missing:
+        raise ValueError(
+            f"{output_dir}: items missing {missing[:10]} / duplicated {duplicated} across {len(paths)} shards"
+        )
+    order = np.argsort(item_ids, kind="stable")
+    if return_ids:
+        return item_ids[order], indices[order]
+    if skipped:
+        first = min(skipped)
+        raise ValueError(
+            f"{output_dir}: {len(skipped)} item(s) were skipped as unreadable, e.g. item {first}: {skipped[first]} "
+            "(merge_token_shards(..., return_ids=True) returns the others)"
+        )
+    return indices[order]
