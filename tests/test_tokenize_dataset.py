@@ -343,3 +343,46 @@ def test_videos_are_one_row_of_sampled_frames(tiny, model, tmp_path, capsys):
                         "--media", "video", "--frame-stride", 3, "--model", tiny, "--quiet")  # fmt: skip
     assert code == 0 and "b.mp4: token grid (1, 8, 8) differs from the first item's (4, 8, 8)" in err
     assert np.load(tmp_path / "v.npz")["tokens"].shape == (1, 4, 8, 8)  # a: frames 0, 3, 6, 9
+
+
+def test_decode_reads_shards_and_videos_back(tiny, folder, tmp_path, capsys):
+    for fmt in ("parquet", "jsonl"):
+        assert _run(capsys, "encode", folder, "--out", tmp_path / fmt, "--format", fmt, "--model", tiny, "--quiet",
+                    "--shard-size", 4)[0] == 0  # fmt: skip
+        code, stdout, _ = _run(capsys, "decode", tmp_path / fmt, "--out", tmp_path / f"{fmt}-images", "--quiet")
+        assert code == 0 and f"wrote 6 images to {tmp_path / fmt}-images" in stdout  # the recorded model
+    assert _run(capsys, "encode", folder, "--out", tmp_path / "t.npz", "--model", tiny, "--quiet")[0] == 0
+    assert _run(capsys, "decode", tmp_path / "t.npz", "--out", tmp_path / "npz-images", "--quiet")[0] == 0
+    for name in ("0.png", "4.png", "sub/0.png"):
+        reference = np.asarray(Image.open(tmp_path / "npz-images" / name))
+        for fmt in ("parquet", "jsonl"):
+            np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / f"{fmt}-images" / name)), reference)
+    record = dict(np.load(tmp_path / "t.npz"))
+    video = dict(record, tokens=record["tokens"][:4][None], keys=np.asarray(["clip.mp4"]), files=np.asarray(["c"]))
+    np.savez(tmp_path / "video.npz", **video)
+    code, stdout, _ = _run(capsys, "decode", tmp_path / "video.npz", "--out", tmp_path / "frames", "--quiet")
+    assert code == 0 and "wrote 0 images and 1 videos" in stdout
+    assert sorted(os.listdir(tmp_path / "frames" / "clip")) == ["0000.png", "0001.png", "0002.png", "0003.png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "frames" / "clip" / "0002.png")),
+                                  np.asarray(Image.open(tmp_path / "npz-images" / "2.png")))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"key": "../up.png"}, r"part-000-00000.jsonl: line 1: '../up.png' is not a relative path"),
+        ({"vision": [1, 2, 3]}, r"line 1: 3 tokens for a 1x8x8 grid"),
+        ({"height": 10**6}, r"line 1: grid 1x1000000x8 is not a token grid"),
+        ({"vision": [0.5] * 64}, r"line 1: tokens must be integers; got float64"),
+        ({"vision": [99] * 64}, r"tokens: ok.png: token 99 is outside the model's codebook \[0, 32\)"),
+    ],
+)
+def test_hostile_token_shards_are_refused(tiny, tmp_path, capsys, row, message):
+    shards = tmp_path / "tokens"
+    shards.mkdir()
+    record = {"key": "ok.png", "vision": [0] * 64, "frames": 1, "height": 8, "width": 8, **row}
+    (shards / "part-000-00000.jsonl").write_text(json.dumps(record) + "\n")
+    code, _, err = _run(capsys, "decode", shards, "--out", tmp_path / "out", "--model", tiny, "--quiet")
+    assert code == 1 and err.count("\n") == 1
+    assert __import__("re").search(message, err), err
+    assert not (tmp_path / "up.png").exists()

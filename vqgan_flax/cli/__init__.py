@@ -23,7 +23,7 @@ from .common import (
     model_pixel_range,
     prepare_output_folder,
 )
-from .images import check_token_range, read_token_file
+from .images import check_token_range
 
 
 def _package_version() -> str:
@@ -126,5 +126,4 @@ __all__ = (
     "main",
     "model_pixel_range",
     "prepare_output_folder",
-    "read_token_file",
 )

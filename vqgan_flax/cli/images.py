@@ -6,11 +6,11 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
-from ..image_io import atomic_write, check_key, find_images, load_image, output_names, to_uint8
+from ..image_io import atomic_write, find_images, load_image, output_names, to_uint8
 from .common import (
     Runner,
     batches,
@@ -34,82 +34,68 @@ def _image_job(args: argparse.Namespace):
     return runner, inputs, size, model.config.latent_shape(size, size)
 
 
-def read_token_file(path: str, n_embed: Optional[int] = None) -> dict:
-    """Load and validate a token file written by ``vqgan-flax encode`` (token values against the
-    codebook too when ``n_embed`` is given)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            record = {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except Exception as err:
-        raise ValueError(f"{path}: not a token file ({type(err).__name__}: {err})") from None
-    if "tokens" not in record or record["tokens"].ndim != 3 or record["tokens"].dtype.kind not in "iu":
-        raise ValueError(f"{path}: expected an integer 'tokens' array of shape (N, h, w)")
-    tokens = record["tokens"]
-    if "keys" in record:
-        keys = record["keys"]
-        if keys.shape != (len(tokens),) or keys.dtype.kind != "U":
-            raise ValueError(
-                f"{path}: 'keys' must hold one string per token grid ({len(tokens)}); got {keys.dtype} {keys.shape}"
-            )
-        for i, key in enumerate(keys.tolist()):
-            check_key(key, f"{path}: keys[{i}]")
-    for name in ("model", "revision"):
-        if name in record and (record[name].shape != () or record[name].dtype.kind != "U"):
-            raise ValueError(f"{path}: '{name}' must be one string; got {record[name].dtype} {record[name].shape}")
-    if n_embed is not None:
-        check_token_range(tokens, n_embed, path)
-    return record
-
-
-def check_token_range(tokens: np.ndarray, n_embed: int, path: str) -> None:
+def check_token_range(tokens: np.ndarray, n_embed: int, where: str) -> None:
     if tokens.size and (tokens.min() < 0 or tokens.max() >= n_embed):
         bad = int(tokens.max() if tokens.max() >= n_embed else tokens.min())
-        raise ValueError(f"{path}: token {bad} is outside the model's codebook [0, {n_embed})")
+        raise ValueError(f"{where}: token {bad} is outside the model's codebook [0, {n_embed})")
 
 
-def _token_keys(record: dict) -> List[str]:
-    """Names for the images of a token file: its keys; for version 1 files the input file names,
-    or the index where those are missing or repeat."""
-    count = len(record["tokens"])
-    if "keys" in record:
-        return record["keys"].tolist()
-    names = [os.path.basename(str(f)) for f in record.get("files", [])]
-    if len(names) == count and len(set(names)) == count and all(names):
-        return names
-    return [f"{i:06d}" for i in range(count)]
+def _decode_model(args: argparse.Namespace, recorded: Optional[Tuple[str, Optional[str]]]):
+    """The model that made the tokens (as recorded) unless ``--model`` names another."""
+    if args.model is None and recorded:
+        # The tokens mean something only to the model that made them.
+        args.model, revision = recorded
+        args.revision = args.revision or revision
+        try:
+            return load_model(args)
+        except Exception as err:
+            raise ValueError(
+                f"{args.tokens} was made with model {recorded[0]!r}, which does not load here ({err}); "
+                "give --model to decode with another copy of it"
+            ) from None
+    if recorded and args.model != recorded[0]:
+        print(f"note: decoding with --model {args.model}; {args.tokens} was made with {recorded[0]}", file=sys.stderr)
+    return load_model(args)
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
+    from ..token_readers import open_tokens, recorded_model
+
     prepare_output_folder(args.out)
-    record = read_token_file(args.tokens)
-    recorded = str(record["model"]) if "model" in record else None
-    if args.model is None and recorded:
-        # The tokens mean something only to the model that made them.
-        args.model = recorded
-        args.revision = args.revision or str(record.get("revision", "")) or None
-        try:
-            model = load_model(args)
-        except Exception as err:
-            raise ValueError(
-                f"{args.tokens} was made with model {recorded!r}, which does not load here ({err}); "
-                "give --model to decode with another copy of it"
-            ) from None
-    else:
-        if recorded and args.model != recorded:
-            print(f"note: decoding with --model {args.model}; {args.tokens} was made with {recorded}", file=sys.stderr)
-        model = load_model(args)
+    source = open_tokens(args.tokens)
+    model = _decode_model(args, recorded_model(source))
     runner = Runner(model, args.replicate, args.batch_size, model_pixel_range(model_name(args), args.revision))
-    check_token_range(record["tokens"], model.config.n_embed, args.tokens)
-    tokens = record["tokens"]
-    names = output_names(_token_keys(record))
-    with progress_bar(len(tokens), "decode", not args.quiet) as bar:
-        for start, chunk in batches(tokens, args.batch_size):
-            for k, image in enumerate(runner.decode(chunk)):
-                save_png_under(args.out, names[start + k], image)
-            bar.update(len(chunk))
-    print(f"wrote {len(tokens)} images to {args.out}")
+    names = output_names(source.keys)
+    pending: List[Tuple[str, np.ndarray]] = []  # images of one grid shape, decoded together
+    counts = {"images": 0, "videos": 0}
+
+    def flush() -> None:
+        for (name, _), image in zip(pending, runner.decode(np.concatenate([grid for _, grid in pending]))):
+            save_png_under(args.out, name, image)
+        counts["images"] += len(pending)
+        bar.update(len(pending))
+        pending.clear()
+
+    with progress_bar(len(names), "decode", not args.quiet) as bar:
+        for (key, grid), name in zip(source.rows(), names):
+            check_token_range(grid, model.config.n_embed, f"{args.tokens}: {key}")
+            if len(grid) > 1:  # a video: its frames as NAME/0000.png, ...
+                folder = os.path.splitext(name)[0]
+                for start in range(0, len(grid), args.batch_size):
+                    for k, frame in enumerate(runner.decode(grid[start : start + args.batch_size])):
+                        save_png_under(args.out, f"{folder}/{start + k:04d}.png", frame)
+                counts["videos"] += 1
+                bar.update(1)
+                continue
+            if pending and pending[0][1].shape != grid.shape:
+                flush()
+            pending.append((name, grid))
+            if len(pending) == args.batch_size:
+                flush()
+        if pending:
+            flush()
+    videos = f" and {counts['videos']} videos" if counts["videos"] else ""
+    print(f"wrote {counts['images']} images{videos} to {args.out}")
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
