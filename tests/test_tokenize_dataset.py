@@ -386,3 +386,94 @@ def test_hostile_token_shards_are_refused(tiny, tmp_path, capsys, row, message):
     assert code == 1 and err.count("\n") == 1
     assert __import__("re").search(message, err), err
     assert not (tmp_path / "up.png").exists()
+
+
+def test_dalle_mini_flow_webdataset_to_parquet_equals_the_python_api(tiny, model, folder, tmp_path, capsys):
+    """DALL·E-mini's encoding notebook: webdataset shards of (image, caption) → parquet of tokens."""
+    names = sorted(p.name for p in folder.glob("*.png"))
+    samples = [m for i, n in enumerate(names) for m in ((f"{i:05d}.png", (folder / n).read_bytes()),
+                                                        (f"{i:05d}.txt", n.encode()))]  # fmt: skip
+    _tar(tmp_path / "train-000.tar", samples[:6])
+    _tar(tmp_path / "train-001.tar", samples[6:])
+    code, _, _ = _run(capsys, "encode", str(tmp_path / "train-{000..001}.tar"), "--out", tmp_path / "encoded",
+                      "--format", "parquet", "--model", tiny, "--quiet")  # fmt: skip
+    assert code == 0
+    import pandas as pd
+
+    frame = pd.read_parquet(tmp_path / "encoded")
+    assert list(frame["key"]) == ["train-000.tar/00000", "train-000.tar/00001", "train-000.tar/00002",
+                                  "train-001.tar/00003", "train-001.tar/00004"]  # fmt: skip
+    assert list(frame["caption"]) == names
+    expected = _expected(model, [folder / n for n in names])
+    np.testing.assert_array_equal(np.stack([np.asarray(t) for t in frame["tokens"]]).reshape(5, 8, 8), expected)
+
+
+def test_rejects_from_a_folder_and_a_tar_shard_and_every_good_item_encoded(tiny, folder, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.png", "b.png"):
+        (data / name).write_bytes((folder / "0.png").read_bytes())
+    (data / "cut.png").write_bytes((folder / "1.png").read_bytes()[:90])
+    (data / "text.jpg").write_text("not a picture")
+    _tar(tmp_path / "s.tar", [("good.png", _png(1)), ("bad.png", b"\x89PNG garbage"), ("lonely.txt", b"caption")])
+    out = tmp_path / "out"
+    code, _, _ = _run(capsys, "encode", data, "--out", out / "folder", "--format", "parquet", "--model", tiny, "-q")
+    assert code == 0
+    assert _run(capsys, "encode", tmp_path / "s.tar", "--out", out / "tar", "--format", "parquet", "--model", tiny,
+                "--quiet")[0] == 0  # fmt: skip
+    import pandas as pd
+
+    rejects = {
+        kind: {json.loads(line)["key"] for line in (out / kind / ".vqgan_flax" / "errors-000.jsonl").open()}
+        for kind in ("folder", "tar")
+    }
+    assert rejects == {"folder": {"cut.png", "text.jpg"}, "tar": {"s.tar/bad", "s.tar/lonely"}}
+    assert sorted(pd.read_parquet(out / "folder")["key"]) == ["a.png", "b.png"]
+    assert list(pd.read_parquet(out / "tar")["key"]) == ["s.tar/good"]
+
+
+def test_a_sigkilled_encode_resumes_exactly_once_and_overwrite_starts_over(tiny, tmp_path):
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(24):
+        (data / f"{i:02d}.png").write_bytes(_png(i))
+    script = os.path.join(os.path.dirname(sys.executable), "vqgan-flax")
+    argv = [script, "encode", str(data), "--out", str(tmp_path / "out"), "--format", "parquet", "--model", tiny,
+            "--quiet", "--batch-size", 2, "--shard-size", 2]  # fmt: skip
+    argv = [str(a) for a in argv]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while len(list((tmp_path / "out").glob("part-*.parquet"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = len(list((tmp_path / "out").glob("part-*.parquet")))
+    assert 3 <= done_before < 12, "the run must be killed midway"
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"({2 * done_before} already there from an earlier run)" in result.stdout or done_before * 2 >= 24
+    import pandas as pd
+
+    keys = list(pd.read_parquet(tmp_path / "out")["key"])
+    assert sorted(keys) == [f"{i:02d}.png" for i in range(24)]  # every item exactly once
+    assert not [n for n in os.listdir(tmp_path / "out") if n.endswith(".partial")]
+    result = subprocess.run([*argv, "--overwrite"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "wrote 24 x 8x8 tokens" in result.stdout and "already there" not in result.stdout
+    assert len(pd.read_parquet(tmp_path / "out")) == 24
+
+
+def test_info_json_and_decode_refuses_a_model_of_another_codebook(tiny, folder, tmp_path, capsys):
+    code, stdout, _ = _run(capsys, "info", tiny, "--json")
+    facts = json.loads(stdout)
+    assert code == 0 and facts["n_embed"] == 32 and facts["grid"] == [8, 8] and facts["pixel_range"] == [-1.0, 1.0]
+    bigger = tmp_path / "bigger"
+    config = VQGANConfig.from_preset("tiny")
+    config.n_embed = 64
+    FlaxVQGANModel(config, seed=0).save_pretrained(bigger)
+    code, _, _ = _run(capsys, "encode", folder, "--out", tmp_path / "t", "--format", "jsonl", "--model", tiny, "-q")
+    assert code == 0
+    code, _, err = _run(capsys, "decode", tmp_path / "t", "--out", tmp_path / "d", "--model", bigger, "--quiet")
+    assert code == 1 and f"was made by a model with n_embed=32; --model {bigger} has 64" in err

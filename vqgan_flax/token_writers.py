@@ -57,6 +57,20 @@ def lwm_record(key: str, tokens: np.ndarray, caption: Optional[str]) -> Dict[str
     return record
 
 
+def remove_shards(folder: str) -> int:
+    """Delete what a sharded run wrote in ``folder`` (its ``part-*`` shards and ``.vqgan_flax/``),
+    nothing else; returns the number of shards removed."""
+    import shutil
+
+    removed = 0
+    for path in glob.glob(os.path.join(folder, "part-*")):
+        if _SHARD.match(os.path.basename(path)) and os.path.isfile(path):
+            os.unlink(path)
+            removed += 1
+    shutil.rmtree(os.path.join(folder, INFO_DIR), ignore_errors=True)
+    return removed
+
+
 class ShardedTokenWriter:
     """Rows → ``folder/part-PPP-NNNNN.{parquet,jsonl}``, ``rows_per_shard`` rows each.
 
@@ -89,6 +103,9 @@ class ShardedTokenWriter:
             if int(match.group(1)) == process:
                 numbers.append(int(match.group(2)))
         self._next = max(numbers) + 1
+        # What a killed run of this process left half-written: never a shard, safe to remove.
+        for stale in glob.glob(os.path.join(folder, f".part-{process:03d}-*.partial")):
+            os.unlink(stale)
 
     def _check_metadata(self) -> None:
         path = os.path.join(self.folder, METADATA_FILE)

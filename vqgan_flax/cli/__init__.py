@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from . import encode, images, train
 from .common import (
@@ -33,40 +33,46 @@ def _package_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vqgan-flax", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="vqgan-flax", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    encode.add_arguments(sub.add_parser("encode", help="images, videos, shards or a dataset → tokens"))
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:  # every --help shows the defaults
+        return sub.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
 
-    p = sub.add_parser("reconstruct", help="images → reconstructions, side-by-side PNGs, PSNR/SSIM")
+    encode.add_arguments(command("encode", help="images, videos, shards or a dataset → tokens"))
+
+    p = command("reconstruct", help="images → reconstructions, side-by-side PNGs, PSNR/SSIM")
     p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder for reconstructions/, side_by_side/ and metrics.json")
     p.add_argument("--size", type=POSITIVE_INT, help="resize (shorter side) and center-crop to this size")
     add_model_options(p)
     p.set_defaults(func=images.cmd_reconstruct)
 
-    p = sub.add_parser("decode", help="tokens.npz → PNG images")
-    p.add_argument("tokens")
-    p.add_argument("--out", required=True)
+    p = command("decode", help="tokens.npz → PNG images")
+    p.add_argument("tokens", help="a token .npz, or a folder of parquet/jsonl token shards")
+    p.add_argument("--out", required=True, help="folder for the PNG images")
     add_model_options(p)
     p.set_defaults(func=images.cmd_decode)
 
-    p = sub.add_parser("info", help="describe a model")
-    p.add_argument("model", nargs="?")
-    p.add_argument("--size", type=POSITIVE_INT)
-    p.add_argument("--revision")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p = command("info", help="describe a model")
+    p.add_argument("model", nargs="?", help="folder or Hub id (default: the shipped default model)")
+    p.add_argument("--size", type=POSITIVE_INT, help="image size for the token count (default: the model's)")
+    p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="computation dtype")
+    p.add_argument("--json", action="store_true", help="print the facts as JSON")
     p.set_defaults(func=images.cmd_info)
 
     from ..convert_checkpoint import DESCRIPTION, add_arguments
 
-    p = sub.add_parser("convert", help="taming checkpoint ↔ Flax folder", description=DESCRIPTION)
+    p = command("convert", help="taming checkpoint ↔ Flax folder", description=DESCRIPTION)
     add_arguments(p)
     p.set_defaults(func=None)
 
-    train.add_arguments(sub.add_parser("train", help="train or fine-tune on a folder of images"))
+    train.add_arguments(command("train", help="train or fine-tune on a folder of images"))
     return parser
 
 

@@ -191,5 +191,5 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=8)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--replicate", action="store_true", help="use all local devices (pmap; any batch size)")

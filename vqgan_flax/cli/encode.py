@@ -10,7 +10,7 @@ import sys
 from typing import Optional
 
 from ..image_io import atomic_write
-from ..token_writers import FORMATS, INFO_DIR
+from ..token_writers import FORMATS, INFO_DIR, remove_shards
 from .common import (
     COUNT,
     POSITIVE_INT,
@@ -79,6 +79,8 @@ def _check_format(args: argparse.Namespace) -> None:
         raise ValueError(f"--out -: {args.format} output is a folder of shards; give a folder")
     else:
         prepare_output_folder(args.out)
+        if args.overwrite:
+            remove_shards(args.out)
 
 
 def _hub_commit(model: str, revision: Optional[str]) -> Optional[str]:
@@ -152,7 +154,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="image or video files, folders, .tar shards, or a dataset")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="a .npz file (or -), or a folder of shards for parquet/jsonl")
     p.add_argument("--size", type=POSITIVE_INT, help="resize (shorter side) and center-crop to this size")
     add_model_options(p)
     p.add_argument(
@@ -189,4 +191,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--process-index", type=COUNT, default=0, help="this process's number (many hosts)")
     p.add_argument("--process-count", type=POSITIVE_INT, default=1, help="processes sharing the inputs")
+    p.add_argument("--overwrite", action="store_true", help="delete the shards already in --out and start over")
     p.set_defaults(func=cmd_encode)

@@ -14,7 +14,6 @@ from ..image_io import atomic_write, find_images, load_image, output_names, to_u
 from .common import (
     Runner,
     batches,
-    default_model,
     load_model,
     model_name,
     model_pixel_range,
@@ -64,6 +63,12 @@ def cmd_decode(args: argparse.Namespace) -> None:
     prepare_output_folder(args.out)
     source = open_tokens(args.tokens)
     model = _decode_model(args, recorded_model(source))
+    for name, value in (("n_embed", model.config.n_embed), ("downsampling_factor", model.config.downsampling_factor)):
+        made_with = source.metadata.get(name)
+        if made_with is not None and made_with != value:
+            raise ValueError(
+                f"{args.tokens} was made by a model with {name}={made_with}; --model {args.model} has {value}"
+            )
     runner = Runner(model, args.replicate, args.batch_size, model_pixel_range(model_name(args), args.revision))
     names = output_names(source.keys)
     pending: List[Tuple[str, np.ndarray]] = []  # images of one grid shape, decoded together
@@ -136,10 +141,28 @@ def cmd_info(args: argparse.Namespace) -> None:
     cfg = model.config
     size = args.size or cfg.resolution
     h, w = cfg.latent_shape(size, size)
-    print(f"model:               {args.model or default_model()}")
+    facts = {
+        "model": model_name(args),
+        "quantizer": cfg.quantizer,
+        "n_embed": cfg.n_embed,
+        "embed_dim": cfg.embed_dim,
+        "parameters": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(model.params)),
+        "downsampling_factor": cfg.downsampling_factor,
+        "image_size": size,
+        "grid": [h, w],
+        "pixel_range": list(model_pixel_range(model_name(args), args.revision)),
+        "architecture": {
+            k: getattr(cfg, k) for k in ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels")
+        },
+    }
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return
+    arch = " ".join(f"{k}={v}" for k, v in facts["architecture"].items())
+    print(f"model:               {facts['model']}")
     print(f"quantizer:           {cfg.quantizer}, codebook {cfg.n_embed} x {cfg.embed_dim}")
-    print(f"parameters:          {sum(int(np.prod(x.shape)) for x in jax.tree.leaves(model.params)):,}")
+    print(f"parameters:          {facts['parameters']:,}")
     print(f"downsampling factor: {cfg.downsampling_factor}")
     print(f"tokens per image:    {h * w} ({h}x{w}) at {size}x{size}")
-    print(f"architecture:        ch={cfg.ch} ch_mult={cfg.ch_mult} num_res_blocks={cfg.num_res_blocks} "
-          f"attn_resolutions={cfg.attn_resolutions} z_channels={cfg.z_channels}")  # fmt: skip
+    print(f"pixel range:         {facts['pixel_range']}")
+    print(f"architecture:        {arch}")

@@ -41,17 +41,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
 
+_TRAINER_DEFAULT = "TrainingConfig's field of that name (None: its default)"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True)
-    p.add_argument("--output", required=True)
+    p.add_argument("--data", required=True, help="folder of training images")
+    p.add_argument("--output", required=True, help="folder for checkpoints, log.jsonl and the model")
     p.add_argument("--config", help="preset name, config.json or taming model.yaml (new model)")
     p.add_argument("--init-from", help="fine-tune this model folder / Hub id")
     p.add_argument("--lpips", help="LPIPS weights (.safetensors/.pt state dict) for the perceptual term")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     for name in ("steps", "batch_size", "crop_size", "disc_num_layers", "disc_ndf", "save_every", "log_every"):
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=POSITIVE_INT)
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=POSITIVE_INT, help=_TRAINER_DEFAULT)
     for name in ("disc_start", "seed", "codebook_restart_every"):
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=COUNT)
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=COUNT, help=_TRAINER_DEFAULT)
     for name in ("learning_rate", "disc_weight", "codebook_weight", "perceptual_weight", "ema_decay"):
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=NON_NEGATIVE)
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=NON_NEGATIVE, help=_TRAINER_DEFAULT)
     p.set_defaults(func=cmd_train)
