@@ -477,3 +477,32 @@ def test_info_json_and_decode_refuses_a_model_of_another_codebook(tiny, folder, 
     assert code == 0
     code, _, err = _run(capsys, "decode", tmp_path / "t", "--out", tmp_path / "d", "--model", bigger, "--quiet")
     assert code == 1 and f"was made by a model with n_embed=32; --model {bigger} has 64" in err
+
+
+def test_lwm_pickles_work_wherever_a_model_does(tmp_path, capsys):
+    """LWM's own config names answer on our config; its params pickle is a --model, an info
+    target, a from_pretrained path and a converter input."""
+    from vqgan_flax.vqgan import VQGAN
+
+    lwm = os.path.join(os.path.dirname(__file__), "fixtures", "lwm", "vqgan")
+    model = FlaxVQGANModel.from_pretrained(lwm)
+    lwm_fields = json.load(open(os.path.join(os.path.dirname(lwm), "config.json")))
+    for name, value in lwm_fields.items():
+        assert getattr(model.config, name) == value, name
+    assert model.config.num_resolutions == 3
+    code, stdout, _ = _run(capsys, "info", lwm, "--json")
+    assert code == 0 and json.loads(stdout)["n_embed"] == 64 and json.loads(stdout)["model"] == lwm
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        (images / f"{i}.png").write_bytes(_png(i, (40, 36)))
+    assert _run(capsys, "encode", images, "--out", tmp_path / "t.npz", "--model", lwm, "--quiet")[0] == 0
+    pixels = np.stack([load_image(str(images / f"{i}.png"), 32) for i in range(3)])
+    np.testing.assert_array_equal(np.load(tmp_path / "t.npz")["tokens"], np.asarray(VQGAN(lwm).encode(pixels)[1]))
+    from vqgan_flax.convert_checkpoint import main as convert
+
+    assert convert(["--lwm", lwm, "--output", str(tmp_path / "folder")]) == 0
+    converted = FlaxVQGANModel.from_pretrained(tmp_path / "folder")
+    for a, b in zip(__import__("jax").tree.leaves(converted.params), __import__("jax").tree.leaves(model.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert convert(["--to-taming", lwm, "--output", str(tmp_path / "taming.safetensors")]) == 0

@@ -209,6 +209,16 @@ class VQGANConfig(PretrainedConfig):
         """Number of levels (``len(ch_mult)``)."""
         return len(self.ch_mult)
 
+    # LWM's names for the same fields (read-only): LWM code that reads its VQGAN config runs on ours.
+    num_embeddings = property(lambda self: self.n_embed, doc="LWM's name for ``n_embed``.")
+    quantized_embed_dim = property(lambda self: self.embed_dim, doc="LWM's name for ``embed_dim``.")
+    hidden_channels = property(lambda self: self.ch, doc="LWM's name for ``ch``.")
+    channel_mult = property(lambda self: self.ch_mult, doc="LWM's name for ``ch_mult``.")
+    num_channels = property(lambda self: self.in_channels, doc="LWM's name for ``in_channels``.")
+    no_attn_mid_block = property(lambda self: not self.mid_block_attention, doc="LWM: no attention in the middle.")
+    resample_with_conv = property(lambda self: self.resamp_with_conv, doc="LWM's name for ``resamp_with_conv``.")
+    commitment_cost = property(lambda self: self.beta, doc="LWM's name for ``beta``.")
+
     @property
     def downsampling_factor(self) -> int:
         """Pixels per token along each side: ``2 ** (len(ch_mult) - 1)``."""

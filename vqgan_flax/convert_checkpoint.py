@@ -262,7 +262,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The converter's options, shared by ``python -m vqgan_flax.convert_checkpoint`` and
     ``vqgan-flax convert``."""
     parser.add_argument("--checkpoint", help="taming .ckpt / .pt / .pth / .safetensors file")
-    parser.add_argument("--to-taming", metavar="MODEL_DIR", help="export this Flax folder to a taming state dict")
+    parser.add_argument(
+        "--to-taming", metavar="MODEL", help="export this Flax folder (or LWM params pickle) to a taming state dict"
+    )
+    parser.add_argument("--lwm", metavar="PICKLE", help="an LWM params pickle (LWM's vqgan file) to a Flax folder")
     parser.add_argument("--output", required=True, help="output folder (or file with --to-taming)")
     parser.add_argument("--config", help="taming model.yaml describing the architecture")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a published taming architecture")
@@ -290,6 +293,13 @@ def run(args: argparse.Namespace) -> int:
         if args.to_taming:
             state = export_to_taming(args.to_taming, args.output)
             print(f"wrote {len(state)} tensors to {args.output}")
+            return 0
+        if args.lwm:
+            from .modeling_flax_vqgan import FlaxVQGANModel
+
+            model = FlaxVQGANModel.from_pretrained(args.lwm)
+            model.save_pretrained(args.output, safe_serialization=args.weights_format == "safetensors")
+            print(f"wrote {args.output} ({args.weights_format}) from the LWM pickle {args.lwm}")
             return 0
         if not args.checkpoint:
             raise ConversionError("give --checkpoint FILE (or --to-taming MODEL_DIR)")

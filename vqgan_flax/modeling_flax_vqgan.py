@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import warnings
-from typing import Any, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import flax
 import flax.linen as nn
@@ -304,6 +304,8 @@ class FlaxVQGANPreTrainedModel(select_base()):
         as such (no Hub retries); no random initialisation is computed only to be overwritten."""
         do_init = kwargs.pop("_do_init", True)
         name = os.fspath(pretrained_model_name_or_path)
+        if os.path.isfile(name):
+            return cls._from_lwm_pickle(name, kwargs.pop("lwm_config", None), kwargs.get("dtype"), do_init)
         problem = _local_path_problem(name, kwargs.get("subfolder") or "", needs_config=kwargs.get("config") is None)
         if problem:
             raise OSError(problem)
@@ -336,6 +338,20 @@ class FlaxVQGANPreTrainedModel(select_base()):
             return model, params
         model._is_initialized = True
         model.params = jax.tree.map(jnp.asarray, params)  # onto the default device
+        return model
+
+    @classmethod
+    def _from_lwm_pickle(cls, path: str, lwm_config: Optional[Dict[str, Any]], dtype: Any, do_init: bool):
+        """An LWM params pickle (LWM's ``vqgan`` file), its config from an LWM ``config.json``
+        beside it, ``lwm_config``, or LWM's published defaults; checked like any checkpoint."""
+        from .lwm import load_lwm_checkpoint
+
+        config, params = load_lwm_checkpoint(path, lwm_config)
+        model = cls(config, dtype=dtype if dtype is not None else jnp.float32, _do_init=False)
+        if not do_init:
+            return model, params
+        model._is_initialized = True
+        model.params = jax.tree.map(jnp.asarray, params)
         return model
 
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> None:

@@ -36,14 +36,14 @@ def model_name(args: argparse.Namespace) -> str:
     """The model as a token file records it: a local folder as an absolute path (the file may be
     decoded from another working directory), a Hub id as given."""
     model = args.model or default_model()
-    return os.path.abspath(model) if os.path.isdir(model) else model
+    return os.path.abspath(model) if os.path.exists(model) else model
 
 
 def model_pixel_range(model: str, revision: Optional[str] = None) -> Tuple[float, float]:
     """The pixel range the model takes, from the ``preprocessor_config.json`` beside its weights
     (DALL·E-mini's fine-tuned VQGAN takes [0, 1]); (-1, 1), taming's range, where there is none."""
-    if os.path.isdir(model):
-        path = os.path.join(model, "preprocessor_config.json")
+    if os.path.exists(model):  # a folder, or an LWM params pickle: look beside it
+        path = os.path.join(model if os.path.isdir(model) else os.path.dirname(model), "preprocessor_config.json")
         if not os.path.isfile(path):
             return (-1.0, 1.0)
     else:

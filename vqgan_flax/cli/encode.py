@@ -85,7 +85,7 @@ def _check_format(args: argparse.Namespace) -> None:
 
 def _hub_commit(model: str, revision: Optional[str]) -> Optional[str]:
     """The commit a Hub model resolved to (its snapshot folder's name); None for local folders."""
-    if os.path.isdir(model):
+    if os.path.exists(model):
         return None
     from huggingface_hub import hf_hub_download
 
