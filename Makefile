@@ -47,10 +47,11 @@ demo: setup
 	$(CURRENT_PY) examples/parity_demo.py --output build/demo/parity
 
 # Each stack's suite also checks folders against the other stack's interpreter; on the legacy
-# stack the PyTorch reference must import (a missing torch fails instead of skipping).
+# stack the PyTorch reference must import (a missing torch fails instead of skipping). The two
+# suites run side by side (each prints its output when it ends); either failing fails the target.
 test: setup-test
 	$(LEGACY_PY) -m ruff check $(LINT_PATHS)
-	$(MAKE) --no-print-directory test-legacy test-current
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-legacy test-current
 
 test-legacy: $(LEGACY_VENV)/.installed
 	@echo "== legacy stack: $$($(LEGACY_PY) ci/core_versions.py show)"

@@ -60,3 +60,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> pathlib.Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> str:
+    """A saved tiny-preset model folder (seed 0), shared read-only by the CLI and dataset tests."""
+    from vqgan_flax import FlaxVQGANModel, VQGANConfig
+
+    folder = tmp_path_factory.mktemp("tiny")
+    FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=0).save_pretrained(folder)
+    return str(folder)

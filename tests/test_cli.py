@@ -19,13 +19,6 @@ from vqgan_flax.metrics import psnr, ssim
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=0).save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)

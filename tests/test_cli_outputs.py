@@ -11,16 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vqgan_flax import FlaxVQGANModel, VQGANConfig
 from vqgan_flax.cli import check_output_file, main, prepare_output_folder
 from vqgan_flax.image_io import check_key, find_images, load_image, output_names, resize_and_center_crop
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=0).save_pretrained(folder)
-    return str(folder)
 
 
 def _image(path, seed, size=(16, 16)):

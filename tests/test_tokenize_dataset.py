@@ -23,13 +23,6 @@ from vqgan_flax.tokenize_dataset import tokenize_items
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=0).save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
 def model(tiny):
     return FlaxVQGANModel.from_pretrained(tiny)
 
