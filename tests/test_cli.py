@@ -12,7 +12,7 @@ import pytest
 from conftest import FIXTURES
 from PIL import Image
 
-from vqgan_flax import FlaxVQGANModel, VQGANConfig
+from vqgan_flax import FlaxVQGANModel, VQGANConfig, VQGANImageProcessor
 from vqgan_flax.cli import main
 from vqgan_flax.image_io import atomic_write, load_image, to_uint8
 from vqgan_flax.metrics import psnr, ssim
@@ -209,7 +209,8 @@ def test_ragged_last_chunk_reuses_the_compiled_batch_shape(tiny):
 
     model = FlaxVQGANModel.from_pretrained(tiny)
     pixels = np.random.default_rng(1).uniform(-1, 1, (7, 32, 32, 3)).astype(np.float32)
-    runner = Runner(model, replicate=False, batch_size=4, pixel_range=(-1.0, 1.0))
+    processor = VQGANImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    runner = Runner(model, replicate=False, batch_size=4, processor=processor)
     tokens = np.concatenate([runner.encode(pixels[:4], (16, 16)), runner.encode(pixels[4:], (16, 16))])
     np.testing.assert_array_equal(tokens, np.asarray(model.encode(pixels).indices).reshape(7, 16, 16))
     (encode,) = [fn for key, fn in model._compiled.items() if key[0] == "encode"]
@@ -269,21 +270,28 @@ def test_decode_uses_the_model_recorded_in_the_token_file(tiny, images, tmp_path
 
 def test_pixel_range_comes_from_the_model_folder(tiny, images, tmp_path, capsys):
     """A model that takes [0, 1] (DALL·E-mini's fine-tuned VQGAN) says so in preprocessor_config.json."""
-    from vqgan_flax import VQGANImageProcessor
-
     zero_one = tmp_path / "zero_one"
     FlaxVQGANModel.from_pretrained(tiny).save_pretrained(zero_one)
     VQGANImageProcessor(pixel_range=(0.0, 1.0), size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}
                         ).save_pretrained(zero_one)  # fmt: skip
     assert _run(capsys, "encode", images, "--out", tmp_path / "t.npz", "--model", zero_one, "--quiet")[0] == 0
     model = FlaxVQGANModel.from_pretrained(zero_one)
+    processor = VQGANImageProcessor.from_pretrained(zero_one)
     files = sorted(os.path.join(images, f) for f in os.listdir(images))
-    pixels01 = (np.stack([load_image(f, 16) for f in files]) + 1.0) / 2.0
+    pixels01 = processor([Image.open(f) for f in files])["pixel_values"]
+    assert pixels01.min() >= 0.0 and pixels01.max() <= 1.0
     expected = np.asarray(model.encode(pixels01).indices).reshape(3, 8, 8)
     np.testing.assert_array_equal(np.load(tmp_path / "t.npz")["tokens"], expected)
     assert _run(capsys, "decode", tmp_path / "t.npz", "--out", tmp_path / "dec", "--quiet")[0] == 0
     decoded = np.asarray(Image.open(tmp_path / "dec" / "img0.png"))
-    np.testing.assert_array_equal(decoded, to_uint8(np.asarray(model.decode_code(expected[:1])) * 2.0 - 1.0)[0])
+    np.testing.assert_array_equal(decoded, processor.postprocess(model.decode_code(expected[:1]))[0])
+    # --pixel-range overrides the folder; decode then follows what the token file records.
+    code, _, _ = _run(capsys, "encode", images, "--out", tmp_path / "r.npz", "--model", zero_one, "--quiet",
+                      "--pixel-range", "-1", "1")  # fmt: skip
+    assert code == 0 and np.load(tmp_path / "r.npz")["pixel_range"].tolist() == [-1.0, 1.0]
+    plain = np.asarray(model.encode(np.stack([load_image(f, 16) for f in files])).indices).reshape(3, 8, 8)
+    np.testing.assert_array_equal(np.load(tmp_path / "r.npz")["tokens"], plain)
     (zero_one / "preprocessor_config.json").write_text('{"pixel_range": [1, 0]}')
     code, _, err = _run(capsys, "encode", images, "--out", tmp_path / "u.npz", "--model", zero_one, "--quiet")
-    assert code == 1 and "preprocessor_config.json: pixel_range [1.0, 0.0] must have low < high" in err
+    assert code == 1 and "preprocessor_config.json: not a usable image processor config" in err
+    assert "pixel_range must be (low, high) with low < high" in err

@@ -88,3 +88,15 @@ def test_input_checks_benchmark_runs(tmp_path):
     assert [row["call"] for row in report["rows"]] == ["encode", "decode_code"]
     assert all(0 < row["check_share_median"] < 1 and row["call_s_median"] > 0 for row in report["rows"])
     assert len(report["commit"]) == 40 and report["cpu"]
+
+
+def test_tokenize_benchmark_runs(tmp_path):
+    root = FIXTURES.parent.parent
+    out = tmp_path / "tokenization.json"
+    _run_script(root, root / "benchmarks" / "dataset_tokenization.py", "--preset", "tiny", "--size", "16",
+                "--batch", "2", "--n", "4", "--rss-n", "4", "6", "--rounds", "1", "--json", out)  # fmt: skip
+    report = json.loads(out.read_text())
+    assert [sorted(r) for r in report["rounds"]] == [["files", "model", "tar"]]
+    assert all(r["n"] == 4 and r["images_per_s"] > 0 for r in report["rounds"][0].values())
+    assert set(report["ratio_to_model"]) == {"files", "tar"} and [m["n"] for m in report["memory"]] == [4, 6]
+    assert report["commit"][:40].isalnum() and report["machine"] and report["harness_sha256"]

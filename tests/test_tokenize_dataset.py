@@ -435,12 +435,12 @@ def test_a_sigkilled_encode_resumes_exactly_once_and_overwrite_starts_over(tiny,
         (data / f"{i:02d}.png").write_bytes(_png(i))
     script = os.path.join(os.path.dirname(sys.executable), "vqgan-flax")
     argv = [script, "encode", str(data), "--out", str(tmp_path / "out"), "--format", "parquet", "--model", tiny,
-            "--quiet", "--batch-size", 2, "--shard-size", 2]  # fmt: skip
+            "--quiet", "--batch-size", 2, "--shard-size", 2, "--size", 64]  # fmt: skip
     argv = [str(a) for a in argv]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while len(list((tmp_path / "out").glob("part-*.parquet"))) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
     done_before = len(list((tmp_path / "out").glob("part-*.parquet")))
@@ -454,7 +454,8 @@ def test_a_sigkilled_encode_resumes_exactly_once_and_overwrite_starts_over(tiny,
     assert sorted(keys) == [f"{i:02d}.png" for i in range(24)]  # every item exactly once
     assert not [n for n in os.listdir(tmp_path / "out") if n.endswith(".partial")]
     result = subprocess.run([*argv, "--overwrite"], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and "wrote 24 x 8x8 tokens" in result.stdout and "already there" not in result.stdout
+    assert result.returncode == 0 and "wrote 24 x 32x32 tokens" in result.stdout
+    assert "already there" not in result.stdout
     assert len(pd.read_parquet(tmp_path / "out")) == 24
 
 
@@ -499,3 +500,40 @@ def test_lwm_pickles_work_wherever_a_model_does(tmp_path, capsys):
     for a, b in zip(__import__("jax").tree.leaves(converted.params), __import__("jax").tree.leaves(model.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert convert(["--to-taming", lwm, "--output", str(tmp_path / "taming.safetensors")]) == 0
+
+
+def test_two_processes_one_killed_and_restarted_give_what_one_process_gives(tiny, tmp_path):
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(48):
+        (data / f"{i:02d}.png").write_bytes(_png(100 + i))
+    script = os.path.join(os.path.dirname(sys.executable), "vqgan-flax")
+
+    def argv(out, index, count):
+        # 64² images (about 45 ms a pair for the tiny model): 12 shards a process, time to kill one midway.
+        options = ["--size", 64, "--batch-size", 2, "--shard-size", 2, "--process-index", index]
+        options += ["--process-count", count]
+        command = [script, "encode", data, "--out", out, "--format", "parquet", "--model", tiny, "-q", *options]
+        return [str(a) for a in command]
+
+    first, second = (subprocess.Popen(argv(tmp_path / "two", i, 2), stderr=subprocess.PIPE) for i in range(2))
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "two").glob("part-001-*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second.send_signal(signal.SIGKILL)
+    second.wait()
+    assert first.wait(timeout=600) == 0, first.stderr.read()[-2000:]
+    assert len(list((tmp_path / "two").glob("part-001-*.parquet"))) < 12, "process 1 must be killed midway"
+    again = subprocess.run(argv(tmp_path / "two", 1, 2), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "already there from an earlier run" in again.stdout, again.stderr[-2000:]
+    assert subprocess.run(argv(tmp_path / "one", 0, 1), capture_output=True, timeout=600).returncode == 0
+    import pandas as pd
+
+    two = pd.read_parquet(tmp_path / "two").sort_values("key")
+    one = pd.read_parquet(tmp_path / "one").sort_values("key")
+    assert list(two["key"]) == [f"{i:02d}.png" for i in range(48)] == list(one["key"])  # each exactly once
+    for a, b in zip(two["tokens"], one["tokens"]):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

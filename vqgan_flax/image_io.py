@@ -61,6 +61,20 @@ def resize_and_center_crop(image: Any, size: int, crop: int, crop_width: Optiona
     return image.crop((left, top, left + width, top + height))
 
 
+def open_rgb(path: Any) -> Any:
+    """An image file → decoded RGB PIL image ([`to_rgb`]); an unreadable file is a ``ValueError``
+    naming it (Pillow's messages for truncated or corrupt files often omit the file)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return to_rgb(image)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
+
+
 def load_image(item: Any, size: int) -> np.ndarray:
     """An image file path or an (H, W, C) array → (size, size, 3) float32 in [-1, 1].
 
@@ -70,16 +84,7 @@ def load_image(item: Any, size: int) -> np.ndarray:
     if isinstance(item, np.ndarray):
         array = item
     else:
-        from PIL import Image
-
-        try:
-            with Image.open(item) as image:
-                array = np.asarray(resize_and_center_crop(to_rgb(image), size, size))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{item}: no such file") from None
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            # Pillow's messages for truncated or corrupt files often omit the file.
-            raise ValueError(f"{item}: not a readable image ({type(err).__name__}: {err})") from None
+        array = np.asarray(resize_and_center_crop(open_rgb(item), size, size))
     if array.shape[:2] != (size, size):
         raise ValueError(
             f"{item if not isinstance(item, np.ndarray) else 'array'}: shape {array.shape}, expected {size}x{size}"

@@ -56,24 +56,37 @@ class VQGANImageProcessor(BaseImageProcessor):
         return to_rgb(Image.fromarray(array))
 
     def preprocess(self, images: Any, return_tensors: Optional[str] = None, **kwargs: Any) -> BatchFeature:
-        """One image or a list → ``BatchFeature(pixel_values=(B, H, W, 3) float32 in pixel_range)``."""
+        """One image or a list → ``BatchFeature(pixel_values=(B, H, W, 3) float32 in pixel_range)``:
+        [`resize_crop`] each, then [`to_pixel_values`] (the two steps the command line and the
+        dataset tokenizer run, the first in decoding threads)."""
         if not isinstance(images, (list, tuple)):
             images = [images]
-        low, high = self.pixel_range
-        batch = []
-        for image in images:
-            image = self._to_pil(image)
-            if self.do_resize or self.do_center_crop:
-                edge = self.size["shortest_edge"] if self.do_resize else min(image.size)
-                height, width = self.crop_size["height"], self.crop_size["width"]
-                if not self.do_center_crop:
-                    height = width = None
-                image = _resize_crop(image, edge, height, width)
-            batch.append(np.asarray(image, np.float32) / 255.0 * (high - low) + low)
+        batch = [np.asarray(self.resize_crop(image), np.uint8) for image in images]
         shapes = {a.shape for a in batch}
         if len(shapes) > 1:
             raise ValueError(f"images of different sizes {sorted(shapes)} cannot form a batch; enable center crop")
-        return BatchFeature({"pixel_values": np.stack(batch)}, tensor_type=return_tensors)
+        return BatchFeature({"pixel_values": self.to_pixel_values(np.stack(batch))}, tensor_type=return_tensors)
+
+    def resize_crop(self, image: Any) -> Any:
+        """The geometric step: any image → RGB PIL image, resized and center-cropped as configured."""
+        image = self._to_pil(image)
+        if self.do_resize or self.do_center_crop:
+            edge = self.size["shortest_edge"] if self.do_resize else min(image.size)
+            height, width = self.crop_size["height"], self.crop_size["width"]
+            if not self.do_center_crop:
+                height = width = None
+            image = _resize_crop(image, edge, height, width)
+        return image
+
+    def to_pixel_values(self, images: np.ndarray) -> np.ndarray:
+        """The value step: uint8 images (..., H, W, 3) → float32 in ``pixel_range``."""
+        low, high = self.pixel_range
+        return np.asarray(images, np.float32) / 255.0 * (high - low) + low
+
+    @property
+    def output_size(self) -> Optional[Tuple[int, int]]:
+        """``(height, width)`` of every output image, or None without center crop (sizes vary)."""
+        return (self.crop_size["height"], self.crop_size["width"]) if self.do_center_crop else None
 
     def postprocess(self, pixel_values: Any, output_type: str = "np") -> Union[np.ndarray, List[Any]]:
         """Model outputs (B, H, W, 3) in pixel_range → uint8 arrays (``"np"``) or PIL images (``"pil"``)."""

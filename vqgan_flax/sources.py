@@ -14,7 +14,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, List, Optional, Sequence
 
-from .image_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, find_images, to_rgb
+from .image_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, find_images, open_rgb, to_rgb
 
 # A sample member larger than this is refused, not read: a crafted tar header can claim any size.
 MAX_MEMBER_BYTES = 256 << 20
@@ -42,13 +42,6 @@ def _open_image(data: bytes) -> Any:
         return to_rgb(image)
 
 
-def _open_file(path: str) -> Any:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return to_rgb(image)
-
-
 def file_items(paths: Sequence[str], media: str = "image", frame_stride: int = 1) -> Iterator[Item]:
     """Files and folders (recursively); keys as [`find_images`] gives them. ``media``: ``image``
     (image files), ``video`` (video files and GIFs, every ``frame_stride``-th frame) or ``auto``
@@ -63,7 +56,7 @@ def file_items(paths: Sequence[str], media: str = "image", frame_stride: int = 1
         is_video = media == "video" or (media == "auto" and path.lower().endswith(VIDEO_SUFFIXES[:-1]))
         if is_video:
             return Item(key, lambda: video_frames(path, frame_stride), origin=path, video=True)
-        return Item(key, lambda: _open_file(path), origin=path)
+        return Item(key, lambda: open_rgb(path), origin=path)
 
     return (item(path, key) for path, key in found)
 
@@ -241,7 +234,7 @@ def _hf_image(value: Any) -> Any:
     if isinstance(value, dict) and value.get("bytes"):
         return _open_image(value["bytes"])
     if isinstance(value, dict) and value.get("path"):
-        return _open_file(value["path"])
+        return open_rgb(value["path"])
     if isinstance(value, (bytes, bytearray)):
         return _open_image(bytes(value))
     if hasattr(value, "convert"):  # already a PIL image

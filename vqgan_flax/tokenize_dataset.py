@@ -14,11 +14,10 @@ import collections
 import concurrent.futures
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .image_io import resize_and_center_crop
 from .sources import Item
 
 
@@ -43,11 +42,11 @@ class FrameSampling:
     max_frames: int = 1024
 
 
-def _pixels(item: Item, size: int, sampling: FrameSampling) -> np.ndarray:
+def _pixels(item: Item, processor: Any, sampling: FrameSampling) -> np.ndarray:
     """uint8 (size, size, 3) for an image, (frames, size, size, 3) for a video: each frame is
     cropped as it is decoded, so a long high-resolution video never sits in memory whole."""
     if not item.video:
-        return np.asarray(resize_and_center_crop(item.load(), size, size), np.uint8)
+        return np.asarray(processor.resize_crop(item.load()), np.uint8)
     kept = []
     for frame in item.load():
         if len(kept) == sampling.max_frames:
@@ -55,7 +54,7 @@ def _pixels(item: Item, size: int, sampling: FrameSampling) -> np.ndarray:
                 f"more than {sampling.max_frames} frames at stride {sampling.stride}; "
                 "sample fewer (frame stride) or raise the maximum"
             )
-        kept.append(np.asarray(resize_and_center_crop(frame, size, size), np.uint8))
+        kept.append(np.asarray(processor.resize_crop(frame), np.uint8))
     if not kept:
         raise ValueError("the video has no frames")
     if sampling.frames and len(kept) > sampling.frames:
@@ -63,18 +62,14 @@ def _pixels(item: Item, size: int, sampling: FrameSampling) -> np.ndarray:
     return np.stack(kept)
 
 
-def _to_model_range(pixels: np.ndarray) -> np.ndarray:
-    return pixels.astype(np.float32) / 127.5 - 1.0  # as load_image scales uint8
-
-
 def _loaded(
-    items: Iterable[Item], size: int, workers: int, lookahead: int, sampling: FrameSampling
+    items: Iterable[Item], processor: Any, workers: int, lookahead: int, sampling: FrameSampling
 ) -> Iterator[Tuple[Item, Any]]:
     """``(item, pixels or the exception)`` in input order, at most ``lookahead`` items ahead."""
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         pending: Deque[Tuple[Item, concurrent.futures.Future]] = collections.deque()
         for item in items:
-            pending.append((item, pool.submit(_pixels, item, size, sampling)))
+            pending.append((item, pool.submit(_pixels, item, processor, sampling)))
             if len(pending) >= lookahead:
                 yield _result(*pending.popleft())
         while pending:
@@ -92,7 +87,7 @@ def tokenize_items(
     items: Iterable[Item],
     encode: Callable[[np.ndarray], np.ndarray],
     writer: Any,
-    image_size: int,
+    processor: Union[int, Any],
     batch_size: int = 8,
     strict: bool = False,
     workers: int = 4,
@@ -102,8 +97,8 @@ def tokenize_items(
     sampling: FrameSampling = FrameSampling(),
     lookahead: Optional[int] = None,
 ) -> TokenizeSummary:
-    """Encode ``items`` with ``encode`` ((B, S, S, 3) pixels in [-1, 1] → (B, h, w) tokens) and
-    add each to ``writer`` (``add(key, tokens (frames, h, w), caption, origin)`` and ``done``; see
+    """Encode ``items`` with ``encode`` ((B, H, W, 3) pixel values → (B, h, w) tokens) and add
+    each to ``writer`` (``add(key, tokens (frames, h, w), caption, origin)`` and ``done``; see
     [`token_writers`]). The caller closes the writer, which writes what is still queued.
 
     Images are batched ``batch_size`` at a time; a video is encoded on its own, ``batch_size``
@@ -113,7 +108,16 @@ def tokenize_items(
     occurrence (each key names one output row); so is a row the writer refuses (an npz file
     holds one grid shape). ``lookahead`` items (default ``2 * batch_size``) are decoded ahead of
     the model: keep it small for videos, each of which is held whole (uint8, cropped).
+
+    ``processor`` is the model's ``VQGANImageProcessor``: its ``resize_crop`` runs in the decoding
+    threads, its ``to_pixel_values`` on each batch. An int ``S`` stands for resize to ``S`` and
+    center-crop ``S``², in [-1, 1].
     """
+    if isinstance(processor, int):
+        from .image_processing_vqgan import VQGANImageProcessor
+
+        size = {"shortest_edge": processor}
+        processor = VQGANImageProcessor(size=size, crop_size={"height": processor, "width": processor})
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
     summary = TokenizeSummary()
@@ -151,16 +155,18 @@ def tokenize_items(
             progress(1)
 
     def run_batch() -> None:
-        tokens = np.asarray(encode(_to_model_range(np.stack([pixels for _, pixels in batch]))))
+        tokens = np.asarray(encode(processor.to_pixel_values(np.stack([pixels for _, pixels in batch]))))
         for (item, _), grid in zip(batch, tokens):
             write(item, grid[None])
         batch.clear()
 
     def run_video(item: Item, frames: np.ndarray) -> None:
-        chunks = [encode(_to_model_range(frames[i : i + batch_size])) for i in range(0, len(frames), batch_size)]
+        chunks = [
+            encode(processor.to_pixel_values(frames[i : i + batch_size])) for i in range(0, len(frames), batch_size)
+        ]
         write(item, np.concatenate([np.asarray(c) for c in chunks]))
 
-    for item, pixels in _loaded(mine(), image_size, workers, lookahead or 2 * batch_size, sampling):
+    for item, pixels in _loaded(mine(), processor, workers, lookahead or 2 * batch_size, sampling):
         if isinstance(pixels, Exception):
             fail(item.key, f"{type(pixels).__name__}: {pixels}")
             continue

@@ -20,7 +20,7 @@ from .common import (
     add_model_options,
     bucket_size,
     check_output_file,
-    model_pixel_range,
+    image_processor,
     prepare_output_folder,
 )
 from .images import check_token_range
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="computation dtype")
     p.add_argument("--json", action="store_true", help="print the facts as JSON")
+    p.add_argument("--pixel-range", nargs=2, type=float, metavar=("LOW", "HIGH"), help="override the model's range")
     p.set_defaults(func=images.cmd_info)
 
     from ..convert_checkpoint import DESCRIPTION, add_arguments
@@ -129,7 +130,7 @@ __all__ = (
     "check_output_file",
     "check_token_range",
     "enable_compilation_cache",
+    "image_processor",
     "main",
-    "model_pixel_range",
     "prepare_output_folder",
 )

@@ -4,13 +4,12 @@ and numeric options."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..image_io import save_png, to_uint8
+from ..image_io import save_png
 
 # 2: adds 'keys' (input-relative names); version 1 files are still read.
 TOKEN_FILE_VERSION = 2
@@ -39,30 +38,47 @@ def model_name(args: argparse.Namespace) -> str:
     return os.path.abspath(model) if os.path.exists(model) else model
 
 
-def model_pixel_range(model: str, revision: Optional[str] = None) -> Tuple[float, float]:
-    """The pixel range the model takes, from the ``preprocessor_config.json`` beside its weights
-    (DALL·E-mini's fine-tuned VQGAN takes [0, 1]); (-1, 1), taming's range, where there is none."""
+def image_processor(args: argparse.Namespace, model: Any) -> Any:
+    """The model's ``VQGANImageProcessor``: its ``preprocessor_config.json`` (beside the weights,
+    or on the Hub) where there is one, else the model's resolution and taming's [-1, 1]; then
+    ``--size`` and ``--pixel-range`` override. Every image the commands read or write goes
+    through it (geometry, value range, and back to uint8)."""
+    from ..image_processing_vqgan import VQGANImageProcessor
+
+    path = _processor_config(model_name(args), args.revision)
+    if path is None:
+        edge = model.config.resolution
+        processor = VQGANImageProcessor(size={"shortest_edge": edge}, crop_size={"height": edge, "width": edge})
+    else:
+        try:
+            processor = VQGANImageProcessor.from_json_file(path)
+        except (OSError, ValueError, TypeError) as err:
+            raise ValueError(f"{path}: not a usable image processor config ({type(err).__name__}: {err})") from None
+    if getattr(args, "size", None):
+        processor.do_resize = processor.do_center_crop = True
+        processor.size = {"shortest_edge": args.size}
+        processor.crop_size = {"height": args.size, "width": args.size}
+    if getattr(args, "pixel_range", None):
+        low, high = args.pixel_range
+        if not low < high:
+            raise ValueError(f"--pixel-range {low} {high}: LOW must be below HIGH")
+        processor.pixel_range = [float(low), float(high)]
+    if processor.output_size is None:
+        raise ValueError(f"{path}: do_center_crop is off; the command line needs one image size (give --size)")
+    return processor
+
+
+def _processor_config(model: str, revision: Optional[str]) -> Optional[str]:
     if os.path.exists(model):  # a folder, or an LWM params pickle: look beside it
         path = os.path.join(model if os.path.isdir(model) else os.path.dirname(model), "preprocessor_config.json")
-        if not os.path.isfile(path):
-            return (-1.0, 1.0)
-    else:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.utils import EntryNotFoundError
+        return path if os.path.isfile(path) else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import EntryNotFoundError
 
-        try:
-            path = hf_hub_download(model, "preprocessor_config.json", revision=revision)
-        except EntryNotFoundError:
-            return (-1.0, 1.0)
     try:
-        with open(path, encoding="utf-8") as f:
-            low, high = json.load(f).get("pixel_range", (-1.0, 1.0))
-        low, high = float(low), float(high)
-    except (ValueError, TypeError, AttributeError) as err:
-        raise ValueError(f"{path}: pixel_range must be [low, high] ({type(err).__name__}: {err})") from None
-    if not low < high:
-        raise ValueError(f"{path}: pixel_range [{low}, {high}] must have low < high")
-    return (low, high)
+        return hf_hub_download(model, "preprocessor_config.json", revision=revision)
+    except EntryNotFoundError:
+        return None
 
 
 def bucket_size(count: int, batch_size: int) -> int:
@@ -78,11 +94,11 @@ class Runner:
     """Encode/decode on one device, or on all local devices with ``--replicate`` (pmap); chunks
     are padded to [`bucket_size`] rows and the padding dropped."""
 
-    def __init__(self, model: Any, replicate: bool, batch_size: int, pixel_range: Tuple[float, float]) -> None:
+    def __init__(self, model: Any, replicate: bool, batch_size: int, processor: Any) -> None:
         from ..parallel import replicate_params
 
         self.model = model
-        self.pixel_range = pixel_range
+        self.processor = processor
         self.batch_size = batch_size
         self.replicated = replicate_params(model.params) if replicate else None
 
@@ -92,12 +108,9 @@ class Runner:
         return pad_batch(array, bucket_size(len(array), self.batch_size))[0]  # a multiple ≥ len: exactly that
 
     def encode(self, pixels: np.ndarray, grid: Sequence[int]) -> np.ndarray:
-        """``pixels`` in [-1, 1], as [`load_image`] gives them, mapped to the model's range."""
+        """``pixels`` in the model's range (the processor's ``to_pixel_values``) → tokens (B, h, w)."""
         from ..parallel import pmap_encode
 
-        low, high = self.pixel_range
-        if (low, high) != (-1.0, 1.0):
-            pixels = low + (pixels + 1.0) * ((high - low) / 2.0)
         padded = self._padded(pixels)
         if self.replicated is None:
             indices = self.model.encode(padded).indices
@@ -113,11 +126,7 @@ class Runner:
             pixels = self.model.decode_code(padded)
         else:
             pixels = pmap_decode_code(self.model, padded, self.replicated)
-        low, high = self.pixel_range
-        pixels = np.asarray(pixels)[: len(tokens)]
-        if (low, high) != (-1.0, 1.0):
-            pixels = (pixels - low) * (2.0 / (high - low)) - 1.0
-        return to_uint8(pixels)
+        return self.processor.postprocess(np.asarray(pixels)[: len(tokens)])
 
 
 def batches(items: Sequence[Any], size: int):
@@ -192,4 +201,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=POSITIVE_INT, default=8)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--pixel-range",
+        nargs=2,
+        type=float,
+        metavar=("LOW", "HIGH"),
+        help="the model's input range (default: its preprocessor_config.json, else -1 1)",
+    )
     p.add_argument("--replicate", action="store_true", help="use all local devices (pmap; any batch size)")

@@ -18,9 +18,9 @@ from .common import (
     Runner,
     add_model_options,
     check_output_file,
+    image_processor,
     load_model,
     model_name,
-    model_pixel_range,
     prepare_output_folder,
     progress_bar,
 )
@@ -100,10 +100,10 @@ def cmd_encode(args: argparse.Namespace) -> None:
     _check_format(args)
     source, items = _source_items(args)
     model = load_model(args)
-    size = args.size or model.config.resolution
-    grid = model.config.latent_shape(size, size)
-    pixel_range = model_pixel_range(model_name(args), args.revision)
-    runner = Runner(model, args.replicate, args.batch_size, pixel_range)
+    processor = image_processor(args, model)
+    height, width = processor.output_size
+    grid = model.config.latent_shape(height, width)
+    runner = Runner(model, args.replicate, args.batch_size, processor)
     metadata = {
         "token_file_version": TOKEN_FILE_VERSION,
         "vqgan_flax_version": __version__,
@@ -113,8 +113,8 @@ def cmd_encode(args: argparse.Namespace) -> None:
         "n_embed": model.config.n_embed,
         "downsampling_factor": model.config.downsampling_factor,
         "grid": list(grid),
-        "image_size": size,
-        "pixel_range": list(pixel_range),
+        "image_size": height if height == width else [height, width],
+        "pixel_range": list(processor.pixel_range),
         "source": source,
     }
     if args.format == "npz":
@@ -127,7 +127,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
         index, count, total = 0, 1, len(items)
     with progress_bar(total, "encode", not args.quiet) as bar:
         summary = tokenize_items(
-            items, lambda pixels: runner.encode(pixels, grid), writer, size, args.batch_size, strict=args.strict,
+            items, lambda pixels: runner.encode(pixels, grid), writer, processor, args.batch_size, strict=args.strict,
             workers=args.workers, process_index=index, process_count=count, progress=bar.update,
             sampling=FrameSampling(args.frames, args.frame_stride, args.max_frames),
             lookahead=None if args.media == "image" else args.workers + 1,

@@ -10,13 +10,13 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from ..image_io import atomic_write, find_images, load_image, output_names, to_uint8
+from ..image_io import atomic_write, find_images, open_rgb, output_names
 from .common import (
     Runner,
     batches,
+    image_processor,
     load_model,
     model_name,
-    model_pixel_range,
     prepare_output_folder,
     progress_bar,
     save_png_under,
@@ -24,13 +24,12 @@ from .common import (
 
 
 def _image_job(args: argparse.Namespace):
-    """Model, runner, input files and keys, image size and token grid of an encode/reconstruct
-    command. The inputs and ``--out`` are checked before the model is loaded."""
+    """Runner, input files and keys, and token grid of a reconstruct command. The inputs are
+    checked before the model is loaded."""
     inputs = find_images(args.inputs)
     model = load_model(args)
-    size = args.size or model.config.resolution
-    runner = Runner(model, args.replicate, args.batch_size, model_pixel_range(model_name(args), args.revision))
-    return runner, inputs, size, model.config.latent_shape(size, size)
+    runner = Runner(model, args.replicate, args.batch_size, image_processor(args, model))
+    return runner, inputs, model.config.latent_shape(*runner.processor.output_size)
 
 
 def check_token_range(tokens: np.ndarray, n_embed: int, where: str) -> None:
@@ -63,13 +62,17 @@ def cmd_decode(args: argparse.Namespace) -> None:
     prepare_output_folder(args.out)
     source = open_tokens(args.tokens)
     model = _decode_model(args, recorded_model(source))
+    processor = image_processor(args, model)
+    recorded_range = source.metadata.get("pixel_range")
+    if recorded_range and not args.pixel_range:  # as the tokens were made, whatever the folder says now
+        processor.pixel_range = [float(v) for v in recorded_range]
     for name, value in (("n_embed", model.config.n_embed), ("downsampling_factor", model.config.downsampling_factor)):
         made_with = source.metadata.get(name)
         if made_with is not None and made_with != value:
             raise ValueError(
                 f"{args.tokens} was made by a model with {name}={made_with}; --model {args.model} has {value}"
             )
-    runner = Runner(model, args.replicate, args.batch_size, model_pixel_range(model_name(args), args.revision))
+    runner = Runner(model, args.replicate, args.batch_size, processor)
     names = output_names(source.keys)
     pending: List[Tuple[str, np.ndarray]] = []  # images of one grid shape, decoded together
     counts = {"images": 0, "videos": 0}
@@ -107,13 +110,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     from ..metrics import psnr, ssim
 
     prepare_output_folder(args.out)
-    runner, inputs, size, grid = _image_job(args)
+    runner, inputs, grid = _image_job(args)
+    processor = runner.processor
     names = output_names([key for _, key in inputs])
     rows: List[dict] = []
     with progress_bar(len(inputs), "reconstruct", not args.quiet) as bar:
         for start, chunk in batches(inputs, args.batch_size):
-            originals = to_uint8(np.stack([load_image(path, size) for path, _ in chunk]))
-            recons = runner.decode(runner.encode(originals.astype(np.float32) / 127.5 - 1.0, grid))
+            originals = np.stack([np.asarray(processor.resize_crop(open_rgb(path)), np.uint8) for path, _ in chunk])
+            recons = runner.decode(runner.encode(processor.to_pixel_values(originals), grid))
             for (path, key), name, original, recon in zip(chunk, names[start:], originals, recons):
                 # Two trees, so that no input name can collide with a side-by-side name.
                 save_png_under(os.path.join(args.out, "reconstructions"), name, recon)
@@ -125,7 +129,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
         "mean_psnr": float(np.mean([r["psnr"] for r in rows])),
         "mean_ssim": float(np.mean([r["ssim"] for r in rows])),
         "model": model_name(args),
-        "image_size": size,
+        "image_size": list(processor.output_size),
+        "pixel_range": list(processor.pixel_range),
     }
     atomic_write(os.path.join(args.out, "metrics.json"), lambda f: f.write(json.dumps(summary, indent=2).encode()))
     width = max(len(r["key"]) for r in rows)
@@ -139,8 +144,9 @@ def cmd_info(args: argparse.Namespace) -> None:
 
     model = load_model(args)
     cfg = model.config
-    size = args.size or cfg.resolution
-    h, w = cfg.latent_shape(size, size)
+    processor = image_processor(args, model)
+    height, width = processor.output_size
+    h, w = cfg.latent_shape(height, width)
     facts = {
         "model": model_name(args),
         "quantizer": cfg.quantizer,
@@ -148,9 +154,9 @@ def cmd_info(args: argparse.Namespace) -> None:
         "embed_dim": cfg.embed_dim,
         "parameters": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(model.params)),
         "downsampling_factor": cfg.downsampling_factor,
-        "image_size": size,
+        "image_size": [height, width],
         "grid": [h, w],
-        "pixel_range": list(model_pixel_range(model_name(args), args.revision)),
+        "pixel_range": list(processor.pixel_range),
         "architecture": {
             k: getattr(cfg, k) for k in ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels")
         },
@@ -163,6 +169,6 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"quantizer:           {cfg.quantizer}, codebook {cfg.n_embed} x {cfg.embed_dim}")
     print(f"parameters:          {facts['parameters']:,}")
     print(f"downsampling factor: {cfg.downsampling_factor}")
-    print(f"tokens per image:    {h * w} ({h}x{w}) at {size}x{size}")
+    print(f"tokens per image:    {h * w} ({h}x{w}) at {height}x{width}")
     print(f"pixel range:         {facts['pixel_range']}")
     print(f"architecture:        {arch}")

@@ -1,0 +1,168 @@
+"""End-to-end dataset tokenization: how close the pipeline (decode JPEGs or tar shards, resize,
+batch, encode, write parquet) comes to the model alone, and whether its memory stays flat in N.
+
+    python benchmarks/dataset_tokenization.py                                # f16-1024 at 256², N = 64, 3 rounds
+    python benchmarks/dataset_tokenization.py --preset tiny --size 64 --n 16 --rss-n 16 32   # a quick check
+    python benchmarks/dataset_tokenization.py --json benchmarks/results/dataset_tokenization.json
+
+Modes, each in its own process, interleaved over ``--rounds`` rounds:
+  (a) ``model``: the model alone on pre-decoded arrays (the CLI's runner, same batches);
+  (b) ``files``: ``tokenize_items`` over JPEG files → parquet shards (what ``vqgan-flax encode``
+      does), decoding threads overlapped with the model;
+  (c) ``tar``: the same over webdataset tar shards of the same JPEGs.
+Throughput is images/s after a warm-up batch (compilation excluded); the ratio of (b) and (c)
+to (a) is reported per round with min / median / max. Peak RSS of (b) is measured at each
+``--rss-n`` (default 64 and 1024). The synthetic photos are smooth random fields saved as
+JPEG (quality 90) at 320x256, so decoding and resizing cost what real photos cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from run import machine_description, peak_rss_mb  # noqa: E402
+
+MODES = ("model", "files", "tar")
+
+
+def make_photos(folder: str, n: int, seed: int = 0) -> list:
+    """``n`` JPEGs of smooth random colour fields (320x256) and two tar shards of them."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i in range(n):
+        coarse = rng.integers(0, 256, (8, 10, 3)).astype(np.uint8)
+        image = Image.fromarray(coarse).resize((320, 256), Image.Resampling.BICUBIC)
+        path = os.path.join(folder, f"{i:05d}.jpg")
+        image.save(path, quality=90)
+        paths.append(path)
+    for shard, chunk in enumerate((paths[: n // 2], paths[n // 2 :])):
+        with tarfile.open(os.path.join(folder, f"shard-{shard}.tar"), "w") as archive:
+            for path in chunk:
+                archive.add(path, arcname=os.path.basename(path))
+    return paths
+
+
+def worker(mode: str, folder: str, n: int, preset: str, size: int, batch: int) -> dict:
+    import numpy as np
+
+    from vqgan_flax import FlaxVQGANModel, VQGANConfig, VQGANImageProcessor
+    from vqgan_flax.cli.common import Runner
+    from vqgan_flax.sources import file_items, tar_items
+    from vqgan_flax.token_writers import ShardedTokenWriter
+    from vqgan_flax.tokenize_dataset import tokenize_items
+
+    model = FlaxVQGANModel(VQGANConfig.from_preset(preset), seed=0)
+    processor = VQGANImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    runner = Runner(model, replicate=False, batch_size=batch, processor=processor)
+    grid = model.config.latent_shape(size, size)
+    warm = np.zeros((batch, size, size, 3), np.float32)
+    runner.encode(warm, grid)  # compile outside the timing
+    paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".jpg"))
+    assert len(paths) == n, (folder, len(paths), n)
+    if mode == "model":
+        from vqgan_flax.image_io import open_rgb
+
+        pixels = processor.to_pixel_values(np.stack([np.asarray(processor.resize_crop(open_rgb(p))) for p in paths]))
+        start = time.perf_counter()
+        for i in range(0, n, batch):
+            runner.encode(pixels[i : i + batch], grid)
+        seconds = time.perf_counter() - start
+    else:
+        items = file_items([folder]) if mode == "files" else tar_items(sorted(
+            os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".tar")))  # fmt: skip
+        with tempfile.TemporaryDirectory() as out:
+            writer = ShardedTokenWriter(out, "parquet", {"model": preset, "grid": list(grid)}, rows_per_shard=256)
+            start = time.perf_counter()
+            summary = tokenize_items(items, lambda x: runner.encode(x, grid), writer, processor, batch)
+            writer.close()
+            seconds = time.perf_counter() - start
+        assert summary.encoded == n and not summary.errors, summary
+    return {"mode": mode, "n": n, "seconds": seconds, "images_per_s": n / seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def _run(mode: str, folder: str, n: int, args: argparse.Namespace) -> dict:
+    argv = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--folder", folder, "--n", str(n),
+            "--preset", args.preset, "--size", str(args.size), "--batch", str(args.batch)]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode} (n={n}) failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"  {mode:<6} n={n:<5} {result['images_per_s']:7.3f} img/s  peak RSS {result['peak_rss_mb']:.0f} MB",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return result
+
+
+def _git(*argv: str) -> str:
+    return subprocess.run(["git", *argv], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="f16-1024")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--n", type=int, default=64, help="images per throughput run")
+    parser.add_argument("--rss-n", type=int, nargs="+", default=[64, 1024], help="N values for the memory runs")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json")
+    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.folder, args.n, args.preset, args.size, args.batch)))
+        return
+
+    with tempfile.TemporaryDirectory() as work:
+        folders = {n: os.path.join(work, f"n{n}") for n in {args.n, *args.rss_n}}  # a folder holds N photos
+        for n, folder in folders.items():
+            make_photos(folder, n)
+        rounds = [{mode: _run(mode, folders[args.n], args.n, args) for mode in MODES} for _ in range(args.rounds)]
+        memory = [_run("files", folders[n], n, args) for n in args.rss_n]
+    ratios = {mode: [r[mode]["images_per_s"] / r["model"]["images_per_s"] for r in rounds] for mode in ("files", "tar")}
+    harness = hashlib.sha256(open(__file__, "rb").read()).hexdigest()[:12]
+    record = {
+        "benchmark": "dataset_tokenization",
+        "date": datetime.date.today().isoformat(),
+        "commit": _git("rev-parse", "HEAD")
+        + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else ""),
+        "harness_sha256": harness,
+        "command": " ".join(sys.argv),
+        "machine": machine_description(),
+        "python": platform.python_version(),
+        "preset": args.preset,
+        "size": args.size,
+        "batch": args.batch,
+        "n": args.n,
+        "rounds": rounds,
+        "ratio_to_model": {
+            mode: {"min": min(v), "median": statistics.median(v), "max": max(v)} for mode, v in ratios.items()
+        },
+        "memory": [{"n": m["n"], "peak_rss_mb": m["peak_rss_mb"], "images_per_s": m["images_per_s"]} for m in memory],
+    }
+    print(json.dumps(record["ratio_to_model"], indent=1))
+    print("peak RSS by N:", {m["n"]: round(m["peak_rss_mb"]) for m in record["memory"]})
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
