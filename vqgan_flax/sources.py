@@ -187,6 +187,12 @@ def _sample(key: str, members: List[tuple], extensions: Sequence[str], origin: s
     return Item(key, _raiser(ValueError(f"sample {key} has no image member (found {found})")), caption, origin)
 
 
+def is_saved_dataset(path: str) -> bool:
+    """A folder written by ``datasets``' ``save_to_disk`` (a Dataset or a DatasetDict)."""
+    markers = ("dataset_info.json", "dataset_dict.json", "state.json")
+    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, m)) for m in markers)
+
+
 def hf_items(
     path: str, image_column: str = "image", split: Optional[str] = None, caption_column: Optional[str] = None
 ) -> Iterator[Item]:
@@ -197,9 +203,7 @@ def hf_items(
         import datasets
     except ImportError:
         raise ImportError("reading Hugging Face datasets needs the datasets package: pip install datasets") from None
-    if os.path.isdir(path) and any(
-        os.path.exists(os.path.join(path, f)) for f in ("dataset_info.json", "dataset_dict.json", "state.json")
-    ):
+    if is_saved_dataset(path):
         loaded = datasets.load_from_disk(path)
     elif path.endswith(".parquet") or os.path.isdir(path):
         files = path if path.endswith(".parquet") else os.path.join(path, "**", "*.parquet")

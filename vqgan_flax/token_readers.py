@@ -8,18 +8,16 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from .image_io import check_key
-from .token_writers import METADATA_FILE
+from .token_writers import METADATA_FILE, SHARD_NAME
 
 # A token grid larger than this (per frame) is no grid a VQGAN made: 4096² pixels at factor 4.
 MAX_GRID_TOKENS = 1 << 20
-_SHARD = re.compile(r"^part-\d{3,}-\d{5,}\.(parquet|jsonl)$")
 
 
 @dataclass
@@ -91,7 +89,7 @@ def _version_1_keys(record: dict, count: int) -> List[str]:
 
 def read_folder(path: str) -> TokenSource:
     """A folder of ``part-*.parquet`` or ``part-*.jsonl`` shards; rows are read shard by shard."""
-    shards = sorted(p for p in glob.glob(os.path.join(path, "part-*")) if _SHARD.match(os.path.basename(p)))
+    shards = sorted(p for p in glob.glob(os.path.join(path, "part-*")) if SHARD_NAME.match(os.path.basename(p)))
     if not shards:
         raise FileNotFoundError(f"{path}: no part-*.parquet or part-*.jsonl token shards")
     kinds = {os.path.splitext(p)[1] for p in shards}

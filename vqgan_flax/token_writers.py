@@ -27,7 +27,8 @@ INFO_DIR = ".vqgan_flax"
 METADATA_FILE = os.path.join(INFO_DIR, "metadata.json")
 # A resumed run must make the same tokens as the run that wrote the shards already there.
 _MUST_MATCH = ("model", "revision", "image_size", "pixel_range", "n_embed", "grid")
-_SHARD = re.compile(r"^part-(\d{3,})-(\d{5,})\.(parquet|jsonl)$")
+# A shard's name: part-PROCESS-NUMBER.FORMAT (readers select shards by it too).
+SHARD_NAME = re.compile(r"^part-(\d{3,})-(\d{5,})\.(parquet|jsonl)$")
 
 
 def parquet_schema(metadata: Dict[str, Any]) -> Any:
@@ -64,7 +65,7 @@ def remove_shards(folder: str) -> int:
 
     removed = 0
     for path in glob.glob(os.path.join(folder, "part-*")):
-        if _SHARD.match(os.path.basename(path)) and os.path.isfile(path):
+        if SHARD_NAME.match(os.path.basename(path)) and os.path.isfile(path):
             os.unlink(path)
             removed += 1
     shutil.rmtree(os.path.join(folder, INFO_DIR), ignore_errors=True)
@@ -94,7 +95,7 @@ class ShardedTokenWriter:
         self.done: Set[str] = set()
         numbers = [-1]
         for path in sorted(glob.glob(os.path.join(folder, "part-*"))):
-            match = _SHARD.match(os.path.basename(path))
+            match = SHARD_NAME.match(os.path.basename(path))
             if not match:
                 continue
             if match.group(3) != fmt:

@@ -54,10 +54,9 @@ def _source_items(args: argparse.Namespace):
 
 
 def _looks_like_dataset(path: str) -> bool:
-    markers = ("dataset_info.json", "dataset_dict.json", "state.json")
-    return path.endswith(".parquet") or (
-        os.path.isdir(path) and any(os.path.isfile(os.path.join(path, m)) for m in markers)
-    )
+    from ..sources import is_saved_dataset
+
+    return path.endswith(".parquet") or is_saved_dataset(path)
 
 
 def _check_format(args: argparse.Namespace) -> None:
