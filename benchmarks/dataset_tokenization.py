@@ -3,7 +3,7 @@ batch, encode, write parquet) comes to the model alone, and whether its memory s
 
     python benchmarks/dataset_tokenization.py                                # f16-1024 at 256², N = 64, 3 rounds
     python benchmarks/dataset_tokenization.py --preset tiny --size 64 --n 16 --rss-n 16 32   # a quick check
-    python benchmarks/dataset_tokenization.py --json benchmarks/results/dataset_tokenization.json
+    python benchmarks/dataset_tokenization.py --json benchmarks/results/dataset_tokenization.json  # clean checkout
 
 Modes, each in its own process, interleaved over ``--rounds`` rounds:
   (a) ``model``: the model alone on pre-decoded arrays (the CLI's runner, same batches);
@@ -19,11 +19,8 @@ JPEG (quality 90) at 320x256, so decoding and resizing cost what real photos cos
 from __future__ import annotations
 
 import argparse
-import datetime
-import hashlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,7 +31,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from run import machine_description, peak_rss_mb  # noqa: E402
+import provenance  # noqa: E402
+from provenance import peak_rss_mb  # noqa: E402
 
 MODES = ("model", "files", "tar")
 
@@ -110,10 +108,6 @@ def _run(mode: str, folder: str, n: int, args: argparse.Namespace) -> dict:
     return result
 
 
-def _git(*argv: str) -> str:
-    return subprocess.run(["git", *argv], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="f16-1024")
@@ -122,7 +116,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64, help="images per throughput run")
     parser.add_argument("--rss-n", type=int, nargs="+", default=[64, 1024], help="N values for the memory runs")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json")
+    parser.add_argument("--json", help="write the record here (needs a clean checkout)")
+    parser.add_argument("--allow-dirty", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -130,6 +125,8 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.folder, args.n, args.preset, args.size, args.batch)))
         return
 
+    provenance.check_can_record(args.json, args.allow_dirty)
+    header = provenance.provenance(__file__)
     with tempfile.TemporaryDirectory() as work:
         folders = {n: os.path.join(work, f"n{n}") for n in {args.n, *args.rss_n}}  # a folder holds N photos
         for n, folder in folders.items():
@@ -137,16 +134,9 @@ def main() -> None:
         rounds = [{mode: _run(mode, folders[args.n], args.n, args) for mode in MODES} for _ in range(args.rounds)]
         memory = [_run("files", folders[n], n, args) for n in args.rss_n]
     ratios = {mode: [r[mode]["images_per_s"] / r["model"]["images_per_s"] for r in rounds] for mode in ("files", "tar")}
-    harness = hashlib.sha256(open(__file__, "rb").read()).hexdigest()[:12]
     record = {
+        **header,
         "benchmark": "dataset_tokenization",
-        "date": datetime.date.today().isoformat(),
-        "commit": _git("rev-parse", "HEAD")
-        + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else ""),
-        "harness_sha256": harness,
-        "command": " ".join(sys.argv),
-        "machine": machine_description(),
-        "python": platform.python_version(),
         "preset": args.preset,
         "size": args.size,
         "batch": args.batch,
@@ -160,8 +150,7 @@ def main() -> None:
     print(json.dumps(record["ratio_to_model"], indent=1))
     print("peak RSS by N:", {m["n"]: round(m["peak_rss_mb"]) for m in record["memory"]})
     if args.json:
-        with open(args.json, "w") as f:
-            f.write(json.dumps(record, indent=1) + "\n")
+        provenance.write_record(args.json, record)
 
 
 if __name__ == "__main__":

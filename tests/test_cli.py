@@ -162,8 +162,8 @@ def test_metrics_match_skimage():
     expected = structural_similarity(
         a, b, channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255
     )
-    # skimage also averages over the border band that a valid-region filter drops: close, not equal.
-    assert ssim(a, b) == pytest.approx(expected, abs=0.02)
+    # skimage crops the filter radius before averaging, as our valid-region filter does: equal to rounding.
+    assert ssim(a, b) == pytest.approx(expected, abs=1e-6)
     assert psnr(a, a) == float("inf") and ssim(a, a) == pytest.approx(1.0)
 
 

@@ -94,9 +94,17 @@ def test_tokenize_benchmark_runs(tmp_path):
     root = FIXTURES.parent.parent
     out = tmp_path / "tokenization.json"
     _run_script(root, root / "benchmarks" / "dataset_tokenization.py", "--preset", "tiny", "--size", "16",
-                "--batch", "2", "--n", "4", "--rss-n", "4", "6", "--rounds", "1", "--json", out)  # fmt: skip
+                "--batch", "2", "--n", "4", "--rss-n", "4", "6", "--rounds", "1", "--json", out, "--allow-dirty")  # fmt: skip
     report = json.loads(out.read_text())
     assert [sorted(r) for r in report["rounds"]] == [["files", "model", "tar"]]
     assert all(r["n"] == 4 and r["images_per_s"] > 0 for r in report["rounds"][0].values())
     assert set(report["ratio_to_model"]) == {"files", "tar"} and [m["n"] for m in report["memory"]] == [4, 6]
-    assert report["commit"][:40].isalnum() and report["machine"] and report["harness_sha256"]
+    _assert_provenance(report, "dataset_tokenization.py")
+
+
+def _assert_provenance(record: dict, script: str) -> None:
+    """The header every results file carries (benchmarks/provenance.py)."""
+    assert len(record["commit"]) == 40 and isinstance(record["dirty"], bool) and len(record["harness_sha256"]) == 16
+    assert record["command"].startswith(f"python benchmarks/{script} ") and "--json" in record["command"]
+    assert record["cpu"]["model"] and record["cpu"]["cores"] >= 1 and "jax" in record["versions"]
+    assert record["date"].endswith("Z") and record["python"].count(".") == 2

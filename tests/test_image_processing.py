@@ -16,22 +16,25 @@ SAMPLES = pathlib.Path(__file__).parent.parent / "examples" / "images"
 
 
 def _pil_reference(image: Image.Image, edge: int, crop: int) -> np.ndarray:
-    """Shorter side to `edge` with PIL's bicubic resize, then PIL's center crop."""
-    scale = edge / min(image.size)
-    image = image.convert("RGB").resize(
-        (max(edge, round(image.width * scale)), max(edge, round(image.height * scale))), Image.Resampling.BICUBIC
-    )
-    left, top = (image.width - crop) // 2, (image.height - crop) // 2
-    return np.asarray(image.crop((left, top, left + crop, top + crop)))
+    """Shorter side to ``edge`` by Pillow's own ``ImageOps.cover`` (bicubic, aspect kept), then the
+    center crop of transformers' ``image_transforms.center_crop``: sizes and offsets computed by
+    those libraries, not by a copy of our arithmetic."""
+    from PIL import ImageOps
+    from transformers.image_transforms import center_crop
+
+    resized = ImageOps.cover(image.convert("RGB"), (edge, edge), method=Image.Resampling.BICUBIC)
+    assert min(resized.size) == edge
+    return center_crop(np.asarray(resized), (crop, crop), input_data_format="channels_last")
 
 
+@pytest.mark.parametrize("edge, crop", [(96, 80), (97, 79)])  # the second has odd margins on every side
 @pytest.mark.parametrize("name", ["coffee.png", "chelsea.png", "rocket.jpg", "brick.png"])
-def test_matches_pil_resize_and_crop(name):
-    processor = VQGANImageProcessor(size={"shortest_edge": 96}, crop_size={"height": 80, "width": 80})
+def test_matches_pil_resize_and_crop(name, edge, crop):
+    processor = VQGANImageProcessor(size={"shortest_edge": edge}, crop_size={"height": crop, "width": crop})
     image = Image.open(SAMPLES / name)
     pixels = processor(image, return_tensors="np")["pixel_values"]
-    assert pixels.shape == (1, 80, 80, 3) and pixels.dtype == np.float32
-    expected = _pil_reference(image, 96, 80).astype(np.float32) / 127.5 - 1.0
+    assert pixels.shape == (1, crop, crop, 3) and pixels.dtype == np.float32
+    expected = _pil_reference(image, edge, crop).astype(np.float32) / 127.5 - 1.0
     np.testing.assert_allclose(pixels[0], expected, atol=1e-6)
     assert pixels.min() >= -1.0 and pixels.max() <= 1.0
     # load_image (CLI, dataset encoding) takes the same path.

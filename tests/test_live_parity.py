@@ -171,3 +171,51 @@ def test_gumbel_kl_term_matches_taming():
     with torch.no_grad():
         _, ref_kl, _ = reference.quantize(reference.quant_conv(reference.encoder(to_nchw_tensor(x))))
     assert_close(model.encode(x, params=params).loss, ref_kl.item(), "gumbel kl", atol=1e-12, rtol=1e-4)
+
+
+def _torchvision_with_random_vgg16():
+    """A stand-in for ``torchvision`` holding only ``models.vgg16``: VGG16's ``features`` with the same
+    layer indices and shapes (taming slices it by index), randomly initialised: nothing to download."""
+    import types
+
+    layers, in_channels = [], 3
+    for width in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"):
+        if width == "M":
+            layers.append(torch.nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [torch.nn.Conv2d(in_channels, width, 3, padding=1), torch.nn.ReLU(inplace=True)]
+            in_channels = width
+    vgg16 = lambda pretrained=False, **_: types.SimpleNamespace(features=torch.nn.Sequential(*layers))  # noqa: E731
+    module = types.ModuleType("torchvision")
+    module.models = types.SimpleNamespace(vgg16=vgg16)
+    return module
+
+
+def test_lpips_matches_taming(monkeypatch):
+    """Our LPIPS equals taming's ``LPIPS`` module on the same random VGG16 and linear heads."""
+    import importlib
+    import sys
+
+    from conftest import random_lpips_state_dict
+
+    from vqgan_flax.lpips import LPIPS, lpips_params_from_state_dict
+
+    monkeypatch.setitem(sys.modules, "torchvision", _torchvision_with_random_vgg16())
+    for name in [m for m in sys.modules if m.startswith("taming.modules.losses")]:
+        monkeypatch.delitem(sys.modules, name)
+    taming_lpips = importlib.import_module("taming.modules.losses.lpips")
+    monkeypatch.setattr(taming_lpips.LPIPS, "load_from_pretrained", lambda self, name="vgg_lpips": None)
+    reference = taming_lpips.LPIPS().eval()
+    state = random_lpips_state_dict(seed=3)
+    missing, unexpected = reference.load_state_dict({k: torch.from_numpy(v).float() for k, v in state.items()},
+                                                    strict=False)  # fmt: skip
+    assert unexpected == [] and sorted(missing) == ["scaling_layer.scale", "scaling_layer.shift"]  # buffers
+
+    rng = np.random.default_rng(4)
+    images = rng.uniform(-1, 1, (3, 48, 40, 3)).astype(np.float32)
+    others = np.clip(images + rng.normal(0, 0.3, images.shape), -1, 1).astype(np.float32)
+    with torch.no_grad():
+        expected = reference(to_nchw_tensor(images), to_nchw_tensor(others)).numpy().reshape(-1)
+    ours = LPIPS().apply({"params": lpips_params_from_state_dict(state)}, images, others)
+    assert len(set(np.round(expected, 6))) == 3  # three different distances: a per-image mix-up would show
+    assert_close(ours, expected, "LPIPS vs taming", atol=1e-6, rtol=1e-4)

@@ -62,7 +62,12 @@ def test_do_init_false_returns_params(tiny_model, tmp_path):
         _ = model.params
     x = _images((1, 16, 16, 3))
     np.testing.assert_array_equal(model(x, params=params).indices, tiny_model(x).indices)
-    assert set(jax.tree.leaves(jax.tree.map(lambda a: a.shape, params))) is not None
+    from flax.traverse_util import flatten_dict
+
+    def shapes(tree):
+        return {key: (leaf.shape, leaf.dtype) for key, leaf in flatten_dict(tree).items()}
+
+    assert shapes(params) == shapes(tiny_model.params)  # every weight, each in its place
 
 
 def test_missing_weights_is_an_error(tiny_model, tmp_path):
@@ -109,20 +114,27 @@ def test_decode_code_index_shapes(pretrained_model):
 
 
 def test_jit_matches_eager(pretrained_model):
+    """The compiled public methods equal the module run op by op (``jax.disable_jit``): XLA's fusion
+    may reorder float sums, nothing else."""
     x = _images((2, 32, 32, 3), seed=1)
-    params = pretrained_model.params
-    jitted = jax.jit(lambda p, x: pretrained_model(x, params=p))(params, x)
-    eager = pretrained_model(x)
+    variables = {"params": pretrained_model.params}
+    jitted = pretrained_model(x, micro_batch_size=2)
+    with jax.disable_jit():
+        eager = pretrained_model.module.apply(variables, jnp.asarray(x))
+        assert not isinstance(eager.reconstruction, jax.core.Tracer)
+        eager_decoded = pretrained_model.module.apply(variables, eager.indices, method="decode_code")
     np.testing.assert_array_equal(jitted.indices, eager.indices)
     assert_close(jitted.reconstruction, eager.reconstruction, "jit", atol=1e-5, rtol=1e-5)
-    decode = jax.jit(lambda p, i: pretrained_model.decode_code(i, params=p))
-    assert_close(
-        decode(params, eager.indices),
-        pretrained_model.decode_code(eager.indices),
-        "jit decode_code",
-        atol=1e-5,
-        rtol=1e-5,
-    )
+    assert_close(jitted.latents, eager.latents, "jit latents", atol=1e-5, rtol=1e-5)
+    assert_close(pretrained_model.decode_code(jitted.indices), eager_decoded, "jit decode_code", atol=1e-5, rtol=1e-5)
+    # The eager path is really different code: a changed weight moves it, and the compiled call sees it too.
+    shifted = jax.tree.map(lambda a: a, pretrained_model.params)
+    shifted["decoder"]["conv_out"]["bias"] = shifted["decoder"]["conv_out"]["bias"] + 1.0
+    with jax.disable_jit():
+        moved = pretrained_model.module.apply({"params": shifted}, jnp.asarray(x))
+    assert_close(moved.reconstruction, eager.reconstruction + 1.0, "bias moves eager output", atol=1e-5, rtol=1e-5)
+    assert_close(pretrained_model(x, params=shifted).reconstruction, moved.reconstruction, "jit with params=",
+                 atol=1e-5, rtol=1e-5)  # fmt: skip
 
 
 def test_micro_batching_gives_the_same_results(pretrained_model):
@@ -168,6 +180,52 @@ def test_bf16_compute_close_to_float32():
     assert float(jnp.mean(out16.indices == out32.indices)) >= 0.9
     decoded16 = bf16.decode_code(out32.indices).astype(jnp.float32)
     assert float(jnp.max(jnp.abs(decoded16 - fp32.decode_code(out32.indices)))) < 0.15
+
+
+def _equations(jaxpr):
+    """Every equation of a jaxpr, descending into the jaxprs its equations carry (jit, scan, custom_jvp)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds its Jaxpr
+                if hasattr(inner, "eqns"):
+                    yield from _equations(inner)
+
+
+def test_bf16_program_keeps_convs_in_bf16_and_statistics_in_float32():
+    """What the bf16 claim means, read from the traced program: every convolution takes bf16
+    operands; every reduction (GroupNorm statistics, softmax, codebook distances and argmin) reads
+    float32; the codebook distance matmul is float32. The float32 model has no bf16 at all."""
+    from flax.traverse_util import flatten_dict
+
+    config = VQGANConfig.from_preset("tiny")
+    x = jnp.asarray(_images((1, 16, 16, 3)))
+    model = FlaxVQGANModel(config, dtype=jnp.bfloat16)
+    jaxpr = jax.make_jaxpr(lambda p, x: model.module.apply({"params": p}, x))(model.params, x).jaxpr
+    by_kind: dict = {}
+    for eqn in _equations(jaxpr):
+        by_kind.setdefault(eqn.primitive.name, []).append(tuple(str(v.aval.dtype) for v in eqn.invars))
+    kernels = [k for k, v in flatten_dict(model.params).items() if k[-1] == "kernel" and v.ndim == 4]
+    encoder = sum(k[0] == "encoder" for k in kernels)
+    # In traced order: the encoder's convs in bf16 except its last, which with quant_conv decides the
+    # codes and stays float32 (blocks.Encoder); then post_quant_conv and the decoder in bf16.
+    bf16, f32 = ("bfloat16", "bfloat16"), ("float32", "float32")
+    expected = [bf16] * (encoder - 1) + [f32, f32] + [bf16] * (len(kernels) - encoder - 1)
+    assert by_kind["conv_general_dilated"] == expected
+    reductions = [d for name in ("reduce_sum", "reduce_max", "argmin") for d in by_kind.get(name, [])]
+    norms = [k for k in flatten_dict(model.params) if k[-2].startswith("norm") and k[-1] == "scale"]
+    assert len(reductions) >= 2 * len(norms) and {d[0] for d in reductions} == {"float32"}
+    codebook = [d for d in by_kind["dot_general"] if d == ("float32", "float32")]
+    attention = [d for d in by_kind["dot_general"] if d == ("bfloat16", "bfloat16")]
+    attention_blocks = sum(k[-2:] == ("q", "kernel") for k in kernels)
+    assert attention_blocks > 0 and len(attention) == 2 * attention_blocks  # q·k and weights·v in bf16
+    assert len(codebook) == 1  # the codebook distances in float32
+    assert len(codebook) + len(attention) == len(by_kind["dot_general"])
+
+    fp32 = FlaxVQGANModel(config)
+    jaxpr32 = jax.make_jaxpr(lambda p, x: fp32.module.apply({"params": p}, x))(fp32.params, x).jaxpr
+    assert not any("bfloat16" in str(v.aval.dtype) for e in _equations(jaxpr32) for v in (*e.invars, *e.outvars))
 
 
 def test_bf16_params(tiny_model):

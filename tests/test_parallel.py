@@ -146,7 +146,8 @@ def test_load_image(tmp_path):
     Image.fromarray(rgba).save(tmp_path / "wide.png")
     image = load_image(str(tmp_path / "wide.png"), 16)
     assert image.shape == (16, 16, 3) and image.dtype == np.float32
-    assert_close(image[..., 0], np.ones((16, 16)), "red") and assert_close(image[..., 1], -np.ones((16, 16)), "g")
+    assert_close(image[..., 0], np.ones((16, 16)), "red")
+    assert_close(image[..., 1:], -np.ones((16, 16, 2)), "green and blue")
     with pytest.raises(ValueError, match=r"shape \(8, 8, 3\), expected 16x16"):
         load_image(np.zeros((8, 8, 3), np.float32), 16)
 

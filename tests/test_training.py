@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, random_lpips_state_dict
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig
 from vqgan_flax.losses import adaptive_weight, codebook_usage, hinge_d_loss, reconstruction_loss
@@ -166,30 +166,15 @@ def test_loss_functions():
     assert float(usage["perplexity"]) == pytest.approx(2.0) and float(usage["dead_code_share"]) == 0.5
 
 
-def _random_lpips_state_dict(seed=0):
-    rng = np.random.default_rng(seed)
-    widths = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256)]
-    widths += [(17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512), (28, 512, 512)]
-    shapes = {index: (out_ch, in_ch) for index, in_ch, out_ch in widths}
-    slices = {0: 1, 2: 1, 5: 2, 7: 2, 10: 3, 12: 3, 14: 3, 17: 4, 19: 4, 21: 4, 24: 5, 26: 5, 28: 5}
-    state = {}
-    for index, (out_ch, in_ch) in shapes.items():
-        state[f"net.slice{slices[index]}.{index}.weight"] = rng.normal(0, (9 * in_ch) ** -0.5, (out_ch, in_ch, 3, 3))
-        state[f"net.slice{slices[index]}.{index}.bias"] = np.zeros(out_ch)
-    for k, channels in enumerate((64, 128, 256, 512, 512)):
-        state[f"lin{k}.model.1.weight"] = np.abs(rng.normal(0, 0.1, (1, channels, 1, 1)))
-    return state
-
-
 def test_lpips_plumbing_with_random_weights():
-    params = lpips_params_from_state_dict(_random_lpips_state_dict())
+    params = lpips_params_from_state_dict(random_lpips_state_dict())
     x = np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     lpips = LPIPS()
     same = lpips.apply({"params": params}, x, x)
     other = lpips.apply({"params": params}, x, x[::-1])
     assert same.shape == (2,) and float(jnp.max(jnp.abs(same))) == 0.0 and float(jnp.min(other)) > 0
     with pytest.raises(KeyError, match="lacks lin4.model.1.weight"):
-        lpips_params_from_state_dict({k: v for k, v in _random_lpips_state_dict().items() if "lin4" not in k})
+        lpips_params_from_state_dict({k: v for k, v in random_lpips_state_dict().items() if "lin4" not in k})
     # In the trainer the perceptual term adds to the reconstruction loss.
     batch = _data().batch(0, 8)
     plain = _trainer().train_step(_trainer().init_state(), jnp.asarray(batch))[1]
