@@ -11,7 +11,6 @@ so the trained model (well separated codes) is the number that describes real us
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -20,6 +19,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import provenance  # noqa: E402
 
 from vqgan_flax import DEFAULT_MODEL, FlaxVQGANModel, VQGANConfig  # noqa: E402
 from vqgan_flax.image_io import list_images, load_image  # noqa: E402
@@ -36,8 +38,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", default=os.path.join(ROOT, "examples", "images"))
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--json")
+    parser.add_argument("--json", help="write the record here (needs a clean checkout)")
+    parser.add_argument("--allow-dirty", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    provenance.check_can_record(args.json, args.allow_dirty)
+    record = {**provenance.provenance(__file__), "benchmark": "bf16_agreement", "size": args.size}
     pixels = np.stack([load_image(path, args.size) for path in list_images([args.images])])
 
     rows = []
@@ -55,8 +60,7 @@ def main() -> None:
         rows.append({"model": name, "images": len(pixels), "tokens": tokens, "agreement": share})
         print(f"{name}: {100 * share:.2f}% of {tokens} tokens agree (bf16 vs float32)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        provenance.write_record(args.json, {**record, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -11,9 +11,7 @@ median(call) with the min and max of the per-round ratios. Target: under 2 %.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 
@@ -25,7 +23,7 @@ sys.path.insert(0, ROOT)
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from run import machine_description  # noqa: E402
+import provenance  # noqa: E402
 
 from vqgan_flax import DEFAULT_MODEL, FlaxVQGANModel  # noqa: E402
 from vqgan_flax.input_checks import check_indices, check_pixels  # noqa: E402
@@ -42,8 +40,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--json")
+    parser.add_argument("--json", help="write the record here (needs a clean checkout)")
+    parser.add_argument("--allow-dirty", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    provenance.check_can_record(args.json, args.allow_dirty)
+    header = provenance.provenance(__file__)
 
     model = FlaxVQGANModel.from_pretrained(DEFAULT_MODEL)
     pixels = np.random.default_rng(0).uniform(-1, 1, (args.batch, args.size, args.size, 3)).astype(np.float32)
@@ -70,13 +71,9 @@ def main() -> None:
                 "check_share_max": max(ratios),
             }
         )
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     report = {
+        **header,
         "benchmark": "input_checks",
-        "commit": commit,
-        "command": " ".join(sys.argv),
-        "cpu": machine_description(),
-        "jax": jax.__version__,
         "batch": args.batch,
         "size": args.size,
         "rows": rows,
@@ -86,8 +83,7 @@ def main() -> None:
         share = f"{row['check_share_median']:.2%} (min {row['check_share_min']:.2%}, max {row['check_share_max']:.2%})"
         print(f"{row['call']:<12} call {call_ms:8.1f} ms  check {check_ms:6.2f} ms  share {share}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        provenance.write_record(args.json, report)
 
 
 if __name__ == "__main__":

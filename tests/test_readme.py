@@ -34,7 +34,16 @@ def test_performance_section_is_generated_from_the_results():
 
     section = report.section()
     assert section in (ROOT / "README.md").read_text()
-    for needle in ("**CPU**", "**GPU**", "**Memory**", "**Targets**", "% of roofline", "vs torch bf16"):
+    for needle in (
+        "**CPU**",
+        "**GPU**",
+        "**Memory**",
+        "**Dataset tokenization**",
+        "**Targets**",
+        "torch-compile-float32",
+    ):
         assert needle in section
-    # One verdict per target of the performance issue, each computed from the numbers.
-    assert section.count("**met**") + section.count("**not met**") >= 9
+    # One verdict per target, each computed from the numbers; no literal verdict in the generator.
+    assert section.count("**met**") + section.count("**not met**") >= 6
+    source = (ROOT / "benchmarks" / "report.py").read_text()
+    assert "— **met**" not in source and "— **not met**" not in source

@@ -1,0 +1,109 @@
+"""benchmarks/report.py and provenance.py on made-up records: refusals, ratios, verdicts, noise flags."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import FIXTURES
+
+ROOT = FIXTURES.parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import provenance  # noqa: E402
+import report  # noqa: E402
+
+HEAD = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def _speed_record(jax_seconds, torch_seconds, skipped=None):
+    """Two rounds at batch 1: ours and two PyTorch systems, seconds per round for encode and decode."""
+    measurements = []
+    for round_index in range(len(jax_seconds)):
+        for system, seconds in (("jax-float32", jax_seconds), *torch_seconds.items()):
+            encode, decode = seconds[round_index]
+            measurements.append({"round": round_index, "system": system, "batch": 1, "encode_s": encode,
+                                 "decode_s": decode, "first_encode_s": 9.0, "first_decode_s": 9.0,
+                                 "per_image_loop": False})  # fmt: skip
+    return {"measurements": measurements, "skipped": skipped or {}}
+
+
+def test_ratios_use_the_fastest_peer_of_each_round():
+    record = _speed_record(
+        jax_seconds=[(1.0, 2.0), (1.0, 2.0)],
+        torch_seconds={
+            "torch-eager-float32": [(1.5, 1.0), (0.5, 1.0)],
+            "torch-compile-float32": [(0.8, 3.0), (2.0, 3.0)],
+        },
+    )
+    ours = next(r for r in report.speed_rows(record) if r["system"] == "jax-float32")
+    assert ours["encode_ratio"] == [0.8, 0.5] and ours["decode_ratio"] == [0.5, 0.5]
+    assert ours["decode_peer"] == "torch-eager-float32"
+    [target] = report.speed_targets(record, gpu=False)
+    assert "**not met**" in target and "0.65 (0.50–0.80)x" in target
+
+
+def test_a_ratio_whose_range_crosses_one_is_flagged():
+    record = _speed_record(
+        jax_seconds=[(1.0, 1.0), (1.0, 1.0), (1.0, 1.0)],
+        torch_seconds={"torch-compile-float32": [(0.9, 2.0), (1.2, 2.0), (1.1, 2.0)]},
+    )
+    table = report.speed_table(record)
+    assert "1.10 (0.90–1.20)x ⚠" in table and "2.00 (2.00–2.00)x |" in table
+    assert "**met**" in report.speed_targets(record, gpu=False)[0]
+    assert "**not met**" in report.speed_targets(record, gpu=True)[0]  # the GPU target is 1.5x
+
+
+def test_skipped_precision_is_said_not_judged():
+    record = _speed_record([(1.0, 1.0)], {"torch-eager-float32": [(1.0, 1.0)]},
+                           skipped={"jax-bfloat16": "this CPU has no bf16 units"})  # fmt: skip
+    lines = report.speed_targets(record, gpu=False)
+    assert any(line.startswith("- bfloat16: skipped — this CPU has no bf16 units") for line in lines)
+
+
+def test_memory_verdict_fails_for_an_encoder_that_holds_its_pixels():
+    rows = [
+        {"case": "decode 1024x1024", "seconds": 1.0, "peak_rss_mb": 2000.0},
+        {"case": "encode 8 images", "images": 8, "seconds": 1.0, "peak_rss_mb": 700.0},
+        {"case": "encode 512 images", "images": 512, "seconds": 1.0, "peak_rss_mb": 700.0 + 0.75 * 504},
+    ]
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from memory import streaming
+
+    record = {"rows": rows, "streaming": streaming(rows)}
+    assert record["streaming"]["mb_per_extra_image"] == pytest.approx(0.75)
+    assert "0.7500 MB — **not met**" in "\n".join(report.memory_lines(record))
+    rows[2]["peak_rss_mb"] = 705.0
+    record["streaming"] = streaming(rows)
+    assert "0.0099 MB — **met**" in "\n".join(report.memory_lines(record))
+
+
+def test_records_without_a_clean_known_commit_are_refused(tmp_path):
+    good = {"commit": HEAD, "dirty": False}
+    for name, record, message in (
+        ("dirty.json", {**good, "dirty": True}, "dirty checkout"),
+        ("old.json", {k: v for k, v in good.items() if k != "dirty"}, "without provenance"),
+        ("foreign.json", {**good, "commit": "0" * 40}, "not in this checkout's history"),
+    ):
+        (tmp_path / name).write_text(json.dumps(record))
+        with pytest.raises(SystemExit, match=f"{name}.*{message}"):
+            report.load(name, str(tmp_path))
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    assert report.load("good.json", str(tmp_path)) == good
+
+
+def test_provenance_header_and_dirty_refusal(monkeypatch, tmp_path):
+    header = provenance.provenance(str(ROOT / "benchmarks" / "run.py"), ["--json", "x.json"])
+    assert header["commit"] == HEAD and header["command"] == "python benchmarks/run.py --json x.json"
+    assert header["cpu"]["cores"] >= 1 and header["versions"]["jax"] and header["gpu"] is None
+    monkeypatch.setattr(provenance, "tree_state", lambda: (HEAD, True))
+    with pytest.raises(SystemExit, match="refusing to write out.json: tracked files differ"):
+        provenance.check_can_record("out.json", allow_dirty=False)
+    provenance.check_can_record("out.json", allow_dirty=True)  # allowed, and recorded as dirty
+    provenance.check_can_record(None, allow_dirty=False)  # nothing written: nothing to refuse
+    provenance.write_record(str(tmp_path / "r.json"), {"a": 1})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1} and not (tmp_path / "r.json.partial").exists()
+    assert provenance.cpu_has_bf16_units({"isa": ["avx512f", "amx_bf16"]})
+    assert not provenance.cpu_has_bf16_units({"isa": ["avx512f"]})
