@@ -126,3 +126,33 @@ def _assert_provenance(record: dict, script: str) -> None:
     assert record["command"].startswith(f"python benchmarks/{script} ") and "--json" in record["command"]
     assert record["cpu"]["model"] and record["cpu"]["cores"] >= 1 and "jax" in record["versions"]
     assert record["date"].endswith("Z") and record["python"].count(".") == 2
+
+
+@pytest.mark.torch
+def test_op_profile_runs(tmp_path):
+    """The per-op-class profile (tiny model): its census counts every conv and GroupNorm of the model
+    once, and each class has a time on both sides."""
+    from flax.traverse_util import flatten_dict
+
+    from vqgan_flax import FlaxVQGANModel, VQGANConfig
+
+    root = FIXTURES.parent.parent
+    out = tmp_path / "ops.json"
+    _run_script(root, root / "benchmarks" / "op_profile.py", "--preset", "tiny", "--size", "16", "--repeats", "1",
+                "--json", out, "--allow-dirty")  # fmt: skip
+    record = json.loads(out.read_text())
+    _assert_provenance(record, "op_profile.py")
+    params = flatten_dict(FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=0).params)
+    convs = sum(k[-1] == "kernel" and v.ndim == 4 for k, v in params.items())
+    norms = sum(k[-2].startswith("norm") and k[-1] == "scale" for k in params)
+    census = [n for counts in record["census"].values() for op, n in counts if op[0] == "conv"]
+    assert sum(census) == convs  # every conv once, over encode and decode
+    assert sum(n for counts in record["census"].values() for op, n in counts if op[0] != "conv") == norms
+    classes = {(c["call"], c["class"]) for c in record["classes"]}
+    assert {
+        ("encode", "conv3x3"),
+        ("decode", "groupnorm+swish"),
+        ("encode", "rest"),
+        ("decode", "whole call"),
+    } <= classes
+    assert all(c["jax_s"] > 0 and c["torch_s"] > 0 for c in record["classes"] if c["class"] not in ("rest",))
