@@ -4,6 +4,7 @@
     python benchmarks/memory.py --json benchmarks/results/memory.json     # memory
     python benchmarks/bf16_agreement.py --json benchmarks/results/bf16_agreement.json
     python benchmarks/dataset_tokenization.py --json benchmarks/results/dataset_tokenization.json
+    python benchmarks/op_profile.py --json benchmarks/results/op_profile.json   # per op class
     python benchmarks/report.py --write-readme                            # README.md section
 
 Every record names the commit it ran on (``provenance.py``); a record from a dirty checkout or
@@ -139,6 +140,12 @@ def speed_targets(record: dict, gpu: bool) -> list:
     return lines
 
 
+def op_table(record: dict) -> str:
+    from op_profile import format_table
+
+    return format_table(record)
+
+
 def memory_lines(record: dict) -> list:
     rows = record["rows"]
     decode = next(r for r in rows if r["case"].startswith("decode"))
@@ -183,6 +190,7 @@ def agreement_lines(record: dict) -> list:
 def section(results: str = RESULTS) -> str:
     cpu, memory = load("cpu.json", results), load("memory.json", results)
     agreement, tokenization = load("bf16_agreement.json", results), load("dataset_tokenization.json", results)
+    ops = load("op_profile.json", results)
     gpu = load(GPU_RECORD, results) if os.path.exists(os.path.join(results, GPU_RECORD)) else None
     parts = [
         START,
@@ -210,6 +218,13 @@ def section(results: str = RESULTS) -> str:
         parts += ["**GPU** — no record from the committed harness yet (`python benchmarks/run.py --batch-sizes 1 16 "
                   f"--json benchmarks/results/{GPU_RECORD}` on a GPU machine writes it).", ""]  # fmt: skip
     parts += [
+        f"**Where the CPU time goes** — {describe(ops)}. Command: `{ops['command']}`. Each distinct conv "
+        "and GroupNorm of the model timed alone (ours: jitted flax op; PyTorch: channels_last `Conv2d`, "
+        "`torch.compile`-d GroupNorm + SiLU) × its count in one call at batch 1; 'rest' is the whole call "
+        "(ours vs `torch.compile`) minus the listed classes:",
+        "",
+        op_table(ops),
+        "",
         f"**Memory** — {describe(memory)}. Command: `{memory['command']}`. Peak RSS of a fresh process, model "
         "load included, compilation cache off:",
         "",
