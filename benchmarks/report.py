@@ -184,7 +184,9 @@ def tokenization_lines(record: dict) -> list:
 def agreement_lines(record: dict) -> list:
     rows = record["rows"]
     text = "; ".join(f"{r['model']}: {100 * r['agreement']:.1f}% of {r['tokens']} tokens" for r in rows)
-    return [f"- bf16 tokens equal float32's on ≥ 95%: {text} — {_verdict(min(r['agreement'] for r in rows) >= 0.95)}."]
+    worst = min(r["agreement"] for r in rows)
+    return [f"- bf16 tokens equal float32's on ≥ 99% (the earlier performance issue's bar): {text} — "
+            f"{_verdict(worst >= 0.99)}."]  # fmt: skip
 
 
 def section(results: str = RESULTS) -> str:
