@@ -143,11 +143,15 @@ def test_hostile_lwm_pickle_is_refused_without_running(tmp_path):
 def test_load_image(tmp_path):
     rgba = np.zeros((20, 30, 4), np.uint8)
     rgba[..., 0] = 255
+    rgba[..., 3] = 255  # opaque red
     Image.fromarray(rgba).save(tmp_path / "wide.png")
     image = load_image(str(tmp_path / "wide.png"), 16)
     assert image.shape == (16, 16, 3) and image.dtype == np.float32
     assert_close(image[..., 0], np.ones((16, 16)), "red")
     assert_close(image[..., 1:], -np.ones((16, 16, 2)), "green and blue")
+    rgba[..., 3] = 0  # fully transparent: composited on white
+    Image.fromarray(rgba).save(tmp_path / "clear.png")
+    assert_close(load_image(str(tmp_path / "clear.png"), 16), np.ones((16, 16, 3)), "transparent → white")
     with pytest.raises(ValueError, match=r"shape \(8, 8, 3\), expected 16x16"):
         load_image(np.zeros((8, 8, 3), np.float32), 16)
 
