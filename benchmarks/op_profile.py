@@ -21,25 +21,18 @@ import argparse
 import collections
 import json
 import os
-import statistics
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import provenance  # noqa: E402
-from run import run_in_fresh_process  # noqa: E402
+from run import _timed, run_in_fresh_process  # noqa: E402
 
 
 def _median_seconds(fn, repeats: int) -> float:
     fn()  # warm-up: compilation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return _timed(fn, repeats)
 
 
 def op_census(preset: str, size: int) -> dict:

@@ -29,9 +29,9 @@ PyTorch row of the same precision, batch and round, flagging a ratio whose range
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,6 +39,7 @@ import tempfile
 import time
 
 import provenance
+from provenance import peak_rss_mb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_SYSTEMS = {  # name: (compiled, channels_last, autocast bf16)
@@ -157,15 +158,8 @@ def worker_torch(system: str, batch: int, size: int, preset: str, repeats: int, 
     return result
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_in_fresh_process(script: str, worker_args: list, label: str, env: dict | None = None) -> dict:
     """Run ``script --worker ...`` in a new Python process; return the JSON object it prints last."""
-    import json
-
     proc = subprocess.run([sys.executable, os.path.abspath(script), "--worker", *worker_args],
                           capture_output=True, text=True, cwd=ROOT, env=env)  # fmt: skip
     if proc.returncode != 0:
@@ -174,8 +168,6 @@ def run_in_fresh_process(script: str, worker_args: list, label: str, env: dict |
 
 
 def main() -> None:
-    import json
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
