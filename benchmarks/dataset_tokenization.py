@@ -12,7 +12,9 @@ Modes, each in its own process, interleaved over ``--rounds`` rounds:
   (c) ``tar``: the same over webdataset tar shards of the same JPEGs.
 Throughput is images/s after a warm-up batch (compilation excluded); the ratio of (b) and (c)
 to (a) is reported per round with min / median / max. Peak RSS of (b) is measured at each
-``--rss-n`` (default 64 and 1024). The synthetic photos are smooth random fields saved as
+``--rss-n`` (default 64 and 1024), with the resident memory after every batch (``trace``) so a
+plateau can be told from a leak; ``--memory-env NAME=VALUE`` runs those in an altered environment
+(e.g. ``MALLOC_ARENA_MAX=2``) and ``--rounds 0`` skips the throughput rounds. The synthetic photos are smooth random fields saved as
 JPEG (quality 90) at 320x256, so decoding and resizing cost what real photos cost.
 """
 
@@ -32,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import provenance  # noqa: E402
-from provenance import peak_rss_mb  # noqa: E402
+from provenance import current_rss_mb, peak_rss_mb  # noqa: E402
 
 MODES = ("model", "files", "tar")
 
@@ -86,26 +88,41 @@ def worker(mode: str, folder: str, n: int, preset: str, size: int, batch: int) -
     else:
         items = file_items([folder]) if mode == "files" else tar_items(sorted(
             os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".tar")))  # fmt: skip
+        trace = []
+
+        def encode(x):  # resident memory after each batch: a leak climbs, allocator growth levels off
+            tokens = runner.encode(x, grid)
+            trace.append([len(trace) * batch + len(x), round(current_rss_mb(), 1)])
+            return tokens
+
         with tempfile.TemporaryDirectory() as out:
             writer = ShardedTokenWriter(out, "parquet", {"model": preset, "grid": list(grid)}, rows_per_shard=256)
             start = time.perf_counter()
-            summary = tokenize_items(items, lambda x: runner.encode(x, grid), writer, processor, batch)
+            summary = tokenize_items(items, encode, writer, processor, batch)
             writer.close()
             seconds = time.perf_counter() - start
         assert summary.encoded == n and not summary.errors, summary
-    return {"mode": mode, "n": n, "seconds": seconds, "images_per_s": n / seconds, "peak_rss_mb": peak_rss_mb()}
+    result = {"mode": mode, "n": n, "seconds": seconds, "images_per_s": n / seconds, "peak_rss_mb": peak_rss_mb()}
+    return result if mode == "model" else {**result, "trace": trace}
 
 
-def _run(mode: str, folder: str, n: int, args: argparse.Namespace) -> dict:
+def _run(mode: str, folder: str, n: int, args: argparse.Namespace, env: dict | None = None) -> dict:
     argv = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--folder", folder, "--n", str(n),
             "--preset", args.preset, "--size", str(args.size), "--batch", str(args.batch)]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         raise SystemExit(f"{mode} (n={n}) failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"  {mode:<6} n={n:<5} {result['images_per_s']:7.3f} img/s  peak RSS {result['peak_rss_mb']:.0f} MB",
           file=sys.stderr, flush=True)  # fmt: skip
     return result
+
+
+def _name_value(item: str) -> tuple:
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--memory-env: expected NAME=VALUE, got {item!r}")
+    return name, value
 
 
 def main() -> None:
@@ -115,7 +132,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--n", type=int, default=64, help="images per throughput run")
     parser.add_argument("--rss-n", type=int, nargs="+", default=[64, 1024], help="N values for the memory runs")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (0: memory runs only)")
+    parser.add_argument("--memory-env", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="environment of the memory runs, e.g. MALLOC_ARENA_MAX=2")  # fmt: skip
     parser.add_argument("--json", help="write the record here (needs a clean checkout)")
     parser.add_argument("--allow-dirty", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
@@ -126,14 +145,16 @@ def main() -> None:
         return
 
     provenance.check_can_record(args.json, args.allow_dirty)
+    memory_env = dict(_name_value(item) for item in args.memory_env)
     header = provenance.provenance(__file__)
     with tempfile.TemporaryDirectory() as work:
         folders = {n: os.path.join(work, f"n{n}") for n in {args.n, *args.rss_n}}  # a folder holds N photos
         for n, folder in folders.items():
             make_photos(folder, n)
         rounds = [{mode: _run(mode, folders[args.n], args.n, args) for mode in MODES} for _ in range(args.rounds)]
-        memory = [_run("files", folders[n], n, args) for n in args.rss_n]
+        memory = [_run("files", folders[n], n, args, memory_env) for n in args.rss_n]
     ratios = {mode: [r[mode]["images_per_s"] / r["model"]["images_per_s"] for r in rounds] for mode in ("files", "tar")}
+    ratios = {mode: v for mode, v in ratios.items() if v}
     record = {
         **header,
         "benchmark": "dataset_tokenization",
@@ -145,7 +166,8 @@ def main() -> None:
         "ratio_to_model": {
             mode: {"min": min(v), "median": statistics.median(v), "max": max(v)} for mode, v in ratios.items()
         },
-        "memory": [{"n": m["n"], "peak_rss_mb": m["peak_rss_mb"], "images_per_s": m["images_per_s"]} for m in memory],
+        "memory_env": memory_env,
+        "memory": [{k: m[k] for k in ("n", "peak_rss_mb", "images_per_s", "trace")} for m in memory],
     }
     print(json.dumps(record["ratio_to_model"], indent=1))
     print("peak RSS by N:", {m["n"]: round(m["peak_rss_mb"]) for m in record["memory"]})

@@ -115,6 +115,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def current_rss_mb() -> float:
+    """This process's resident memory now, in MiB (``/proc/self/statm``: pages)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def write_record(path: str, record: dict) -> None:
     """Write a results file atomically (a run cut short leaves the previous file intact)."""
     tmp = f"{path}.partial"

@@ -117,7 +117,17 @@ def test_tokenize_benchmark_runs(tmp_path):
     assert [sorted(r) for r in report["rounds"]] == [["files", "model", "tar"]]
     assert all(r["n"] == 4 and r["images_per_s"] > 0 for r in report["rounds"][0].values())
     assert set(report["ratio_to_model"]) == {"files", "tar"} and [m["n"] for m in report["memory"]] == [4, 6]
+    # resident memory after every batch of 2 images: 2, 4 (and 6) images done
+    assert [[n for n, _ in m["trace"]] for m in report["memory"]] == [[2, 4], [2, 4, 6]]
+    assert all(rss > 10 for m in report["memory"] for _, rss in m["trace"]) and report["memory_env"] == {}
     _assert_provenance(report, "dataset_tokenization.py")
+    # memory runs only, in an altered environment that the record names
+    _run_script(root, root / "benchmarks" / "dataset_tokenization.py", "--preset", "tiny", "--size", "16",
+                "--batch", "2", "--rss-n", "3", "--rounds", "0", "--memory-env", "MALLOC_ARENA_MAX=2",
+                "--json", out, "--allow-dirty")  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["rounds"] == [] and report["ratio_to_model"] == {} and report["memory_env"] == {"MALLOC_ARENA_MAX": "2"}
+    assert [[n for n, _ in m["trace"]] for m in report["memory"]] == [[2, 3]]
 
 
 def _assert_provenance(record: dict, script: str) -> None:
