@@ -14,8 +14,9 @@ Throughput is images/s after a warm-up batch (compilation excluded); the ratio o
 to (a) is reported per round with min / median / max. Peak RSS of (b) is measured at each
 ``--rss-n`` (default 64 and 1024), with the resident memory after every batch (``trace``) so a
 plateau can be told from a leak; ``--memory-env NAME=VALUE`` runs those in an altered environment
-(e.g. ``MALLOC_ARENA_MAX=2``) and ``--rounds 0`` skips the throughput rounds. The synthetic photos are smooth random fields saved as
-JPEG (quality 90) at 320x256, so decoding and resizing cost what real photos cost.
+(e.g. ``MALLOC_ARENA_MAX=2``) and ``--rounds 0`` skips the throughput rounds. The synthetic photos
+are smooth random fields saved as JPEG (quality 90) at 320x256, so decoding and resizing cost what
+real photos cost.
 """
 
 from __future__ import annotations

@@ -126,7 +126,8 @@ def test_tokenize_benchmark_runs(tmp_path):
                 "--batch", "2", "--rss-n", "3", "--rounds", "0", "--memory-env", "MALLOC_ARENA_MAX=2",
                 "--json", out, "--allow-dirty")  # fmt: skip
     report = json.loads(out.read_text())
-    assert report["rounds"] == [] and report["ratio_to_model"] == {} and report["memory_env"] == {"MALLOC_ARENA_MAX": "2"}
+    assert report["rounds"] == [] and report["ratio_to_model"] == {}
+    assert report["memory_env"] == {"MALLOC_ARENA_MAX": "2"}
     assert [[n for n, _ in m["trace"]] for m in report["memory"]] == [[2, 3]]
 
 
