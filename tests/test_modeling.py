@@ -213,6 +213,11 @@ def test_bf16_program_keeps_convs_in_bf16_and_statistics_in_float32():
     bf16, f32 = ("bfloat16", "bfloat16"), ("float32", "float32")
     expected = [bf16] * (encoder - 1) + [f32, f32] + [bf16] * (len(kernels) - encoder - 1)
     assert by_kind["conv_general_dilated"] == expected
+    # On CPU each convolution is also traced as a oneDNN call (onednn_conv.py) with the same operands.
+    from vqgan_flax.onednn_conv import conv_backend
+
+    onednn = [d[:2] for d in by_kind.get("ffi_call", [])]
+    assert onednn == (expected if conv_backend() == "onednn" else [])
     reductions = [d for name in ("reduce_sum", "reduce_max", "argmin") for d in by_kind.get(name, [])]
     norms = [k for k in flatten_dict(model.params) if k[-2].startswith("norm") and k[-1] == "scale"]
     assert len(reductions) >= 2 * len(norms) and {d[0] for d in reductions} == {"float32"}

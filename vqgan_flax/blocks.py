@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from .configuration_vqgan import VQGANConfig
+from .onednn_conv import conv_general_dilated
 
 __all__ = [
     "AttnBlock",
@@ -47,7 +48,9 @@ def _conv(features: int, kernel: int, dtype: jnp.dtype, param_dtype: jnp.dtype, 
     # taming's 3x3 convs pad 1 on every side ("SAME" equals that for odd kernels at stride 1).
     pad = (kernel - 1) // 2
     kwargs.setdefault("padding", ((pad, pad), (pad, pad)))
-    return nn.Conv(features, (kernel, kernel), dtype=dtype, param_dtype=param_dtype, **kwargs)
+    # On CPU through oneDNN where it is available (onednn_conv.py), else XLA's convolution.
+    return nn.Conv(features, (kernel, kernel), dtype=dtype, param_dtype=param_dtype,
+                   conv_general_dilated=conv_general_dilated, **kwargs)  # fmt: skip
 
 
 class Upsample(nn.Module):
