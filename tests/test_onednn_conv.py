@@ -26,6 +26,10 @@ def _operands(x_shape, k_shape, dtype=jnp.float32, seed=0):
     return (jnp.asarray(rng.standard_normal(x_shape), dtype), jnp.asarray(rng.standard_normal(k_shape) * 0.2, dtype))
 
 
+def _ours(x, k, strides=(1, 1), padding="SAME"):
+    return conv_general_dilated(x, k, strides, padding, dimension_numbers=_dn(x, k))
+
+
 def _hlo(fn, *args) -> str:
     return jax.jit(fn).lower(*args).as_text()
 
@@ -53,19 +57,18 @@ CASES = [
 @pytest.mark.parametrize("x_shape,k_shape,strides,padding", CASES)
 def test_matches_xla_float32(onednn, x_shape, k_shape, strides, padding):
     x, k = _operands(x_shape, k_shape)
-    ours = jax.jit(lambda x, k: conv_general_dilated(x, k, strides, padding, dimension_numbers=_dn(x, k)))(x, k)
+    ours = jax.jit(lambda x, k: _ours(x, k, strides, padding))(x, k)
     want = lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=_dn(x, k))
     assert ours.shape == want.shape and ours.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(ours), np.asarray(want), rtol=1e-5, atol=1e-5)
-    assert "vqgan_onednn_conv" in _hlo(lambda x, k: conv_general_dilated(x, k, strides, padding,
-                                                                        dimension_numbers=_dn(x, k)), x, k)  # fmt: skip
+    assert "vqgan_onednn_conv" in _hlo(lambda x, k: _ours(x, k, strides, padding), x, k)
 
 
 @pytest.mark.parametrize("x_shape,k_shape,strides,padding", CASES[:3])
 def test_matches_xla_bfloat16(onednn, x_shape, k_shape, strides, padding):
     """bf16 operands, float32 accumulation on both sides; outputs differ by bf16 rounding only."""
     x, k = _operands(x_shape, k_shape, jnp.bfloat16)
-    ours = jax.jit(lambda x, k: conv_general_dilated(x, k, strides, padding, dimension_numbers=_dn(x, k)))(x, k)
+    ours = jax.jit(lambda x, k: _ours(x, k, strides, padding))(x, k)
     want = lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=_dn(x, k))
     assert ours.dtype == jnp.bfloat16
     ours, want = np.asarray(ours, np.float32), np.asarray(want, np.float32)
@@ -116,7 +119,7 @@ def test_what_onednn_does_not_take_goes_to_xla(onednn, kwargs):
 def test_gpu_and_tpu_programs_keep_xla_convolutions(onednn):
     """The oneDNN branch exists only in CPU lowerings (lax.platform_dependent)."""
     x, k = _operands((1, 8, 8, 4), (3, 3, 4, 4))
-    fn = jax.jit(lambda x, k: conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=_dn(x, k)))
+    fn = jax.jit(_ours)
     for platform_name, custom in (("cpu", True), ("cuda", False), ("tpu", False)):
         unchecked = [jax.export.DisabledSafetyCheck.custom_call(onednn_conv.TARGET)]
         text = jax.export.export(fn, platforms=[platform_name], disabled_checks=unchecked)(x, k).mlir_module()
@@ -128,8 +131,7 @@ def test_backend_choice(monkeypatch, onednn):
     monkeypatch.setenv(CONV_ENV, "xla")
     assert conv_backend() == "xla"
     x, k = _operands((1, 6, 6, 2), (3, 3, 2, 2))
-    assert "vqgan_onednn_conv" not in _hlo(lambda x, k: conv_general_dilated(x, k, (1, 1), "SAME",
-                                                                            dimension_numbers=_dn(x, k)), x, k)  # fmt: skip
+    assert "vqgan_onednn_conv" not in _hlo(_ours, x, k)
     monkeypatch.setenv(CONV_ENV, "OneDNN")
     assert conv_backend() == "onednn"
     monkeypatch.setenv(CONV_ENV, "cudnn")

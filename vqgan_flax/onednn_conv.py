@@ -90,7 +90,8 @@ def build_extension(folder: Optional[str] = None) -> str:
     partial = f"{path}.{os.getpid()}.partial"  # several processes may build at once; the last rename wins
     lib_dir = os.path.dirname(library)
     command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-Wno-return-type", _SOURCE, "-o", partial,
-               f"-I{include}", f"-I{jax.ffi.include_dir()}", f"-L{lib_dir}", "-ldnnl", f"-Wl,-rpath,{lib_dir}"]  # fmt: skip
+               f"-I{include}", f"-I{jax.ffi.include_dir()}", f"-L{lib_dir}", "-ldnnl",
+               f"-Wl,-rpath,{lib_dir}"]  # fmt: skip
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as error:
