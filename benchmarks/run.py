@@ -6,8 +6,8 @@
 
 Systems, each measurement in a fresh process (JAX's thread pool slows PyTorch in one process):
   jax-float32, jax-bfloat16     ``FlaxVQGANModel.encode`` / ``decode_code`` as a user calls them
-                                (convolutions through oneDNN on CPU, the default where it is available)
-  jax-xla-float32, -bfloat16    the same with XLA's own convolutions (``VQGAN_FLAX_CONV=xla``)
+                                (on CPU: oneDNN convolutions, fused GroupNorm; the default where they build)
+  jax-xla-float32, -bfloat16    the same with XLA's own ops (``VQGAN_FLAX_CPU_KERNELS=off``)
   torch-eager-float32           taming's Encoder / VectorQuantizer2 / Decoder (the test extras), NCHW
   torch-eager-float32-cl        the same in channels_last
   torch-eager-bfloat16          NCHW under ``torch.autocast(bfloat16)`` (GroupNorm stays float32, as ours)
@@ -52,8 +52,8 @@ TORCH_SYSTEMS = {  # name: (compiled, channels_last, autocast bf16)
     "torch-compile-float32": (True, True, False),
     "torch-compile-bfloat16": (True, True, True),
 }
-# jax-*: convolutions through oneDNN on CPU where available (vqgan_flax/onednn_conv.py), as users
-# get by default; jax-xla-*: XLA's own convolution (VQGAN_FLAX_CONV=xla), what other CPUs get.
+# jax-*: on CPU the kernels of vqgan_flax/cpu_kernels.py where they build, as users get by
+# default; jax-xla-*: XLA's own ops (VQGAN_FLAX_CPU_KERNELS=off), what other CPUs get.
 SYSTEMS = ("jax-float32", "jax-bfloat16", "jax-xla-float32", "jax-xla-bfloat16", *TORCH_SYSTEMS)
 
 
@@ -94,9 +94,9 @@ def worker_jax(system: str, batch: int, size: int, preset: str, repeats: int, tf
     import numpy as np
 
     from vqgan_flax import FlaxVQGANModel, VQGANConfig
-    from vqgan_flax.onednn_conv import CONV_ENV, conv_backend
+    from vqgan_flax.cpu_kernels import KERNELS_ENV, kernel_backend
 
-    os.environ[CONV_ENV] = "xla" if system.startswith("jax-xla-") else "auto"
+    os.environ[KERNELS_ENV] = "off" if system.startswith("jax-xla-") else "auto"
     jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
     dtype = jnp.bfloat16 if precision(system) == "bfloat16" else jnp.float32
     model = FlaxVQGANModel(VQGANConfig.from_preset(preset), dtype=dtype, seed=0)
@@ -108,7 +108,7 @@ def worker_jax(system: str, batch: int, size: int, preset: str, repeats: int, tf
     device = jax.devices()[0]
     result["device"] = "cpu" if device.platform == "cpu" else f"gpu: {device.device_kind}"
     result["per_image_loop"] = model.default_micro_batch_size(pixels) == 1 and batch > 1
-    result["conv_backend"] = conv_backend() if device.platform == "cpu" else "xla"
+    result["kernels"] = kernel_backend() if device.platform == "cpu" else "xla"
     stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and "peak_bytes_in_use" in stats:
         result["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20

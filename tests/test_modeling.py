@@ -205,7 +205,9 @@ def test_bf16_program_keeps_convs_in_bf16_and_statistics_in_float32():
     jaxpr = jax.make_jaxpr(lambda p, x: model.module.apply({"params": p}, x))(model.params, x).jaxpr
     by_kind: dict = {}
     for eqn in _equations(jaxpr):
-        by_kind.setdefault(eqn.primitive.name, []).append(tuple(str(v.aval.dtype) for v in eqn.invars))
+        kind = eqn.primitive.name
+        kind = f"{kind}:{eqn.params['target_name']}" if kind == "ffi_call" else kind
+        by_kind.setdefault(kind, []).append(tuple(str(v.aval.dtype) for v in eqn.invars))
     kernels = [k for k, v in flatten_dict(model.params).items() if k[-1] == "kernel" and v.ndim == 4]
     encoder = sum(k[0] == "encoder" for k in kernels)
     # In traced order: the encoder's convs in bf16 except its last, which with quant_conv decides the
@@ -213,11 +215,11 @@ def test_bf16_program_keeps_convs_in_bf16_and_statistics_in_float32():
     bf16, f32 = ("bfloat16", "bfloat16"), ("float32", "float32")
     expected = [bf16] * (encoder - 1) + [f32, f32] + [bf16] * (len(kernels) - encoder - 1)
     assert by_kind["conv_general_dilated"] == expected
-    # On CPU each convolution is also traced as a oneDNN call (onednn_conv.py) with the same operands.
-    from vqgan_flax.onednn_conv import conv_backend
+    # On CPU each convolution is also traced as a oneDNN call (cpu_kernels.py) with the same operands.
+    from vqgan_flax.cpu_kernels import kernel_backend
 
-    onednn = [d[:2] for d in by_kind.get("ffi_call", [])]
-    assert onednn == (expected if conv_backend() == "onednn" else [])
+    onednn = [d[:2] for d in by_kind.get("ffi_call:vqgan_onednn_conv", [])]
+    assert onednn == (expected if kernel_backend() == "native" else [])
     reductions = [d for name in ("reduce_sum", "reduce_max", "argmin") for d in by_kind.get(name, [])]
     norms = [k for k in flatten_dict(model.params) if k[-2].startswith("norm") and k[-1] == "scale"]
     assert len(reductions) >= 2 * len(norms) and {d[0] for d in reductions} == {"float32"}

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from .configuration_vqgan import VQGANConfig
-from .onednn_conv import conv_general_dilated
+from .cpu_kernels import conv_general_dilated, group_norm
 
 __all__ = [
     "AttnBlock",
@@ -21,6 +21,7 @@ __all__ = [
     "Downsample",
     "DownsamplingBlock",
     "Encoder",
+    "GroupNorm",
     "MidBlock",
     "ResnetBlock",
     "Upsample",
@@ -28,27 +29,38 @@ __all__ = [
 ]
 
 
-def _group_norm(param_dtype: jnp.dtype) -> nn.GroupNorm:
-    """taming's ``Normalize``: GroupNorm(32 groups, eps=1e-6).
+class GroupNorm(nn.Module):
+    """taming's ``Normalize``: GroupNorm(32 groups, eps=1e-6), parameters ``scale`` and ``bias``
+    as flax's ``nn.GroupNorm`` names them.
 
-    It always computes in float32 (bf16 statistics over thousands of pixels visibly shift the
-    output) with torch's two-pass variance; ``_normalize`` casts back to the compute dtype.
+    Statistics are always float32 (bf16 statistics over thousands of pixels visibly shift the
+    output) with torch's two-pass variance; swish, when asked, runs in float32 before the cast to
+    ``out_dtype``. On CPU one fused kernel (``cpu_kernels.group_norm``).
     """
-    return nn.GroupNorm(
-        num_groups=32, epsilon=1e-6, dtype=jnp.float32, param_dtype=param_dtype, use_fast_variance=False
-    )
+
+    num_groups: int = 32
+    epsilon: float = 1e-6
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, out_dtype: Optional[jnp.dtype] = None, swish: bool = False) -> jax.Array:
+        """Normalise NHWC ``x``; the result is ``out_dtype`` (float32 when not given)."""
+        out_dtype = jnp.float32 if out_dtype is None else out_dtype
+        channels = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (channels,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
+        return group_norm(x, scale, bias, self.num_groups, self.epsilon, out_dtype, swish)
 
 
-def _normalize(norm: nn.GroupNorm, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
-    """Apply a float32 GroupNorm and return the compute dtype."""
-    return norm(x.astype(jnp.float32)).astype(dtype)
+def _group_norm(param_dtype: jnp.dtype) -> GroupNorm:
+    return GroupNorm(param_dtype=param_dtype)
 
 
 def _conv(features: int, kernel: int, dtype: jnp.dtype, param_dtype: jnp.dtype, **kwargs: Any) -> nn.Conv:
     # taming's 3x3 convs pad 1 on every side ("SAME" equals that for odd kernels at stride 1).
     pad = (kernel - 1) // 2
     kwargs.setdefault("padding", ((pad, pad), (pad, pad)))
-    # On CPU through oneDNN where it is available (onednn_conv.py), else XLA's convolution.
+    # On CPU through oneDNN where it is available (cpu_kernels.py), else XLA's convolution.
     return nn.Conv(features, (kernel, kernel), dtype=dtype, param_dtype=param_dtype,
                    conv_general_dilated=conv_general_dilated, **kwargs)  # fmt: skip
 
@@ -115,9 +127,9 @@ class ResnetBlock(nn.Module):
 
     def __call__(self, hidden_states: jax.Array, deterministic: bool = True) -> jax.Array:
         residual = hidden_states
-        hidden_states = nn.swish(_normalize(self.norm1, hidden_states, self.dtype))
+        hidden_states = self.norm1(hidden_states, self.dtype, swish=True)
         hidden_states = self.conv1(hidden_states)
-        hidden_states = nn.swish(_normalize(self.norm2, hidden_states, self.dtype))
+        hidden_states = self.norm2(hidden_states, self.dtype, swish=True)
         hidden_states = self.dropout_layer(hidden_states, deterministic=deterministic)
         hidden_states = self.conv2(hidden_states)
         if (self.out_channels or self.in_channels) != self.in_channels:
@@ -141,7 +153,7 @@ class AttnBlock(nn.Module):
 
     def __call__(self, hidden_states: jax.Array) -> jax.Array:
         batch, height, width, channels = hidden_states.shape
-        normed = _normalize(self.norm, hidden_states, self.dtype)
+        normed = self.norm(hidden_states, self.dtype)
         query, key, value = (
             layer(normed).reshape(batch, height * width, channels) for layer in (self.q, self.k, self.v)
         )
@@ -268,7 +280,7 @@ class Encoder(nn.Module):
         for level in self.down:
             hidden_states = level(hidden_states, deterministic=deterministic)
         hidden_states = self.mid(hidden_states, deterministic=deterministic)
-        hidden_states = nn.swish(_normalize(self.norm_out, hidden_states, jnp.float32))
+        hidden_states = self.norm_out(hidden_states, jnp.float32, swish=True)
         return self.conv_out(hidden_states)
 
 
@@ -297,7 +309,7 @@ class Decoder(nn.Module):
         if self.config.give_pre_end:
             if self.is_initializing():
                 # taming still owns norm_out/conv_out; create them so state dicts map one to one.
-                self.conv_out(nn.swish(_normalize(self.norm_out, hidden_states, self.dtype)))
+                self.conv_out(self.norm_out(hidden_states, self.dtype, swish=True))
             return hidden_states
-        hidden_states = nn.swish(_normalize(self.norm_out, hidden_states, self.dtype))
+        hidden_states = self.norm_out(hidden_states, self.dtype, swish=True)
         return self.conv_out(hidden_states)

@@ -21,10 +21,13 @@ using dnnl::memory;
 namespace {
 
 // A convolution compiled for one set of shapes, dtypes, strides and pads. oneDNN primitives are
-// immutable after creation and may execute concurrently on different buffers.
+// immutable after creation and may execute concurrently on different buffers, but only with a
+// scratchpad of their own per call: the library's default scratchpad is one global buffer, and
+// XLA runs independent ops (attention's q/k/v, or one per device) on several threads at once.
 struct Plan {
   dnnl::convolution_forward::primitive_desc pd;
   dnnl::convolution_forward conv;
+  dnnl::reorder::primitive_desc reorder_pd;
   dnnl::reorder weights_reorder;
   memory::desc user_weights;
   bool has_bias;
@@ -57,6 +60,8 @@ std::shared_ptr<Plan> GetPlan(const std::string& key, memory::dims src_dims, mem
     if (it != plans.end()) return it->second;
   }
   auto& engine = Engine();
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   memory::desc src(src_dims, dt, memory::format_tag::nhwc);
   memory::desc dst(dst_dims, dt, memory::format_tag::nhwc);
   memory::desc weights_any(wts_dims, dt, memory::format_tag::any);
@@ -64,13 +69,13 @@ std::shared_ptr<Plan> GetPlan(const std::string& key, memory::dims src_dims, mem
   auto pd = has_bias ? dnnl::convolution_forward::primitive_desc(
                            engine, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src,
                            weights_any, memory::desc({wts_dims[0]}, bias_dt, memory::format_tag::a), dst, strides,
-                           pad_l, pad_r)
+                           pad_l, pad_r, attr)
                      : dnnl::convolution_forward::primitive_desc(
                            engine, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src,
-                           weights_any, dst, strides, pad_l, pad_r);
-  dnnl::reorder::primitive_desc reorder_pd(engine, user_weights, engine, pd.weights_desc());
+                           weights_any, dst, strides, pad_l, pad_r, attr);
+  dnnl::reorder::primitive_desc reorder_pd(engine, user_weights, engine, pd.weights_desc(), attr);
   auto plan = std::make_shared<Plan>(
-      Plan{pd, dnnl::convolution_forward(pd), dnnl::reorder(reorder_pd), user_weights, has_bias});
+      Plan{pd, dnnl::convolution_forward(pd), reorder_pd, dnnl::reorder(reorder_pd), user_weights, has_bias});
   std::lock_guard<std::mutex> lock(mutex);
   return plans.emplace(key, plan).first->second;
 }
@@ -109,8 +114,11 @@ static ffi::Error ConvImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
     memory dst(plan->pd.dst_desc(), engine, y->untyped_data());
     memory user_weights(plan->user_weights, engine, w.untyped_data());
     memory weights(plan->pd.weights_desc(), engine);
-    plan->weights_reorder.execute(stream, user_weights, weights);
-    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}};
+    const auto reorder_scratch = plan->reorder_pd.scratchpad_desc();
+    plan->weights_reorder.execute(stream, {{DNNL_ARG_FROM, user_weights}, {DNNL_ARG_TO, weights},
+                                           {DNNL_ARG_SCRATCHPAD, memory(reorder_scratch, engine)}});
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst},
+                                         {DNNL_ARG_SCRATCHPAD, memory(plan->pd.scratchpad_desc(), engine)}};
     if (has_bias) args.emplace(DNNL_ARG_BIAS, memory(plan->pd.bias_desc(), engine, b.untyped_data()));
     plan->conv.execute(stream, args);
     stream.wait();

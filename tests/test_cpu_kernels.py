@@ -1,0 +1,295 @@
+"""The CPU kernels (vqgan_flax/cpu_kernels.py: oneDNN convolution, fused GroupNorm) against XLA's
+ops, and the fallbacks."""
+
+import contextlib
+import platform
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from vqgan_flax import FlaxVQGANModel, VQGANConfig, cpu_kernels
+from vqgan_flax.cpu_kernels import KERNELS_ENV, KernelsUnavailable, conv_general_dilated, group_norm, kernel_backend
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+LINUX_X86 = sys.platform == "linux" and platform.machine() == "x86_64"
+
+
+@contextlib.contextmanager
+def monkeypatch_env(name, value):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(name, value)
+        yield
+
+
+def _dn(x, k):
+    return lax.conv_dimension_numbers(x.shape, k.shape, NHWC)
+
+
+def _operands(x_shape, k_shape, dtype=jnp.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    return (jnp.asarray(rng.standard_normal(x_shape), dtype), jnp.asarray(rng.standard_normal(k_shape) * 0.2, dtype))
+
+
+def _ours(x, k, strides=(1, 1), padding="SAME"):
+    return conv_general_dilated(x, k, strides, padding, dimension_numbers=_dn(x, k))
+
+
+def _hlo(fn, *args) -> str:
+    return jax.jit(fn).lower(*args).as_text()
+
+
+@pytest.fixture
+def onednn(monkeypatch):
+    """oneDNN is a dependency on Linux x86-64: there it must build and load, not quietly fall back."""
+    monkeypatch.setenv(KERNELS_ENV, "on")
+    reason = cpu_kernels.kernels_status()
+    if reason is not None:
+        assert not LINUX_X86, f"CPU kernels unavailable on Linux x86-64: {reason}"
+        pytest.skip(reason)
+
+
+# (input, kernel, strides, padding): taming's 3x3 / stride-2 / 1x1 convs and odd shapes and pads
+CASES = [
+    ((2, 9, 7, 5), (3, 3, 5, 4), (1, 1), ((1, 1), (1, 1))),
+    ((1, 9, 9, 8), (3, 3, 8, 6), (2, 2), ((0, 1), (0, 1))),
+    ((3, 6, 5, 8), (1, 1, 8, 16), (1, 1), "SAME"),
+    ((1, 11, 8, 3), (3, 3, 3, 7), (2, 1), "VALID"),
+    ((1, 8, 10, 4), (4, 2, 4, 3), (1, 2), ((2, 0), (1, 3))),
+]
+
+
+@pytest.mark.parametrize("x_shape,k_shape,strides,padding", CASES)
+def test_matches_xla_float32(onednn, x_shape, k_shape, strides, padding):
+    x, k = _operands(x_shape, k_shape)
+    ours = jax.jit(lambda x, k: _ours(x, k, strides, padding))(x, k)
+    want = lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=_dn(x, k))
+    assert ours.shape == want.shape and ours.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(want), rtol=1e-5, atol=1e-5)
+    assert "vqgan_onednn_conv" in _hlo(lambda x, k: _ours(x, k, strides, padding), x, k)
+
+
+@pytest.mark.parametrize("x_shape,k_shape,strides,padding", CASES[:3])
+def test_matches_xla_bfloat16(onednn, x_shape, k_shape, strides, padding):
+    """bf16 operands, float32 accumulation on both sides; outputs differ by bf16 rounding only."""
+    x, k = _operands(x_shape, k_shape, jnp.bfloat16)
+    ours = jax.jit(lambda x, k: _ours(x, k, strides, padding))(x, k)
+    want = lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=_dn(x, k))
+    assert ours.dtype == jnp.bfloat16
+    ours, want = np.asarray(ours, np.float32), np.asarray(want, np.float32)
+    np.testing.assert_allclose(ours, want, rtol=2**-7, atol=2**-7 * np.abs(want).max())
+
+
+def test_gradient_vmap_and_eager_match_xla(onednn):
+    x, k = _operands((2, 8, 8, 4), (3, 3, 4, 5))
+
+    def loss(conv, x, k):
+        return jnp.sum(jnp.sin(conv(x, k, (2, 2), ((0, 1), (0, 1)), dimension_numbers=_dn(x, k))))
+
+    ours = jax.grad(lambda x, k: loss(conv_general_dilated, x, k), argnums=(0, 1))(x, k)
+    want = jax.grad(lambda x, k: loss(lax.conv_general_dilated, x, k), argnums=(0, 1))(x, k)
+    for a, b in zip(ours, want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    batched = jax.vmap(lambda x: conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=_dn(x, k)))(x[:, None])
+    np.testing.assert_allclose(np.asarray(batched[:, 0]), np.asarray(
+        lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=_dn(x, k))), rtol=1e-5, atol=1e-5)  # fmt: skip
+    with jax.disable_jit():
+        eager = conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=_dn(x, k))
+    np.testing.assert_allclose(np.asarray(eager), np.asarray(batched[:, 0]), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"rhs_dilation": (2, 2)},
+        {"lhs_dilation": (2, 1)},
+        {"feature_group_count": 2},
+        {"dimension_numbers": ("NHWC", "HWOI", "NHWC")},
+        {"dtype": jnp.float16},
+        {"padding": ((-1, 0), (0, 0))},
+    ],
+)
+def test_what_onednn_does_not_take_goes_to_xla(onednn, kwargs):
+    kwargs = dict(kwargs)
+    x, k = _operands((1, 8, 8, 4), (3, 3, 2 if "feature_group_count" in kwargs else 4, 4), kwargs.pop("dtype", "f4"))
+    kwargs.setdefault("dimension_numbers", _dn(x, k))
+    padding = kwargs.pop("padding", ((1, 1), (1, 1)))
+    text = _hlo(lambda x, k: conv_general_dilated(x, k, (1, 1), padding, **kwargs), x, k)
+    assert "vqgan_onednn_conv" not in text and "stablehlo.convolution" in text
+    ours = conv_general_dilated(x, k, (1, 1), padding, **kwargs)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(lax.conv_general_dilated(x, k, (1, 1), padding,
+                                                                                         **kwargs)))  # fmt: skip
+
+
+def test_gpu_and_tpu_programs_keep_xla_convolutions(onednn):
+    """The oneDNN branch exists only in CPU lowerings (lax.platform_dependent)."""
+    x, k = _operands((1, 8, 8, 4), (3, 3, 4, 4))
+    fn = jax.jit(_ours)
+    for platform_name, custom in (("cpu", True), ("cuda", False), ("tpu", False)):
+        unchecked = [jax.export.DisabledSafetyCheck.custom_call(cpu_kernels.CONV_TARGET)]
+        text = jax.export.export(fn, platforms=[platform_name], disabled_checks=unchecked)(x, k).mlir_module()
+        assert ("custom_call @vqgan_onednn_conv" in text) is custom, platform_name
+        assert ("stablehlo.convolution" in text) is not custom, platform_name
+
+
+def test_backend_choice(monkeypatch, onednn):
+    monkeypatch.setenv(KERNELS_ENV, "off")
+    assert kernel_backend() == "xla"
+    x, k = _operands((1, 6, 6, 2), (3, 3, 2, 2))
+    assert "vqgan_onednn_conv" not in _hlo(_ours, x, k)
+    monkeypatch.setenv(KERNELS_ENV, "On")
+    assert kernel_backend() == "native"
+    monkeypatch.setenv(KERNELS_ENV, "auto")  # this suite runs with 8 CPU devices (conftest.py)
+    assert jax.device_count() == 8 and kernel_backend() == "xla"
+    monkeypatch.setenv(KERNELS_ENV, "cudnn")
+    with pytest.raises(ValueError, match=f"{KERNELS_ENV}='cudnn'"):
+        kernel_backend()
+
+
+def test_unavailable_onednn_falls_back_or_fails_by_request(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "_load", lambda: "the onednn-cpu-gomp package is not installed")
+    monkeypatch.setattr(jax, "device_count", lambda: 1)
+    monkeypatch.setenv(KERNELS_ENV, "auto")
+    assert kernel_backend() == "xla"
+    monkeypatch.setenv(KERNELS_ENV, "on")
+    with pytest.raises(KernelsUnavailable, match="onednn-cpu-gomp package is not installed"):
+        kernel_backend()
+
+
+def test_build_errors_name_the_cause(monkeypatch, tmp_path):
+    def missing(dist):
+        raise cpu_kernels.importlib.metadata.PackageNotFoundError(dist)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cpu_kernels.importlib.metadata, "files", missing)
+        with pytest.raises(KernelsUnavailable, match="onednn-cpu-gomp package is not installed"):
+            cpu_kernels.build_extension(str(tmp_path))
+    if not LINUX_X86:
+        pytest.skip("oneDNN wheels exist for Linux x86-64 only")
+    monkeypatch.setenv("CXX", "/bin/false")
+    with pytest.raises(KernelsUnavailable, match="building the CPU kernels in .*csrc failed \\(/bin/false\\)"):
+        cpu_kernels.build_extension(str(tmp_path))
+    assert not list(tmp_path.iterdir())  # nothing half-built is left to be loaded later
+
+
+def test_build_is_cached_per_inputs(onednn, monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", "g++")
+    path = cpu_kernels.build_extension(str(tmp_path))
+    calls, run = [], subprocess.run
+    monkeypatch.setattr(cpu_kernels.subprocess, "run", lambda *a, **k: calls.append(a) or run(*a, **k))
+    assert cpu_kernels.build_extension(str(tmp_path)) == path and not calls
+    monkeypatch.setenv("CXX", "c++")  # another compiler is another build
+    assert cpu_kernels.build_extension(str(tmp_path)) != path and len(calls) == 1
+
+
+def test_handler_refuses_mismatched_dtypes(onednn):
+    """The C++ side checks what it is given (the Python side never sends this)."""
+    x, k = _operands((1, 4, 4, 2), (3, 3, 2, 2))
+    call = jax.ffi.ffi_call(cpu_kernels.CONV_TARGET, jax.ShapeDtypeStruct((1, 4, 4, 2), jnp.float32))
+    attrs = {name: np.int64(v) for name, v in (("stride_h", 1), ("stride_w", 1), ("pad_top", 1), ("pad_bottom", 1),
+                                               ("pad_left", 1), ("pad_right", 1))}  # fmt: skip
+    with pytest.raises(Exception, match="vqgan_onednn_conv: input, kernel and output must all be float32"):
+        jax.block_until_ready(call(x, k.astype(jnp.bfloat16), jnp.zeros((0,), jnp.float32), **attrs))
+
+
+def test_model_tokens_equal_with_either_backend(onednn, monkeypatch):
+    config = VQGANConfig.from_preset("tiny")
+    pixels = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+    outputs = {}
+    for setting in ("on", "off"):
+        monkeypatch.setenv(KERNELS_ENV, setting)
+        model = FlaxVQGANModel(config, seed=0)
+        text = jax.jit(lambda p, x, m=model: m.module.apply({"params": p}, x)).lower(model.params, pixels).as_text()
+        for target in (cpu_kernels.CONV_TARGET, cpu_kernels.GROUP_NORM_TARGET):
+            assert (f"custom_call @{target}" in text) is (setting == "on"), target
+        outputs[setting] = (model.encode(pixels).indices, model(pixels).reconstruction)
+    np.testing.assert_array_equal(np.asarray(outputs["on"][0]), np.asarray(outputs["off"][0]))
+    np.testing.assert_allclose(np.asarray(outputs["on"][1]), np.asarray(outputs["off"][1]), atol=1e-4)
+
+
+def _flax_group_norm(x, scale, bias, swish):
+    """The reference: flax's own GroupNorm (two-pass statistics, float32), then swish."""
+    import flax.linen as nn
+
+    norm = nn.GroupNorm(num_groups=32, epsilon=1e-6, dtype=jnp.float32, use_fast_variance=False)
+    y = norm.apply({"params": {"scale": scale, "bias": bias}}, x.astype(jnp.float32))
+    return nn.swish(y) if swish else y
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8, 64), (2, 5, 7, 96), (1, 33, 17, 32)])
+@pytest.mark.parametrize("swish", [False, True])
+def test_group_norm_matches_flax(onednn, shape, swish):
+    rng = np.random.default_rng(2)
+    # a large common offset: one-pass (E[x²] - E[x]²) statistics would lose most digits here
+    x = jnp.asarray(rng.standard_normal(shape) * 3 + 40, jnp.float32)
+    scale, bias = (jnp.asarray(rng.standard_normal(shape[-1:]), jnp.float32) for _ in range(2))
+    want = np.asarray(_flax_group_norm(x, scale, bias, swish))
+    fn = jax.jit(lambda x, s, b: group_norm(x, s, b, 32, 1e-6, jnp.float32, swish))
+    assert f"custom_call @{cpu_kernels.GROUP_NORM_TARGET}" in fn.lower(x, scale, bias).as_text()
+    np.testing.assert_allclose(np.asarray(fn(x, scale, bias)), want, rtol=1e-5, atol=2e-5)
+    with monkeypatch_env(KERNELS_ENV, "off"):  # the XLA path computes the same thing
+        xla = jax.jit(lambda x, s, b: group_norm(x, s, b, 32, 1e-6, jnp.float32, swish))
+        assert "custom_call" not in xla.lower(x, scale, bias).as_text()
+        np.testing.assert_allclose(np.asarray(xla(x, scale, bias)), want, rtol=1e-5, atol=2e-5)
+
+
+def test_group_norm_bfloat16_in_and_out(onednn):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((1, 6, 6, 64)) * 2, jnp.bfloat16)
+    scale, bias = jnp.ones(64), jnp.asarray(rng.standard_normal(64), jnp.float32)
+    want = np.asarray(_flax_group_norm(x, scale, bias, True))
+    for out_dtype in (jnp.bfloat16, jnp.float32):
+        ours = jax.jit(lambda x, d=out_dtype: group_norm(x, scale, bias, 32, 1e-6, d, True))(x)
+        assert ours.dtype == out_dtype
+        tol = 2**-8 if out_dtype == jnp.bfloat16 else 1e-5  # the output's rounding only: statistics are float32
+        np.testing.assert_allclose(np.asarray(ours, np.float32), want, rtol=tol, atol=tol)
+
+
+def test_group_norm_keeps_nan_and_extremes(onednn):
+    """swish's exp is an approximation clamped to [-87, 88]: no overflow to inf, NaN stays NaN."""
+    x = np.zeros((1, 4, 4, 32), np.float32)
+    x[0, 0, 0, :] = 1e4  # normalised to about +-3.9 per group: moderate
+    scale = jnp.full(32, 100.0)  # pushes the normalised values to +-390: swish's tails
+    ours = np.asarray(jax.jit(lambda x: group_norm(x, scale, jnp.zeros(32), 32, 1e-6, jnp.float32, True))(x))
+    np.testing.assert_allclose(ours, np.asarray(_flax_group_norm(jnp.asarray(x), scale, jnp.zeros(32), True)),
+                               rtol=1e-5, atol=1e-4)  # fmt: skip
+    x[0, 1, 1, 5] = np.nan
+    ours = np.asarray(jax.jit(lambda x: group_norm(x, jnp.ones(32), jnp.zeros(32), 32, 1e-6, jnp.float32, True))(x))
+    assert np.isnan(ours[..., 5]).all() and np.isfinite(np.delete(ours, 5, axis=-1)).all()
+
+
+def test_group_norm_gradient_matches_flax(onednn):
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((2, 4, 4, 64)), jnp.float32)
+    scale, bias = jnp.asarray(rng.uniform(0.5, 1.5, 64), jnp.float32), jnp.zeros(64)
+    ours = jax.grad(lambda x, s: jnp.sum(group_norm(x, s, bias, 32, 1e-6, jnp.float32, True) ** 2), (0, 1))(x, scale)
+    want = jax.grad(lambda x, s: jnp.sum(_flax_group_norm(x, s, bias, True) ** 2), (0, 1))(x, scale)
+    for a, b in zip(ours, want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+def test_group_norm_handler_checks_groups(onednn):
+    call = jax.ffi.ffi_call(cpu_kernels.GROUP_NORM_TARGET, jax.ShapeDtypeStruct((1, 2, 2, 48), jnp.float32))
+    with pytest.raises(Exception, match="vqgan_group_norm: channels 48 do not fit groups 32"):
+        jax.block_until_ready(call(jnp.ones((1, 2, 2, 48)), jnp.ones(48), jnp.zeros(48), groups=np.int64(32),
+                                   epsilon=np.float32(1e-6), swish=False))  # fmt: skip
+
+
+def test_sharded_program_equals_one_device(onednn):
+    """Under "on" with a batch sharded over 8 devices the kernels run on gathered operands; the
+    result must equal one device's (a shared oneDNN scratchpad once made it differ)."""
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    model = FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=0)
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)), jnp.float32)
+    fn = jax.jit(lambda p, x: model.module.apply({"params": p}, x)[0])
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    sharded = fn(
+        jax.device_put(model.params, NamedSharding(mesh, P())), jax.device_put(x, NamedSharding(mesh, P("data")))
+    )
+    np.testing.assert_array_equal(np.asarray(sharded), np.asarray(fn(model.params, x)))

@@ -1,0 +1,267 @@
+"""CPU kernels for the encoder and decoder, as XLA FFI custom calls; XLA's own ops everywhere else.
+
+XLA:CPU runs convolutions as Eigen contractions, behind oneDNN (what PyTorch runs) in float32 and
+without AMX / avx512_bf16 for bfloat16, and GroupNorm as reductions it vectorizes poorly
+(``benchmarks/op_profile.py`` measures both). Two small C++ handlers replace them on CPU:
+``csrc/onednn_conv.cc`` (a oneDNN convolution on JAX's NHWC/HWIO layouts) and
+``csrc/group_norm.cc`` (GroupNorm with float32 two-pass statistics, swish fused). On Linux x86-64
+the ``onednn-cpu-gomp`` wheels (a dependency there) carry oneDNN; the handlers are compiled once
+per environment with the system's C++ compiler into ``$XDG_CACHE_HOME/vqgan_flax/kernels``.
+
+``conv_general_dilated`` (``lax.conv_general_dilated``'s signature, handed to flax's
+``nn.Conv``) and ``group_norm`` take the kernels only for what the handlers do and only when
+lowering for CPU (``lax.platform_dependent``); GPUs and TPUs get XLA's ops. Derivatives are XLA's
+(``custom_jvp``), so training works through either path.
+
+``VQGAN_FLAX_CPU_KERNELS`` chooses, read whenever a function is traced (a model compiles each
+method once per input shape, so set it before the first call): ``auto`` (default: the kernels
+when they build and JAX has a single device), ``on`` (also with several devices; fail, naming
+the reason, when they do not build) or ``off`` (XLA's ops). Why one device: XLA's partitioner
+does not know how to split a custom call, so a program sharded over several devices gathers the
+kernels' operands and computes them on every device (correct, but not what sharding is for).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import subprocess
+import warnings
+from typing import Any, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = ["conv_general_dilated", "group_norm", "kernel_backend", "kernels_status"]
+
+logger = logging.getLogger(__name__)
+
+KERNELS_ENV = "VQGAN_FLAX_CPU_KERNELS"
+CONV_TARGET, GROUP_NORM_TARGET = "vqgan_onednn_conv", "vqgan_group_norm"
+_CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+_SOURCES = [os.path.join(_CSRC, name) for name in ("onednn_conv.cc", "group_norm.cc")]
+_LIBRARY_DIST, _HEADERS_DIST = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"
+_NHWC = ("NHWC", "HWIO", "NHWC")
+_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+
+class KernelsUnavailable(RuntimeError):
+    """The CPU kernels cannot run here; the message says why."""
+
+
+def _dist_file(dist: str, name: str) -> str:
+    """The installed file ``name`` of distribution ``dist`` (wheels put oneDNN's data files under
+    the environment's prefix, so ask the installer's record rather than guess the prefix)."""
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise KernelsUnavailable(f"the {dist} package is not installed (pip install {dist})") from None
+    for file in files:
+        if file.name == name:
+            return os.path.normpath(str(file.locate()))
+    raise KernelsUnavailable(f"the {dist} package has no {name}")
+
+
+def _kernel_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "vqgan_flax", "kernels")
+
+
+def build_extension(folder: Optional[str] = None) -> str:
+    """Compile ``csrc/*.cc`` into one library (once: its name hashes every input) and return its path."""
+    library = _dist_file(_LIBRARY_DIST, "libdnnl.so")
+    header = _dist_file(_HEADERS_DIST, "dnnl.hpp")  # include/oneapi/dnnl/dnnl.hpp or include/dnnl.hpp
+    include = os.path.dirname(header)
+    include = os.path.dirname(os.path.dirname(include)) if include.endswith(os.path.join("oneapi", "dnnl")) else include
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not compiler:
+        raise KernelsUnavailable("no C++ compiler (g++ or $CXX) to build the CPU kernels")
+    sources = []
+    for name in _SOURCES:
+        with open(name, "rb") as f:
+            sources.append(f.read())
+    key = hashlib.sha256(b"\0".join([*sources, jax.ffi.include_dir().encode(), library.encode(), include.encode(),
+                                     compiler.encode(), importlib.metadata.version("jaxlib").encode()]))  # fmt: skip
+    folder = folder or _kernel_dir()
+    path = os.path.join(folder, f"vqgan_cpu_kernels-{key.hexdigest()[:16]}.so")
+    if os.path.exists(path):
+        return path
+    os.makedirs(folder, exist_ok=True)
+    partial = f"{path}.{os.getpid()}.partial"  # several processes may build at once; the last rename wins
+    lib_dir = os.path.dirname(library)
+    # -O3 and target_clones (in the source) vectorize group_norm.cc for AVX-512 / AVX2 / baseline
+    # at run time, so the cached library does not depend on the CPU that built it.
+    command = [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-Wno-return-type", "-Wno-attributes",
+               *_SOURCES, "-o", partial,
+               f"-I{include}", f"-I{jax.ffi.include_dir()}", f"-L{lib_dir}", "-ldnnl",
+               f"-Wl,-rpath,{lib_dir}"]  # fmt: skip
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise KernelsUnavailable(f"building the CPU kernels in {_CSRC} failed: {error}") from None
+    if result.returncode != 0:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise KernelsUnavailable(
+            f"building the CPU kernels in {_CSRC} failed ({compiler}): {result.stderr.strip()[-600:]}"
+        )
+    os.replace(partial, path)
+    return path
+
+
+@functools.cache
+def _load() -> Optional[str]:
+    """Build, load and register the FFI target; ``None`` when that worked, else the reason."""
+    try:
+        path = build_extension()
+        library = ctypes.cdll.LoadLibrary(path)
+    except (KernelsUnavailable, OSError) as error:
+        return str(error)
+    jax.ffi.register_ffi_target(CONV_TARGET, jax.ffi.pycapsule(library.VqganOnednnConv), platform="cpu")
+    jax.ffi.register_ffi_target(GROUP_NORM_TARGET, jax.ffi.pycapsule(library.VqganGroupNorm), platform="cpu")
+    return None
+
+
+def kernels_status() -> Optional[str]:
+    """``None`` when the CPU kernels are usable here, else why not (one line)."""
+    return _load()
+
+
+def kernel_backend() -> str:
+    """What CPU programs traced now use: ``"native"`` (the kernels) or ``"xla"`` (see the module doc)."""
+    choice = os.environ.get(KERNELS_ENV, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "on", "off"):
+        raise ValueError(f"{KERNELS_ENV}={choice!r}: expected auto, on or off")
+    if choice == "off" or (choice == "auto" and jax.device_count() > 1):
+        return "xla"
+    reason = _load()
+    if reason is None:
+        return "native"
+    if choice == "on":
+        raise KernelsUnavailable(f"{KERNELS_ENV}=on, but {reason}")
+    if not _warned_once(reason):
+        logger.info("CPU kernels unavailable, using XLA's ops: %s", reason)
+    return "xla"
+
+
+@functools.cache
+def _warned_once(reason: str) -> bool:
+    # A missing optional package is the normal case off Linux x86-64; a failed build is worth a warning.
+    if "failed" in reason:
+        warnings.warn(f"vqgan_flax: CPU kernels unavailable, using XLA's ops ({reason})", stacklevel=3)
+        return True
+    return False
+
+
+def _explicit_pads(padding: Union[str, Sequence], x_shape: Sequence[int], k_shape: Sequence[int],
+                   strides: Sequence[int]) -> list:  # fmt: skip
+    if isinstance(padding, str):
+        return [tuple(p) for p in lax.padtype_to_pads(x_shape[1:3], k_shape[:2], strides, padding)]
+    return [tuple(int(v) for v in p) for p in padding]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _onednn_conv(x: jax.Array, kernel: jax.Array, strides: tuple, pads: tuple) -> jax.Array:
+    (top, bottom), (left, right) = pads
+    out_h = (x.shape[1] + top + bottom - kernel.shape[0]) // strides[0] + 1
+    out_w = (x.shape[2] + left + right - kernel.shape[1]) // strides[1] + 1
+    out = jax.ShapeDtypeStruct((x.shape[0], out_h, out_w, kernel.shape[3]), x.dtype)
+    no_bias = jnp.zeros((0,), x.dtype)
+    return jax.ffi.ffi_call(CONV_TARGET, out, vmap_method="sequential")(
+        x, kernel, no_bias, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]), pad_top=np.int64(top),
+        pad_bottom=np.int64(bottom), pad_left=np.int64(left), pad_right=np.int64(right))  # fmt: skip
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, strides: tuple, pads: tuple) -> jax.Array:
+    return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC)
+
+
+@_onednn_conv.defjvp
+def _onednn_conv_jvp(strides: tuple, pads: tuple, primals: tuple, tangents: tuple) -> tuple:
+    # The convolution is bilinear, so its tangent is two convolutions; XLA's can be transposed.
+    (x, kernel), (dx, dkernel) = primals, tangents
+    out = _onednn_conv(x, kernel, strides, pads)
+    return out, _xla_conv(dx, kernel, strides, pads) + _xla_conv(x, dkernel, strides, pads)
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                         padding: Union[str, Sequence], lhs_dilation: Optional[Sequence[int]] = None,
+                         rhs_dilation: Optional[Sequence[int]] = None, dimension_numbers: Any = None,
+                         feature_group_count: int = 1, batch_group_count: int = 1, precision: Any = None,
+                         preferred_element_type: Any = None) -> jax.Array:  # fmt: skip
+    """``lax.conv_general_dilated``, through oneDNN where it applies (CPU, see the module doc)."""
+    args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+            batch_group_count, precision, preferred_element_type)  # fmt: skip
+    rest = args[2:]
+    handled = (
+        lhs.ndim == 4 and rhs.ndim == 4 and feature_group_count == 1 and batch_group_count == 1
+        and preferred_element_type is None and lhs.dtype == rhs.dtype and lhs.dtype in _DTYPES
+        and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
+        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+        and 0 not in lhs.shape and 0 not in rhs.shape
+    )  # fmt: skip
+    if not handled or kernel_backend() != "native":
+        return lax.conv_general_dilated(lhs, rhs, *rest)
+    strides = tuple(int(s) for s in window_strides)
+    pads = _explicit_pads(padding, lhs.shape, rhs.shape, strides)
+    if any(p < 0 for pair in pads for p in pair):  # cropping, which oneDNN's pads cannot express
+        return lax.conv_general_dilated(lhs, rhs, *rest)
+    pads = tuple(pads)
+    return lax.platform_dependent(
+        lhs, rhs,
+        cpu=lambda x, k: _onednn_conv(x, k, strides, pads),
+        default=lambda x, k: lax.conv_general_dilated(x, k, *rest),
+    )  # fmt: skip
+
+
+def _group_norm_xla(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, epsilon: float,
+                    out_dtype: Any, swish: bool) -> jax.Array:  # fmt: skip
+    """flax's ``GroupNorm(use_fast_variance=False)`` in float32, then swish, then ``out_dtype``."""
+    n, h, w, c = x.shape
+    grouped = x.astype(jnp.float32).reshape(n, h, w, groups, c // groups)
+    mean = grouped.mean(axis=(1, 2, 4), keepdims=True)
+    var = jnp.maximum(0.0, jnp.square(grouped - mean).mean(axis=(1, 2, 4), keepdims=True))
+    mul = lax.rsqrt(var + epsilon) * scale.astype(jnp.float32).reshape(groups, c // groups)
+    y = ((grouped - mean) * mul).reshape(x.shape) + bias.astype(jnp.float32)
+    return (jax.nn.swish(y) if swish else y).astype(out_dtype)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5, 6))
+def _native_group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, epsilon: float,
+                       out_dtype: Any, swish: bool) -> jax.Array:  # fmt: skip
+    call = jax.ffi.ffi_call(GROUP_NORM_TARGET, jax.ShapeDtypeStruct(x.shape, out_dtype), vmap_method="sequential")
+    return call(x, scale.astype(jnp.float32), bias.astype(jnp.float32), groups=np.int64(groups),
+                epsilon=np.float32(epsilon), swish=bool(swish))  # fmt: skip
+
+
+@_native_group_norm.defjvp
+def _native_group_norm_jvp(groups: int, epsilon: float, out_dtype: Any, swish: bool, primals: tuple,
+                           tangents: tuple) -> tuple:  # fmt: skip
+    reference = functools.partial(_group_norm_xla, groups=groups, epsilon=epsilon, out_dtype=out_dtype, swish=swish)
+    _, tangent = jax.jvp(reference, primals, tangents)
+    return _native_group_norm(*primals, groups, epsilon, out_dtype, swish), tangent
+
+
+def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, epsilon: float, out_dtype: Any,
+               swish: bool = False) -> jax.Array:  # fmt: skip
+    """GroupNorm over NHWC ``x`` with float32 two-pass statistics (flax's ``use_fast_variance=False``),
+    per-channel ``scale`` and ``bias``, then swish when ``swish``; returned as ``out_dtype``."""
+    out_dtype = jnp.dtype(out_dtype)
+    reference = functools.partial(_group_norm_xla, groups=groups, epsilon=epsilon, out_dtype=out_dtype, swish=swish)
+    handled = (x.ndim == 4 and x.dtype in _DTYPES and out_dtype in _DTYPES and x.shape[-1] % groups == 0
+               and scale.shape == bias.shape == (x.shape[-1],) and 0 not in x.shape)  # fmt: skip
+    if not handled or kernel_backend() != "native":
+        return reference(x, scale, bias)
+    return lax.platform_dependent(
+        x, scale, bias,
+        cpu=lambda x, s, b: _native_group_norm(x, s, b, groups, epsilon, out_dtype, swish),
+        default=reference,
+    )  # fmt: skip
