@@ -1,18 +1,21 @@
 """Where the time goes, per op class, in our encoder/decoder and in PyTorch's, at the model's shapes.
 
-    python benchmarks/op_profile.py                       # f16-1024 at 256², batch 1
+    python benchmarks/op_profile.py                       # f16-1024 at 256², batch 1, float32
     python benchmarks/op_profile.py --json benchmarks/results/op_profile.json
+    python benchmarks/op_profile.py --precision bfloat16 --json benchmarks/results/op_profile_bf16.json
 
 The model's convolutions and GroupNorms are listed by running ``encode`` and ``decode_code`` once
-under ``flax.linen.intercept_methods`` (every ``nn.Conv`` and ``nn.GroupNorm`` call with its input
-shape). Each distinct op is then timed alone, in its own process per framework: ours as a jitted
-``nn.Conv`` / ``nn.GroupNorm`` + swish on NHWC float32; PyTorch's as ``Conv2d`` on a
-channels_last tensor (``torch.compile`` hands a lone convolution to the same oneDNN kernel) and
-``torch.compile``-d ``GroupNorm`` + SiLU (where inductor fuses). Per class, the time of one
-encode or decode is the sum over its ops of count × median time; "rest" is the whole call measured
-beside it (``run.py``'s way) minus the classes: attention matmuls and softmax, upsampling copies,
-the quantizer, fusion boundaries. GroupNorms not followed by swish (attention's) are timed with
-it, on both sides.
+under ``flax.linen.intercept_methods`` (every ``nn.Conv`` and ``blocks.GroupNorm`` call with its
+input shape). Each distinct op is then timed alone, in its own process per framework: ours as
+the model's own jitted blocks (``blocks._conv``, ``blocks.GroupNorm`` with swish: on CPU the
+kernels of ``vqgan_flax/cpu_kernels.py`` unless ``VQGAN_FLAX_CPU_KERNELS=off``) on NHWC;
+PyTorch's as ``Conv2d`` on a channels_last tensor (``torch.compile`` hands a lone convolution to
+the same oneDNN kernel) and ``torch.compile``-d ``GroupNorm`` + SiLU (where inductor fuses), under
+``torch.autocast(bfloat16)`` for ``--precision bfloat16`` (ours: bf16 operands, float32 norms).
+Per class, the time of one encode or decode is the sum over its ops of count × median time;
+"rest" is the whole call measured beside it (``run.py``'s way) minus the classes: attention
+matmuls and softmax, upsampling copies, the quantizer, fusion boundaries. GroupNorms not
+followed by swish (attention's) are timed with it, on both sides.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def op_census(preset: str, size: int) -> dict:
     import jax.numpy as jnp
 
     from vqgan_flax import FlaxVQGANModel, VQGANConfig
+    from vqgan_flax.blocks import GroupNorm
 
     model = FlaxVQGANModel(VQGANConfig.from_preset(preset), seed=0)
     census = {}
@@ -49,7 +53,7 @@ def op_census(preset: str, size: int) -> dict:
     def record(counts):
         def interceptor(next_fun, args, kwargs, context):
             module = context.module
-            if context.method_name == "__call__" and isinstance(module, (nn.Conv, nn.GroupNorm)):
+            if context.method_name == "__call__" and isinstance(module, (nn.Conv, GroupNorm)):
                 _, h, w, c = args[0].shape
                 if isinstance(module, nn.Conv):
                     strides = module.strides or 1
@@ -80,29 +84,31 @@ def op_census(preset: str, size: int) -> dict:
     return census
 
 
-def time_ops_jax(ops: list, repeats: int) -> list:
-    import flax.linen as nn
+def time_ops_jax(ops: list, repeats: int, precision: str) -> list:
     import jax
     import jax.numpy as jnp
     import numpy as np
 
+    from vqgan_flax.blocks import GroupNorm, _conv
+
+    dtype = jnp.dtype(precision)
     seconds = []
     for kind, h, w, c_in, c_out, kernel, stride in ops:
-        x = jnp.asarray(np.random.default_rng(0).standard_normal((1, h, w, c_in)), jnp.float32)
+        x = jnp.asarray(np.random.default_rng(0).standard_normal((1, h, w, c_in)), dtype)
         if kind == "conv":
             pad = "VALID" if stride == 2 else ((kernel // 2, kernel // 2),) * 2
-            module = nn.Conv(c_out, (kernel, kernel), strides=(stride, stride), padding=pad)
+            module = _conv(c_out, kernel, dtype, jnp.float32, strides=(stride, stride), padding=pad)
             params = module.init(jax.random.key(0), x)
             fn = jax.jit(lambda p, x, m=module: m.apply(p, x))
         else:
-            module = nn.GroupNorm(num_groups=32, epsilon=1e-6, use_fast_variance=False)
+            module = GroupNorm()
             params = module.init(jax.random.key(0), x)
-            fn = jax.jit(lambda p, x, m=module: nn.swish(m.apply(p, x)))
+            fn = jax.jit(lambda p, x, m=module: m.apply(p, x, dtype, swish=True))
         seconds.append(_median_seconds(lambda: fn(params, x).block_until_ready(), repeats))  # noqa: B023
     return seconds
 
 
-def time_ops_torch(ops: list, repeats: int) -> list:
+def time_ops_torch(ops: list, repeats: int, precision: str) -> list:
     import torch
 
     torch.set_num_threads(os.cpu_count())
@@ -117,7 +123,8 @@ def time_ops_torch(ops: list, repeats: int) -> list:
             else:
                 norm = torch.nn.GroupNorm(32, c_in, eps=1e-6)
                 op = torch.compile(lambda x, norm=norm: torch.nn.functional.silu(norm(x)))
-            seconds.append(_median_seconds(lambda op=op, x=x: op(x), repeats))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                seconds.append(_median_seconds(lambda op=op, x=x: op(x), repeats))
     return seconds
 
 
@@ -126,6 +133,7 @@ def main() -> None:
     parser.add_argument("--preset", default="f16-1024")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--json", help="write the record here (needs a clean checkout)")
     parser.add_argument("--allow-dirty", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -140,24 +148,28 @@ def main() -> None:
     if args.worker in ("jax", "torch"):
         ops = [tuple(op) for op in json.loads(args.ops)]
         timer = time_ops_jax if args.worker == "jax" else time_ops_torch
-        print(json.dumps(timer(ops, args.repeats)))
+        print(json.dumps(timer(ops, args.repeats, args.precision)))
         return
 
     provenance.check_can_record(args.json, args.allow_dirty)
     record = {**provenance.provenance(__file__, extra_harness=[os.path.join(HERE, "run.py")]),
-              "benchmark": "op_profile", "preset": args.preset, "size": args.size, "repeats": args.repeats}  # fmt: skip
+              "benchmark": "op_profile", "preset": args.preset, "size": args.size, "repeats": args.repeats,
+              "precision": args.precision}  # fmt: skip
     common = ["--preset", args.preset, "--size", str(args.size), "--repeats", str(args.repeats)]
     census = run_in_fresh_process(__file__, ["census", *common], "census")
     ops = sorted({tuple(op) for counts in census.values() for op, _ in counts})
     timings = {}
     for framework in ("jax", "torch"):
-        found = run_in_fresh_process(__file__, [framework, *common, "--ops", json.dumps(ops)], f"{framework} ops")
+        worker = [framework, *common, "--precision", args.precision, "--ops", json.dumps(ops)]
+        found = run_in_fresh_process(__file__, worker, f"{framework} ops")
         timings[framework] = dict(zip(ops, found))
     # The whole calls, batch 1, for the "rest": run.py's workers (ours; torch.compile channels_last).
     whole = {}
-    for system in ("jax-float32", "torch-compile-float32"):
+    ours, theirs = f"jax-{args.precision}", f"torch-compile-{args.precision}"
+    for system in (ours, theirs):
         row = run_in_fresh_process(os.path.join(HERE, "run.py"), [system, "--batch", "1", *common], system)
         whole[system] = {"encode": row["encode_s"], "decode": row["decode_s"]}
+        record[f"{system}_kernels"] = row.get("kernels")
     classes = []
     for call in ("encode", "decode"):
         totals = collections.defaultdict(lambda: {"count": 0, "jax_s": 0.0, "torch_s": 0.0})
@@ -167,10 +179,10 @@ def main() -> None:
             totals[name]["count"] += count
             totals[name]["jax_s"] += count * timings["jax"][op]
             totals[name]["torch_s"] += count * timings["torch"][op]
-        ours, theirs = whole["jax-float32"][call], whole["torch-compile-float32"][call]
-        totals["rest"] = {"count": None, "jax_s": ours - sum(t["jax_s"] for t in totals.values()),
-                          "torch_s": theirs - sum(t["torch_s"] for t in totals.values())}  # fmt: skip
-        totals["whole call"] = {"count": None, "jax_s": ours, "torch_s": theirs}
+        ours_s, theirs_s = whole[ours][call], whole[theirs][call]
+        totals["rest"] = {"count": None, "jax_s": ours_s - sum(t["jax_s"] for t in totals.values()),
+                          "torch_s": theirs_s - sum(t["torch_s"] for t in totals.values())}  # fmt: skip
+        totals["whole call"] = {"count": None, "jax_s": ours_s, "torch_s": theirs_s}
         classes += [{"call": call, "class": name, **values} for name, values in totals.items()]
     record.update(ops=[{"op": list(op), "jax_s": timings["jax"][op], "torch_s": timings["torch"][op]} for op in ops],
                   census={call: [[list(op), n] for op, n in counts] for call, counts in census.items()},

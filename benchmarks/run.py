@@ -96,7 +96,8 @@ def worker_jax(system: str, batch: int, size: int, preset: str, repeats: int, tf
     from vqgan_flax import FlaxVQGANModel, VQGANConfig
     from vqgan_flax.cpu_kernels import KERNELS_ENV, kernel_backend
 
-    os.environ[KERNELS_ENV] = "off" if system.startswith("jax-xla-") else "auto"
+    if system.startswith("jax-xla-"):
+        os.environ[KERNELS_ENV] = "off"
     jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
     dtype = jnp.bfloat16 if precision(system) == "bfloat16" else jnp.float32
     model = FlaxVQGANModel(VQGANConfig.from_preset(preset), dtype=dtype, seed=0)

@@ -140,7 +140,8 @@ def _assert_provenance(record: dict, script: str) -> None:
 
 
 @pytest.mark.torch
-def test_op_profile_runs(tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_op_profile_runs(tmp_path, precision):
     """The per-op-class profile (tiny model): its census counts every conv and GroupNorm of the model
     once, and each class has a time on both sides."""
     from flax.traverse_util import flatten_dict
@@ -150,9 +151,10 @@ def test_op_profile_runs(tmp_path):
     root = FIXTURES.parent.parent
     out = tmp_path / "ops.json"
     _run_script(root, root / "benchmarks" / "op_profile.py", "--preset", "tiny", "--size", "16", "--repeats", "1",
-                "--json", out, "--allow-dirty")  # fmt: skip
+                "--precision", precision, "--json", out, "--allow-dirty")  # fmt: skip
     record = json.loads(out.read_text())
     _assert_provenance(record, "op_profile.py")
+    assert record["precision"] == precision and record[f"jax-{precision}_kernels"] in ("native", "xla")
     params = flatten_dict(FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=0).params)
     convs = sum(k[-1] == "kernel" and v.ndim == 4 for k, v in params.items())
     norms = sum(k[-2].startswith("norm") and k[-1] == "scale" for k in params)
