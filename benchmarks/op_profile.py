@@ -45,7 +45,7 @@ def op_census(preset: str, size: int) -> dict:
     import jax.numpy as jnp
 
     from vqgan_flax import FlaxVQGANModel, VQGANConfig
-    from vqgan_flax.blocks import GroupNorm
+    from vqgan_flax.blocks import GroupNorm, UpsampleConv
 
     model = FlaxVQGANModel(VQGANConfig.from_preset(preset), seed=0)
     census = {}
@@ -53,9 +53,11 @@ def op_census(preset: str, size: int) -> dict:
     def record(counts):
         def interceptor(next_fun, args, kwargs, context):
             module = context.module
-            if context.method_name == "__call__" and isinstance(module, (nn.Conv, GroupNorm)):
+            if context.method_name == "__call__" and isinstance(module, (nn.Conv, GroupNorm, UpsampleConv)):
                 _, h, w, c = args[0].shape
-                if isinstance(module, nn.Conv):
+                if isinstance(module, UpsampleConv):  # h, w: before upsampling
+                    key = ("upconv", h, w, c, module.features, 3, 1)
+                elif isinstance(module, nn.Conv):
                     strides = module.strides or 1
                     stride = strides if isinstance(strides, int) else strides[0]
                     # A stride-2 conv's input is already padded (blocks.Downsample): VALID below.
@@ -89,7 +91,7 @@ def time_ops_jax(ops: list, repeats: int, precision: str) -> list:
     import jax.numpy as jnp
     import numpy as np
 
-    from vqgan_flax.blocks import GroupNorm, _conv
+    from vqgan_flax.blocks import GroupNorm, UpsampleConv, _conv
 
     dtype = jnp.dtype(precision)
     seconds = []
@@ -98,6 +100,10 @@ def time_ops_jax(ops: list, repeats: int, precision: str) -> list:
         if kind == "conv":
             pad = "VALID" if stride == 2 else ((kernel // 2, kernel // 2),) * 2
             module = _conv(c_out, kernel, dtype, jnp.float32, strides=(stride, stride), padding=pad)
+            params = module.init(jax.random.key(0), x)
+            fn = jax.jit(lambda p, x, m=module: m.apply(p, x))
+        elif kind == "upconv":
+            module = UpsampleConv(c_out, dtype)
             params = module.init(jax.random.key(0), x)
             fn = jax.jit(lambda p, x, m=module: m.apply(p, x))
         else:
@@ -120,6 +126,9 @@ def time_ops_torch(ops: list, repeats: int, precision: str) -> list:
                 pad = 0 if stride == 2 else kernel // 2
                 op = torch.nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=pad)
                 op = op.to(memory_format=torch.channels_last)
+            elif kind == "upconv":  # taming's Upsample: interpolate(nearest, x2), then the conv
+                conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1).to(memory_format=torch.channels_last)
+                op = lambda x, conv=conv: conv(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))  # noqa: E731
             else:
                 norm = torch.nn.GroupNorm(32, c_in, eps=1e-6)
                 op = torch.compile(lambda x, norm=norm: torch.nn.functional.silu(norm(x)))
@@ -175,7 +184,8 @@ def main() -> None:
         totals = collections.defaultdict(lambda: {"count": 0, "jax_s": 0.0, "torch_s": 0.0})
         for op, count in census[call]:
             op = tuple(op)
-            name = op[0] if op[0] != "conv" else f"conv{op[5]}x{op[5]}" + (" stride 2" if op[6] == 2 else "")
+            name = {"conv": f"conv{op[5]}x{op[5]}" + (" stride 2" if op[6] == 2 else ""),
+                    "upconv": "upsample+conv3x3"}.get(op[0], op[0])  # fmt: skip
             totals[name]["count"] += count
             totals[name]["jax_s"] += count * timings["jax"][op]
             totals[name]["torch_s"] += count * timings["torch"][op]

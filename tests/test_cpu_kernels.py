@@ -13,7 +13,14 @@ import pytest
 from jax import lax
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig, cpu_kernels
-from vqgan_flax.cpu_kernels import KERNELS_ENV, KernelsUnavailable, conv_general_dilated, group_norm, kernel_backend
+from vqgan_flax.cpu_kernels import (
+    KERNELS_ENV,
+    KernelsUnavailable,
+    conv_general_dilated,
+    group_norm,
+    kernel_backend,
+    upsample_conv,
+)
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 LINUX_X86 = sys.platform == "linux" and platform.machine() == "x86_64"
@@ -192,6 +199,7 @@ def test_handler_refuses_mismatched_dtypes(onednn):
     call = jax.ffi.ffi_call(cpu_kernels.CONV_TARGET, jax.ShapeDtypeStruct((1, 4, 4, 2), jnp.float32))
     attrs = {name: np.int64(v) for name, v in (("stride_h", 1), ("stride_w", 1), ("pad_top", 1), ("pad_bottom", 1),
                                                ("pad_left", 1), ("pad_right", 1))}  # fmt: skip
+    attrs["transposed"] = False
     with pytest.raises(Exception, match="vqgan_onednn_conv: input, kernel and output must all be float32"):
         jax.block_until_ready(call(x, k.astype(jnp.bfloat16), jnp.zeros((0,), jnp.float32), **attrs))
 
@@ -293,3 +301,48 @@ def test_sharded_program_equals_one_device(onednn):
         jax.device_put(model.params, NamedSharding(mesh, P())), jax.device_put(x, NamedSharding(mesh, P("data")))
     )
     np.testing.assert_array_equal(np.asarray(sharded), np.asarray(fn(model.params, x)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 5, 7, 8), (1, 1, 1, 4), (1, 16, 16, 32)])
+def test_upsample_conv_equals_upsampling_then_conv(onednn, dtype, shape):
+    """One stride-2 transposed 4x4 conv with summed taps = nearest x2 upsampling + 3x3 conv."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal(shape), dtype)
+    k = jnp.asarray(rng.standard_normal((3, 3, shape[-1], 6)) * 0.2, dtype)
+    upsampled = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    want = np.asarray(lax.conv_general_dilated(upsampled, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC),
+                      np.float32)  # fmt: skip
+    fn = jax.jit(upsample_conv)
+    assert "transposed = true" in fn.lower(x, k).as_text()
+    ours = fn(x, k)
+    assert ours.shape == (shape[0], 2 * shape[1], 2 * shape[2], 6) and ours.dtype == dtype
+    # bf16: the summed taps are rounded once more than the separate products
+    tol = 1e-5 if dtype == jnp.float32 else 2**-6 * np.abs(want).max()
+    np.testing.assert_allclose(np.asarray(ours, np.float32), want, rtol=tol, atol=tol)
+
+
+def test_upsample_conv_gradient_matches_xla(onednn):
+    rng = np.random.default_rng(6)
+    x, k = jnp.asarray(rng.standard_normal((1, 4, 5, 8))), jnp.asarray(rng.standard_normal((3, 3, 8, 4)) * 0.2)
+    ours = jax.grad(lambda x, k: jnp.sum(jnp.sin(upsample_conv(x, k))), (0, 1))(x, k)
+    want = jax.grad(lambda x, k: jnp.sum(jnp.sin(cpu_kernels._upsample_conv_xla(x, k))), (0, 1))(x, k)
+    for a, b in zip(ours, want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("transposed,out_hw", [(False, (4, 4)), (False, (3, 4)), (True, (9, 8))])
+def test_conv_handler_refuses_an_output_size_it_would_not_fill(onednn, transposed, out_hw):
+    """XLA allocates the output; a size that does not follow from input, kernel, strides and pads
+    would make oneDNN read or write outside it."""
+    x, k = _operands((1, 4, 4, 2), (3, 3, 2, 2) if not transposed else (4, 4, 2, 2))
+    call = jax.ffi.ffi_call(cpu_kernels.CONV_TARGET, jax.ShapeDtypeStruct((1, *out_hw, 2), jnp.float32))
+    stride = 2 if transposed else 1
+    attrs = {"stride_h": np.int64(stride), "stride_w": np.int64(stride), "pad_top": np.int64(1),
+             "pad_bottom": np.int64(1), "pad_left": np.int64(1), "pad_right": np.int64(1),
+             "transposed": transposed}  # fmt: skip
+    if out_hw == ((8, 8) if transposed else (4, 4)):
+        jax.block_until_ready(call(x, k, jnp.zeros((0,), jnp.float32), **attrs))  # the right size runs
+        return
+    with pytest.raises(Exception, match="output height/width do not follow from the input"):
+        jax.block_until_ready(call(x, k, jnp.zeros((0,), jnp.float32), **attrs))

@@ -11,9 +11,10 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
 
 from .configuration_vqgan import VQGANConfig
-from .cpu_kernels import conv_general_dilated, group_norm
+from .cpu_kernels import conv_general_dilated, group_norm, upsample_conv
 
 __all__ = [
     "AttnBlock",
@@ -25,6 +26,7 @@ __all__ = [
     "MidBlock",
     "ResnetBlock",
     "Upsample",
+    "UpsampleConv",
     "UpsamplingBlock",
 ]
 
@@ -65,6 +67,23 @@ def _conv(features: int, kernel: int, dtype: jnp.dtype, param_dtype: jnp.dtype, 
                    conv_general_dilated=conv_general_dilated, **kwargs)  # fmt: skip
 
 
+class UpsampleConv(nn.Module):
+    """Nearest-neighbour ×2 upsampling, then a 3x3 conv (padding 1) with ``nn.Conv``'s parameters
+    (``kernel``, ``bias``); on CPU fused into one transposed conv (``cpu_kernels.upsample_conv``)."""
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden_states: jax.Array) -> jax.Array:
+        shape = (3, 3, hidden_states.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        hidden_states, kernel, bias = promote_dtype(hidden_states, kernel, bias, dtype=self.dtype)
+        return upsample_conv(hidden_states, kernel) + bias
+
+
 class Upsample(nn.Module):
     """Nearest-neighbour ×2 upsampling, then a 3x3 conv when ``with_conv``."""
 
@@ -75,14 +94,13 @@ class Upsample(nn.Module):
 
     def setup(self) -> None:
         if self.with_conv:
-            self.conv = _conv(self.in_channels, 3, self.dtype, self.param_dtype)
+            self.conv = UpsampleConv(self.in_channels, self.dtype, self.param_dtype)
 
     def __call__(self, hidden_states: jax.Array) -> jax.Array:
-        # Repeating each pixel is exactly torch's interpolate(mode="nearest", scale_factor=2).
-        hidden_states = jnp.repeat(jnp.repeat(hidden_states, 2, axis=1), 2, axis=2)
         if self.with_conv:
-            hidden_states = self.conv(hidden_states)
-        return hidden_states
+            return self.conv(hidden_states)
+        # Repeating each pixel is exactly torch's interpolate(mode="nearest", scale_factor=2).
+        return jnp.repeat(jnp.repeat(hidden_states, 2, axis=1), 2, axis=2)
 
 
 class Downsample(nn.Module):
