@@ -4,6 +4,7 @@
     python benchmarks/memory.py --json benchmarks/results/memory.json     # memory
     python benchmarks/bf16_agreement.py --json benchmarks/results/bf16_agreement.json
     python benchmarks/dataset_tokenization.py --json benchmarks/results/dataset_tokenization.json
+    python benchmarks/dataset_tokenization.py --rounds 0 --rss-n 2048 --json benchmarks/results/dataset_tokenization_memory.json
     python benchmarks/op_profile.py --json benchmarks/results/op_profile.json   # per op class
     python benchmarks/report.py --write-readme                            # README.md section
 
@@ -31,6 +32,7 @@ RESULTS = os.path.join(HERE, "results")
 README = os.path.join(ROOT, "README.md")
 START, END = "<!-- performance:start -->", "<!-- performance:end -->"
 GPU_RECORD = "gpu.json"
+MEMORY_RUN = "dataset_tokenization_memory.json"
 
 
 def load(name: str, results: str = RESULTS) -> dict:
@@ -181,6 +183,24 @@ def tokenization_lines(record: dict) -> list:
     ]
 
 
+def tokenization_memory_lines(record: dict) -> list:
+    """Resident memory after every batch of one long run: a leak keeps climbing, allocator growth
+    levels off. Flat: the highest RSS of the run's second half within 5% of its first half's."""
+    run = max(record["memory"], key=lambda m: m["n"])
+    trace = run["trace"]
+    first, second = trace[: len(trace) // 2], trace[len(trace) // 2 :]
+    early, late = max(r for _, r in first), max(r for _, r in second)
+    points = ", ".join(f"{rss:.0f} MB at {n}" for n, rss in trace[:: max(1, len(trace) // 6)])
+    env = f" with {record['memory_env']}" if record.get("memory_env") else ""
+    return [
+        f"Resident memory of the JPEG files → parquet run over N = {run['n']} images{env}, after every batch: "
+        f"{points}; peak {run['peak_rss_mb']:.0f} MB.",
+        "",
+        f"- memory flat in N (highest RSS of images {second[0][0]}–{second[-1][0]}: {late:.0f} MB, within 5% of "
+        f"images {first[0][0]}–{first[-1][0]}: {early:.0f} MB): {_verdict(late <= early * 1.05)}.",
+    ]
+
+
 def agreement_lines(record: dict) -> list:
     rows = record["rows"]
     text = "; ".join(f"{r['model']}: {100 * r['agreement']:.1f}% of {r['tokens']} tokens" for r in rows)
@@ -193,6 +213,7 @@ def section(results: str = RESULTS) -> str:
     cpu, memory = load("cpu.json", results), load("memory.json", results)
     agreement, tokenization = load("bf16_agreement.json", results), load("dataset_tokenization.json", results)
     ops = load("op_profile.json", results)
+    long_run = load(MEMORY_RUN, results) if os.path.exists(os.path.join(results, MEMORY_RUN)) else None
     gpu = load(GPU_RECORD, results) if os.path.exists(os.path.join(results, GPU_RECORD)) else None
     parts = [
         START,
@@ -235,6 +256,16 @@ def section(results: str = RESULTS) -> str:
         f"**Dataset tokenization** — {describe(tokenization)}. Command: `{tokenization['command']}`.",
         "",
         *tokenization_lines(tokenization),
+        *(
+            [
+                "",
+                f"Memory over a long run — {describe(long_run)}. Command: `{long_run['command']}`.",
+                "",
+                *tokenization_memory_lines(long_run),
+            ]
+            if long_run
+            else []
+        ),  # fmt: skip
         "",
         f"**Targets** (bf16 agreement: {describe(agreement)})",
         "",

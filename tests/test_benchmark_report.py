@@ -80,6 +80,17 @@ def test_memory_verdict_fails_for_an_encoder_that_holds_its_pixels():
     assert "0.0099 MB — **met**" in "\n".join(report.memory_lines(record))
 
 
+def test_long_run_memory_verdict_tells_a_plateau_from_a_leak():
+    def record(trace):
+        return {"memory_env": {}, "memory": [{"n": trace[-1][0], "peak_rss_mb": max(r for _, r in trace),
+                                              "trace": trace}]}  # fmt: skip
+
+    plateau = [[8 * i, 1150 + min(i, 30) * 4] for i in range(1, 101)]  # +120 MB over 30 batches, then flat
+    assert "**met**" in report.tokenization_memory_lines(record(plateau))[-1]
+    leak = [[8 * i, 1150 + i * 3.0] for i in range(1, 101)]  # 3 MB per batch of 8, all the way
+    assert "**not met**" in report.tokenization_memory_lines(record(leak))[-1]
+
+
 def test_records_without_a_clean_known_commit_are_refused(tmp_path):
     good = {"commit": HEAD, "dirty": False}
     for name, record, message in (
