@@ -4,7 +4,8 @@
     python benchmarks/memory.py --json benchmarks/results/memory.json     # memory
     python benchmarks/bf16_agreement.py --json benchmarks/results/bf16_agreement.json
     python benchmarks/dataset_tokenization.py --json benchmarks/results/dataset_tokenization.json
-    python benchmarks/dataset_tokenization.py --rounds 0 --rss-n 2048 --json benchmarks/results/dataset_tokenization_memory.json
+    python benchmarks/dataset_tokenization.py --rounds 0 --rss-n 2048 \
+        --json benchmarks/results/dataset_tokenization_memory.json          # memory over a long run
     python benchmarks/op_profile.py --json benchmarks/results/op_profile.json   # per op class
     python benchmarks/report.py --write-readme                            # README.md section
 
@@ -22,6 +23,7 @@ import re
 import statistics
 import subprocess
 import sys
+from typing import Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -201,6 +203,13 @@ def tokenization_memory_lines(record: dict) -> list:
     ]
 
 
+def _long_run_lines(record: Optional[dict]) -> list:
+    if not record:
+        return []
+    head = f"Memory over a long run — {describe(record)}. Command: `{record['command']}`."
+    return ["", head, "", *tokenization_memory_lines(record)]
+
+
 def agreement_lines(record: dict) -> list:
     rows = record["rows"]
     text = "; ".join(f"{r['model']}: {100 * r['agreement']:.1f}% of {r['tokens']} tokens" for r in rows)
@@ -256,16 +265,7 @@ def section(results: str = RESULTS) -> str:
         f"**Dataset tokenization** — {describe(tokenization)}. Command: `{tokenization['command']}`.",
         "",
         *tokenization_lines(tokenization),
-        *(
-            [
-                "",
-                f"Memory over a long run — {describe(long_run)}. Command: `{long_run['command']}`.",
-                "",
-                *tokenization_memory_lines(long_run),
-            ]
-            if long_run
-            else []
-        ),  # fmt: skip
+        *_long_run_lines(long_run),
         "",
         f"**Targets** (bf16 agreement: {describe(agreement)})",
         "",
