@@ -5,7 +5,7 @@
     python benchmarks/op_profile.py --precision bfloat16 --json benchmarks/results/op_profile_bf16.json
 
 The model's convolutions and GroupNorms are listed by running ``encode`` and ``decode_code`` once
-under ``flax.linen.intercept_methods`` (every ``nn.Conv`` and ``blocks.GroupNorm`` call with its
+under ``flax.linen.intercept_methods`` (every ``blocks.Conv`` and ``blocks.GroupNorm`` call with its
 input shape). Each distinct op is then timed alone, in its own process per framework: ours as
 the model's own jitted blocks (``blocks._conv``, ``blocks.GroupNorm`` with swish: on CPU the
 kernels of ``vqgan_flax/cpu_kernels.py`` unless ``VQGAN_FLAX_CPU_KERNELS=off``) on NHWC;
@@ -45,7 +45,7 @@ def op_census(preset: str, size: int) -> dict:
     import jax.numpy as jnp
 
     from vqgan_flax import FlaxVQGANModel, VQGANConfig
-    from vqgan_flax.blocks import GroupNorm, UpsampleConv
+    from vqgan_flax.blocks import Conv, GroupNorm, UpsampleConv
 
     model = FlaxVQGANModel(VQGANConfig.from_preset(preset), seed=0)
     census = {}
@@ -53,15 +53,16 @@ def op_census(preset: str, size: int) -> dict:
     def record(counts):
         def interceptor(next_fun, args, kwargs, context):
             module = context.module
-            if context.method_name == "__call__" and isinstance(module, (nn.Conv, GroupNorm, UpsampleConv)):
+            if context.method_name == "__call__" and isinstance(module, (nn.Conv, Conv, GroupNorm, UpsampleConv)):
                 _, h, w, c = args[0].shape
                 if isinstance(module, UpsampleConv):  # h, w: before upsampling
                     key = ("upconv", h, w, c, module.features, 3, 1)
-                elif isinstance(module, nn.Conv):
+                elif isinstance(module, (nn.Conv, Conv)):
                     strides = module.strides or 1
                     stride = strides if isinstance(strides, int) else strides[0]
                     # A stride-2 conv's input is already padded (blocks.Downsample): VALID below.
-                    key = ("conv", h, w, c, module.features, module.kernel_size[0], stride)
+                    size = module.kernel_size
+                    key = ("conv", h, w, c, module.features, size if isinstance(size, int) else size[0], stride)
                 else:
                     key = ("groupnorm+swish", h, w, c, c, 0, 0)
                 counts[key] += 1

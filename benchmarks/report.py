@@ -7,6 +7,7 @@
     python benchmarks/dataset_tokenization.py --rounds 0 --rss-n 2048 \
         --json benchmarks/results/dataset_tokenization_memory.json          # memory over a long run
     python benchmarks/op_profile.py --json benchmarks/results/op_profile.json   # per op class
+    python benchmarks/op_profile.py --precision bfloat16 --json benchmarks/results/op_profile_bf16.json
     python benchmarks/report.py --write-readme                            # README.md section
 
 Every record names the commit it ran on (``provenance.py``); a record from a dirty checkout or
@@ -35,6 +36,7 @@ README = os.path.join(ROOT, "README.md")
 START, END = "<!-- performance:start -->", "<!-- performance:end -->"
 GPU_RECORD = "gpu.json"
 MEMORY_RUN = "dataset_tokenization_memory.json"
+OPS_BF16 = "op_profile_bf16.json"
 
 
 def load(name: str, results: str = RESULTS) -> dict:
@@ -203,6 +205,24 @@ def tokenization_memory_lines(record: dict) -> list:
     ]
 
 
+def _ops_lines(record: Optional[dict]) -> list:
+    if not record:
+        return []
+    precision = record.get("precision", "float32")
+    kernels = record.get(f"jax-{precision}_kernels") or "xla"
+    ours = "the model's own block through the CPU kernels" if kernels == "native" else "the model's own block (XLA)"
+    autocast = " under `torch.autocast(bfloat16)`" if precision == "bfloat16" else ""
+    return [
+        f"**Where the CPU time goes, {precision}** — {describe(record)}. Command: `{record['command']}`. Each "
+        f"distinct conv and GroupNorm of the model timed alone (ours: {ours}; PyTorch: channels_last `Conv2d`, "
+        f"`torch.compile`-d GroupNorm + SiLU{autocast}) × its count in one call at batch 1; 'rest' is the whole "
+        "call (ours vs `torch.compile`) minus the listed classes:",
+        "",
+        op_table(record),
+        "",
+    ]
+
+
 def _long_run_lines(record: Optional[dict]) -> list:
     if not record:
         return []
@@ -222,7 +242,8 @@ def section(results: str = RESULTS) -> str:
     cpu, memory = load("cpu.json", results), load("memory.json", results)
     agreement, tokenization = load("bf16_agreement.json", results), load("dataset_tokenization.json", results)
     ops = load("op_profile.json", results)
-    long_run = load(MEMORY_RUN, results) if os.path.exists(os.path.join(results, MEMORY_RUN)) else None
+    long_run, ops_bf16 = (load(name, results) if os.path.exists(os.path.join(results, name)) else None
+                          for name in (MEMORY_RUN, OPS_BF16))  # fmt: skip
     gpu = load(GPU_RECORD, results) if os.path.exists(os.path.join(results, GPU_RECORD)) else None
     parts = [
         START,
@@ -250,13 +271,8 @@ def section(results: str = RESULTS) -> str:
         parts += ["**GPU** — no record from the committed harness yet (`python benchmarks/run.py --batch-sizes 1 16 "
                   f"--json benchmarks/results/{GPU_RECORD}` on a GPU machine writes it).", ""]  # fmt: skip
     parts += [
-        f"**Where the CPU time goes** — {describe(ops)}. Command: `{ops['command']}`. Each distinct conv "
-        "and GroupNorm of the model timed alone (ours: jitted flax op; PyTorch: channels_last `Conv2d`, "
-        "`torch.compile`-d GroupNorm + SiLU) × its count in one call at batch 1; 'rest' is the whole call "
-        "(ours vs `torch.compile`) minus the listed classes:",
-        "",
-        op_table(ops),
-        "",
+        *_ops_lines(ops),
+        *_ops_lines(ops_bf16),
         f"**Memory** — {describe(memory)}. Command: `{memory['command']}`. Peak RSS of a fresh process, model "
         "load included, compilation cache off:",
         "",

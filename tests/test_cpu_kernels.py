@@ -16,6 +16,7 @@ from vqgan_flax import FlaxVQGANModel, VQGANConfig, cpu_kernels
 from vqgan_flax.cpu_kernels import (
     KERNELS_ENV,
     KernelsUnavailable,
+    conv2d,
     conv_general_dilated,
     group_norm,
     kernel_backend,
@@ -346,3 +347,22 @@ def test_conv_handler_refuses_an_output_size_it_would_not_fill(onednn, transpose
         return
     with pytest.raises(Exception, match="output height/width do not follow from the input"):
         jax.block_until_ready(call(x, k, jnp.zeros((0,), jnp.float32), **attrs))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_conv2d_fuses_the_bias(onednn, dtype):
+    x, k = _operands((2, 7, 6, 8), (3, 3, 8, 5), dtype)
+    bias = jnp.asarray(np.random.default_rng(7).standard_normal(5), dtype)
+    fn = jax.jit(lambda x, k, b: conv2d(x, k, b, (2, 2), ((0, 1), (0, 1))))
+    text = fn.lower(x, k, bias).as_text()
+    assert "tensor<5x" in text.split("custom_call @vqgan_onednn_conv")[1].split("->")[0]  # the bias goes in
+    want = lax.conv_general_dilated(x, k, (2, 2), ((0, 1), (0, 1)), dimension_numbers=NHWC) + bias
+    want = np.asarray(want, np.float32)
+    tol = 1e-5 if dtype == jnp.float32 else 2**-7 * np.abs(want).max()
+    np.testing.assert_allclose(np.asarray(fn(x, k, bias), np.float32), want, rtol=tol, atol=tol)
+    if dtype == jnp.float32:
+        grads = jax.grad(lambda x, k, b: jnp.sum(jnp.sin(fn(x, k, b))), (0, 1, 2))(x, k, bias)
+        wants = jax.grad(lambda x, k, b: jnp.sum(jnp.sin(lax.conv_general_dilated(
+            x, k, (2, 2), ((0, 1), (0, 1)), dimension_numbers=NHWC) + b)), (0, 1, 2))(x, k, bias)  # fmt: skip
+        for a, b in zip(grads, wants):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)

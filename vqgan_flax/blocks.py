@@ -14,10 +14,11 @@ import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
 from .configuration_vqgan import VQGANConfig
-from .cpu_kernels import conv_general_dilated, group_norm, upsample_conv
+from .cpu_kernels import conv2d, group_norm, upsample_conv
 
 __all__ = [
     "AttnBlock",
+    "Conv",
     "Decoder",
     "Downsample",
     "DownsamplingBlock",
@@ -58,13 +59,31 @@ def _group_norm(param_dtype: jnp.dtype) -> GroupNorm:
     return GroupNorm(param_dtype=param_dtype)
 
 
-def _conv(features: int, kernel: int, dtype: jnp.dtype, param_dtype: jnp.dtype, **kwargs: Any) -> nn.Conv:
+class Conv(nn.Module):
+    """A 2-D convolution with ``nn.Conv``'s parameters (``kernel`` HWIO, ``bias``) and padding;
+    on CPU one oneDNN call with the bias fused (``cpu_kernels.conv2d``)."""
+
+    features: int
+    kernel_size: int = 3
+    strides: tuple = (1, 1)
+    padding: Any = "SAME"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden_states: jax.Array) -> jax.Array:
+        shape = (self.kernel_size, self.kernel_size, hidden_states.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        hidden_states, kernel, bias = promote_dtype(hidden_states, kernel, bias, dtype=self.dtype)
+        return conv2d(hidden_states, kernel, bias, self.strides, self.padding)
+
+
+def _conv(features: int, kernel: int, dtype: jnp.dtype, param_dtype: jnp.dtype, **kwargs: Any) -> Conv:
     # taming's 3x3 convs pad 1 on every side ("SAME" equals that for odd kernels at stride 1).
     pad = (kernel - 1) // 2
     kwargs.setdefault("padding", ((pad, pad), (pad, pad)))
-    # On CPU through oneDNN where it is available (cpu_kernels.py), else XLA's convolution.
-    return nn.Conv(features, (kernel, kernel), dtype=dtype, param_dtype=param_dtype,
-                   conv_general_dilated=conv_general_dilated, **kwargs)  # fmt: skip
+    return Conv(features, kernel, dtype=dtype, param_dtype=param_dtype, **kwargs)
 
 
 class UpsampleConv(nn.Module):
