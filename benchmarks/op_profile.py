@@ -60,7 +60,7 @@ def op_census(preset: str, size: int) -> dict:
                 elif isinstance(module, (nn.Conv, Conv)):
                     strides = module.strides or 1
                     stride = strides if isinstance(strides, int) else strides[0]
-                    # A stride-2 conv's input is already padded (blocks.Downsample): VALID below.
+                    # A stride-2 conv pads bottom/right by one (blocks.Downsample; taming: F.pad first).
                     size = module.kernel_size
                     key = ("conv", h, w, c, module.features, size if isinstance(size, int) else size[0], stride)
                 else:
@@ -99,7 +99,7 @@ def time_ops_jax(ops: list, repeats: int, precision: str) -> list:
     for kind, h, w, c_in, c_out, kernel, stride in ops:
         x = jnp.asarray(np.random.default_rng(0).standard_normal((1, h, w, c_in)), dtype)
         if kind == "conv":
-            pad = "VALID" if stride == 2 else ((kernel // 2, kernel // 2),) * 2
+            pad = ((0, 1), (0, 1)) if stride == 2 else ((kernel // 2, kernel // 2),) * 2
             module = _conv(c_out, kernel, dtype, jnp.float32, strides=(stride, stride), padding=pad)
             params = module.init(jax.random.key(0), x)
             fn = jax.jit(lambda p, x, m=module: m.apply(p, x))
@@ -127,6 +127,8 @@ def time_ops_torch(ops: list, repeats: int, precision: str) -> list:
                 pad = 0 if stride == 2 else kernel // 2
                 op = torch.nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=pad)
                 op = op.to(memory_format=torch.channels_last)
+                if stride == 2:  # taming's Downsample: F.pad(x, (0, 1, 0, 1)), then the conv
+                    op = lambda x, conv=op: conv(torch.nn.functional.pad(x, (0, 1, 0, 1)))  # noqa: E731
             elif kind == "upconv":  # taming's Upsample: interpolate(nearest, x2), then the conv
                 conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1).to(memory_format=torch.channels_last)
                 op = lambda x, conv=conv: conv(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))  # noqa: E731

@@ -132,13 +132,13 @@ class Downsample(nn.Module):
 
     def setup(self) -> None:
         if self.with_conv:
-            self.conv = _conv(self.in_channels, 3, self.dtype, self.param_dtype, strides=(2, 2), padding="VALID")
+            # taming pads only bottom/right by one, then a VALID stride-2 conv ("SAME" would pad
+            # differently and shift every output pixel); the conv pads so, without a padded copy.
+            pad = ((0, 1), (0, 1))
+            self.conv = _conv(self.in_channels, 3, self.dtype, self.param_dtype, strides=(2, 2), padding=pad)
 
     def __call__(self, hidden_states: jax.Array) -> jax.Array:
         if self.with_conv:
-            # taming pads only bottom/right by one, then a VALID stride-2 conv; "SAME" would pad
-            # differently and shift every output pixel.
-            hidden_states = jnp.pad(hidden_states, ((0, 0), (0, 1), (0, 1), (0, 0)))
             return self.conv(hidden_states)
         return nn.avg_pool(hidden_states, (2, 2), strides=(2, 2), padding="VALID")
 
