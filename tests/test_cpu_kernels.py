@@ -202,7 +202,7 @@ def test_handler_refuses_mismatched_dtypes(onednn):
                                                ("pad_left", 1), ("pad_right", 1))}  # fmt: skip
     attrs["transposed"] = False
     with pytest.raises(Exception, match="vqgan_onednn_conv: input, kernel and output must all be float32"):
-        jax.block_until_ready(call(x, k.astype(jnp.bfloat16), jnp.zeros((0,), jnp.float32), **attrs))
+        jax.block_until_ready(call(x, k.astype(jnp.bfloat16), *[jnp.zeros((0,), jnp.float32)] * 2, **attrs))
 
 
 def test_model_tokens_equal_with_either_backend(onednn, monkeypatch):
@@ -343,10 +343,10 @@ def test_conv_handler_refuses_an_output_size_it_would_not_fill(onednn, transpose
              "pad_bottom": np.int64(1), "pad_left": np.int64(1), "pad_right": np.int64(1),
              "transposed": transposed}  # fmt: skip
     if out_hw == ((8, 8) if transposed else (4, 4)):
-        jax.block_until_ready(call(x, k, jnp.zeros((0,), jnp.float32), **attrs))  # the right size runs
+        jax.block_until_ready(call(x, k, *[jnp.zeros((0,), jnp.float32)] * 2, **attrs))  # the right size runs
         return
     with pytest.raises(Exception, match="output height/width do not follow from the input"):
-        jax.block_until_ready(call(x, k, jnp.zeros((0,), jnp.float32), **attrs))
+        jax.block_until_ready(call(x, k, *[jnp.zeros((0,), jnp.float32)] * 2, **attrs))
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -366,3 +366,25 @@ def test_conv2d_fuses_the_bias(onednn, dtype):
             x, k, (2, 2), ((0, 1), (0, 1)), dimension_numbers=NHWC) + b)), (0, 1, 2))(x, k, bias)  # fmt: skip
         for a, b in zip(grads, wants):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_adds_the_residual_and_leaves_it_intact(onednn):
+    """The residual operand shares the output's buffer; XLA must copy it where it is read later."""
+    x, k = _operands((2, 6, 6, 8), (3, 3, 8, 8))
+    bias = jnp.linspace(-1, 1, 8)
+    residual = jnp.asarray(np.random.default_rng(8).standard_normal((2, 6, 6, 8)), jnp.float32)
+
+    def ours(x, k, b, r):
+        return conv2d(x, k, b, (1, 1), ((1, 1), (1, 1)), residual=r) * 2.0 + r  # r read again after the call
+
+    def want(x, k, b, r):
+        return (lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC) + b + r) * 2.0 + r
+
+    call = jax.jit(ours).lower(x, k, bias, residual).as_text().split("custom_call @vqgan_onednn_conv")[1]
+    assert call.split("->")[0].count("tensor<2x6x6x8xf32>") == 2  # x and the residual go in
+    np.testing.assert_allclose(np.asarray(jax.jit(ours)(x, k, bias, residual)), np.asarray(want(x, k, bias, residual)),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    grads = jax.grad(lambda *a: jnp.sum(jnp.sin(ours(*a))), (0, 1, 2, 3))(x, k, bias, residual)
+    wants = jax.grad(lambda *a: jnp.sum(jnp.sin(want(*a))), (0, 1, 2, 3))(x, k, bias, residual)
+    for a, b in zip(grads, wants):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)

@@ -167,21 +167,24 @@ def _explicit_pads(padding: Union[str, Sequence], x_shape: Sequence[int], k_shap
     return [tuple(int(v) for v in p) for p in padding]
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
-def _onednn_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, strides: tuple, pads: tuple) -> jax.Array:
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
+def _onednn_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, residual: jax.Array, strides: tuple,
+                 pads: tuple) -> jax.Array:  # fmt: skip
     (top, bottom), (left, right) = pads
     out_h = (x.shape[1] + top + bottom - kernel.shape[0]) // strides[0] + 1
     out_w = (x.shape[2] + left + right - kernel.shape[1]) // strides[1] + 1
-    return _conv_call(x, kernel, bias, (out_h, out_w), strides, pads, transposed=False)
+    return _conv_call(x, kernel, bias, residual, (out_h, out_w), strides, pads, transposed=False)
 
 
-def _conv_call(x: jax.Array, kernel: jax.Array, bias: jax.Array, out_hw: tuple, strides: tuple, pads: tuple,
-               transposed: bool) -> jax.Array:  # fmt: skip
-    """The oneDNN handler; ``bias`` of shape (0,) means none (oneDNN adds it in the same pass)."""
+def _conv_call(x: jax.Array, kernel: jax.Array, bias: jax.Array, residual: jax.Array, out_hw: tuple,
+               strides: tuple, pads: tuple, transposed: bool) -> jax.Array:  # fmt: skip
+    """The oneDNN handler. ``bias`` and ``residual`` of shape (0,) mean none; a residual is added to
+    the output in the same pass, written over its own buffer where XLA can spare it (aliased)."""
     (top, bottom), (left, right) = pads
     out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, kernel.shape[3]), x.dtype)
-    return jax.ffi.ffi_call(CONV_TARGET, out, vmap_method="sequential")(
-        x, kernel, bias, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
+    aliases = {3: 0} if residual.size else {}
+    return jax.ffi.ffi_call(CONV_TARGET, out, vmap_method="sequential", input_output_aliases=aliases)(
+        x, kernel, bias, residual, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
         pad_top=np.int64(top), pad_bottom=np.int64(bottom), pad_left=np.int64(left), pad_right=np.int64(right),
         transposed=transposed)  # fmt: skip
 
@@ -193,9 +196,11 @@ def _xla_conv(x: jax.Array, kernel: jax.Array, strides: tuple, pads: tuple) -> j
 @_onednn_conv.defjvp
 def _onednn_conv_jvp(strides: tuple, pads: tuple, primals: tuple, tangents: tuple) -> tuple:
     # The convolution is bilinear, so its tangent is two convolutions; XLA's can be transposed.
-    (x, kernel, bias), (dx, dkernel, dbias) = primals, tangents
+    (x, kernel, bias, residual), (dx, dkernel, dbias, dresidual) = primals, tangents
     tangent = _xla_conv(dx, kernel, strides, pads) + _xla_conv(x, dkernel, strides, pads)
-    return _onednn_conv(x, kernel, bias, strides, pads), tangent + dbias if bias.size else tangent
+    tangent = tangent + dbias if bias.size else tangent
+    tangent = tangent + dresidual if residual.size else tangent
+    return _onednn_conv(x, kernel, bias, residual, strides, pads), tangent
 
 
 def _conv_args(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Union[str, Sequence]) -> tuple:
@@ -206,19 +211,23 @@ def _conv_args(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding:
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, strides: Sequence[int] = (1, 1),
-           padding: Union[str, Sequence] = "SAME") -> jax.Array:  # fmt: skip
-    """NHWC ``x`` convolved with HWIO ``kernel``, plus ``bias``: one oneDNN call on CPU (the bias
-    added in the same pass over the output), XLA's convolution and an add elsewhere."""
+           padding: Union[str, Sequence] = "SAME", residual: Optional[jax.Array] = None) -> jax.Array:  # fmt: skip
+    """NHWC ``x`` convolved with HWIO ``kernel``, plus ``bias`` (and ``residual``, of the output's
+    shape): one oneDNN call on CPU, adding both in the same pass over the output; XLA's
+    convolution and adds elsewhere."""
+    residual = jnp.zeros((0,), x.dtype) if residual is None else residual
 
-    def xla(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-        return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC) + bias
+    def xla(x: jax.Array, kernel: jax.Array, bias: jax.Array, residual: jax.Array) -> jax.Array:
+        y = lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC) + bias
+        return y + residual if residual.size else y
 
-    handled = (x.ndim == 4 and kernel.ndim == 4 and x.dtype == kernel.dtype == bias.dtype and x.dtype in _DTYPES
-               and bias.shape == kernel.shape[3:] and 0 not in x.shape and 0 not in kernel.shape)  # fmt: skip
+    handled = (x.ndim == 4 and kernel.ndim == 4 and x.dtype == kernel.dtype == bias.dtype == residual.dtype
+               and x.dtype in _DTYPES and bias.shape == kernel.shape[3:] and 0 not in x.shape
+               and 0 not in kernel.shape)  # fmt: skip
     args = _conv_args(x, kernel, strides, padding) if handled else None
     if args is None or kernel_backend() != "native":
-        return xla(x, kernel, bias)
-    return lax.platform_dependent(x, kernel, bias, cpu=lambda *a: _onednn_conv(*a, *args), default=xla)
+        return xla(x, kernel, bias, residual)
+    return lax.platform_dependent(x, kernel, bias, residual, cpu=lambda *a: _onednn_conv(*a, *args), default=xla)
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
@@ -243,10 +252,10 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     args = _conv_args(lhs, rhs, window_strides, padding)
     if args is None:
         return lax.conv_general_dilated(lhs, rhs, *rest)
-    no_bias = jnp.zeros((0,), lhs.dtype)
+    none = jnp.zeros((0,), lhs.dtype)
     return lax.platform_dependent(
         lhs, rhs,
-        cpu=lambda x, k: _onednn_conv(x, k, no_bias, *args),
+        cpu=lambda x, k: _onednn_conv(x, k, none, none, *args),
         default=lambda x, k: lax.conv_general_dilated(x, k, *rest),
     )  # fmt: skip
 
@@ -315,8 +324,8 @@ def _native_upsample_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     # Summed in float32, rounded once to the compute dtype.
     taps = _upsample_taps(_upsample_taps(kernel.astype(jnp.float32), 0), 1)
     out_hw = (2 * x.shape[1], 2 * x.shape[2])
-    no_bias = jnp.zeros((0,), x.dtype)
-    return _conv_call(x, taps.astype(x.dtype), no_bias, out_hw, (2, 2), ((1, 1), (1, 1)), transposed=True)
+    none = jnp.zeros((0,), x.dtype)
+    return _conv_call(x, taps.astype(x.dtype), none, none, out_hw, (2, 2), ((1, 1), (1, 1)), transposed=True)
 
 
 @_native_upsample_conv.defjvp

@@ -9,6 +9,7 @@
 // call; only the kernel is reordered into oneDNN's blocked layout, once per call (weights can
 // change between calls, and the reorder costs well under 1% of the convolution).
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -53,13 +54,21 @@ memory::data_type ToDnnl(ffi::DataType t) {
 template <typename Primitive>
 std::shared_ptr<Plan> MakePlan(dnnl::algorithm algorithm, const memory::desc& src, const memory::desc& weights_any,
                                const memory::desc& bias, const memory::desc& dst, const memory::desc& user_weights,
-                               const memory::dims& strides, const memory::dims& pad_l, const memory::dims& pad_r) {
+                               const memory::dims& strides, const memory::dims& pad_l, const memory::dims& pad_r,
+                               bool add_to_output) {
   auto& engine = Engine();
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (add_to_output) {  // dst = conv(src) + bias + dst: a residual connection in the same pass
+    dnnl::post_ops ops;
+    ops.append_sum(1.0f);
+    attr.set_post_ops(ops);
+  }
   typename Primitive::primitive_desc pd(engine, dnnl::prop_kind::forward_inference, algorithm, src, weights_any, bias,
                                         dst, strides, pad_l, pad_r, attr);
-  dnnl::reorder::primitive_desc reorder_pd(engine, user_weights, engine, pd.weights_desc(), attr);
+  dnnl::primitive_attr reorder_attr;
+  reorder_attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  dnnl::reorder::primitive_desc reorder_pd(engine, user_weights, engine, pd.weights_desc(), reorder_attr);
   return std::make_shared<Plan>(Plan{pd.src_desc(), pd.weights_desc(), pd.bias_desc(), pd.dst_desc(),
                                      pd.scratchpad_desc(), Primitive(pd), reorder_pd, dnnl::reorder(reorder_pd),
                                      user_weights});
@@ -67,7 +76,7 @@ std::shared_ptr<Plan> MakePlan(dnnl::algorithm algorithm, const memory::desc& sr
 
 std::shared_ptr<Plan> GetPlan(const std::string& key, bool transposed, memory::dims src_dims, memory::dims wts_dims,
                               memory::dims dst_dims, memory::data_type dt, memory::data_type bias_dt, bool has_bias,
-                              memory::dims strides, memory::dims pad_l, memory::dims pad_r) {
+                              memory::dims strides, memory::dims pad_l, memory::dims pad_r, bool add_to_output) {
   static std::mutex mutex;
   static std::unordered_map<std::string, std::shared_ptr<Plan>> plans;
   {
@@ -83,9 +92,10 @@ std::shared_ptr<Plan> GetPlan(const std::string& key, bool transposed, memory::d
   memory::desc bias = has_bias ? memory::desc({wts_dims[0]}, bias_dt, memory::format_tag::a) : memory::desc();
   auto plan = transposed ? MakePlan<dnnl::deconvolution_forward>(dnnl::algorithm::deconvolution_direct, src,
                                                                   weights_any, bias, dst, user_weights, strides,
-                                                                  pad_l, pad_r)
+                                                                  pad_l, pad_r, add_to_output)
                          : MakePlan<dnnl::convolution_forward>(dnnl::algorithm::convolution_direct, src, weights_any,
-                                                                bias, dst, user_weights, strides, pad_l, pad_r);
+                                                                bias, dst, user_weights, strides, pad_l, pad_r,
+                                                                add_to_output);
   std::lock_guard<std::mutex> lock(mutex);
   return plans.emplace(key, plan).first->second;
 }
@@ -96,7 +106,8 @@ ffi::Error Invalid(const std::string& what) {
 
 }  // namespace
 
-static ffi::Error ConvImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> y,
+static ffi::Error ConvImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::AnyBuffer residual,
+                           ffi::Result<ffi::AnyBuffer> y,
                            int64_t stride_h, int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
                            int64_t pad_left, int64_t pad_right, bool transposed) {
   auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
@@ -110,7 +121,9 @@ static ffi::Error ConvImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
                                    : (span_w < wd[1] ? -1 : (span_w - wd[1]) / stride_w + 1);
   if (stride_h < 1 || stride_w < 1 || out_h != yd[1] || out_w != yd[2])
     return Invalid("output height/width do not follow from the input, kernel, strides and pads");
-  const bool has_bias = b.element_count() > 0;
+  const bool has_bias = b.element_count() > 0, add_residual = residual.element_count() > 0;
+  if (add_residual && (residual.element_type() != y->element_type() || residual.element_count() != y->element_count()))
+    return Invalid("residual must have the output's shape and dtype");
   if (has_bias && (b.dimensions().size() != 1 || b.dimensions()[0] != wd[3])) return Invalid("bias is not (out_channels,)");
   const auto dt = ToDnnl(x.element_type());
   const auto bias_dt = has_bias ? ToDnnl(b.element_type()) : dt;
@@ -122,10 +135,16 @@ static ffi::Error ConvImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
       pad_r{pad_bottom, pad_right};
   std::string key;
   for (auto v : {xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2], stride_h, stride_w, pad_top,
-                 pad_bottom, pad_left, pad_right, int64_t(dt), int64_t(bias_dt), int64_t(has_bias), int64_t(transposed)})
+                 pad_bottom, pad_left, pad_right, int64_t(dt), int64_t(bias_dt), int64_t(has_bias), int64_t(transposed),
+                 int64_t(add_residual)})
     key += std::to_string(v) + ",";
   try {
-    auto plan = GetPlan(key, transposed, src_dims, wts_dims, dst_dims, dt, bias_dt, has_bias, strides, pad_l, pad_r);
+    auto plan = GetPlan(key, transposed, src_dims, wts_dims, dst_dims, dt, bias_dt, has_bias, strides, pad_l, pad_r,
+                        add_residual);
+    // The residual operand is aliased to the output (input_output_aliases); should XLA have given
+    // them separate buffers, start the output from the residual's values.
+    if (add_residual && residual.untyped_data() != y->untyped_data())
+      std::memcpy(y->untyped_data(), residual.untyped_data(), residual.size_bytes());
     auto& engine = Engine();
     dnnl::stream stream(engine);
     memory user_weights(plan->user_weights, engine, w.untyped_data());
@@ -150,6 +169,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VqganOnednnConv, ConvImpl,
                                   .Arg<ffi::AnyBuffer>()  // input, NHWC
                                   .Arg<ffi::AnyBuffer>()  // kernel, HWIO
                                   .Arg<ffi::AnyBuffer>()  // bias (out_channels,), or empty for none
+                                  .Arg<ffi::AnyBuffer>()  // residual added to the output (aliased to it), or empty
                                   .Ret<ffi::AnyBuffer>()  // output, NHWC
                                   .Attr<int64_t>("stride_h")
                                   .Attr<int64_t>("stride_w")
