@@ -24,7 +24,9 @@ def check_pixels(pixel_values: Any, in_channels: int) -> None:
     """(B, H, W, C) float pixels: non-empty, ``in_channels`` channels, finite, roughly in range."""
     if not _concrete(pixel_values):
         return
-    shape, dtype = np.shape(pixel_values), np.result_type(pixel_values)
+    # an array's own dtype (np.result_type of a jax array is a deprecated implicit conversion)
+    dtype = np.dtype(pixel_values.dtype) if hasattr(pixel_values, "dtype") else np.result_type(pixel_values)
+    shape = np.shape(pixel_values)
     if len(shape) != 4:
         raise ValueError(f"pixel_values must be (B, H, W, C); got shape {tuple(shape)}")
     if shape[0] == 0:
