@@ -169,7 +169,7 @@ def memory_lines(record: dict) -> list:
     ]
 
 
-def tokenization_lines(record: dict) -> list:
+def tokenization_lines(record: dict, long_run: Optional[dict] = None) -> list:
     ratios = record["ratio_to_model"]
     memory = record["memory"]
     text = {mode: f"{v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f})" for mode, v in ratios.items()}
@@ -183,7 +183,11 @@ def tokenization_lines(record: dict) -> list:
         "",
         f"- files and tar ≥ 0.85 of the model alone (median): "
         f"{_verdict(all(v['median'] >= 0.85 for v in ratios.values()))}; memory flat in N (within 5%): "
-        f"{_verdict(flat)}.",
+        + (
+            "judged on the long run below (these two points straddle its warm-up)."
+            if long_run
+            else f"{_verdict(flat)}."
+        ),
     ]
 
 
@@ -280,7 +284,7 @@ def section(results: str = RESULTS) -> str:
         "",
         f"**Dataset tokenization** — {describe(tokenization)}. Command: `{tokenization['command']}`.",
         "",
-        *tokenization_lines(tokenization),
+        *tokenization_lines(tokenization, long_run),
         *_long_run_lines(long_run),
         "",
         f"**Targets** (bf16 agreement: {describe(agreement)})",
