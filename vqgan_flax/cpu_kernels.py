@@ -8,9 +8,10 @@ without AMX / avx512_bf16 for bfloat16, and GroupNorm as reductions it vectorize
 the ``onednn-cpu-gomp`` wheels (a dependency there) carry oneDNN; the handlers are compiled once
 per environment with the system's C++ compiler into ``$XDG_CACHE_HOME/vqgan_flax/kernels``.
 
-``conv_general_dilated`` (``lax.conv_general_dilated``'s signature, handed to flax's
-``nn.Conv``) and ``group_norm`` take the kernels only for what the handlers do and only when
-lowering for CPU (``lax.platform_dependent``); GPUs and TPUs get XLA's ops. Derivatives are XLA's
+``conv2d`` (bias and an optional residual fused), ``upsample_conv`` and ``group_norm`` (used by
+``blocks.Conv``, ``blocks.UpsampleConv`` and ``blocks.GroupNorm``) take the kernels only for what
+the handlers do and only when lowering for CPU (``lax.platform_dependent``); GPUs and TPUs get
+XLA's ops. Derivatives are XLA's
 (``custom_jvp``), so training works through either path.
 
 ``VQGAN_FLAX_CPU_KERNELS`` chooses, read whenever a function is traced (a model compiles each
@@ -39,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["conv2d", "conv_general_dilated", "group_norm", "kernel_backend", "kernels_status", "upsample_conv"]
+__all__ = ["conv2d", "group_norm", "kernel_backend", "kernels_status", "upsample_conv"]
 
 logger = logging.getLogger(__name__)
 
@@ -228,36 +229,6 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, strides: Sequence[i
     if args is None or kernel_backend() != "native":
         return xla(x, kernel, bias, residual)
     return lax.platform_dependent(x, kernel, bias, residual, cpu=lambda *a: _onednn_conv(*a, *args), default=xla)
-
-
-def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
-                         padding: Union[str, Sequence], lhs_dilation: Optional[Sequence[int]] = None,
-                         rhs_dilation: Optional[Sequence[int]] = None, dimension_numbers: Any = None,
-                         feature_group_count: int = 1, batch_group_count: int = 1, precision: Any = None,
-                         preferred_element_type: Any = None) -> jax.Array:  # fmt: skip
-    """``lax.conv_general_dilated``, through oneDNN where it applies (CPU, see the module doc)."""
-    args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
-            batch_group_count, precision, preferred_element_type)  # fmt: skip
-    rest = args[2:]
-    handled = (
-        lhs.ndim == 4 and rhs.ndim == 4 and feature_group_count == 1 and batch_group_count == 1
-        and preferred_element_type is None and lhs.dtype == rhs.dtype and lhs.dtype in _DTYPES
-        and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
-        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-        and 0 not in lhs.shape and 0 not in rhs.shape
-    )  # fmt: skip
-    if not handled or kernel_backend() != "native":
-        return lax.conv_general_dilated(lhs, rhs, *rest)
-    args = _conv_args(lhs, rhs, window_strides, padding)
-    if args is None:
-        return lax.conv_general_dilated(lhs, rhs, *rest)
-    none = jnp.zeros((0,), lhs.dtype)
-    return lax.platform_dependent(
-        lhs, rhs,
-        cpu=lambda x, k: _onednn_conv(x, k, none, none, *args),
-        default=lambda x, k: lax.conv_general_dilated(x, k, *rest),
-    )  # fmt: skip
 
 
 def _group_norm_xla(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, epsilon: float,
