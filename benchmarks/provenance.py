@@ -29,8 +29,12 @@ def _git(*argv: str) -> str:
 
 
 def tree_state() -> tuple:
-    """(commit, dirty): HEAD of the checkout and whether tracked files differ from it."""
-    return _git("rev-parse", "HEAD") or "unknown", bool(_git("status", "--porcelain", "--untracked-files=no"))
+    """(commit, dirty): HEAD of the checkout and whether tracked files differ from it; a copy that
+    git cannot read counts as dirty (nothing says which code it holds)."""
+    commit = _git("rev-parse", "HEAD")
+    if not commit:
+        return "unknown", True
+    return commit, bool(_git("status", "--porcelain", "--untracked-files=no"))
 
 
 def cpu_description() -> dict:

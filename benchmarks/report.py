@@ -128,8 +128,8 @@ def speed_targets(record: dict, gpu: bool) -> list:
     rows = speed_rows(record)
     lines = []
     for precision in ("float32", "bfloat16"):
-        if any(s.startswith("jax-") and precision in s for s in record["skipped"]):
-            lines.append(f"- {precision}: skipped — {next(iter(record['skipped'].values()))}.")
+        if f"jax-{precision}" in record["skipped"]:
+            lines.append(f"- {precision}: skipped — {record['skipped'][f'jax-{precision}']}.")
             continue
         ours = [r for r in rows if r["system"] == f"jax-{precision}" and "encode_ratio" in r]
         if not ours:
@@ -138,9 +138,12 @@ def speed_targets(record: dict, gpu: bool) -> list:
         for r in ours:
             for part in ("encode", "decode"):
                 parts.append(f"{part} batch {r['batch']} {_ratio_text(r, part)} vs {r[f'{part}_peer']}")
-        target = 1.5 if gpu else 1.0  # the issue's targets: GPU 1.5x, CPU 1.0x
-        met = all(statistics.median(r[f"{p}_ratio"]) >= target for r in ours for p in ("encode", "decode"))
         where = "GPU" if gpu else "CPU"
+        if gpu and precision == "float32":  # the issue sets the GPU target in bf16 only
+            lines.append(f"- {where} float32 (no target): {'; '.join(parts)}.")
+            continue
+        target = 1.5 if gpu else 1.0  # the issue's targets: GPU 1.5x (bf16), CPU 1.0x
+        met = all(statistics.median(r[f"{p}_ratio"]) >= target for r in ours for p in ("encode", "decode"))
         lines.append(f"- {where} {precision} ≥ {target}× the fastest PyTorch {precision} path (torch.compile "
                      f"included): {'; '.join(parts)} — {_verdict(met)}.")  # fmt: skip
     return lines
@@ -270,7 +273,13 @@ def section(results: str = RESULTS) -> str:
     if cpu["skipped"]:
         parts += [f"Skipped: {', '.join(cpu['skipped'])} ({next(iter(cpu['skipped'].values()))}).", ""]
     if gpu:
-        parts += [f"**GPU** — {describe(gpu)}. Command: `{gpu['command']}`.", "", speed_table(gpu), ""]
+        rounds = len({m["round"] for m in gpu["measurements"]})
+        parts += [f"**GPU** — {describe(gpu)}; {gpu['preset']} at {gpu['size']}², {rounds} rounds × "
+                  f"{gpu['repeats']} calls, TF32 {'on' if gpu['tf32'] else 'off'} on both sides. "
+                  f"Command: `{gpu['command']}`.", "", speed_table(gpu), ""]  # fmt: skip
+        parts += [f"Stopped early: {gpu['stopped']}.", ""] if gpu.get("stopped") else []
+        parts += [f"Skipped: {', '.join(gpu['skipped'])} ({next(iter(gpu['skipped'].values()))}).", ""] if gpu[
+            "skipped"] else []  # fmt: skip
     else:
         parts += ["**GPU** — no record from the committed harness yet (`python benchmarks/run.py --batch-sizes 1 16 "
                   f"--json benchmarks/results/{GPU_RECORD}` on a GPU machine writes it).", ""]  # fmt: skip

@@ -21,6 +21,10 @@ batch's activations fall out of cache) and neither does elsewhere. On a GPU cuDN
 on and TF32 is off on both sides unless ``--tf32`` (then on for both). bf16 rows on a CPU
 without bf16 units (avx512_bf16 / amx_bf16) are skipped and the record says so.
 
+On a GPU the jax-xla-* rows are skipped (the CPU kernels are CPU-only, so jax-* already runs XLA's
+ops there). ``--deadline-s`` stops starting measurements that would end past it (a device lease
+is short): the record keeps every measurement made and says where it stopped.
+
 Rounds: every round runs every (batch, system) once, systems alternating; a process compiles
 (time recorded), warms up until three images have run, then times ``--repeats`` calls and
 keeps the median. The record keeps every
@@ -184,6 +188,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per process (median kept)")
     parser.add_argument("--tf32", action="store_true", help="GPU: TF32 for float32 convs/matmuls on both sides")
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        help="start no measurement predicted to end after this many "
+        "seconds (prediction: the fastest earlier run of that system and batch)",
+    )
     parser.add_argument("--json", help="write the record here (needs a clean checkout)")
     parser.add_argument("--allow-dirty", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -200,29 +210,46 @@ def main() -> None:
     skipped = {}
     if not gpu and not provenance.cpu_has_bf16_units(record["cpu"]):
         skipped = {s: "this CPU has no bf16 units (avx512_bf16 / amx_bf16)" for s in args.systems if "bfloat16" in s}
+    if gpu:
+        skipped.update({s: "the CPU kernels are CPU-only: on a GPU jax-* runs XLA's ops already"
+                        for s in args.systems if s.startswith("jax-xla-")})  # fmt: skip
     systems = [s for s in args.systems if s not in skipped]
     record.update(benchmark="speed", preset=args.preset, size=args.size, repeats=args.repeats, rounds=args.rounds,
                   tf32=args.tf32 if gpu else None, skipped=skipped, measurements=[])  # fmt: skip
-    # One inductor cache for the whole run: round 1 pays torch.compile's cold compile, later rounds
-    # start warm, as a user's second process would (both are recorded: first_*_s per round).
+    started, process_s = time.perf_counter(), {}
+    # One compile cache per side for the whole run (inductor's and JAX's persistent one): round 1
+    # pays the cold compile, later rounds start warm, as a user's second process would (both are
+    # recorded: first_*_s per round).
     with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
-        for round_index in range(args.rounds):
-            for batch in args.batch_sizes:
-                for system in systems:
-                    worker_args = [system, "--batch", str(batch), "--size", str(args.size), "--preset", args.preset,
-                                   "--repeats", str(args.repeats), *(["--tf32"] if args.tf32 else [])]  # fmt: skip
-                    row = run_in_fresh_process(__file__, worker_args, f"{system} batch {batch}", env)
-                    record["measurements"].append({"round": round_index, "system": system, "batch": batch, **row})
-                    total = row["encode_s"] + row["decode_s"]
-                    print(
-                        f"round {round_index} batch {batch} {system:<26} encode {row['encode_s']:.3f} s  decode "
-                        f"{row['decode_s']:.3f} s  {batch / total:.3f} img/s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    if args.json:  # what is measured survives a run that is cut short
-                        provenance.write_record(args.json, record)
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": os.path.join(cache, "inductor"),
+               "JAX_COMPILATION_CACHE_DIR": os.path.join(cache, "jax")}  # fmt: skip
+        for round_index, batch, system in ((r, b, s) for r in range(args.rounds) for b in args.batch_sizes
+                                           for s in systems):  # fmt: skip
+            predicted = process_s.get((system, batch), 0.0)
+            if args.deadline_s and time.perf_counter() - started + predicted > args.deadline_s:
+                record["stopped"] = (f"--deadline-s {args.deadline_s:g}: stopped before round {round_index} "
+                                     f"batch {batch} {system} (predicted to take {predicted:.0f} s)")  # fmt: skip
+                print(record["stopped"], file=sys.stderr)
+                break
+            process_start = time.perf_counter()
+            worker_args = [system, "--batch", str(batch), "--size", str(args.size), "--preset", args.preset,
+                           "--repeats", str(args.repeats), *(["--tf32"] if args.tf32 else [])]  # fmt: skip
+            row = run_in_fresh_process(__file__, worker_args, f"{system} batch {batch}", env)
+            wall = time.perf_counter() - process_start
+            process_s[(system, batch)] = min(wall, process_s.get((system, batch), wall))
+            record["measurements"].append({"round": round_index, "system": system, "batch": batch, **row,
+                                           "process_s": wall})  # fmt: skip
+            total = row["encode_s"] + row["decode_s"]
+            print(
+                f"round {round_index} batch {batch} {system:<26} encode {row['encode_s']:.3f} s  decode "
+                f"{row['decode_s']:.3f} s  {batch / total:.3f} img/s",
+                file=sys.stderr,
+                flush=True,
+            )
+            if args.json:  # what is measured survives a run that is cut short
+                provenance.write_record(args.json, record)
+    if args.json and "stopped" in record:
+        provenance.write_record(args.json, record)
     from report import speed_table
 
     print(speed_table(record))

@@ -167,6 +167,23 @@ def test_auto_classes(tmp_path):
     assert processor.pixel_range == [0.0, 1.0] and processor.crop_size == {"height": 32, "width": 32}
 
 
+def test_import_survives_an_auto_image_processor_that_needs_torch(monkeypatch):
+    """transformers 5.17 without torch: AutoImageProcessor is a placeholder whose register raises
+    ImportError; importing vqgan_flax must still register AutoConfig and succeed."""
+    import transformers
+
+    import vqgan_flax
+
+    def needs_torch(*args, **kwargs):
+        raise ImportError("AutoImageProcessor requires the PyTorch library")
+
+    monkeypatch.setattr(transformers.AutoImageProcessor, "register", needs_torch)
+    registered = []
+    monkeypatch.setattr(transformers.AutoConfig, "register", lambda *a, **k: registered.append(a[0]))
+    vqgan_flax._register_auto_classes()
+    assert registered == ["vqgan"]
+
+
 @pytest.mark.skipif(TRANSFORMERS_FLAX is None, reason="this transformers has no FlaxAutoModel (removed in 5.0)")
 def test_flax_auto_model(tmp_path):
     from transformers import FlaxAutoModel

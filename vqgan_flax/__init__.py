@@ -40,7 +40,13 @@ def _register_auto_classes() -> None:
 
     AutoConfig.register(VQGANConfig.model_type, VQGANConfig, exist_ok=True)
     # Keyword accepted by both transformers 4.57 and 5.x (their positional parameters differ).
-    AutoImageProcessor.register(VQGANConfig, slow_image_processor_class=VQGANImageProcessor, exist_ok=True)
+    try:
+        AutoImageProcessor.register(VQGANConfig, slow_image_processor_class=VQGANImageProcessor, exist_ok=True)
+    except ImportError:
+        # Some transformers 5.x releases (5.17 seen) make AutoImageProcessor a placeholder that
+        # demands torch/torchvision; VQGANImageProcessor itself needs neither, so only the Auto
+        # lookup is lost there and importing vqgan_flax must still work.
+        pass
     if _transformers_flax_base() is not None:
         from transformers import FlaxAutoModel
 
