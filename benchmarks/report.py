@@ -278,6 +278,7 @@ def section(results: str = RESULTS) -> str:
                   f"{gpu['repeats']} calls, TF32 {'on' if gpu['tf32'] else 'off'} on both sides. "
                   f"Command: `{gpu['command']}`.", "", speed_table(gpu), ""]  # fmt: skip
         parts += [f"Stopped early: {gpu['stopped']}.", ""] if gpu.get("stopped") else []
+        parts += [f"Failed: {k} ({v})." for k, v in gpu.get("failed", {}).items()] + [""] if gpu.get("failed") else []
         parts += [f"Skipped: {', '.join(gpu['skipped'])} ({next(iter(gpu['skipped'].values()))}).", ""] if gpu[
             "skipped"] else []  # fmt: skip
     else:

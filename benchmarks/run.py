@@ -215,7 +215,7 @@ def main() -> None:
                         for s in args.systems if s.startswith("jax-xla-")})  # fmt: skip
     systems = [s for s in args.systems if s not in skipped]
     record.update(benchmark="speed", preset=args.preset, size=args.size, repeats=args.repeats, rounds=args.rounds,
-                  tf32=args.tf32 if gpu else None, skipped=skipped, measurements=[])  # fmt: skip
+                  tf32=args.tf32 if gpu else None, skipped=skipped, failed={}, measurements=[])  # fmt: skip
     started, process_s = time.perf_counter(), {}
     # One compile cache per side for the whole run (inductor's and JAX's persistent one): round 1
     # pays the cold compile, later rounds start warm, as a user's second process would (both are
@@ -225,6 +225,8 @@ def main() -> None:
                "JAX_COMPILATION_CACHE_DIR": os.path.join(cache, "jax")}  # fmt: skip
         for round_index, batch, system in ((r, b, s) for r in range(args.rounds) for b in args.batch_sizes
                                            for s in systems):  # fmt: skip
+            if f"{system} batch {batch}" in record["failed"]:
+                continue
             predicted = process_s.get((system, batch), 0.0)
             if args.deadline_s and time.perf_counter() - started + predicted > args.deadline_s:
                 record["stopped"] = (f"--deadline-s {args.deadline_s:g}: stopped before round {round_index} "
@@ -234,7 +236,16 @@ def main() -> None:
             process_start = time.perf_counter()
             worker_args = [system, "--batch", str(batch), "--size", str(args.size), "--preset", args.preset,
                            "--repeats", str(args.repeats), *(["--tf32"] if args.tf32 else [])]  # fmt: skip
-            row = run_in_fresh_process(__file__, worker_args, f"{system} batch {batch}", env)
+            try:
+                row = run_in_fresh_process(__file__, worker_args, f"{system} batch {batch}", env)
+            except SystemExit as error:  # one broken system (a compiler crash, out of memory) ends only its rows
+                print(error, file=sys.stderr, flush=True)
+                record["failed"][f"{system} batch {batch}"] = (
+                    f"round {round_index}: {str(error).strip().splitlines()[-1]}"
+                )
+                if args.json:
+                    provenance.write_record(args.json, record)
+                continue
             wall = time.perf_counter() - process_start
             process_s[(system, batch)] = min(wall, process_s.get((system, batch), wall))
             record["measurements"].append({"round": round_index, "system": system, "batch": batch, **row,
@@ -248,7 +259,7 @@ def main() -> None:
             )
             if args.json:  # what is measured survives a run that is cut short
                 provenance.write_record(args.json, record)
-    if args.json and "stopped" in record:
+    if args.json:
         provenance.write_record(args.json, record)
     from report import speed_table
 

@@ -78,6 +78,18 @@ def test_run_deadline_stops_before_measuring_and_says_so(tmp_path):
     assert record["stopped"].startswith("--deadline-s 1e-09: stopped before round 0 batch 1 jax-float32")
 
 
+def test_run_records_a_failing_worker_and_goes_on(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--systems", "jax-float32",
+                           "--batch-sizes", "1", "--rounds", "2", "--preset", "no-such-preset", "--json", str(out),
+                           "--allow-dirty"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(out.read_text())
+    assert record["measurements"] == [] and list(record["failed"]) == ["jax-float32 batch 1"]
+    assert record["failed"]["jax-float32 batch 1"].startswith("round 0: ") and "no-such-preset" in proc.stderr
+    assert proc.stderr.count("benchmark worker jax-float32 batch 1 failed") == 1  # not retried in round 1
+
+
 def test_skipped_precision_is_said_not_judged():
     record = _speed_record([(1.0, 1.0)], {"torch-eager-float32": [(1.0, 1.0)]},
                            skipped={"jax-bfloat16": "this CPU has no bf16 units"})  # fmt: skip
