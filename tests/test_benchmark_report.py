@@ -157,3 +157,21 @@ def test_provenance_header_and_dirty_refusal(monkeypatch, tmp_path):
 def test_a_copy_git_cannot_read_counts_as_dirty(monkeypatch):
     monkeypatch.setattr(provenance, "_git", lambda *argv: "")  # no git, or not a checkout
     assert provenance.tree_state() == ("unknown", True)
+
+
+def test_kernel_trace_classes_and_summary():
+    import kernel_trace
+
+    names = {
+        "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc": "convolution",
+        "cutlass_80_tensorop_bf16_s16816gemm_relu_bf16_64x64_32x6_tn_align8": "matmul",
+        "input_reduce_fusion_3": "reduction",
+        "loop_multiply_fusion_2": "elementwise",
+        "triton_poi_fused_add_convolution_silu_4": "convolution",  # inductor names the op it fuses into
+        "transpose_fusion": "copy/transpose",
+        "mystery": "other",
+    }
+    assert {name: kernel_trace.kernel_class(name) for name in names} == names
+    summary = kernel_trace.summarize({"loop_add_fusion": 30.0, "input_reduce_fusion": 10.0, "x": 20.0}, calls=2, top=2)
+    assert summary == {"total_us": 30.0, "classes": {"elementwise": 15.0, "other": 10.0, "reduction": 5.0},
+                       "kernels": {"loop_add_fusion": 15.0, "x": 10.0}}  # fmt: skip
