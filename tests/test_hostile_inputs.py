@@ -312,6 +312,29 @@ def test_bad_pixels_and_tokens_get_one_clear_message():
         wrapper.encode(nan[None].repeat(2, 0)[:1].reshape(1, 3, 16, 16, 3))
 
 
+def test_pixel_checks_on_the_device_path_say_the_same(monkeypatch):
+    """Arrays on a GPU/TPU are scanned where they live (per_image_abs_max); forced here on CPU
+    arrays, the device path refuses the same images with the same messages."""
+    import jax.numpy as jnp
+
+    from vqgan_flax import input_checks
+
+    pixels = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32)
+    pixels[1, 0, 0, 0], pixels[2, 3, 3, 2], pixels[3, 7, 7, 1] = np.nan, -np.inf, 12.5
+    got = np.asarray(input_checks.per_image_abs_max(jnp.asarray(pixels)))
+    expected = np.abs(pixels).reshape(4, -1).max(axis=1)
+    np.testing.assert_array_equal(got, np.where(np.isfinite(expected), expected, np.nan))
+    bf16 = np.asarray(input_checks.per_image_abs_max(jnp.asarray(pixels[[0, 3]], jnp.bfloat16)))
+    assert bf16[1] == 12.5 and abs(bf16[0] - expected[0]) < 1e-2
+
+    monkeypatch.setattr(input_checks, "_on_accelerator", lambda array: True)
+    for index, message in ((1, r"pixel_values\[1\] holds non-finite"), (2, r"pixel_values\[1\] holds non-finite"),
+                           (3, r"pixel_values\[1\] reaches 12.5")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            input_checks.check_pixels(jnp.asarray(pixels[[0, index]]), 3)
+    input_checks.check_pixels(jnp.asarray(pixels[:1]), 3)  # a good image passes
+
+
 @pytest.mark.parametrize(
     "field,value,message",
     [

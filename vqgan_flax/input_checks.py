@@ -1,7 +1,8 @@
 """Checks on what callers hand the model, before it computes garbage from it.
 
 Skipped for traced values (inside a caller's ``jit``/``pmap`` nothing concrete is known); on
-concrete inputs they cost one pass over the array on the host.
+concrete inputs they cost one pass over the array: on the host for host arrays, on the device for
+arrays on a GPU/TPU (only one number per image comes back).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 # Models take pixels in [-1, 1] (taming, LWM) or [0, 1] (DALL·E-mini's fine-tuned VQGAN); beyond
@@ -18,6 +20,20 @@ PIXEL_LIMIT = 8.0
 
 def _concrete(array: Any) -> bool:
     return not isinstance(array, jax.core.Tracer)
+
+
+def _on_accelerator(array: Any) -> bool:
+    return isinstance(array, jax.Array) and any(device.platform != "cpu" for device in array.devices())
+
+
+@jax.jit
+def per_image_abs_max(pixel_values: jax.Array) -> jax.Array:
+    """max |x| of each image, NaN for an image holding a NaN or inf, computed where the array lives.
+
+    Why on the device: pulling a batch of 16 256x256 images off an H200 to scan it with numpy took
+    longer than the model's encoder kernels (15 ms per call against 6.4 ms of kernels)."""
+    flat = pixel_values.reshape(pixel_values.shape[0], -1).astype(jnp.float32)
+    return jnp.where(jnp.isfinite(flat).all(axis=1), jnp.abs(flat).max(axis=1), jnp.nan)
 
 
 def check_pixels(pixel_values: Any, in_channels: int) -> None:
@@ -41,8 +57,11 @@ def check_pixels(pixel_values: Any, in_channels: int) -> None:
             f"pixel_values has dtype {dtype}; the model takes floats in [-1, 1] (scale uint8 images with "
             "x / 127.5 - 1, or use VQGANImageProcessor)"
         )
-    array = np.asarray(pixel_values, dtype=np.float32)
-    per_image = np.abs(array).reshape(shape[0], -1).max(axis=1)  # NaN propagates into the max
+    if _on_accelerator(pixel_values):
+        per_image = np.asarray(per_image_abs_max(pixel_values))
+    else:  # host memory already: numpy reads it in place, and no program is compiled per shape
+        array = np.asarray(pixel_values, dtype=np.float32)
+        per_image = np.abs(array).reshape(shape[0], -1).max(axis=1)  # NaN propagates into the max
     bad = np.flatnonzero(~np.isfinite(per_image))
     if bad.size:
         raise ValueError(f"pixel_values[{bad[0]}] holds non-finite values (NaN/inf)")
