@@ -35,6 +35,9 @@ RESULTS = os.path.join(HERE, "results")
 README = os.path.join(ROOT, "README.md")
 START, END = "<!-- performance:start -->", "<!-- performance:end -->"
 GPU_RECORD = "gpu.json"
+# Later, narrower GPU runs (a short device lease re-measuring one change): shown after gpu.json.
+GPU_FOLLOW_UPS = ("gpu_batch16.json",)
+GPU_KERNELS = "gpu_kernels.json"
 MEMORY_RUN = "dataset_tokenization_memory.json"
 OPS_BF16 = "op_profile_bf16.json"
 
@@ -103,16 +106,20 @@ def _ratio_text(row: dict, part: str) -> str:
 
 
 def speed_table(record: dict) -> str:
-    """Markdown table: seconds as median (min–max) over rounds, ours against the fastest peer."""
+    """Markdown table: seconds (milliseconds on a GPU) as median (min–max) over rounds, ours
+    against the fastest peer."""
+    unit, scale = ("ms", 1000.0) if record.get("gpu") else ("s", 1.0)
     lines = [
-        "| system | batch | encode s | decode s | images/s | ours vs fastest torch: encode | decode "
+        f"| system | batch | encode {unit} | decode {unit} | images/s | ours vs fastest torch: encode | decode "
         "| first call s (enc / dec) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in speed_rows(record):
         loop = " (per image)" if r["per_image_loop"] else ""
+        encode, decode = ([v * scale for v in r[f"{part}_s"]] for part in ("encode", "decode"))
+        spec = ".2f" if scale > 1 else ".3f"
         lines.append(
-            f"| {r['system']}{loop} | {r['batch']} | {_spread(r['encode_s'])} | {_spread(r['decode_s'])} "
+            f"| {r['system']}{loop} | {r['batch']} | {_spread(encode, spec)} | {_spread(decode, spec)} "
             f"| {statistics.median(r['images_per_s']):.2f} | {_ratio_text(r, 'encode')} | {_ratio_text(r, 'decode')} "
             f"| {r['first_s'][0]:.1f} / {r['first_s'][1]:.1f} |"
         )
@@ -146,6 +153,20 @@ def speed_targets(record: dict, gpu: bool) -> list:
         met = all(statistics.median(r[f"{p}_ratio"]) >= target for r in ours for p in ("encode", "decode"))
         lines.append(f"- {where} {precision} ≥ {target}× the fastest PyTorch {precision} path (torch.compile "
                      f"included): {'; '.join(parts)} — {_verdict(met)}.")  # fmt: skip
+    return lines
+
+
+def gpu_kernel_lines(record: dict) -> list:
+    """benchmarks/kernel_trace.py's record: device milliseconds per call by kernel class."""
+    classes = sorted({c for side in ("jax", "torch") if side in record for part in ("encode", "decode")
+                      for c in record[side][part]["classes"]})  # fmt: skip
+    lines = ["| side | call | kernels ms | " + " | ".join(classes) + " |", "|---|---|---:|" + "---:|" * len(classes)]
+    for side in ("jax", "torch"):
+        for part in ("encode", "decode") if side in record else ():
+            summary = record[side][part]
+            cells = " | ".join(f"{summary['classes'].get(c, 0.0) / 1000:.2f}" for c in classes)
+            lines.append(f"| {'ours' if side == 'jax' else 'torch eager cl'} | {part} | "
+                         f"{summary['total_us'] / 1000:.2f} | {cells} |")  # fmt: skip
     return lines
 
 
@@ -252,6 +273,8 @@ def section(results: str = RESULTS) -> str:
     long_run, ops_bf16 = (load(name, results) if os.path.exists(os.path.join(results, name)) else None
                           for name in (MEMORY_RUN, OPS_BF16))  # fmt: skip
     gpu = load(GPU_RECORD, results) if os.path.exists(os.path.join(results, GPU_RECORD)) else None
+    follow_ups = [load(name, results) for name in GPU_FOLLOW_UPS if os.path.exists(os.path.join(results, name))]
+    kernels = load(GPU_KERNELS, results) if os.path.exists(os.path.join(results, GPU_KERNELS)) else None
     parts = [
         START,
         "## Performance",
@@ -272,16 +295,24 @@ def section(results: str = RESULTS) -> str:
     ]
     if cpu["skipped"]:
         parts += [f"Skipped: {', '.join(cpu['skipped'])} ({next(iter(cpu['skipped'].values()))}).", ""]
-    if gpu:
-        rounds = len({m["round"] for m in gpu["measurements"]})
-        parts += [f"**GPU** — {describe(gpu)}; {gpu['preset']} at {gpu['size']}², {rounds} rounds × "
-                  f"{gpu['repeats']} calls, TF32 {'on' if gpu['tf32'] else 'off'} on both sides. "
-                  f"Command: `{gpu['command']}`.", "", speed_table(gpu), ""]  # fmt: skip
-        parts += [f"Stopped early: {gpu['stopped']}.", ""] if gpu.get("stopped") else []
-        parts += [f"Failed: {k} ({v})." for k, v in gpu.get("failed", {}).items()] + [""] if gpu.get("failed") else []
-        parts += [f"Skipped: {', '.join(gpu['skipped'])} ({next(iter(gpu['skipped'].values()))}).", ""] if gpu[
-            "skipped"] else []  # fmt: skip
-    else:
+    for index, record in enumerate([gpu, *follow_ups] if gpu else []):
+        rounds = len({m["round"] for m in record["measurements"]})
+        title = "**GPU**" if index == 0 else "**GPU, follow-up**"
+        parts += [f"{title} — {describe(record)}; {record['preset']} at {record['size']}², {rounds} round(s) × "
+                  f"{record['repeats']} calls, TF32 {'on' if record['tf32'] else 'off'} on both sides. "
+                  f"Command: `{record['command']}`.", "", speed_table(record), ""]  # fmt: skip
+        parts += [f"Stopped early: {record['stopped']}.", ""] if record.get("stopped") else []
+        failed = record.get("failed", {})
+        parts += [*(f"Failed: {k} ({v})." for k, v in failed.items()), ""] if failed else []
+        skipped = record["skipped"]
+        parts += [f"Skipped: {', '.join(skipped)} ({next(iter(skipped.values()))}).", ""] if skipped else []
+    if kernels:
+        parts += [f"**Where the GPU time goes** — {describe(kernels)}. Command: `{kernels['command']}`. Device "
+                  f"time per call by kernel class (batch {kernels['batch']}, {kernels['precision']}; ours traced "
+                  "with `jax.profiler`, PyTorch eager channels_last under autocast with `torch.profiler` — its "
+                  "convolutions are the cuDNN calls `torch.compile` makes too):", "",
+                  *gpu_kernel_lines(kernels), ""]  # fmt: skip
+    if not gpu:
         parts += ["**GPU** — no record from the committed harness yet (`python benchmarks/run.py --batch-sizes 1 16 "
                   f"--json benchmarks/results/{GPU_RECORD}` on a GPU machine writes it).", ""]  # fmt: skip
     parts += [
@@ -304,6 +335,11 @@ def section(results: str = RESULTS) -> str:
             speed_targets(gpu, gpu=True)
             if gpu
             else ["- GPU ≥ 1.5× torch.compile bf16: **not measured** (no GPU record)."]
+        ),
+        *(
+            f"  - follow-up at commit {r['commit'][:12]}: {line[2:]}"
+            for r in follow_ups
+            for line in speed_targets(r, gpu=True)
         ),
         *agreement_lines(agreement),
         END,

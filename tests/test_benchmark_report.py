@@ -175,3 +175,18 @@ def test_kernel_trace_classes_and_summary():
     summary = kernel_trace.summarize({"loop_add_fusion": 30.0, "input_reduce_fusion": 10.0, "x": 20.0}, calls=2, top=2)
     assert summary == {"total_us": 30.0, "classes": {"elementwise": 15.0, "other": 10.0, "reduction": 5.0},
                        "kernels": {"loop_add_fusion": 15.0, "x": 10.0}}  # fmt: skip
+
+
+def test_gpu_tables_in_milliseconds_and_kernel_classes():
+    record = {**_speed_record([(0.0031, 0.004)], {"torch-compile-bfloat16": [(0.0062, 0.008)]}, ours="jax-bfloat16"),
+              "gpu": "NVIDIA H200"}  # fmt: skip
+    table = report.speed_table(record)
+    assert (
+        "| encode ms | decode ms |" in table and "| jax-bfloat16 | 1 | 3.10 (3.10–3.10) | 4.00 (4.00–4.00) |" in table
+    )
+    assert "2.00 (2.00–2.00)x" in table
+    summary = {"total_us": 6400.0, "classes": {"convolution": 4550.0, "reduction": 1850.0}}
+    kernels = {"jax": {"encode": summary, "decode": summary}}
+    lines = report.gpu_kernel_lines(kernels)
+    assert lines[0] == "| side | call | kernels ms | convolution | reduction |"
+    assert lines[2] == "| ours | encode | 6.40 | 4.55 | 1.85 |" and len(lines) == 4
