@@ -19,7 +19,6 @@ import glob
 import gzip
 import json
 import os
-import sys
 import tempfile
 
 import provenance
@@ -100,10 +99,8 @@ def trace_torch(batch: int, size: int, preset: str, precision: str, repeats: int
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from taming_reference import TamingVQGAN, randomize_
-
     from vqgan_flax import VQGANConfig
+    from vqgan_flax.testing.taming_reference import TamingVQGAN, randomize_  # needs the test extras
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.benchmark = True
@@ -173,7 +170,9 @@ def main() -> None:
     parser.add_argument("--allow-dirty", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     provenance.check_can_record(args.json, args.allow_dirty)
-    record = provenance.provenance(__file__, extra_harness=[os.path.join(ROOT, "tests", "taming_reference.py")])
+    record = provenance.provenance(
+        __file__, extra_harness=[os.path.join(ROOT, "vqgan_flax", "testing", "taming_reference.py")]
+    )
     record.update(benchmark="kernel_trace", batch=args.batch, precision=args.precision, size=args.size,
                   preset=args.preset, repeats=args.repeats)  # fmt: skip
     record["jax"] = trace_jax(args.batch, args.size, args.preset, args.precision, args.repeats)

@@ -38,6 +38,8 @@ GPU_RECORD = "gpu.json"
 # Later, narrower GPU runs (a short device lease re-measuring one change): shown after gpu.json.
 GPU_FOLLOW_UPS = ("gpu_batch16.json",)
 GPU_KERNELS = "gpu_kernels.json"
+# CPU runs of other batch sizes / systems beside cpu.json (each its own side-by-side run).
+CPU_FOLLOW_UPS = ("cpu_batch8.json",)
 MEMORY_RUN = "dataset_tokenization_memory.json"
 OPS_BF16 = "op_profile_bf16.json"
 
@@ -275,6 +277,7 @@ def section(results: str = RESULTS) -> str:
     gpu = load(GPU_RECORD, results) if os.path.exists(os.path.join(results, GPU_RECORD)) else None
     follow_ups = [load(name, results) for name in GPU_FOLLOW_UPS if os.path.exists(os.path.join(results, name))]
     kernels = load(GPU_KERNELS, results) if os.path.exists(os.path.join(results, GPU_KERNELS)) else None
+    cpu_more = [load(name, results) for name in CPU_FOLLOW_UPS if os.path.exists(os.path.join(results, name))]
     parts = [
         START,
         "## Performance",
@@ -295,6 +298,9 @@ def section(results: str = RESULTS) -> str:
     ]
     if cpu["skipped"]:
         parts += [f"Skipped: {', '.join(cpu['skipped'])} ({next(iter(cpu['skipped'].values()))}).", ""]
+    for record in cpu_more:
+        parts += [f"**CPU, another run** — {describe(record)}; {record['rounds']} rounds × {record['repeats']} calls. "
+                  f"Command: `{record['command']}`.", "", speed_table(record), ""]  # fmt: skip
     for index, record in enumerate([gpu, *follow_ups] if gpu else []):
         rounds = len({m["round"] for m in record["measurements"]})
         title = "**GPU**" if index == 0 else "**GPU, follow-up**"
@@ -331,6 +337,12 @@ def section(results: str = RESULTS) -> str:
         f"**Targets** (bf16 agreement: {describe(agreement)})",
         "",
         *speed_targets(cpu, gpu=False),
+        *(
+            f"  - batch {'/'.join(str(b) for b in sorted({m['batch'] for m in r['measurements']}))} "
+            f"(commit {r['commit'][:12]}): {line[2:]}"
+            for r in cpu_more
+            for line in speed_targets(r, gpu=False)
+        ),
         *(
             speed_targets(gpu, gpu=True)
             if gpu

@@ -124,10 +124,8 @@ def worker_torch(system: str, batch: int, size: int, preset: str, repeats: int, 
     import numpy as np
     import torch
 
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from taming_reference import TamingVQGAN, randomize_  # the test extras' reference assembly
-
     from vqgan_flax import VQGANConfig
+    from vqgan_flax.testing.taming_reference import TamingVQGAN, randomize_  # needs the test extras
 
     compiled, channels_last, autocast = TORCH_SYSTEMS[system]
     torch.use_deterministic_algorithms(False)  # the tests want determinism; a benchmark wants the fastest kernels
@@ -205,7 +203,9 @@ def main() -> None:
         print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
         return
     provenance.check_can_record(args.json, args.allow_dirty)
-    record = provenance.provenance(__file__, extra_harness=[os.path.join(ROOT, "tests", "taming_reference.py")])
+    record = provenance.provenance(
+        __file__, extra_harness=[os.path.join(ROOT, "vqgan_flax", "testing", "taming_reference.py")]
+    )
     gpu = record["gpu"] is not None
     skipped = {}
     if not gpu and not provenance.cpu_has_bf16_units(record["cpu"]):

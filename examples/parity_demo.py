@@ -18,7 +18,7 @@ import numpy as np
 jax.config.update("jax_default_matmul_precision", "highest")  # true float32 on every backend
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig  # noqa: E402
-from vqgan_flax.convert_checkpoint import convert_taming_checkpoint  # noqa: E402
+from vqgan_flax.conversion import convert_taming_checkpoint  # noqa: E402
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 TOLERANCE = 1e-4

@@ -1,4 +1,5 @@
-"""Shared test setup: exact float32 matmuls, fixture paths and comparison helpers."""
+"""Session setup: environment (8 CPU devices, CPU kernels on), exact float32 matmuls, the torch
+marker hook and shared fixtures. Helpers to import live in utils.py."""
 
 from __future__ import annotations
 
@@ -15,60 +16,12 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("VQGAN_FLAX_CPU_KERNELS", "on")
 
 import jax
-import numpy as np
 import pytest
 
 # The parity tolerances (1e-4) assume true float32 matmuls/convs on every backend.
 jax.config.update("jax_default_matmul_precision", "highest")
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures"
-TAMING_CASES = ("taming_vq", "taming_gumbel", "taming_vq_nonsquare")
-ATOL = RTOL = 1e-4
-
-
-def nchw_to_nhwc(array: np.ndarray) -> np.ndarray:
-    return np.asarray(array).transpose(0, 2, 3, 1)
-
-
-def assert_close(actual, expected, name: str = "", atol: float = ATOL, rtol: float = RTOL) -> None:
-    actual, expected = np.asarray(actual, dtype=np.float32), np.asarray(expected, dtype=np.float32)
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    np.testing.assert_allclose(actual, expected, atol=atol, rtol=rtol, err_msg=name)
-
-
-TORCH_SKIP_REASON = (
-    "needs PyTorch and the taming reference: torch==2.13.0 is a CPU build for Python 3.11 only, so the "
-    "live PyTorch comparisons run on the legacy stack"
-)
-
-
-def random_lpips_state_dict(seed: int = 0) -> dict:
-    """A taming/lpips LPIPS state dict (VGG16 convs OIHW, non-negative linear heads) of random numbers."""
-    rng = np.random.default_rng(seed)
-    widths = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256)]
-    widths += [(17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512), (28, 512, 512)]
-    shapes = {index: (out_ch, in_ch) for index, in_ch, out_ch in widths}
-    slices = {0: 1, 2: 1, 5: 2, 7: 2, 10: 3, 12: 3, 14: 3, 17: 4, 19: 4, 21: 4, 24: 5, 26: 5, 28: 5}
-    state = {}
-    for index, (out_ch, in_ch) in shapes.items():
-        state[f"net.slice{slices[index]}.{index}.weight"] = rng.normal(0, (9 * in_ch) ** -0.5, (out_ch, in_ch, 3, 3))
-        state[f"net.slice{slices[index]}.{index}.bias"] = np.zeros(out_ch)
-    for k, channels in enumerate((64, 128, 256, 512, 512)):
-        state[f"lin{k}.model.1.weight"] = np.abs(rng.normal(0, 0.1, (1, channels, 1, 1)))
-    return state
-
-
-def require_torch_reference() -> None:
-    """Skip the calling test (or module) when torch or taming's modules do not import; with
-    ``VQGAN_FLAX_REQUIRE_TORCH=1`` (the legacy stack in CI, where they are installed) fail instead,
-    so a broken install never hides behind a skip."""
-    try:
-        import taming.modules.diffusionmodules.model  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError as error:
-        if os.environ.get("VQGAN_FLAX_REQUIRE_TORCH") == "1":
-            pytest.fail(f"VQGAN_FLAX_REQUIRE_TORCH=1 but the PyTorch reference does not import: {error}", pytrace=False)
-        pytest.skip(f"{TORCH_SKIP_REASON} ({error})", allow_module_level=True)
+from utils import FIXTURES, require_torch_reference  # noqa: E402
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -26,7 +26,7 @@ import zipfile
 
 import numpy as np
 
-from vqgan_flax.checkpoint_io import CheckpointError, load_pickle, load_torch_zip
+from vqgan_flax.conversion import CheckpointError, load_pickle, load_torch_zip
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FIXTURES
+from utils import FIXTURES
 
 ROOT = FIXTURES.parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))

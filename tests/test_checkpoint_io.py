@@ -8,9 +8,9 @@ import zipfile
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import FIXTURES
+from utils import FIXTURES
 
-from vqgan_flax.checkpoint_io import (
+from vqgan_flax.conversion.torch_pickle import (
     CheckpointError,
     InertObject,
     extract_state_dict,

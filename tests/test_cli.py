@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import FIXTURES
 from PIL import Image
+from utils import FIXTURES
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig, VQGANImageProcessor
 from vqgan_flax.cli import main
@@ -213,7 +213,7 @@ def test_ragged_last_chunk_reuses_the_compiled_batch_shape(tiny):
     runner = Runner(model, replicate=False, batch_size=4, processor=processor)
     tokens = np.concatenate([runner.encode(pixels[:4], (16, 16)), runner.encode(pixels[4:], (16, 16))])
     np.testing.assert_array_equal(tokens, np.asarray(model.encode(pixels).indices).reshape(7, 16, 16))
-    (encode,) = [fn for key, fn in model._compiled.items() if key[0] == "encode"]
+    (encode,) = [fn for key, fn in model.compiled.items() if key[0] == "encode"]
     assert encode._cache_size() == 2  # batch 4 (both chunks) and batch 7 (the reference call)
     images = np.concatenate([runner.decode(tokens[:4]), runner.decode(tokens[4:])])
     assert images.shape == (7, 32, 32, 3) and images.dtype == np.uint8

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from conftest import FIXTURES
+from utils import FIXTURES
 
 from vqgan_flax import PRESETS, VQGANConfig, list_presets
 

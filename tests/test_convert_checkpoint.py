@@ -8,18 +8,18 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, assert_close, nchw_to_nhwc
 from safetensors.numpy import load_file, save_file
+from utils import FIXTURES, assert_close, nchw_to_nhwc
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig
-from vqgan_flax.checkpoint_io import load_state_dict
-from vqgan_flax.convert_checkpoint import (
+from vqgan_flax.cli.convert import main
+from vqgan_flax.conversion import (
     ConversionError,
     expected_param_shapes,
     export_to_taming,
     flax_key_to_taming,
     flax_to_taming,
-    main,
+    load_state_dict,
     taming_key_to_flax,
     taming_to_flax,
 )
@@ -84,7 +84,8 @@ def test_safetensors_input_and_preset_free_flags(tmp_path):
 @pytest.mark.torch
 def test_preset_with_pt_state_dict(tmp_path):
     import torch
-    from taming_reference import TamingVQGAN, randomize_, to_nchw_tensor, to_nhwc
+
+    from vqgan_flax.testing.taming_reference import TamingVQGAN, randomize_, to_nchw_tensor, to_nhwc
 
     config = VQGANConfig.from_preset("tiny")
     reference = randomize_(TamingVQGAN(config), seed=5)
@@ -167,7 +168,8 @@ class _Evals:
 @pytest.mark.parametrize("payload", [_RunsCode, _Evals])
 def test_hostile_ckpt_never_runs_code(tmp_path, payload):
     import torch
-    from taming_reference import TamingVQGAN, randomize_
+
+    from vqgan_flax.testing.taming_reference import TamingVQGAN, randomize_
 
     marker = tmp_path / "pwned"
     reference = randomize_(TamingVQGAN(VQGANConfig.from_preset("tiny")), seed=6)
@@ -204,7 +206,8 @@ def test_conversion_works_without_torch(tmp_path):
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".ckpt"])
 def test_export_loads_into_taming_strictly(tmp_path, suffix):
     import torch
-    from taming_reference import TamingVQGAN, to_nchw_tensor, to_nhwc
+
+    from vqgan_flax.testing.taming_reference import TamingVQGAN, to_nchw_tensor, to_nhwc
 
     folder = FIXTURES / "vqganjax" / "checkpoint"
     output = tmp_path / f"taming{suffix}"
@@ -255,3 +258,19 @@ def test_module_entry_point(tmp_path):
     assert "dropped 6 loss.* entries" in result.stdout
     assert (tmp_path / "flax_model.msgpack").is_file()
     assert FlaxVQGANModel.from_pretrained(tmp_path).config.quantizer == "gumbel"
+
+
+def test_old_module_paths_still_work():
+    """vqgan_flax.checkpoint_io / convert_checkpoint / lwm were the paths before the conversion
+    package; users' imports of them keep resolving to the same objects."""
+    import vqgan_flax.checkpoint_io as checkpoint_io
+    import vqgan_flax.convert_checkpoint as convert_checkpoint
+    import vqgan_flax.lwm as lwm
+    from vqgan_flax import conversion
+    from vqgan_flax.cli import convert as cli_convert
+
+    assert checkpoint_io is conversion.torch_pickle and lwm is conversion.lwm
+    assert checkpoint_io.RestrictedUnpickler is conversion.torch_pickle.RestrictedUnpickler
+    for name in conversion.__all__:
+        assert getattr(convert_checkpoint, name) is getattr(conversion, name), name
+    assert convert_checkpoint.main is cli_convert.main and convert_checkpoint.add_arguments is cli_convert.add_arguments

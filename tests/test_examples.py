@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FIXTURES
+from utils import FIXTURES
 
 
 def test_parity_demo(tmp_path):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, TAMING_CASES, assert_close, nchw_to_nhwc
+from utils import FIXTURES, TAMING_CASES, assert_close, nchw_to_nhwc
 
 from vqgan_flax import FlaxVQGANModel
-from vqgan_flax.convert_checkpoint import main as convert_main
+from vqgan_flax.cli.convert import main as convert_main
 
 
 @pytest.fixture(scope="module", params=TAMING_CASES)

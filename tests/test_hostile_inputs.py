@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pytest
 
-from vqgan_flax.checkpoint_io import CheckpointError, load_pickle, load_state_dict, load_torch_zip
+from vqgan_flax.conversion import CheckpointError, load_pickle, load_state_dict, load_torch_zip
 
 
 class PickleWriter:
@@ -251,7 +251,7 @@ def test_weights_that_would_compute_garbage_are_refused(tmp_path, bad):
     from safetensors.numpy import save_file
 
     from vqgan_flax import FlaxVQGANModel, VQGANConfig
-    from vqgan_flax.convert_checkpoint import ConversionError, flax_to_taming, taming_to_flax
+    from vqgan_flax.conversion import ConversionError, flax_to_taming, taming_to_flax
 
     config = VQGANConfig.from_preset("tiny")
     params = flatten_dict(jax.tree.map(np.asarray, FlaxVQGANModel(config, seed=0).params))
@@ -431,7 +431,7 @@ def test_cli_numeric_options_are_checked_by_the_parser(argv, message, capsys):
 
 def test_converter_bounds_what_a_checkpoint_may_inflate_to():
     from vqgan_flax import VQGANConfig
-    from vqgan_flax.convert_checkpoint import checkpoint_read_limit, expected_param_shapes
+    from vqgan_flax.conversion import checkpoint_read_limit, expected_param_shapes
 
     tiny = checkpoint_read_limit(expected_param_shapes(VQGANConfig.from_preset("tiny")))
     f16 = checkpoint_read_limit(expected_param_shapes(VQGANConfig.from_preset("f16-16384")))
@@ -470,7 +470,7 @@ def test_outputs_honour_the_umask_and_killed_runs_leave_nothing_readable(tmp_pat
 
 def test_converter_output_naming_a_file_is_an_error(tmp_path, capsys):
     from vqgan_flax import FlaxVQGANModel, VQGANConfig
-    from vqgan_flax.convert_checkpoint import main
+    from vqgan_flax.cli.convert import main
 
     taming = pathlib.Path(__file__).parent / "fixtures" / "taming_vq"
     existing = tmp_path / "model.bin"

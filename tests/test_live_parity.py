@@ -9,18 +9,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close, require_torch_reference
 from flax.traverse_util import flatten_dict
+from utils import assert_close, require_torch_reference
 
 from vqgan_flax import Decoder, Encoder, FlaxVQGANModel, VQGANConfig
-from vqgan_flax.convert_checkpoint import convert_state_dict, taming_to_flax
+from vqgan_flax.conversion import convert_state_dict, taming_to_flax
 
 require_torch_reference()  # every test here compares with PyTorch: skip (or fail) the whole module
 
 import torch  # noqa: E402
 from taming.modules.diffusionmodules.model import Decoder as TamingDecoder  # noqa: E402
 from taming.modules.diffusionmodules.model import Encoder as TamingEncoder  # noqa: E402
-from taming_reference import TamingVQGAN, randomize_, state_dict_numpy, to_nchw_tensor, to_nhwc  # noqa: E402
+
+from vqgan_flax.testing.taming_reference import TamingVQGAN, randomize_, state_dict_numpy, to_nchw_tensor, to_nhwc  # noqa: E402
 
 
 def _small(**overrides) -> VQGANConfig:
@@ -196,7 +197,7 @@ def test_lpips_matches_taming(monkeypatch):
     import importlib
     import sys
 
-    from conftest import random_lpips_state_dict
+    from utils import random_lpips_state_dict
 
     from vqgan_flax.lpips import LPIPS, lpips_params_from_state_dict
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FIXTURES, assert_close
+from utils import FIXTURES, assert_close
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig, VQModel, indices_to_grid
 
@@ -113,6 +113,30 @@ def test_decode_code_index_shapes(pretrained_model):
         indices_to_grid(indices.reshape(-1))
 
 
+def test_the_grid_travels_with_the_tokens_and_guesses_warn(pretrained_model):
+    """A 4:1 image's flat tokens can be a perfect square (an 8x32 grid is 256 tokens, as 16x16):
+    the encoder output says the grid, and decode_code warns where it would have to guess."""
+    import warnings
+
+    config = pretrained_model.config
+    f = config.downsampling_factor
+    native = config.latent_shape(config.resolution, config.resolution)
+    wide = (native[0] // 2, native[1] * 2)  # same token count as the native square, other shape
+    out = pretrained_model.encode(_images((2, wide[0] * f, wide[1] * f, 3)))
+    assert out.latent_shape == wide and out.grid_indices.shape == (2, *wide)
+    full = pretrained_model(_images((1, wide[0] * f, wide[1] * f, 3)))
+    assert full.latent_shape == wide and full.grid_indices.shape == (1, *wide)
+    reference = pretrained_model.decode_code(out.grid_indices)
+    assert reference.shape == (2, wide[0] * f, wide[1] * f, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the native square grid is vqgan-jax's convention: no warning
+        pretrained_model.decode_code(out.indices, latent_shape=wide)
+        assert pretrained_model.decode_code(out.indices).shape == (2, native[0] * f, native[1] * f, 3)
+    other = (native[0] // 2) ** 2  # square, but not the model's grid: a guess, said out loud
+    with pytest.warns(FutureWarning, match=rf"{other} flat tokens decoded as a {native[0] // 2}x{native[0] // 2} grid"):
+        pretrained_model.decode_code(out.indices[:, :other])
+
+
 def test_jit_matches_eager(pretrained_model):
     """The compiled public methods equal the module run op by op (``jax.disable_jit``): XLA's fusion
     may reorder float sums, nothing else."""
@@ -151,7 +175,7 @@ def test_micro_batching_gives_the_same_results(pretrained_model):
                      "decode", atol=1e-5, rtol=1e-5)  # fmt: skip
         assert_close(pretrained_model.decode_code(whole.indices, micro_batch_size=micro), whole.reconstruction,
                      "decode_code", atol=1e-5, rtol=1e-5)  # fmt: skip
-    compiled = [key[1] for key in pretrained_model._compiled if key[0] == "__call__"]
+    compiled = [key[1] for key in pretrained_model.compiled if key[0] == "__call__"]
     assert {1, 2}.issubset(compiled) and None in compiled  # one compiled loop per chunk size
 
 

@@ -11,14 +11,13 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import FIXTURES, assert_close
 from PIL import Image
+from utils import FIXTURES, assert_close
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig
 from vqgan_flax import parallel as P
-from vqgan_flax.checkpoint_io import CheckpointError
+from vqgan_flax.conversion import CheckpointError, config_from_lwm, load_lwm_checkpoint
 from vqgan_flax.distributed import encode_dataset, load_image, merge_token_shards
-from vqgan_flax.lwm import config_from_lwm, load_lwm_checkpoint
 from vqgan_flax.vqgan import VQGAN
 
 BATCH_SIZES = [1, 7, 8, 13]
@@ -60,6 +59,54 @@ def test_pmap_and_sharded_paths_equal_single_device(model, batch):
         ("sharded decode", P.sharded_decode(model, single.quant_states)),
     ):
         assert_close(decoded, single_decoded, name, atol=1e-5, rtol=1e-5)
+
+
+def test_a_sharded_input_stays_sharded(model):
+    """A batch already sharded over a mesh (a pmap output too) runs sharded, the params following
+    it; it is not gathered onto one device. A sharding without a mesh gets one message naming
+    the ways forward."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    x = _images(8, seed=3)
+    single = model.encode(x)
+    mesh = P.make_mesh()
+    sharded_x = jax.device_put(x, NamedSharding(mesh, PartitionSpec(P.DATA_AXIS)))
+    out = model.encode(sharded_x)
+    assert len(out.indices.devices()) == 8  # computed where the batch lives
+    np.testing.assert_array_equal(out.indices, single.indices)
+    decoded = model.decode_code(jax.device_put(np.asarray(single.grid_indices), sharded_x.sharding))
+    assert len(decoded.devices()) == 8
+    assert_close(decoded, model.decode_code(single.grid_indices), "sharded decode_code", atol=1e-5, rtol=1e-5)
+    pmapped = jax.pmap(lambda v: v)(x)  # current JAX: a NamedSharding over the pmap's devices
+    np.testing.assert_array_equal(model.encode(pmapped).indices, single.indices)
+
+    class OtherSharding:  # any multi-device sharding without a mesh to replicate the params onto
+        pass
+
+    class Spread:
+        sharding = OtherSharding()
+
+        def devices(self):
+            return set(jax.devices())
+
+    from vqgan_flax.modeling_flax_vqgan import _params_beside
+
+    with pytest.raises(ValueError, match=r"8 devices with OtherSharding, which has no mesh.*parallel.unshard"):
+        _params_beside(Spread(), model.params)
+
+
+def test_compiled_cache_is_bounded_and_shared_with_parallel(model):
+    from vqgan_flax.compile_cache import CompiledCache
+
+    cache = CompiledCache(maxsize=2)
+    built = []
+    for key in ("a", "b", "a", "c"):  # "a" used again, so "b" is the least recent when "c" arrives
+        cache.get_or_build(key, lambda key=key: built.append(key) or key.upper())
+    assert built == ["a", "b", "c"] and list(cache) == ["a", "c"] and len(cache) == 2
+    with pytest.raises(ValueError, match="maxsize=0 must be a positive integer"):
+        CompiledCache(maxsize=0)
+    P.pmap_encode(model, _images(2), P.replicate_params(model.params))
+    assert ("pmap", "encode") in model.compiled  # parallel.py compiles into the model's cache
 
 
 def test_shard_batch_and_unshard():

@@ -493,7 +493,7 @@ def test_lwm_pickles_work_wherever_a_model_does(tmp_path, capsys):
     assert _run(capsys, "encode", images, "--out", tmp_path / "t.npz", "--model", lwm, "--quiet")[0] == 0
     pixels = np.stack([load_image(str(images / f"{i}.png"), 32) for i in range(3)])
     np.testing.assert_array_equal(np.load(tmp_path / "t.npz")["tokens"], np.asarray(VQGAN(lwm).encode(pixels)[1]))
-    from vqgan_flax.convert_checkpoint import main as convert
+    from vqgan_flax.cli.convert import main as convert
 
     assert convert(["--lwm", lwm, "--output", str(tmp_path / "folder")]) == 0
     converted = FlaxVQGANModel.from_pretrained(tmp_path / "folder")

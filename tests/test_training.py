@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close, random_lpips_state_dict
+from utils import assert_close, random_lpips_state_dict
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig
 from vqgan_flax.losses import adaptive_weight, codebook_usage, hinge_d_loss, reconstruction_loss

@@ -27,6 +27,7 @@ with _quiet_transformers_advice():
     )
     from .modeling_outputs import VQGANEncoderOutput, VQGANOutput, indices_to_grid
     from .quantizers import GumbelQuantizer, QuantizerOutput, VectorQuantizer
+    from .vqgan import VQGAN  # LWM's interface (``vqgan_flax.vqgan.VQGAN`` stays, as in LWM)
 
 __version__ = "0.1.0"
 
@@ -62,6 +63,7 @@ DEFAULT_MODEL = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "def
 __all__ = [
     "DEFAULT_MODEL",
     "PRESETS",
+    "VQGAN",
     "AttnBlock",
     "Decoder",
     "Downsample",

@@ -34,6 +34,7 @@ from .blocks import (
     UpsamplingBlock,
     _conv,
 )
+from .compile_cache import CompiledCache
 from .configuration_vqgan import VQGANConfig
 from .input_checks import check_indices, check_pixels
 from .modeling_flax_base import WEIGHTS_CANDIDATES, select_base
@@ -128,6 +129,21 @@ class FlaxVQGANModule(nn.Module):
 # Flat keys of the weights the running from_pretrained read, before the base drops those the model
 # does not use (transformers only logs a warning about them).
 _LOADED_KEYS: contextvars.ContextVar = contextvars.ContextVar("vqgan_flax_loaded_keys", default=None)
+
+
+def _params_beside(array: jax.Array, params: Any) -> Any:
+    """Params replicated over the mesh ``array`` is sharded on, so the call runs sharded (XLA
+    partitions it along the array's sharding) instead of gathering the batch onto one device."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    sharding = array.sharding
+    if not isinstance(sharding, NamedSharding):
+        raise ValueError(
+            f"input is spread over {len(array.devices())} devices with {type(sharding).__name__}, which has no "
+            "mesh to run on; pass it through vqgan_flax.parallel.unshard, use parallel.sharded_encode/"
+            "sharded_decode_code, or gather it on purpose with np.asarray"
+        )
+    return jax.device_put(params, NamedSharding(sharding.mesh, PartitionSpec()))
 
 
 def _local_path_problem(name: str, subfolder: str, needs_config: bool) -> Optional[str]:
@@ -228,7 +244,9 @@ class FlaxVQGANPreTrainedModel(select_base()):
             # image that survives all downsamplings, which is much faster than `resolution`.
             side = config.downsampling_factor
             input_shape = (1, side, side, config.in_channels)
-        self._compiled: dict = {}
+        # What this model compiled (per method, micro-batching, static options), bounded: see
+        # compile_cache.py; parallel.py keeps its pmap/mesh programs here too.
+        self.compiled = CompiledCache()
         module = self.module_class(config=config, dtype=dtype, **kwargs)
         with _quiet_transformers_deprecation():
             super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
@@ -331,7 +349,7 @@ class FlaxVQGANPreTrainedModel(select_base()):
                 f"{name}: the config leaves {len(unused)} checkpoint weights unused, e.g. {unused[:5]}: it does not "
                 "describe this checkpoint (attention, levels or blocks differ?)"
             )
-        from .convert_checkpoint import check_weights
+        from .conversion import check_weights
 
         check_weights({"/".join(k): v for k, v in flat.items()}, name)
         if not do_init:
@@ -344,7 +362,7 @@ class FlaxVQGANPreTrainedModel(select_base()):
     def _from_lwm_pickle(cls, path: str, lwm_config: Optional[Dict[str, Any]], dtype: Any, do_init: bool):
         """An LWM params pickle (LWM's ``vqgan`` file), its config from an LWM ``config.json``
         beside it, ``lwm_config``, or LWM's published defaults; checked like any checkpoint."""
-        from .lwm import load_lwm_checkpoint
+        from .conversion import load_lwm_checkpoint
 
         config, params = load_lwm_checkpoint(path, lwm_config)
         model = cls(config, dtype=dtype if dtype is not None else jnp.float32, _do_init=False)
@@ -395,8 +413,8 @@ class FlaxVQGANPreTrainedModel(select_base()):
         elif micro_batch_size is not None:
             micro_batch_size = math.gcd(int(micro_batch_size), np.shape(array)[0])  # equal chunks
         key = (method, micro_batch_size, tuple(sorted(static.items())))
-        if key not in self._compiled:
 
+        def build():
             def apply(variables, rngs, array, traced):
                 def call(chunk):
                     return self.module.apply(variables, chunk, rngs=rngs, method=method, **traced, **static)
@@ -408,12 +426,13 @@ class FlaxVQGANPreTrainedModel(select_base()):
                 # Per-chunk scalars (the losses) are means over equal chunks: their mean is the batch's.
                 return jax.tree.map(lambda x: x.mean(0) if x.ndim == 1 else x.reshape(-1, *x.shape[2:]), out)
 
-            self._compiled[key] = jax.jit(apply)
+            return jax.jit(apply)
+
+        compiled = self.compiled.get_or_build(key, build)
         params = self.params if params is None else params
         if isinstance(array, jax.Array) and not isinstance(array, jax.core.Tracer) and len(array.devices()) > 1:
-            # e.g. the output of a pmap/sharded call: gather it instead of failing on device mismatch.
-            array = np.asarray(array)
-        return self._compiled[key]({"params": params}, rngs or {}, jnp.asarray(array), traced or {})
+            params = _params_beside(array, params)
+        return compiled({"params": params}, rngs or {}, jnp.asarray(array), traced or {})
 
     @staticmethod
     def _rngs(dropout_rng: Optional[jax.Array], gumbel_rng: Optional[jax.Array] = None) -> dict:
@@ -454,6 +473,21 @@ class FlaxVQGANPreTrainedModel(select_base()):
         """Quantized latents (B, h, w, embed_dim) → pixels (B, H, W, out_ch)."""
         return self._run("decode", quant_states, params, self._rngs(dropout_rng), None, micro_batch_size, train=train)
 
+    def _guess_grid(self, tokens: int) -> Optional[tuple]:
+        """The grid of ``tokens`` flat indices when nothing says it (see ``decode_code``)."""
+        native = self.config.latent_shape(self.config.resolution, self.config.resolution)
+        if tokens == native[0] * native[1]:
+            return native
+        side = math.isqrt(tokens)
+        if side * side == tokens:
+            warnings.warn(
+                f"decode_code: {tokens} flat tokens decoded as a {side}x{side} grid, a guess; pass "
+                "latent_shape=(h, w) or (B, h, w) indices (a future version will require it)",
+                FutureWarning,
+                stacklevel=3,
+            )
+        return None  # indices_to_grid squares it, or refuses a non-square N with its message
+
     def decode_code(
         self,
         indices: jax.Array,
@@ -461,8 +495,16 @@ class FlaxVQGANPreTrainedModel(select_base()):
         latent_shape: Optional[Sequence[int]] = None,
         micro_batch_size: Optional[int] = None,
     ) -> jax.Array:
-        """Indices (B, N) with square N, (B, N) with ``latent_shape=(h, w)``, or (B, h, w) → pixels."""
+        """Indices (B, h, w), or (B, N) with ``latent_shape=(h, w)`` → pixels.
+
+        Flat (B, N) indices without ``latent_shape`` decode on the model's own square grid
+        (``resolution / f`` per side) when N fits it, as vqgan-jax did; any other square N is still
+        decoded as a square but warns (``FutureWarning``): 256 tokens of a 32x128 image are an 8x32
+        grid, not 16x16. ``encode(...).latent_shape`` / ``.grid_indices`` keep the grid with the tokens.
+        """
         check_indices(indices, self.config.n_embed)
+        if latent_shape is None and np.ndim(indices) == 2:
+            latent_shape = self._guess_grid(int(np.shape(indices)[1]))
         latent_shape = None if latent_shape is None else tuple(int(n) for n in latent_shape)
         return self._run("decode_code", indices, params, None, None, micro_batch_size, latent_shape=latent_shape)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import flax
 import jax
@@ -17,8 +17,12 @@ class VQGANEncoderOutput:
         quant_states: (B, h, w, embed_dim) quantized latents (straight-through when training).
         indices: (B, h*w) int32 code indices, row-major over (h, w) as vqgan-jax returns them.
         latents: (B, h, w, embed_dim) ``quant_conv(encoder(x))``, the latent before quantization.
-        loss: scalar quantizer loss (VQ codebook + commitment loss, or the Gumbel KL term).
+        loss: scalar quantizer loss (VQ codebook + commitment loss, or the Gumbel KL term); None
+            where the quantizer computed none.
         logits: Gumbel only: (B, h, w, n_embed) float32 code logits.
+
+    The token grid travels with the tokens: ``latent_shape`` is ``(h, w)`` and ``grid_indices``
+    the indices as (B, h, w), which ``decode_code`` takes without further arguments.
     """
 
     quant_states: jax.Array
@@ -26,6 +30,14 @@ class VQGANEncoderOutput:
     latents: jax.Array
     loss: Optional[jax.Array]
     logits: Optional[jax.Array] = None
+
+    @property
+    def latent_shape(self) -> Tuple[int, int]:
+        return tuple(self.quant_states.shape[1:3])
+
+    @property
+    def grid_indices(self) -> jax.Array:
+        return self.indices.reshape(self.indices.shape[0], *self.latent_shape)
 
     def __iter__(self):
         return iter((self.quant_states, self.indices))
@@ -44,15 +56,19 @@ class VQGANOutput:
     Attributes:
         reconstruction: (B, H, W, out_ch) decoded pixels (not clipped, as taming).
         indices: (B, h*w) int32 code indices.
-        quant_states, latents, loss, logits: as in [`VQGANEncoderOutput`].
+        quant_states, latents, loss, logits: as in [`VQGANEncoderOutput`] (so are ``latent_shape``
+            and ``grid_indices``).
     """
 
     reconstruction: jax.Array
     indices: jax.Array
     quant_states: jax.Array
     latents: jax.Array
-    loss: jax.Array
+    loss: Optional[jax.Array]
     logits: Optional[jax.Array] = None
+
+    latent_shape = VQGANEncoderOutput.latent_shape
+    grid_indices = VQGANEncoderOutput.grid_indices
 
     def __iter__(self):
         return iter((self.reconstruction, self.indices))
@@ -68,7 +84,7 @@ def indices_to_grid(indices: jax.Array, latent_shape: Optional[Sequence[int]] = 
     """Bring code indices to a (B, h, w) grid.
 
     Accepts (B, h, w); (B, N) with ``latent_shape=(h, w)``; or (B, N) with square N (vqgan-jax's
-    convention).
+    convention; ``FlaxVQGANModel.decode_code`` warns where that square is a guess).
     """
     if indices.ndim == 3:
         if latent_shape is not None and tuple(indices.shape[1:]) != tuple(latent_shape):

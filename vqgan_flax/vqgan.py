@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .conversion import load_lwm_checkpoint
 from .input_checks import check_indices, check_pixels
-from .lwm import load_lwm_checkpoint
 from .modeling_flax_vqgan import FlaxVQGANModel
 from .parallel import replicate_params, shard_batch, unshard
 

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-range", nargs=2, type=float, metavar=("LOW", "HIGH"), help="override the model's range")
     p.set_defaults(func=images.cmd_info)
 
-    from ..convert_checkpoint import DESCRIPTION, add_arguments
+    from .convert import DESCRIPTION, add_arguments
 
     p = command("convert", help="taming checkpoint ↔ Flax folder", description=DESCRIPTION)
     add_arguments(p)
@@ -103,7 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     enable_compilation_cache()
     try:
         if args.command == "convert":
-            from ..convert_checkpoint import run
+            from .convert import run
 
             return run(args)
         args.func(args)

@@ -30,7 +30,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = TrainingConfig(**fields)
     lpips = None
     if args.lpips:
-        from ..checkpoint_io import load_state_dict
+        from ..conversion import load_state_dict
 
         lpips = lpips_params_from_state_dict(load_state_dict(args.lpips))
     trainer = VQGANTrainer(model, config, lpips_params=lpips)

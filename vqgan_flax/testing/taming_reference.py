@@ -2,6 +2,8 @@
 
 taming.models.vqgan imports Lightning and a missing taming.main, so the model is put together
 here from the modules it uses (Encoder, Decoder, VectorQuantizer2, GumbelQuantize, 1x1 convs).
+Shared by the tests and the benchmarks; needs the test extras (torch, ``taming-transformers-rom1504``
+installed ``--no-deps``, einops).
 """
 
 from __future__ import annotations
@@ -11,10 +13,7 @@ import torch
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 
-from vqgan_flax import VQGANConfig
-
-torch.set_num_threads(2)
-torch.use_deterministic_algorithms(True)
+from .. import VQGANConfig
 
 
 class TamingVQGAN(torch.nn.Module):

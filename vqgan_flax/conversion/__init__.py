@@ -1,0 +1,48 @@
+"""Checkpoints from other code bases to ours, and back, without torch and without running pickles.
+
+    torch_pickle.py   PyTorch ``.ckpt``/``.pt`` zips and plain pickles read with an allow-list
+                      (every tensor's metadata checked against its storage)
+    taming.py         taming-transformers state dicts ⇄ Flax parameters (keys, OIHW ⇄ HWIO)
+    lwm.py            LWM's auto-named Flax params pickle → our names
+    common.py         what the mappings share: expected shapes, one error listing every
+                      mismatch, the weight check, the reader's size limit
+
+The command line (``vqgan-flax convert``) is ``cli/convert.py``. The older module paths
+``vqgan_flax.checkpoint_io``, ``vqgan_flax.convert_checkpoint`` and ``vqgan_flax.lwm`` re-export
+these names and keep working.
+"""
+
+from .common import *  # noqa: F403 (its __all__: the shared checks and errors)
+from .common import __all__ as _common_names
+from .lwm import config_from_lwm, load_lwm_checkpoint, lwm_params_to_flax
+from .taming import (
+    convert_state_dict,
+    convert_taming_checkpoint,
+    export_to_taming,
+    flax_key_to_taming,
+    flax_to_taming,
+    taming_key_to_flax,
+    taming_shape,
+    taming_to_flax,
+)
+from .torch_pickle import CheckpointError, extract_state_dict, load_pickle, load_state_dict, load_torch_zip
+
+__all__ = [
+    *_common_names,
+    "CheckpointError",
+    "config_from_lwm",
+    "convert_state_dict",
+    "convert_taming_checkpoint",
+    "export_to_taming",
+    "extract_state_dict",
+    "flax_key_to_taming",
+    "flax_to_taming",
+    "load_lwm_checkpoint",
+    "load_pickle",
+    "load_state_dict",
+    "load_torch_zip",
+    "lwm_params_to_flax",
+    "taming_key_to_flax",
+    "taming_shape",
+    "taming_to_flax",
+]

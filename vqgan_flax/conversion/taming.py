@@ -1,0 +1,180 @@
+"""taming-transformers (PyTorch) VQGAN state dicts to Flax parameters, and back.
+
+Names map one to one (taming ``encoder.down.1.block.0.conv1.weight`` is Flax
+``encoder/down_1/block_0/conv1/kernel``); conv kernels go OIHW → HWIO, norm ``weight`` → ``scale``,
+embedding ``weight`` → ``embedding``. No PyTorch is needed except to write ``.pt`` files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..configuration_vqgan import VQGANConfig
+from .common import (
+    ConversionError,
+    check_weights,
+    checkpoint_read_limit,
+    describe_architecture,
+    expected_param_shapes,
+    raise_on_mismatch,
+)
+from .torch_pickle import PathLike, load_state_dict
+
+FlatParams = Dict[Tuple[str, ...], np.ndarray]
+
+# taming's module lists ("down.1", "block.0") are "down_1", "block_0" in Flax.
+_LIST_ITEM = re.compile(r"(?<![^.])(down|up|block|attn)\.(\d+)(?=\.)")
+_LEVEL = re.compile(r"(down|up)_(\d+)")
+_LEVEL_ITEM = re.compile(r"(block|attn)_(\d+)")
+# Flax leaf names that taming calls "weight".
+_WEIGHT_LEAVES = ("kernel", "scale", "embedding")
+
+
+def taming_key_to_flax(key: str, expected: Dict[Tuple[str, ...], Any]) -> Optional[Tuple[str, ...]]:
+    """Flax path of a taming state-dict key, or None if the architecture has no such parameter."""
+    module_path, _, leaf = key.rpartition(".")
+    path = tuple(_LIST_ITEM.sub(r"\1_\2", module_path + ".").rstrip(".").split("."))
+    candidates = _WEIGHT_LEAVES if leaf == "weight" else (leaf,)
+    for candidate in candidates:
+        if (*path, candidate) in expected:
+            return (*path, candidate)
+    return None
+
+
+def flax_key_to_taming(path: Tuple[str, ...]) -> str:
+    """taming state-dict key of a Flax parameter path."""
+    parts = list(path[:-1])
+    for i, part in enumerate(parts):
+        # Only the level lists (encoder.down, decoder.up) and their block/attn lists are indexed;
+        # the mid block's own names (block_1, attn_1) are taming's literal attribute names.
+        if i > 0 and parts[i - 1] in ("encoder", "decoder") and _LEVEL.fullmatch(part):
+            parts[i] = _LEVEL.sub(r"\1.\2", part)
+        elif i > 0 and _LEVEL.fullmatch(path[i - 1]) and _LEVEL_ITEM.fullmatch(part):
+            parts[i] = _LEVEL_ITEM.sub(r"\1.\2", part)
+    leaf = "weight" if path[-1] in _WEIGHT_LEAVES else path[-1]
+    return ".".join([*parts, leaf])
+
+
+def taming_shape(path: Tuple[str, ...], flax_shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """Shape the taming tensor of a Flax parameter has (convs are OIHW there)."""
+    if path[-1] == "kernel" and len(flax_shape) == 4:
+        height, width, in_channels, out_channels = flax_shape
+        return (out_channels, in_channels, height, width)
+    return tuple(flax_shape)
+
+
+def _to_flax_array(value: np.ndarray, leaf: str) -> np.ndarray:
+    # PyTorch convs are (out, in, kh, kw); Flax's are (kh, kw, in, out).
+    if leaf == "kernel" and value.ndim == 4:
+        value = value.transpose(2, 3, 1, 0)
+    return np.ascontiguousarray(value, dtype=np.float32)
+
+
+def taming_to_flax(
+    state_dict: Dict[str, np.ndarray], config: VQGANConfig, source: str = "<state dict>"
+) -> Tuple[Dict[str, Any], int]:
+    """Convert a taming state dict to a nested Flax parameter dict for ``config``.
+
+    ``loss.*`` entries (discriminator, LPIPS) are dropped; their count is returned beside the
+    params. Anything else must map onto exactly one parameter with the right shape.
+    """
+    return convert_state_dict(state_dict, expected_param_shapes(config), source, describe_architecture(config))
+
+
+def convert_state_dict(
+    state_dict: Dict[str, np.ndarray],
+    expected: Dict[Tuple[str, ...], Tuple[int, ...]],
+    source: str = "<state dict>",
+    architecture: str = "",
+) -> Tuple[Dict[str, Any], int]:
+    """Map taming keys onto the Flax parameters whose flat paths and shapes are ``expected``
+    (any module: the full model, or e.g. a bare Encoder); see [`taming_to_flax`]."""
+    from flax.traverse_util import unflatten_dict
+
+    dropped = [k for k in state_dict if k.startswith("loss.")]
+    flat: FlatParams = {}
+    seen = set()
+    unexpected: List[str] = []
+    mismatched: List[str] = []
+    for key, value in state_dict.items():
+        if key.startswith("loss."):
+            continue
+        path = taming_key_to_flax(key, expected)
+        if path is None:
+            unexpected.append(f"{key} {tuple(value.shape)}")
+            continue
+        seen.add(path)
+        wanted = taming_shape(path, expected[path])
+        if tuple(value.shape) != wanted:
+            mismatched.append(f"{key}: checkpoint {tuple(value.shape)}, model expects {wanted}")
+            continue
+        flat[path] = value
+    missing = [f"{flax_key_to_taming(p)} {taming_shape(p, expected[p])}" for p in expected if p not in seen]
+    raise_on_mismatch(source, architecture, missing, unexpected, mismatched)
+    check_weights({flax_key_to_taming(path): value for path, value in flat.items()}, source)
+    flat = {path: _to_flax_array(np.asarray(value), path[-1]) for path, value in flat.items()}
+    return unflatten_dict(flat), len(dropped)
+
+
+def flax_to_taming(params: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    """Convert Flax parameters to a taming state dict (numpy, OIHW convs) that taming's modules
+    load with ``strict=True``."""
+    from flax.traverse_util import flatten_dict
+
+    state: Dict[str, np.ndarray] = {}
+    for path, value in flatten_dict(dict(params)).items():
+        value = np.array(value, dtype=np.float32)  # an owned, writable copy (torch.from_numpy wants one)
+        if path[-1] == "kernel" and value.ndim == 4:
+            value = np.ascontiguousarray(value.transpose(3, 2, 0, 1))
+        state[flax_key_to_taming(path)] = value
+    return state
+
+
+def convert_taming_checkpoint(
+    checkpoint: PathLike,
+    output_dir: PathLike,
+    config: VQGANConfig,
+    weights_format: str = "safetensors",
+) -> int:
+    """Convert ``checkpoint`` and write a ``from_pretrained`` folder; returns the number of
+    dropped ``loss.*`` entries."""
+    from ..modeling_flax_vqgan import FlaxVQGANModel
+
+    if weights_format not in ("safetensors", "msgpack"):
+        raise ValueError(f"unknown weights format {weights_format!r}; expected 'safetensors' or 'msgpack'")
+    model = FlaxVQGANModel(config, _do_init=False)
+    expected = expected_param_shapes(config, model)
+    state_dict = load_state_dict(checkpoint, max_bytes=checkpoint_read_limit(expected))
+    source = os.fspath(checkpoint)
+    params, dropped = convert_state_dict(state_dict, expected, source, describe_architecture(config))
+    model.save_pretrained(output_dir, params=params, safe_serialization=weights_format == "safetensors")
+    return dropped
+
+
+def export_to_taming(model_dir: PathLike, output: PathLike) -> Dict[str, np.ndarray]:
+    """Write a Flax folder's weights as a taming state dict: ``.safetensors``, or ``.pt``/``.pth``/
+    ``.ckpt`` (those need torch; ``.ckpt`` nests it under ``state_dict`` like Lightning)."""
+    from ..modeling_flax_vqgan import FlaxVQGANModel
+
+    _model, params = FlaxVQGANModel.from_pretrained(model_dir, _do_init=False)
+    state = flax_to_taming(params)
+    output = os.fspath(output)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    if output.endswith(".safetensors"):
+        from safetensors.numpy import save_file
+
+        save_file(state, output, metadata={"format": "pt"})
+    elif output.endswith((".pt", ".pth", ".ckpt")):
+        try:
+            import torch
+        except ImportError:
+            raise ConversionError(f"{output}: writing .pt/.pth/.ckpt needs torch; use a .safetensors name") from None
+        tensors = {k: torch.from_numpy(v) for k, v in state.items()}
+        torch.save({"state_dict": tensors} if output.endswith(".ckpt") else tensors, output)
+    else:
+        raise ConversionError(f"{output}: unknown extension; use .safetensors, .pt, .pth or .ckpt")
+    return state
