@@ -22,6 +22,7 @@ import os
 import tempfile
 
 import provenance
+from run import jax_calls, torch_calls
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = (  # first match wins; names are cuDNN/cuBLAS kernels, XLA fusions, Triton/ATen kernels
@@ -71,18 +72,10 @@ def _perfetto_device_time(folder: str) -> dict:
 
 def trace_jax(batch: int, size: int, preset: str, precision: str, repeats: int) -> dict:
     import jax
-    import jax.numpy as jnp
-    import numpy as np
 
-    from vqgan_flax import FlaxVQGANModel, VQGANConfig
-
-    dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
-    model = FlaxVQGANModel(VQGANConfig.from_preset(preset), dtype=dtype, seed=0)
-    pixels = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32))
-    grid = model.config.latent_shape(size, size)
-    encode = lambda: model.encode(pixels).indices.block_until_ready()  # noqa: E731
+    _model, _pixels, encode, decode_indices = jax_calls(precision, batch, size, preset)
     indices = encode()
-    decode = lambda: model.decode_code(indices, latent_shape=grid).block_until_ready()  # noqa: E731
+    decode = lambda: decode_indices(indices)  # noqa: E731
     out = {"device": str(jax.devices()[0].device_kind)}
     for part, fn in (("encode", encode), ("decode", decode)):
         fn(), fn()
@@ -95,40 +88,13 @@ def trace_jax(batch: int, size: int, preset: str, precision: str, repeats: int) 
 
 
 def trace_torch(batch: int, size: int, preset: str, precision: str, repeats: int) -> dict:
-    import numpy as np
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from vqgan_flax import VQGANConfig
-    from vqgan_flax.testing.taming_reference import TamingVQGAN, randomize_  # needs the test extras
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    config = VQGANConfig.from_preset(preset)
-    model = randomize_(TamingVQGAN(config), seed=0).to(device).to(memory_format=torch.channels_last)
-    pixels = np.random.default_rng(0).uniform(-1, 1, (batch, 3, size, size)).astype(np.float32)
-    pixels = torch.from_numpy(pixels).to(device).contiguous(memory_format=torch.channels_last)
-    grid = config.latent_shape(size, size)
-    autocast = precision == "bfloat16"
-
-    def run(fn):
-        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-            out = fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return out
-
-    encode = lambda: run(lambda: model.quantize(model.quant_conv(model.encoder(pixels)))[2][2])  # noqa: E731
+    system = f"torch-eager-{precision}-cl"  # channels_last, autocast in bf16; the whole batch at once
+    device, _per_image, encode, decode_indices = torch_calls(system, batch, size, preset, tf32=False, per_image=False)
     indices = encode()
-    shape = (batch, *grid, config.embed_dim)
-
-    def decode_codes():
-        codes = model.quantize.get_codebook_entry(indices.reshape(-1), shape)
-        return model.decode(codes.contiguous(memory_format=torch.channels_last))
-
-    decode = lambda: run(decode_codes)  # noqa: E731
-
+    decode = lambda: decode_indices(indices)  # noqa: E731
     activity = ProfilerActivity.CUDA if device == "cuda" else ProfilerActivity.CPU
     out = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
     for part, fn in (("encode", encode), ("decode", decode)):
@@ -171,7 +137,11 @@ def main() -> None:
     args = parser.parse_args()
     provenance.check_can_record(args.json, args.allow_dirty)
     record = provenance.provenance(
-        __file__, extra_harness=[os.path.join(ROOT, "vqgan_flax", "testing", "taming_reference.py")]
+        __file__,
+        extra_harness=[
+            os.path.join(ROOT, "vqgan_flax", "testing", "taming_reference.py"),
+            os.path.join(ROOT, "benchmarks", "run.py"),
+        ],
     )
     record.update(benchmark="kernel_trace", batch=args.batch, precision=args.precision, size=args.size,
                   preset=args.preset, repeats=args.repeats)  # fmt: skip

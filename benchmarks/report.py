@@ -158,6 +158,22 @@ def speed_targets(record: dict, gpu: bool) -> list:
     return lines
 
 
+def speed_block(title: str, record: dict) -> list:
+    """A speed record as README lines: its header (machine, size, rounds, TF32 on a GPU, command),
+    the table, and what the harness stopped, saw fail or skipped."""
+    rounds = len({m["round"] for m in record["measurements"]})
+    tf32 = "" if record.get("tf32") is None else f", TF32 {'on' if record['tf32'] else 'off'} on both sides"
+    lines = [f"{title} — {describe(record)}; {record['preset']} at {record['size']}², {rounds} "
+             f"round{'s' if rounds != 1 else ''} × {record['repeats']} calls{tf32}. Command: `{record['command']}`.",
+             "", speed_table(record), ""]  # fmt: skip
+    lines += [f"Stopped early: {record['stopped']}.", ""] if record.get("stopped") else []
+    failed = record.get("failed", {})
+    lines += [*(f"Failed: {k} ({v})." for k, v in failed.items()), ""] if failed else []
+    skipped = record["skipped"]
+    lines += [f"Skipped: {', '.join(skipped)} ({next(iter(skipped.values()))}).", ""] if skipped else []
+    return lines
+
+
 def gpu_kernel_lines(record: dict) -> list:
     """benchmarks/kernel_trace.py's record: device milliseconds per call by kernel class."""
     classes = sorted({c for side in ("jax", "torch") if side in record for part in ("encode", "decode")
@@ -272,12 +288,13 @@ def section(results: str = RESULTS) -> str:
     cpu, memory = load("cpu.json", results), load("memory.json", results)
     agreement, tokenization = load("bf16_agreement.json", results), load("dataset_tokenization.json", results)
     ops = load("op_profile.json", results)
-    long_run, ops_bf16 = (load(name, results) if os.path.exists(os.path.join(results, name)) else None
-                          for name in (MEMORY_RUN, OPS_BF16))  # fmt: skip
-    gpu = load(GPU_RECORD, results) if os.path.exists(os.path.join(results, GPU_RECORD)) else None
-    follow_ups = [load(name, results) for name in GPU_FOLLOW_UPS if os.path.exists(os.path.join(results, name))]
-    kernels = load(GPU_KERNELS, results) if os.path.exists(os.path.join(results, GPU_KERNELS)) else None
-    cpu_more = [load(name, results) for name in CPU_FOLLOW_UPS if os.path.exists(os.path.join(results, name))]
+
+    def optional(name: str) -> Optional[dict]:
+        return load(name, results) if os.path.exists(os.path.join(results, name)) else None
+
+    long_run, ops_bf16, gpu, kernels = (optional(n) for n in (MEMORY_RUN, OPS_BF16, GPU_RECORD, GPU_KERNELS))
+    follow_ups = [r for r in map(optional, GPU_FOLLOW_UPS) if r]
+    cpu_more = [r for r in map(optional, CPU_FOLLOW_UPS) if r]
     parts = [
         START,
         "## Performance",
@@ -290,28 +307,14 @@ def section(results: str = RESULTS) -> str:
         "median of its timed calls. Ratios are ours against the fastest PyTorch system of the same "
         "precision in the same round (> 1: ours is faster); ⚠ marks a ratio whose range crosses 1.0.",
         "",
-        f"**CPU** — {describe(cpu)}; {cpu['preset']} at {cpu['size']}², {cpu['rounds']} rounds × "
-        f"{cpu['repeats']} calls. Command: `{cpu['command']}`.",
-        "",
-        speed_table(cpu),
-        "",
+        *speed_block("**CPU**", cpu),
+        *(line for record in cpu_more for line in speed_block("**CPU, another run**", record)),
+        *(
+            line
+            for i, record in enumerate([gpu, *follow_ups] if gpu else [])
+            for line in speed_block("**GPU, follow-up**" if i else "**GPU**", record)
+        ),
     ]
-    if cpu["skipped"]:
-        parts += [f"Skipped: {', '.join(cpu['skipped'])} ({next(iter(cpu['skipped'].values()))}).", ""]
-    for record in cpu_more:
-        parts += [f"**CPU, another run** — {describe(record)}; {record['rounds']} rounds × {record['repeats']} calls. "
-                  f"Command: `{record['command']}`.", "", speed_table(record), ""]  # fmt: skip
-    for index, record in enumerate([gpu, *follow_ups] if gpu else []):
-        rounds = len({m["round"] for m in record["measurements"]})
-        title = "**GPU**" if index == 0 else "**GPU, follow-up**"
-        parts += [f"{title} — {describe(record)}; {record['preset']} at {record['size']}², {rounds} round(s) × "
-                  f"{record['repeats']} calls, TF32 {'on' if record['tf32'] else 'off'} on both sides. "
-                  f"Command: `{record['command']}`.", "", speed_table(record), ""]  # fmt: skip
-        parts += [f"Stopped early: {record['stopped']}.", ""] if record.get("stopped") else []
-        failed = record.get("failed", {})
-        parts += [*(f"Failed: {k} ({v})." for k, v in failed.items()), ""] if failed else []
-        skipped = record["skipped"]
-        parts += [f"Skipped: {', '.join(skipped)} ({next(iter(skipped.values()))}).", ""] if skipped else []
     if kernels:
         parts += [f"**Where the GPU time goes** — {describe(kernels)}. Command: `{kernels['command']}`. Device "
                   f"time per call by kernel class (batch {kernels['batch']}, {kernels['precision']}; ours traced "

@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 
 import provenance
 from provenance import peak_rss_mb
@@ -92,35 +93,28 @@ def _measure_pair(encode, decode, repeats: int, batch: int) -> dict:
     return out
 
 
-def worker_jax(system: str, batch: int, size: int, preset: str, repeats: int, tf32: bool) -> dict:
-    import jax
+def jax_calls(precision: str, batch: int, size: int, preset: str) -> tuple:
+    """Ours as a user calls it, on random weights and pixels: ``(model, pixels, encode, decode)``
+    with ``encode() -> indices`` and ``decode(indices) -> pixels``, each blocking until done."""
     import jax.numpy as jnp
     import numpy as np
 
     from vqgan_flax import FlaxVQGANModel, VQGANConfig
-    from vqgan_flax.cpu_kernels import KERNELS_ENV, kernel_backend
 
-    if system.startswith("jax-xla-"):
-        os.environ[KERNELS_ENV] = "off"
-    jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
-    dtype = jnp.bfloat16 if precision(system) == "bfloat16" else jnp.float32
+    dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
     model = FlaxVQGANModel(VQGANConfig.from_preset(preset), dtype=dtype, seed=0)
     pixels = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32))
     grid = model.config.latent_shape(size, size)
     encode = lambda: model.encode(pixels).indices.block_until_ready()  # noqa: E731
     decode = lambda i: model.decode_code(i, latent_shape=grid).block_until_ready()  # noqa: E731
-    result = _measure_pair(encode, decode, repeats, batch)
-    device = jax.devices()[0]
-    result["device"] = "cpu" if device.platform == "cpu" else f"gpu: {device.device_kind}"
-    result["per_image_loop"] = model.default_micro_batch_size(pixels) == 1 and batch > 1
-    result["kernels"] = kernel_backend() if device.platform == "cpu" else "xla"
-    stats = device.memory_stats() if device.platform != "cpu" else None
-    if stats and "peak_bytes_in_use" in stats:
-        result["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20
-    return result
+    return model, pixels, encode, decode
 
 
-def worker_torch(system: str, batch: int, size: int, preset: str, repeats: int, tf32: bool) -> dict:
+def torch_calls(system: str, batch: int, size: int, preset: str, tf32: bool, per_image: Optional[bool] = None) -> tuple:
+    """taming's model (the test extras' reference assembly) as ``system`` runs it, on the same
+    random weights and pixels: ``(device, per_image, encode, decode)`` with ``encode() -> indices
+    (B, N)`` and ``decode(indices) -> pixels``, each synchronised. ``per_image`` defaults to the
+    fairness rule of the module docstring (a per-image loop on CPU at batch > 1)."""
     import numpy as np
     import torch
 
@@ -140,7 +134,7 @@ def worker_torch(system: str, batch: int, size: int, preset: str, repeats: int, 
     pixels = np.random.default_rng(0).uniform(-1, 1, (batch, 3, size, size)).astype(np.float32)
     pixels = torch.from_numpy(pixels).to(device).contiguous(memory_format=memory_format)
     grid = config.latent_shape(size, size)
-    per_image = device == "cpu" and batch > 1  # as ours on CPU (see the module docstring)
+    per_image = device == "cpu" and batch > 1 if per_image is None else per_image
 
     def encode_fn(x):
         return model.quantize(model.quant_conv(model.encoder(x)))[2][2]
@@ -160,7 +154,34 @@ def worker_torch(system: str, batch: int, size: int, preset: str, repeats: int, 
         return out
 
     encode = lambda: run(encode_fn, pixels).reshape(batch, -1)  # noqa: E731
-    result = _measure_pair(encode, lambda i: run(decode_fn, i), repeats, batch)
+    return device, per_image, encode, lambda indices: run(decode_fn, indices)
+
+
+def worker_jax(system: str, batch: int, size: int, preset: str, repeats: int, tf32: bool) -> dict:
+    import jax
+
+    from vqgan_flax.cpu_kernels import KERNELS_ENV, kernel_backend
+
+    if system.startswith("jax-xla-"):
+        os.environ[KERNELS_ENV] = "off"
+    jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
+    model, pixels, encode, decode = jax_calls(precision(system), batch, size, preset)
+    result = _measure_pair(encode, decode, repeats, batch)
+    device = jax.devices()[0]
+    result["device"] = "cpu" if device.platform == "cpu" else f"gpu: {device.device_kind}"
+    result["per_image_loop"] = model.default_micro_batch_size(pixels) == 1 and batch > 1
+    result["kernels"] = kernel_backend() if device.platform == "cpu" else "xla"
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:
+        result["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20
+    return result
+
+
+def worker_torch(system: str, batch: int, size: int, preset: str, repeats: int, tf32: bool) -> dict:
+    import torch
+
+    device, per_image, encode, decode = torch_calls(system, batch, size, preset, tf32)
+    result = _measure_pair(encode, decode, repeats, batch)
     result["device"] = f"gpu: {torch.cuda.get_device_name()}" if device == "cuda" else "cpu"
     result["per_image_loop"] = per_image
     if device == "cuda":

@@ -190,3 +190,19 @@ def test_gpu_tables_in_milliseconds_and_kernel_classes():
     lines = report.gpu_kernel_lines(kernels)
     assert lines[0] == "| side | call | kernels ms | convolution | reduction |"
     assert lines[2] == "| ours | encode | 6.40 | 4.55 | 1.85 |" and len(lines) == 4
+
+
+def test_speed_block_header_and_what_the_harness_left_out():
+    record = {**_speed_record([(1.0, 1.0)], {"torch-compile-float32": [(1.0, 1.0)]}), "preset": "tiny", "size": 32,
+              "repeats": 3, "command": "python benchmarks/run.py", "date": "2026-11-29T00:00:00Z", "commit": HEAD,
+              "dirty": False, "python": "3.12", "versions": {}, "cpu": {"model": "x", "cores": 2, "isa": []},
+              "gpu": None, "tf32": None, "stopped": "--deadline-s 9: stopped before round 1",
+              "failed": {"torch-eager-float32 batch 1": "round 0: boom"}}  # fmt: skip
+    lines = report.speed_block("**CPU**", record)
+    assert (
+        lines[0].startswith("**CPU** — 2026-11-29") and "; tiny at 32², 1 round × 3 calls. Command: `python" in lines[0]
+    )
+    assert "TF32" not in lines[0] and "Stopped early: --deadline-s 9: stopped before round 1." in lines
+    assert "Failed: torch-eager-float32 batch 1 (round 0: boom)." in lines
+    gpu = report.speed_block("**GPU**", {**record, "gpu": "NVIDIA H200", "tf32": False, "stopped": None, "failed": {}})
+    assert ", TF32 off on both sides. Command" in gpu[0] and not any(line.startswith("Stopped") for line in gpu)
