@@ -1,116 +1,68 @@
-"""Train the shipped default model (vqgan_flax/default_model) on scikit-image's bundled photographs.
+"""Train the shipped default model (vqgan_flax/default_model) on the training split of
+``vqgan_flax.sample_data`` (CC0 / public-domain photographs bundled with scikit-image).
 
-    pip install scikit-image && python scripts/train_default_model.py --output build/default_model
+    pip install -e ".[eval]" && python scripts/train_default_model.py --output build/default_model
 
-Training images and held-out images are disjoint; every one is CC0 or public domain (see
-vqgan_flax/default_model/README.md). Resumable: rerunning continues from the last checkpoint.
+Resumable: rerunning the same command continues exactly from the last checkpoint (every 100 steps),
+so it can run in the background across sessions. The validation split chose the recipe (see
+vqgan_flax/default_model/README.md); ``scripts/evaluate_default_model.py`` reports the test split.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
+import sys
 import time
 
-import numpy as np
-from PIL import Image
-
 from vqgan_flax import FlaxVQGANModel, VQGANConfig
-from vqgan_flax.image_io import to_rgb, to_uint8
-from vqgan_flax.metrics import psnr, ssim
+from vqgan_flax import sample_data
 from vqgan_flax.training import ImageCrops, TrainingConfig, VQGANTrainer
 
-TRAIN = [
-    "astronaut.png", "camera.png", "hubble_deep_field.jpg", "retina.jpg", "grass.png", "gravel.png",
-    "coins.png", "horse.png", "text.png", "cell.png", "clock_motion.png", "ihc.png",
-]  # fmt: skip
-HELD_OUT = ["coffee.png", "chelsea.png", "rocket.jpg", "brick.png"]
-# Phase 2 samples these colour photographs three times as often: phase 1 (7 of 12 images are
-# grayscale) left reconstructions at about half the original saturation.
-COLOUR = ["astronaut.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "horse.png"]
+# Downsampling factor 8 and 1024 codes: 32 x 32 tokens for a 256 x 256 image (the grid of LDM's
+# f8 tokenizers) at 0.156 bits per pixel. No attention, so it runs at any size divisible by 8. A
+# narrow full-resolution level (32 channels) keeps a training step on two CPU cores under a second.
 MODEL = dict(
-    ch=64, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[], mid_block_attention=False,
-    z_channels=32, embed_dim=8, n_embed=1024, resolution=256,  # no attention: only the default image size
+    ch=32, ch_mult=[1, 2, 4, 4], num_res_blocks=1, attn_resolutions=[], mid_block_attention=False,
+    z_channels=64, embed_dim=8, n_embed=1024, resolution=256,
 )  # fmt: skip
+# Pixel losses only (L1 + codebook terms): a GAN term trades PSNR/SSIM for texture, and those two
+# are what the default model is judged on. Random restarts keep the codebook in use.
+TRAINING = dict(
+    batch_size=8, crop_size=64, learning_rate=4e-4, adam_b1=0.9, adam_b2=0.99, schedule="cosine",
+    warmup_steps=100, reconstruction_loss="l1", disc_weight=0.0, codebook_restart_every=100, log_every=25,
+    save_every=100, seed=0,
+)  # fmt: skip
+# Crops from regions up to 64 / 0.4 = 160 pixels wide (the test images are shrunk by 0.4-0.6 to
+# 256 pixels), mild colour jitter; the colour photographs are drawn twice as often (7 of the 11
+# training images are grayscale, and the first default model came out desaturated).
+AUGMENT = dict(min_scale=0.4, colour_jitter=0.1)
+COLOUR = ("astronaut", "hubble_deep_field", "retina", "ihc")
 
 
-def skimage_data_dir() -> str:
-    import skimage
-
-    return os.path.join(os.path.dirname(skimage.__file__), "data")
-
-
-def load_rgb(path: str) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(to_rgb(image))  # transparency composited on white
-
-
-def held_out_crops(size: int = 64, per_image: int = 4, seed: int = 1234) -> np.ndarray:
-    """Fixed random crops of the held-out images (uint8)."""
-    rng = np.random.default_rng(seed)
-    crops = []
-    for name in HELD_OUT:
-        image = load_rgb(os.path.join(skimage_data_dir(), name))
-        for _ in range(per_image):
-            top, left = rng.integers(image.shape[0] - size + 1), rng.integers(image.shape[1] - size + 1)
-            crops.append(image[top : top + size, left : left + size])
-    return np.stack(crops)
-
-
-def evaluate(model: FlaxVQGANModel, crops: np.ndarray) -> dict:
-    pixels = crops.astype(np.float32) / 127.5 - 1.0
-    out = np.asarray(model(pixels).reconstruction)
-    recon = to_uint8(out)
-    return {
-        "psnr": float(np.mean([psnr(a, b) for a, b in zip(crops, recon)])),
-        "ssim": float(np.mean([ssim(a, b) for a, b in zip(crops, recon)])),
-        "crops": len(crops),
-        "crop_size": int(crops.shape[1]),
-    }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="build/default_model")
-    parser.add_argument("--steps", type=int, default=1600)
-    parser.add_argument("--disc-start", type=int, default=1300)
-    parser.add_argument("--finetune-steps", type=int, default=600)
-    args = parser.parse_args()
-    config = TrainingConfig(
-        steps=args.steps, batch_size=16, crop_size=32, learning_rate=2e-4, disc_start=args.disc_start,
-        disc_weight=0.1, disc_ndf=32, disc_num_layers=2, log_every=25, save_every=100, seed=0,
-        codebook_restart_every=50,
-    )  # fmt: skip
-    images = [load_rgb(os.path.join(skimage_data_dir(), name)) for name in TRAIN]
-    model = FlaxVQGANModel(VQGANConfig(**MODEL), seed=0)
-    trainer = VQGANTrainer(model, config)
+    parser.add_argument("--steps", type=int, default=4500)
+    args = parser.parse_args(argv)
+    config = TrainingConfig(steps=args.steps, **TRAINING)
+    names = list(sample_data.SPLIT["train"]) + [name for name in COLOUR]
+    images = [sample_data.load_image(name) for name in names]
+    os.makedirs(args.output, exist_ok=True)
+    with open(os.path.join(args.output, "command.json"), "w") as f:
+        json.dump({"argv": [sys.executable, *sys.argv], "images": names, "augment": AUGMENT}, f, indent=2)
+    trainer = VQGANTrainer(FlaxVQGANModel(VQGANConfig(**MODEL), seed=0), config)
     began = time.time()
     trainer.fit(
-        ImageCrops(images, config.crop_size, seed=0),
+        ImageCrops(images, config.crop_size, seed=0, **AUGMENT),
         output_dir=args.output,
         progress=False,
         on_log=lambda m: print(json.dumps({k: round(v, 4) for k, v in m.items()}), flush=True),
     )
-    phase1 = FlaxVQGANModel.from_pretrained(os.path.join(args.output, "model"))
-    report = {"phase1_held_out": evaluate(phase1, held_out_crops())}
-
-    # Phase 2: fine-tune phase 1's model (a fresh discriminator joins half-way), colour-weighted.
-    finetune = dataclasses.replace(
-        config, steps=args.finetune_steps, learning_rate=1e-4, disc_start=args.finetune_steps // 2, seed=1
-    )
-    weighted = images + [load_rgb(os.path.join(skimage_data_dir(), n)) for n in COLOUR for _ in range(2)]
-    VQGANTrainer(phase1, finetune).fit(
-        ImageCrops(weighted, config.crop_size, seed=1), output_dir=os.path.join(args.output, "finetune"),
-        progress=False, on_log=lambda m: print(json.dumps({k: round(v, 4) for k, v in m.items()}), flush=True),
-    )  # fmt: skip
-    trained = FlaxVQGANModel.from_pretrained(os.path.join(args.output, "finetune", "model"))
-    report.update(held_out=evaluate(trained, held_out_crops()), train_seconds_this_run=time.time() - began)
-    print(json.dumps(report, indent=2))
-    with open(os.path.join(args.output, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    print(json.dumps({"seconds_this_run": round(time.time() - began, 1)}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

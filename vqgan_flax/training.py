@@ -42,6 +42,10 @@ class TrainingConfig:
     batch_size: int = 8
     crop_size: int = 64
     learning_rate: float = 1e-4
+    # "constant" (taming) or "cosine": linear warm-up over warmup_steps, then a cosine decay to
+    # 10 % of learning_rate at ``steps``.
+    schedule: str = "constant"
+    warmup_steps: int = 0
     adam_b1: float = 0.5
     adam_b2: float = 0.9
     reconstruction_loss: str = "l1"
@@ -49,7 +53,7 @@ class TrainingConfig:
     perceptual_weight: float = 1.0  # used only when LPIPS params are given
     disc_start: int = 10000
     disc_weight: float = 0.8
-    disc_factor: float = 1.0
+    disc_factor: float = 1.0  # 0 (or disc_weight 0): no discriminator is trained or evaluated
     disc_loss: str = "hinge"
     disc_ndf: int = 64
     disc_num_layers: int = 3
@@ -84,13 +88,31 @@ class ImageCrops:
 
     Images are decoded once (RGB, uint8). A step's batch depends only on ``(seed, step)``, so a
     resumed run sees exactly the batches an uninterrupted one would.
+
+    Augmentations (off by default): ``min_scale`` < 1 takes each crop from a region up to
+    ``crop_size / min_scale`` pixels wide (log-uniform) shrunk to ``crop_size`` (PIL's antialiased
+    bicubic), so one photograph gives detail at several scales; ``colour_jitter`` = j multiplies
+    brightness, contrast and saturation by factors drawn from [1 - j, 1 + j].
     """
 
-    def __init__(self, images: Sequence[Any], crop_size: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        images: Sequence[Any],
+        crop_size: int,
+        seed: int = 0,
+        min_scale: float = 1.0,
+        colour_jitter: float = 0.0,
+    ) -> None:
         from PIL import Image
 
+        if not 0 < min_scale <= 1:
+            raise ValueError(f"min_scale must be in (0, 1]; got {min_scale}")
+        if not 0 <= colour_jitter < 1:
+            raise ValueError(f"colour_jitter must be in [0, 1); got {colour_jitter}")
         self.crop_size = crop_size
         self.seed = seed
+        self.min_scale = min_scale
+        self.colour_jitter = colour_jitter
         self.images: List[np.ndarray] = []
         for item in images:
             if isinstance(item, np.ndarray):
@@ -118,11 +140,33 @@ class ImageCrops:
         out = np.empty((batch_size, self.crop_size, self.crop_size, 3), np.float32)
         for k in range(batch_size):
             image = self.images[rng.integers(len(self.images))]
-            top = rng.integers(image.shape[0] - self.crop_size + 1)
-            left = rng.integers(image.shape[1] - self.crop_size + 1)
-            crop = image[top : top + self.crop_size, left : left + self.crop_size]
-            out[k] = (crop[:, ::-1] if rng.random() < 0.5 else crop) / 127.5 - 1.0
+            side = self.crop_size
+            if self.min_scale < 1:
+                scale = float(np.exp(rng.uniform(np.log(self.min_scale), 0.0)))
+                side = min(round(self.crop_size / scale), *image.shape[:2])
+            top = rng.integers(image.shape[0] - side + 1)
+            left = rng.integers(image.shape[1] - side + 1)
+            crop = image[top : top + side, left : left + side]
+            if side != self.crop_size:
+                from PIL import Image
+
+                size = (self.crop_size, self.crop_size)
+                crop = np.asarray(Image.fromarray(crop).resize(size, Image.BICUBIC, reducing_gap=None))
+            crop = (crop[:, ::-1] if rng.random() < 0.5 else crop).astype(np.float32) / 255.0
+            if self.colour_jitter:
+                crop = self._jitter(crop, rng)
+            out[k] = crop * 2.0 - 1.0
         return out
+
+    def _jitter(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Brightness, contrast and saturation changes of a [0, 1] crop, clipped back to [0, 1]."""
+        brightness, contrast, saturation = rng.uniform(1 - self.colour_jitter, 1 + self.colour_jitter, 3)
+        gray = crop @ np.array([0.299, 0.587, 0.114], np.float32)
+        crop = crop * brightness
+        crop = (crop - gray.mean() * brightness) * contrast + gray.mean() * brightness
+        gray = crop @ np.array([0.299, 0.587, 0.114], np.float32)
+        crop = (crop - gray[..., None]) * saturation + gray[..., None]
+        return np.clip(crop, 0.0, 1.0)
 
 
 def patch_grid_size(image_size: int, num_layers: int) -> int:
@@ -131,6 +175,16 @@ def patch_grid_size(image_size: int, num_layers: int) -> int:
     for _ in range(num_layers):
         size = (size + 2 - 4) // 2 + 1  # 4x4, stride 2, pad 1
     return size - 2  # two 4x4 stride-1 convs with pad 1 each remove one pixel
+
+
+def learning_rate_schedule(config: TrainingConfig) -> optax.Schedule:
+    """The autoencoder's learning rate per step (see ``TrainingConfig.schedule``)."""
+    if config.schedule == "constant":
+        return optax.constant_schedule(config.learning_rate)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, max(config.warmup_steps, 1), max(config.steps, config.warmup_steps + 1),
+        end_value=0.1 * config.learning_rate,
+    )  # fmt: skip
 
 
 class VQGANTrainer:
@@ -163,7 +217,9 @@ class VQGANTrainer:
         self.mesh = mesh or make_mesh()
         self.discriminator = NLayerDiscriminator(config.disc_ndf, config.disc_num_layers)
         self.lpips_params = lpips_params
-        self.optimizer = optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2)
+        if config.schedule not in ("constant", "cosine"):
+            raise ValueError(f"unknown schedule {config.schedule!r}; expected 'constant' or 'cosine'")
+        self.optimizer = optax.adam(learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2)
         self.disc_optimizer = optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2)
         data = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(self.mesh.axis_names[0]))
         self._data_sharding = data
@@ -211,28 +267,28 @@ class VQGANTrainer:
             logits_fake = self.discriminator.apply({"params": state.disc_params}, out.reconstruction)
             return (nll, generator_adversarial_loss(logits_fake), out.loss), out
 
-        (nll, g_loss, q_loss), backward, out = jax.vjp(generator_terms, state.params, has_aux=True)
-        (nll_grads,) = backward((jnp.ones(()), jnp.zeros(()), jnp.asarray(cfg.codebook_weight, jnp.float32)))
-        (g_grads,) = backward((jnp.zeros(()), jnp.ones(()), jnp.zeros(())))
-        last = lambda tree: tree["decoder"]["conv_out"]["kernel"]  # noqa: E731
-        d_weight = adaptive_weight(last(nll_grads), last(g_grads), cfg.disc_weight)
-        grads = jax.tree.map(lambda a, b: a + d_weight * factor * b, nll_grads, g_grads)
+        if not self.uses_discriminator:
+            # Reconstruction and codebook terms only: one backward pass, the discriminator untouched.
+            def plain_terms(params):
+                (nll, _, q_loss), out = generator_terms(params)
+                return nll + cfg.codebook_weight * q_loss, (nll, q_loss, out)
+
+            (_, (nll, q_loss, out)), grads = jax.value_and_grad(plain_terms, has_aux=True)(state.params)
+            zero = jnp.zeros((), jnp.float32)
+            g_loss = d_weight = d_loss = logits_real = logits_fake = zero
+            disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
+        else:
+            (nll, g_loss, q_loss), backward, out = jax.vjp(generator_terms, state.params, has_aux=True)
+            (nll_grads,) = backward((jnp.ones(()), jnp.zeros(()), jnp.asarray(cfg.codebook_weight, jnp.float32)))
+            (g_grads,) = backward((jnp.zeros(()), jnp.ones(()), jnp.zeros(())))
+            last = lambda tree: tree["decoder"]["conv_out"]["kernel"]  # noqa: E731
+            d_weight = adaptive_weight(last(nll_grads), last(g_grads), cfg.disc_weight)
+            grads = jax.tree.map(lambda a, b: a + d_weight * factor * b, nll_grads, g_grads)
+            disc_params, disc_opt_state, d_loss, logits_real, logits_fake = self._disc_step(
+                state, batch, jax.lax.stop_gradient(out.reconstruction), factor
+            )
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-
-        d_loss_fn = hinge_d_loss if cfg.disc_loss == "hinge" else vanilla_d_loss
-        fake = jax.lax.stop_gradient(out.reconstruction)
-
-        def disc_objective(disc_params):
-            logits_real = self.discriminator.apply({"params": disc_params}, batch)
-            logits_fake = self.discriminator.apply({"params": disc_params}, fake)
-            return factor * d_loss_fn(logits_real, logits_fake), (logits_real.mean(), logits_fake.mean())
-
-        (d_loss, (logits_real, logits_fake)), d_grads = jax.value_and_grad(disc_objective, has_aux=True)(
-            state.disc_params
-        )
-        d_updates, disc_opt_state = self.disc_optimizer.update(d_grads, state.disc_opt_state, state.disc_params)
-        disc_params = optax.apply_updates(state.disc_params, d_updates)
 
         code_counts = state.code_counts + jnp.bincount(out.indices.reshape(-1), length=self.model.config.n_embed)
         if cfg.codebook_restart_every and self.model.config.quantizer == "vq":
@@ -254,6 +310,26 @@ class VQGANTrainer:
         }
         new_state = TrainState(state.step + 1, params, disc_params, opt_state, disc_opt_state, code_counts, ema)
         return new_state, metrics
+
+    def _disc_step(self, state: TrainState, batch: jax.Array, fake: jax.Array, factor: jax.Array):
+        """One discriminator update on real ``batch`` against the (detached) reconstructions."""
+        d_loss_fn = hinge_d_loss if self.config.disc_loss == "hinge" else vanilla_d_loss
+
+        def disc_objective(disc_params):
+            logits_real = self.discriminator.apply({"params": disc_params}, batch)
+            logits_fake = self.discriminator.apply({"params": disc_params}, fake)
+            return factor * d_loss_fn(logits_real, logits_fake), (logits_real.mean(), logits_fake.mean())
+
+        (d_loss, (logits_real, logits_fake)), d_grads = jax.value_and_grad(disc_objective, has_aux=True)(
+            state.disc_params
+        )
+        d_updates, disc_opt_state = self.disc_optimizer.update(d_grads, state.disc_opt_state, state.disc_params)
+        return optax.apply_updates(state.disc_params, d_updates), disc_opt_state, d_loss, logits_real, logits_fake
+
+    @property
+    def uses_discriminator(self) -> bool:
+        """False when ``disc_weight`` or ``disc_factor`` is 0: the GAN terms are skipped entirely."""
+        return self.config.disc_weight > 0 and self.config.disc_factor > 0
 
     def _restart_dead_codes(self, params: Any, counts: jax.Array, latents: jax.Array, step: jax.Array, rng: jax.Array):
         """At every ``codebook_restart_every``-th step, move unused codes onto random latents."""
