@@ -29,7 +29,7 @@ $(CURRENT_VENV)/.installed: pyproject.toml
 	$(CURRENT_PY) -m pip install $(PIP_QUIET) --upgrade pip
 	$(CURRENT_PY) -m pip install $(PIP_QUIET) --upgrade jax jaxlib flax transformers huggingface_hub
 	$(CURRENT_PY) ci/core_versions.py record $(CURRENT_VENV)/core-versions.json
-	$(CURRENT_PY) -m pip install $(PIP_QUIET) -e .
+	$(CURRENT_PY) -m pip install $(PIP_QUIET) -e ".[eval]"
 	$(CURRENT_PY) ci/core_versions.py compare $(CURRENT_VENV)/core-versions.json
 	touch $@
 
@@ -45,6 +45,7 @@ setup-test: $(LEGACY_VENV)/.installed $(CURRENT_VENV)/.installed-test
 demo: setup
 	$(CURRENT_VENV)/bin/vqgan-flax reconstruct examples/images --size 256 --out build/demo/reconstructions --quiet
 	$(CURRENT_PY) examples/parity_demo.py --output build/demo/parity
+	$(CURRENT_PY) scripts/evaluate_default_model.py --json build/demo/evaluation.json
 
 # Each stack's suite also checks folders against the other stack's interpreter; on the legacy
 # stack the PyTorch reference must import (a missing torch fails instead of skipping). The two

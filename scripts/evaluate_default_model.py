@@ -13,42 +13,23 @@ package versions it came from.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from typing import Dict, List
 
-import numpy as np
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from vqgan_flax import DEFAULT_MODEL, FlaxVQGANModel, evaluation, sample_data
+import provenance  # noqa: E402
+
+from vqgan_flax import DEFAULT_MODEL, FlaxVQGANModel, evaluation, sample_data  # noqa: E402
 
 SPLITS = ("validation", "test", "unseen")
+RECORD = os.path.join(DEFAULT_MODEL, "evaluation.json")  # the shipped model's numbers
+READMES = [os.path.join(ROOT, "README.md"), os.path.join(DEFAULT_MODEL, "README.md")]
+START, END = "<!-- evaluation:start -->", "<!-- evaluation:end -->"
 CROP, CROPS_PER_IMAGE, WHOLE = 128, 8, 256
-
-
-def git_commit() -> Dict[str, object]:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-
-
-def versions() -> Dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in ("jax", "flax", "transformers", "numpy", "pillow", "scikit-image"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def evaluate(model: FlaxVQGANModel, seed: int = 0) -> Dict[str, object]:
@@ -94,25 +75,61 @@ def table(result: Dict[str, object]) -> List[str]:
     return lines
 
 
+def section(record: Dict[str, object]) -> str:
+    """The READMEs' evaluation section: the table and the command and commit it came from."""
+    return "\n".join([
+        START,
+        f"Generated from `{os.path.relpath(RECORD, ROOT)}`, written by `{record['command']}` "
+        f"({provenance.describe(record)}). Validation chose the recipe; test and unseen were only reported.",
+        "",
+        *table(record),
+        END,
+    ])  # fmt: skip
+
+
+def write_readmes(record: Dict[str, object]) -> None:
+    """Replace the evaluation section of both READMEs with [`section`] of ``record``."""
+    import re
+
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    for path in READMES:
+        with open(path) as f:
+            text = f.read()
+        if not pattern.search(text):
+            raise SystemExit(f"{path}: no {START} ... {END} markers to replace")
+        with open(path, "w") as f:
+            f.write(pattern.sub(lambda _: section(record), text))
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="a from_pretrained folder (default: the shipped model)")
-    parser.add_argument("--json", help="also write the numbers, commit and versions here")
+    parser.add_argument("--json", help="also write the numbers, commit and versions here (needs a clean checkout)")
+    parser.add_argument("--allow-dirty", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--record", action="store_true",
+        help=f"write {os.path.relpath(RECORD)} and the READMEs' evaluation sections (the shipped model only)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.record:
+        if os.path.realpath(args.model) != os.path.realpath(DEFAULT_MODEL):
+            raise SystemExit(f"--record describes the shipped model; --model {args.model} is another one")
+        args.json = RECORD
+    provenance.check_can_record(args.json, args.allow_dirty or not args.record)
     model = FlaxVQGANModel.from_pretrained(args.model)
     result = evaluate(model)
     print("\n".join(table(result)))
     if args.json:
+        shipped = os.path.realpath(args.model) == os.path.realpath(DEFAULT_MODEL)
         record = {
-            "command": " ".join(["python", *[os.path.relpath(sys.argv[0]), *sys.argv[1:]]]),
-            "model": os.path.relpath(args.model) if not os.path.isabs(args.model) else args.model,
-            **git_commit(),
-            "versions": versions(),
+            **provenance.provenance(__file__, argv, [evaluation.__file__, sample_data.__file__]),
+            "model": "vqgan_flax.DEFAULT_MODEL" if shipped else args.model,
             **result,
         }
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
+        provenance.write_record(args.json, record)
+        if args.record:
+            write_readmes(record)
     return 0
 
 

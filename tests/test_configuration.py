@@ -84,8 +84,12 @@ def test_save_and_reload(tmp_path):
 def test_invalid_values():
     with pytest.raises(ValueError, match="Unknown quantizer 'fsq'"):
         VQGANConfig(quantizer="fsq")
-    with pytest.raises(ValueError, match=r"ch=48 must be a multiple of 32"):
+    with pytest.raises(ValueError, match=r"ch=48 must be a multiple of norm_num_groups=32"):
         VQGANConfig(ch=48)
+    with pytest.raises(ValueError, match=r"ch=32 must be a multiple of norm_num_groups=24"):
+        VQGANConfig(ch=32, norm_num_groups=24)
+    with pytest.raises(ValueError, match=r"norm_num_groups=0 must be an integer in \[1, 1024\]"):
+        VQGANConfig(norm_num_groups=0)
     with pytest.raises(ValueError, match=r"ch_mult=\[1, 1.5\] must be a non-empty list of positive integers"):
         VQGANConfig(ch=32, ch_mult=[1, 1.5])
     with pytest.raises(ValueError, match="double_z=True is not supported with the gumbel quantizer"):

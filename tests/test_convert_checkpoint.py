@@ -234,6 +234,15 @@ def test_export_to_taming_returns_state(tmp_path):
         export_to_taming(FIXTURES / "vqganjax" / "checkpoint", tmp_path / "w.bin")
 
 
+def test_export_refuses_a_model_taming_cannot_compute(tmp_path):
+    config = VQGANConfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], z_channels=8, embed_dim=4,
+                         n_embed=16, resolution=16, norm_num_groups=8)  # fmt: skip
+    FlaxVQGANModel(config, seed=0).save_pretrained(tmp_path / "model")
+    with pytest.raises(ConversionError, match="norm_num_groups=8; taming's GroupNorm always has 32 groups"):
+        export_to_taming(tmp_path / "model", tmp_path / "w.safetensors")
+    assert not (tmp_path / "w.safetensors").exists()
+
+
 def test_module_entry_point(tmp_path):
     result = subprocess.run(
         [

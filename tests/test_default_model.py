@@ -1,55 +1,88 @@
-"""The shipped default model loads offline and reconstructs held-out photographs well.
+"""The shipped default model loads offline, reproduces the numbers its evaluation record publishes
+on the test split, and the READMEs show exactly that record.
 
-The crops come from examples/images (coffee, chelsea, rocket, brick), which were kept out of the
-model's training (scripts/train_default_model.py); thresholds are the measured values minus a
-small margin, so a broken model, decoder or loader fails them.
+The record (vqgan_flax/default_model/evaluation.json) is written by
+``scripts/evaluate_default_model.py --record``; the test recomputes our model's rows on the test
+and validation splits (deterministic up to float rounding) so a broken model, decoder, loader or
+evaluation protocol fails here. The k-means and JPEG columns are recomputed by ``make demo``.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import pathlib
 
-import numpy as np
-from PIL import Image
+import pytest
 
 import vqgan_flax
-from vqgan_flax import FlaxVQGANModel
+from vqgan_flax import FlaxVQGANModel, evaluation, sample_data
 from vqgan_flax.cli import main
-from vqgan_flax.image_io import to_uint8
-from vqgan_flax.metrics import psnr, ssim
 
-IMAGES = pathlib.Path(__file__).parent.parent / "examples" / "images"
-HELD_OUT = ["coffee.png", "chelsea.png", "rocket.jpg", "brick.png"]  # as in the training script
-MIN_PSNR, MIN_SSIM = 23.0, 0.66  # measured 23.75 dB and 0.696 (default_model/README.md)
+ROOT = pathlib.Path(__file__).parent.parent
+RECORD = pathlib.Path(vqgan_flax.DEFAULT_MODEL) / "evaluation.json"
 
 
-def _held_out_crops(size=64, per_image=4, seed=1234):
-    rng = np.random.default_rng(seed)
-    crops = []
-    for name in HELD_OUT:
-        image = np.asarray(Image.open(IMAGES / name).convert("RGB"))
-        for _ in range(per_image):
-            top, left = rng.integers(image.shape[0] - size + 1), rng.integers(image.shape[1] - size + 1)
-            crops.append(image[top : top + size, left : left + size])
-    return np.stack(crops)
+def _script():
+    spec = importlib.util.spec_from_file_location(
+        "evaluate_default_model", ROOT / "scripts" / "evaluate_default_model.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_default_model_is_a_small_local_folder():
     folder = pathlib.Path(vqgan_flax.DEFAULT_MODEL)
-    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    for name in ("config.json", "model.safetensors", "README.md", "evaluation.json", "log.jsonl"):
+        assert (folder / name).is_file(), name
     assert sum(f.stat().st_size for f in folder.iterdir()) < 20 * 2**20
 
 
-def test_default_model_reconstructs_held_out_crops():
+@pytest.mark.parametrize("split", ["test", "validation"])
+def test_default_model_reproduces_its_recorded_numbers(split):
+    record = json.loads(RECORD.read_text())
+    script = _script()
     model = FlaxVQGANModel.from_pretrained(vqgan_flax.DEFAULT_MODEL)
-    crops = _held_out_crops()
-    out = np.asarray(model(crops.astype(np.float32) / 127.5 - 1.0).reconstruction)
-    recon = to_uint8(out)
-    mean_psnr = np.mean([psnr(a, b) for a, b in zip(crops, recon)])
-    mean_ssim = np.mean([ssim(a, b) for a, b in zip(crops, recon)])
-    assert mean_psnr > MIN_PSNR, mean_psnr
-    assert mean_ssim > MIN_SSIM, mean_ssim
+    images = sample_data.split_images(split)
+    sets = {
+        f"{split}: {script.CROPS_PER_IMAGE} crops {script.CROP}²": evaluation.fixed_crops(
+            images, script.CROP, script.CROPS_PER_IMAGE
+        ),
+        f"{split}: whole at {script.WHOLE}²": evaluation.whole_images(images, script.WHOLE),
+    }
+    for label, pictures in sets.items():
+        measured = evaluation.score(pictures, evaluation.model_codec(model)(pictures))
+        recorded = record["rows"][label]["ours"]
+        assert measured["psnr"] == pytest.approx(recorded["psnr"], abs=0.05), label
+        assert measured["ssim"] == pytest.approx(recorded["ssim"], abs=0.002), label
+
+
+def test_readmes_show_the_recorded_evaluation():
+    script = _script()
+    record = json.loads(RECORD.read_text())
+    assert record["commit"] and record["dirty"] is False
+    section = script.section(record)
+    for readme in script.READMES:
+        assert section in pathlib.Path(readme).read_text(), readme
+    assert set(record["splits"]) == {"train", "validation", "test", "unseen"}
+    assert record["splits"] == {k: list(v) for k, v in sample_data.SPLIT.items()}
+
+
+def test_evaluation_table_formats_every_row():
+    row = {"ours": {"psnr": 25.0, "ssim": 0.7}, "kmeans": {"psnr": 22.5, "ssim": 0.61},
+           "jpeg": {"psnr": 24.0, "ssim": 0.65, "bpp": 0.2}}  # fmt: skip
+    lines = _script().table({"rate_bpp": 0.15625, "n_embed": 1024, "downsampling": 8, "rows": {"test: x": row}})
+    assert lines[0].startswith("Rate: 0.156 bits per pixel (one of 1024 codes per 8×8 block)")
+    assert (
+        lines[-1] == "| test: x | 25.00 dB / 0.700 | 22.50 dB / 0.610 | 24.00 dB / 0.650 (0.200) | +2.50 dB / +0.090 |"
+    )
+
+
+def test_record_refuses_another_model(tmp_path):
+    with pytest.raises(SystemExit, match="--record describes the shipped model"):
+        _script().main(["--model", str(tmp_path), "--record"])
 
 
 def test_cli_uses_the_default_model(capsys):

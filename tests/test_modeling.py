@@ -358,3 +358,19 @@ def test_random_init_follows_torch_defaults():
         jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params), jax.random.PRNGKey(3), config
     )
     np.testing.assert_array_equal(again["decoder"]["conv_out"]["kernel"], params["decoder"]["conv_out"]["kernel"])
+
+
+def test_norm_num_groups_changes_the_normalisation_and_round_trips(tmp_path):
+    """The same weights give other outputs with 8 groups than with 32 (the field reaches every
+    GroupNorm), and a saved model keeps its group count."""
+    kwargs = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], z_channels=8, embed_dim=4,
+                  n_embed=16, resolution=16)  # fmt: skip
+    taming_like = FlaxVQGANModel(VQGANConfig(**kwargs), seed=0)
+    grouped = FlaxVQGANModel(VQGANConfig(**kwargs, norm_num_groups=8), seed=0)
+    pixels = np.random.default_rng(0).uniform(-1, 1, (1, 16, 16, 3)).astype(np.float32)
+    latents = lambda m: m.encode(pixels).latents  # noqa: E731
+    assert np.abs(np.asarray(latents(taming_like)) - np.asarray(latents(grouped))).max() > 1e-3
+    grouped.save_pretrained(tmp_path)
+    again = FlaxVQGANModel.from_pretrained(tmp_path)
+    assert again.config.norm_num_groups == 8
+    assert_close(again(pixels).reconstruction, grouped(pixels).reconstruction, "saved model")

@@ -182,3 +182,63 @@ def test_lpips_plumbing_with_random_weights():
     trainer = VQGANTrainer(base.model, base.config, lpips_params=params, mesh=SINGLE)
     with_lpips = trainer.train_step(trainer.init_state(), jnp.asarray(batch))[1]
     assert float(with_lpips["nll_loss"]) > float(plain["nll_loss"])
+
+
+def test_without_a_discriminator_the_step_is_plain_reconstruction():
+    """disc_weight=0: the discriminator is never updated and the update equals the gradient of
+    L1 + codebook loss alone (the GAN branch's second backward pass is skipped)."""
+    trainer = _trainer(disc_weight=0.0, disc_start=0)
+    assert not trainer.uses_discriminator and _trainer().uses_discriminator
+    state = trainer.init_state()
+    before = jax.device_get(state)
+    batch = trainer.shard(_data().batch(0, 8))
+    new, metrics = trainer.train_step(state, batch)
+    after = jax.device_get(new)
+    for a, b in zip(jax.tree.leaves(before.disc_params), jax.tree.leaves(after.disc_params)):
+        np.testing.assert_array_equal(a, b)
+    assert float(metrics["g_loss"]) == 0 and float(metrics["d_weight"]) == 0
+    # The same step from a GAN trainer whose discriminator has not started (factor 0) moves the
+    # autoencoder identically: both follow only the reconstruction and codebook terms.
+    gan = _trainer(disc_start=1000)
+    reference, _ = gan.train_step(gan.init_state(), batch)
+    for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(jax.device_get(reference.params))):
+        assert_close(a, b, "params", atol=1e-6)
+
+
+def test_cosine_schedule_warms_up_and_decays():
+    from vqgan_flax.training import learning_rate_schedule
+
+    config = TrainingConfig(steps=100, learning_rate=1e-3, schedule="cosine", warmup_steps=10)
+    rate = learning_rate_schedule(config)
+    assert float(rate(0)) == 0 and float(rate(10)) == pytest.approx(1e-3)
+    assert float(rate(55)) == pytest.approx(0.55e-3, rel=1e-3) and float(rate(100)) == pytest.approx(1e-4)
+    assert float(learning_rate_schedule(TrainingConfig(learning_rate=2e-4))(500)) == pytest.approx(2e-4)
+    with pytest.raises(ValueError, match="unknown schedule 'step'"):
+        _trainer(schedule="step")
+
+
+def test_restarts_stop_after_codebook_restart_until():
+    trainer = _trainer(codebook_restart_every=1, codebook_restart_until=1, disc_start=1000)
+    state = trainer.init_state()
+    state, _ = trainer.train_step(state, trainer.shard(_data().batch(0, 8)))  # step 1: restarts
+    assert int(jnp.sum(state.code_counts)) == 0
+    state, _ = trainer.train_step(state, trainer.shard(_data().batch(1, 8)))  # step 2: none, counts kept
+    assert int(jnp.sum(state.code_counts)) == 8 * 8 * 8  # 8 crops of 16², downsampling 2
+
+
+def test_crop_augmentations_are_deterministic_and_in_range():
+    images = [np.random.default_rng(0).integers(0, 256, (80, 90, 3)).astype(np.uint8)]
+    plain = ImageCrops(images, 16, seed=3)
+    augmented = ImageCrops(images, 16, seed=3, min_scale=0.25, colour_jitter=0.3)
+    a, b = augmented.batch(5, 4), augmented.batch(5, 4)
+    np.testing.assert_array_equal(a, b)  # a step's batch depends only on (seed, step)
+    assert a.shape == (4, 16, 16, 3) and a.min() >= -1 and a.max() <= 1
+    assert not np.allclose(a, plain.batch(5, 4))
+    # A shrunk crop is smoother than a crop at full scale: neighbouring pixels differ less.
+    flat = np.abs(np.diff(plain.batch(0, 64), axis=2)).mean()
+    shrunk = np.abs(np.diff(ImageCrops(images, 16, seed=3, min_scale=0.25).batch(0, 64), axis=2)).mean()
+    assert shrunk < 0.8 * flat
+    with pytest.raises(ValueError, match=r"min_scale must be in \(0, 1\]; got 0"):
+        ImageCrops(images, 16, min_scale=0)
+    with pytest.raises(ValueError, match=r"colour_jitter must be in \[0, 1\); got 1.5"):
+        ImageCrops(images, 16, colour_jitter=1.5)

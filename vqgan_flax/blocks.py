@@ -33,7 +33,7 @@ __all__ = [
 
 
 class GroupNorm(nn.Module):
-    """taming's ``Normalize``: GroupNorm(32 groups, eps=1e-6), parameters ``scale`` and ``bias``
+    """taming's ``Normalize``: GroupNorm(32 groups unless told, eps=1e-6), parameters ``scale`` and ``bias``
     as flax's ``nn.GroupNorm`` names them.
 
     Statistics are always float32 (bf16 statistics over thousands of pixels visibly shift the
@@ -55,8 +55,8 @@ class GroupNorm(nn.Module):
         return group_norm(x, scale, bias, self.num_groups, self.epsilon, out_dtype, swish)
 
 
-def _group_norm(param_dtype: jnp.dtype) -> GroupNorm:
-    return GroupNorm(param_dtype=param_dtype)
+def _group_norm(param_dtype: jnp.dtype, groups: int = 32) -> GroupNorm:
+    return GroupNorm(num_groups=groups, param_dtype=param_dtype)
 
 
 class Conv(nn.Module):
@@ -154,12 +154,13 @@ class ResnetBlock(nn.Module):
     dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    norm_groups: int = 32  # taming: 32; VQGANConfig.norm_num_groups
 
     def setup(self) -> None:
         out_channels = self.out_channels or self.in_channels
-        self.norm1 = _group_norm(self.param_dtype)
+        self.norm1 = _group_norm(self.param_dtype, self.norm_groups)
         self.conv1 = _conv(out_channels, 3, self.dtype, self.param_dtype)
-        self.norm2 = _group_norm(self.param_dtype)
+        self.norm2 = _group_norm(self.param_dtype, self.norm_groups)
         self.dropout_layer = nn.Dropout(self.dropout)
         self.conv2 = _conv(out_channels, 3, self.dtype, self.param_dtype)
         if out_channels != self.in_channels:
@@ -182,9 +183,10 @@ class AttnBlock(nn.Module):
     in_channels: int
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    norm_groups: int = 32  # taming: 32; VQGANConfig.norm_num_groups
 
     def setup(self) -> None:
-        self.norm = _group_norm(self.param_dtype)
+        self.norm = _group_norm(self.param_dtype, self.norm_groups)
         self.q = _conv(self.in_channels, 1, self.dtype, self.param_dtype)
         self.k = _conv(self.in_channels, 1, self.dtype, self.param_dtype)
         self.v = _conv(self.in_channels, 1, self.dtype, self.param_dtype)
@@ -219,10 +221,12 @@ class DownsamplingBlock(nn.Module):
         block_out = cfg.ch * cfg.ch_mult[self.block_idx]
         blocks, attns = [], []
         for _ in range(cfg.num_res_blocks):
-            blocks.append(ResnetBlock(block_in, block_out, cfg.dropout, self.dtype, self.param_dtype))
+            blocks.append(
+                ResnetBlock(block_in, block_out, cfg.dropout, self.dtype, self.param_dtype, cfg.norm_num_groups)
+            )
             block_in = block_out
             if cfg.attention_at_level(self.block_idx):
-                attns.append(AttnBlock(block_in, self.dtype, self.param_dtype))
+                attns.append(AttnBlock(block_in, self.dtype, self.param_dtype, cfg.norm_num_groups))
         self.block = blocks
         self.attn = attns
         if self.block_idx != cfg.num_resolutions - 1:
@@ -254,10 +258,12 @@ class UpsamplingBlock(nn.Module):
         block_out = cfg.ch * cfg.ch_mult[self.block_idx]
         blocks, attns = [], []
         for _ in range(cfg.num_res_blocks + 1):
-            blocks.append(ResnetBlock(block_in, block_out, cfg.dropout, self.dtype, self.param_dtype))
+            blocks.append(
+                ResnetBlock(block_in, block_out, cfg.dropout, self.dtype, self.param_dtype, cfg.norm_num_groups)
+            )
             block_in = block_out
             if cfg.attention_at_level(self.block_idx):
-                attns.append(AttnBlock(block_in, self.dtype, self.param_dtype))
+                attns.append(AttnBlock(block_in, self.dtype, self.param_dtype, cfg.norm_num_groups))
         self.block = blocks
         self.attn = attns
         if self.block_idx != 0:
@@ -281,12 +287,17 @@ class MidBlock(nn.Module):
     use_attention: bool = True
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    norm_groups: int = 32  # taming: 32; VQGANConfig.norm_num_groups
 
     def setup(self) -> None:
-        self.block_1 = ResnetBlock(self.channels, self.channels, self.dropout, self.dtype, self.param_dtype)
+        self.block_1 = ResnetBlock(
+            self.channels, self.channels, self.dropout, self.dtype, self.param_dtype, self.norm_groups
+        )
         if self.use_attention:
-            self.attn_1 = AttnBlock(self.channels, self.dtype, self.param_dtype)
-        self.block_2 = ResnetBlock(self.channels, self.channels, self.dropout, self.dtype, self.param_dtype)
+            self.attn_1 = AttnBlock(self.channels, self.dtype, self.param_dtype, self.norm_groups)
+        self.block_2 = ResnetBlock(
+            self.channels, self.channels, self.dropout, self.dtype, self.param_dtype, self.norm_groups
+        )
 
     def __call__(self, hidden_states: jax.Array, deterministic: bool = True) -> jax.Array:
         hidden_states = self.block_1(hidden_states, deterministic=deterministic)
@@ -307,8 +318,10 @@ class Encoder(nn.Module):
         self.conv_in = _conv(cfg.ch, 3, self.dtype, self.param_dtype)
         self.down = [DownsamplingBlock(cfg, i, self.dtype, self.param_dtype) for i in range(cfg.num_resolutions)]
         block_in = cfg.ch * cfg.ch_mult[-1]
-        self.mid = MidBlock(block_in, cfg.dropout, cfg.mid_block_attention, self.dtype, self.param_dtype)
-        self.norm_out = _group_norm(self.param_dtype)
+        self.mid = MidBlock(
+            block_in, cfg.dropout, cfg.mid_block_attention, self.dtype, self.param_dtype, cfg.norm_num_groups
+        )
+        self.norm_out = _group_norm(self.param_dtype, cfg.norm_num_groups)
         out_channels = 2 * cfg.z_channels if cfg.double_z else cfg.z_channels
         # The latents decide the codes: the last conv (cheap, at token resolution) stays float32
         # in every dtype, which raised bf16's index agreement with float32 from 93% to 95%.
@@ -334,10 +347,12 @@ class Decoder(nn.Module):
         cfg = self.config
         block_in = cfg.ch * cfg.ch_mult[-1]
         self.conv_in = _conv(block_in, 3, self.dtype, self.param_dtype)
-        self.mid = MidBlock(block_in, cfg.dropout, cfg.mid_block_attention, self.dtype, self.param_dtype)
+        self.mid = MidBlock(
+            block_in, cfg.dropout, cfg.mid_block_attention, self.dtype, self.param_dtype, cfg.norm_num_groups
+        )
         # up_0 is the highest resolution, as taming's decoder.up[0]; they run in reverse order.
         self.up = [UpsamplingBlock(cfg, i, self.dtype, self.param_dtype) for i in range(cfg.num_resolutions)]
-        self.norm_out = _group_norm(self.param_dtype)
+        self.norm_out = _group_norm(self.param_dtype, cfg.norm_num_groups)
         self.conv_out = _conv(cfg.out_ch, 3, self.dtype, self.param_dtype)
 
     def __call__(self, hidden_states: jax.Array, deterministic: bool = True) -> jax.Array:

@@ -131,6 +131,10 @@ class VQGANConfig(PretrainedConfig):
             LWM/aMUSEd-style models: none).
         kl_weight (`float`): weight of the Gumbel quantizer's KL-to-uniform term.
         temperature (`float`): Gumbel-softmax temperature used in training unless overridden.
+        norm_num_groups (`int`): GroupNorm groups (taming: always 32; ``ch`` must be a multiple).
+            Fewer groups let a narrow model keep several channels per group: with one channel per
+            group the last GroupNorm removes each channel's mean over the image, so the output's
+            mean colour can barely depend on the input.
     """
 
     model_type = "vqgan"
@@ -160,6 +164,7 @@ class VQGANConfig(PretrainedConfig):
         mid_block_attention: bool = True,
         kl_weight: float = 5e-4,
         temperature: float = 1.0,
+        norm_num_groups: int = 32,
         **kwargs: Any,
     ) -> None:
         # vqgan-jax's config.json stores the derived level count; accept it, but only if consistent.
@@ -180,8 +185,11 @@ class VQGANConfig(PretrainedConfig):
             double_z=double_z, resamp_with_conv=resamp_with_conv, give_pre_end=give_pre_end,
             legacy_loss=legacy_loss, mid_block_attention=mid_block_attention,
         )  # fmt: skip
-        if ch % 32:
-            raise ValueError(f"ch={ch} must be a multiple of 32 (GroupNorm uses 32 groups)")
+        if not _is_int(norm_num_groups) or not 1 <= norm_num_groups <= 1024:
+            raise ValueError(f"norm_num_groups={norm_num_groups!r} must be an integer in [1, 1024]")
+        if ch % norm_num_groups:
+            raise ValueError(f"ch={ch} must be a multiple of norm_num_groups={norm_num_groups} (GroupNorm's groups)")
+        self.norm_num_groups = norm_num_groups
         self.ch = ch
         self.out_ch = out_ch
         self.in_channels = in_channels

@@ -41,7 +41,9 @@ def _nearest(points: jax.Array, centroids: jax.Array) -> jax.Array:
 
 def _assign(points: np.ndarray, centroids: np.ndarray, chunk: int = 32768) -> np.ndarray:
     cents = jnp.asarray(centroids)
-    return np.concatenate([np.asarray(_nearest(jnp.asarray(points[i : i + chunk]), cents)) for i in range(0, len(points), chunk)])
+    return np.concatenate(
+        [np.asarray(_nearest(jnp.asarray(points[i : i + chunk]), cents)) for i in range(0, len(points), chunk)]
+    )
 
 
 def fit_patch_kmeans(

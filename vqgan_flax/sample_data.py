@@ -34,7 +34,7 @@ IMAGES: Tuple[SampleImage, ...] = (
     _skimage("astronaut.png", "public domain (NASA)"),
     _skimage("hubble_deep_field.jpg", "public domain (NASA)"),
     _skimage("retina.jpg", "CC0 (Mikael Häggström)"),
-    _skimage("ihc.png", "no known copyright restrictions (immunohistochemistry, Guillaume Chanel)"),
+    _skimage("ihc.png", "no known copyright restrictions (CMMI, immunohistochemistry)"),
     _skimage("grass.png", "CC0 (linolafett, DeviantArt)"),
     _skimage("gravel.png", "CC0 (CC0 Textures)"),
     _skimage("coins.png", "no known copyright restrictions (Brooklyn Museum)"),
@@ -49,7 +49,7 @@ IMAGES: Tuple[SampleImage, ...] = (
     _skimage("rocket.jpg", "public domain (SpaceX)"),
     _skimage("brick.png", "CC0 (CC0 Textures)"),
     SampleImage("china", "sklearn", "datasets/images/china.jpg", "CC BY 2.0 (danielbuechele, Flickr)"),
-    SampleImage("flower", "sklearn", "datasets/images/flower.jpg", "CC BY 2.0 (danielbuechele, Flickr)"),
+    SampleImage("flower", "sklearn", "datasets/images/flower.jpg", "CC BY 2.0 (vultilion, Flickr)"),
 )
 
 SPLIT: Dict[str, Tuple[str, ...]] = {

@@ -62,6 +62,8 @@ class TrainingConfig:
     # random latents of the current batch (Jukebox-style random restarts against codebook
     # collapse). None keeps taming's behaviour. Nearest-neighbour quantizer only.
     codebook_restart_every: Optional[int] = None
+    # No restarts after this step (None: until the end), so the decoder settles on a fixed codebook.
+    codebook_restart_until: Optional[int] = None
     seed: int = 0
     log_every: int = 50
     save_every: int = 500
@@ -131,8 +133,9 @@ class ImageCrops:
             raise ValueError("no training images")
 
     @classmethod
-    def from_folder(cls, folder: str, crop_size: int, seed: int = 0) -> ImageCrops:
-        return cls(list_images(folder), crop_size, seed)
+    def from_folder(cls, folder: str, crop_size: int, seed: int = 0, **augment: float) -> ImageCrops:
+        """Crops of every image in ``folder`` (``augment``: ``min_scale``, ``colour_jitter``)."""
+        return cls(list_images(folder), crop_size, seed, **augment)
 
     def batch(self, step: int, batch_size: int) -> np.ndarray:
         """(batch_size, crop, crop, 3) float32 in [-1, 1] for ``step``."""
@@ -336,6 +339,8 @@ class VQGANTrainer:
         flat = jax.lax.stop_gradient(latents).reshape(-1, latents.shape[-1]).astype(jnp.float32)
         picks = jax.random.randint(jax.random.fold_in(rng, 7), (counts.shape[0],), 0, flat.shape[0])
         restart = (step % self.config.codebook_restart_every) == 0
+        if self.config.codebook_restart_until is not None:
+            restart = restart & (step <= self.config.codebook_restart_until)
         dead = restart & (counts == 0)
         codebook = params["quantize"]["embedding"]["embedding"]
         new_codebook = jnp.where(dead[:, None], flat[picks].astype(codebook.dtype), codebook)

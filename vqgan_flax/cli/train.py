@@ -35,7 +35,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         lpips = lpips_params_from_state_dict(load_state_dict(args.lpips))
     trainer = VQGANTrainer(model, config, lpips_params=lpips)
     began = time.time()
-    trainer.fit(ImageCrops.from_folder(args.data, config.crop_size, config.seed), args.output, progress=not args.quiet)
+    data = ImageCrops.from_folder(
+        args.data, config.crop_size, config.seed, min_scale=args.min_scale, colour_jitter=args.colour_jitter
+    )
+    trainer.fit(data, args.output, progress=not args.quiet)
     print(
         f"trained to step {config.steps} in {time.time() - began:.0f} s; model in {os.path.join(args.output, 'model')}"
     )
@@ -53,8 +56,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     for name in ("steps", "batch_size", "crop_size", "disc_num_layers", "disc_ndf", "save_every", "log_every"):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=POSITIVE_INT, help=_TRAINER_DEFAULT)
-    for name in ("disc_start", "seed", "codebook_restart_every"):
+    for name in ("disc_start", "seed", "codebook_restart_every", "codebook_restart_until", "warmup_steps"):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=COUNT, help=_TRAINER_DEFAULT)
     for name in ("learning_rate", "disc_weight", "codebook_weight", "perceptual_weight", "ema_decay"):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=NON_NEGATIVE, help=_TRAINER_DEFAULT)
+    p.add_argument("--schedule", choices=("constant", "cosine"), help=_TRAINER_DEFAULT)
+    p.add_argument("--reconstruction-loss", choices=("l1", "l2"), help=_TRAINER_DEFAULT)
+    p.add_argument(
+        "--min-scale", type=float, default=1.0, help="augmentation: crops from regions up to crop/min-scale wide"
+    )
+    p.add_argument("--colour-jitter", type=float, default=0.0, help="augmentation: brightness/contrast/saturation ±")
     p.set_defaults(func=cmd_train)

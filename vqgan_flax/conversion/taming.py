@@ -160,7 +160,12 @@ def export_to_taming(model_dir: PathLike, output: PathLike) -> Dict[str, np.ndar
     ``.ckpt`` (those need torch; ``.ckpt`` nests it under ``state_dict`` like Lightning)."""
     from ..modeling_flax_vqgan import FlaxVQGANModel
 
-    _model, params = FlaxVQGANModel.from_pretrained(model_dir, _do_init=False)
+    model, params = FlaxVQGANModel.from_pretrained(model_dir, _do_init=False)
+    if model.config.norm_num_groups != 32:
+        # taming's Normalize has 32 groups, fixed: the weights would load and compute something else.
+        raise ConversionError(
+            f"{model_dir}: norm_num_groups={model.config.norm_num_groups}; taming's GroupNorm always has 32 groups"
+        )
     state = flax_to_taming(params)
     output = os.fspath(output)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
