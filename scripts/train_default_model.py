@@ -16,6 +16,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 from vqgan_flax import FlaxVQGANModel, VQGANConfig, sample_data
 from vqgan_flax.training import ImageCrops, TrainingConfig, VQGANTrainer
 
@@ -50,10 +52,32 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="build/default_model")
     parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument(
+        "--max-minutes", type=float, help="stop (and save) after this long; rerunning the command resumes"
+    )
+    # For a machine without the packages that ship the photographs (a lent GPU): write the training
+    # images here, carry the file there, and train from it.
+    parser.add_argument("--save-images", metavar="NPZ", help="write the training images to NPZ and exit")
+    parser.add_argument("--images", metavar="NPZ", help="train on the images --save-images wrote")
+    for name in ("batch_size", "crop_size"):
+        parser.add_argument(
+            "--" + name.replace("_", "-"), type=int, help=f"instead of {TRAINING[name]} (e.g. on a GPU)"
+        )
     args = parser.parse_args(argv)
-    config = TrainingConfig(steps=args.steps, **TRAINING)
+    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("crop_size", args.crop_size)) if v is not None}
+    config = TrainingConfig(steps=args.steps, **{**TRAINING, **overrides})
     names = list(sample_data.SPLIT["train"]) + [name for name in COLOUR]
-    images = [sample_data.load_image(name) for name in names]
+    if args.images:
+        with np.load(args.images) as stored:
+            missing = sorted(set(names) - set(stored.files))
+            if missing:
+                raise SystemExit(f"{args.images}: no image {missing[0]!r} (written by another split?)")
+            images = [stored[name] for name in names]
+    else:
+        images = [sample_data.load_image(name) for name in names]
+    if args.save_images:
+        np.savez_compressed(args.save_images, **dict(zip(names, images)))
+        return 0
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "command.json"), "w") as f:
         json.dump({"argv": [sys.executable, *sys.argv], "images": names, "augment": AUGMENT}, f, indent=2)
@@ -64,6 +88,7 @@ def main(argv=None) -> int:
         output_dir=args.output,
         progress=False,
         on_log=lambda m: print(json.dumps({k: round(v, 4) for k, v in m.items()}), flush=True),
+        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
     )
     print(json.dumps({"seconds_this_run": round(time.time() - began, 1)}))
     return 0

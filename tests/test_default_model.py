@@ -88,3 +88,24 @@ def test_record_refuses_another_model(tmp_path):
 def test_cli_uses_the_default_model(capsys):
     assert main(["info"]) == 0
     assert os.path.basename(vqgan_flax.DEFAULT_MODEL) in capsys.readouterr().out
+
+
+def test_training_script_runs_from_saved_images_and_resumes(tmp_path):
+    """scripts/train_default_model.py: --save-images writes the training split, --images trains on
+    it (as on a machine without scikit-image), a rerun resumes, and a wrong file is refused."""
+    spec = importlib.util.spec_from_file_location("train_default_model", ROOT / "scripts" / "train_default_model.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    images = tmp_path / "images.npz"
+    assert script.main(["--save-images", str(images)]) == 0
+    run = ["--images", str(images), "--output", str(tmp_path / "run"), "--batch-size", "8", "--crop-size", "32"]
+    assert script.main([*run, "--steps", "1"]) == 0
+    assert script.main([*run, "--steps", "2"]) == 0
+    logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2]
+    assert FlaxVQGANModel.from_pretrained(tmp_path / "run" / "model").config.norm_num_groups == 8
+    import numpy as np
+
+    np.savez(tmp_path / "other.npz", coffee=np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(SystemExit, match="other.npz: no image 'astronaut'"):
+        script.main(["--images", str(tmp_path / "other.npz"), "--output", str(tmp_path / "x")])

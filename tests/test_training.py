@@ -3,6 +3,8 @@ resumption is exact, and a step on 8 devices equals a single-device step."""
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -242,3 +244,12 @@ def test_crop_augmentations_are_deterministic_and_in_range():
         ImageCrops(images, 16, min_scale=0)
     with pytest.raises(ValueError, match=r"colour_jitter must be in \[0, 1\); got 1.5"):
         ImageCrops(images, 16, colour_jitter=1.5)
+
+
+def test_fit_stops_on_its_time_budget_and_resumes(tmp_path):
+    trainer = _trainer(steps=6, disc_start=1000, save_every=100)
+    state = trainer.fit(_data(), output_dir=str(tmp_path), progress=False, max_seconds=0)
+    assert int(state.step) == 1  # the first step ends past a zero budget: logged, saved, stopped
+    assert [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()] == [1]
+    resumed = trainer.fit(_data(), output_dir=str(tmp_path), progress=False)
+    assert int(resumed.step) == 6

@@ -231,7 +231,9 @@ class VQGANTrainer:
 
     def init_state(self, params: Optional[Dict] = None) -> TrainState:
         """A fresh state from ``params`` (default: the model's), a new discriminator and optimisers."""
-        params = jax.tree.map(jnp.asarray, self.model.params if params is None else params)
+        # Copies: the step donates the state's buffers, and the model's own params must survive it
+        # (a second fit or restore in the same process starts from them again).
+        params = jax.tree.map(jnp.array, self.model.params if params is None else params)
         key = jax.random.PRNGKey(self.config.seed)
         dummy = jnp.zeros((1, self.config.crop_size, self.config.crop_size, self.model.config.out_ch))
         disc_params = self.discriminator.init(key, dummy)["params"]
@@ -386,12 +388,14 @@ class VQGANTrainer:
         state: Optional[TrainState] = None,
         progress: bool = True,
         on_log: Optional[Callable[[Dict[str, float]], None]] = None,
+        max_seconds: Optional[float] = None,
     ) -> TrainState:
         """Train up to ``config.steps`` and return the final state.
 
         Resumes from ``output_dir/train_state.msgpack`` when present; saves every ``save_every``
         steps and at the end; every ``log_every`` steps appends the metrics to
-        ``output_dir/log.jsonl`` and passes them to ``on_log``.
+        ``output_dir/log.jsonl`` and passes them to ``on_log``. With ``max_seconds``, stops after
+        the first step that ends past that budget, logging and saving it (a later call resumes).
         """
         cfg = self.config
         if state is None:
@@ -409,7 +413,8 @@ class VQGANTrainer:
             if bar is not None:
                 bar.update(1)
             done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps:
+            out_of_time = max_seconds is not None and time.time() - began >= max_seconds
+            if done % cfg.log_every == 0 or done == cfg.steps or out_of_time:
                 logged = {"step": done, "seconds": time.time() - began, **jax.tree.map(float, metrics)}
                 if bar is not None:
                     bar.set_postfix(nll=f"{logged['nll_loss']:.4f}", ppl=f"{logged['perplexity']:.0f}")
@@ -419,8 +424,10 @@ class VQGANTrainer:
                         f.write(json.dumps(logged) + "\n")
                 if on_log is not None:
                     on_log(logged)
-            if output_dir and (done % cfg.save_every == 0 or done == cfg.steps):
+            if output_dir and (done % cfg.save_every == 0 or done == cfg.steps or out_of_time):
                 self.save(state, output_dir)
+            if out_of_time:
+                break
         if bar is not None:
             bar.close()
         return state
