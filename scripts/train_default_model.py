@@ -25,8 +25,8 @@ from vqgan_flax.training import ImageCrops, TrainingConfig, VQGANTrainer
 # f8 tokenizers) at 0.156 bits per pixel. No attention, so it runs at any size divisible by 8. A
 # narrow full-resolution level (32 channels) keeps a training step on two CPU cores under a second;
 # 8 GroupNorm groups keep 4 channels per group there, as taming's 128 channels in 32 groups do (with
-# 32 groups of one channel the final GroupNorm erases each channel's mean: a first run stalled at
-# 17 dB on validation after 600 steps).
+# 32 groups of one channel the final GroupNorm erases each channel's mean; a first run with 32 groups
+# reached 17.4 dB on validation crops after 600 steps, this recipe 18.8 dB, with other changes too).
 MODEL = dict(
     ch=32, ch_mult=[1, 2, 4, 4], num_res_blocks=1, attn_resolutions=[], mid_block_attention=False,
     z_channels=64, embed_dim=8, n_embed=1024, resolution=256, norm_num_groups=8,
