@@ -48,8 +48,7 @@ def main() -> None:
     rows = []
     trained = FlaxVQGANModel.from_pretrained(DEFAULT_MODEL)
     trained_bf16 = FlaxVQGANModel(trained.config, dtype=jnp.bfloat16, _do_init=False)
-    factor = 2 ** (len(trained.config.ch_mult) - 1)
-    candidates = [(f"default model (trained, f{factor})", trained, trained_bf16)]
+    candidates = [(f"default model (trained, f{trained.config.downsampling_factor})", trained, trained_bf16)]
     random_config = VQGANConfig.from_preset("f16-1024")
     candidates.append(
         ("f16-1024 (random weights)", FlaxVQGANModel(random_config, seed=0),

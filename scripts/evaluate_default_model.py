@@ -34,7 +34,7 @@ CROP, CROPS_PER_IMAGE, WHOLE = 128, 8, 256
 
 def evaluate(model: FlaxVQGANModel, seed: int = 0) -> Dict[str, object]:
     """Every split's crops and whole images: ours, k-means and JPEG at the model's rate."""
-    factor = 2 ** (len(model.config.ch_mult) - 1)
+    factor = model.config.downsampling_factor
     began = time.time()
     centroids = evaluation.fit_patch_kmeans(sample_data.split_images("train"), factor, model.config.n_embed, seed=seed)
     rows = {}

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("crop_size", args.crop_size)) if v is not None}
     config = TrainingConfig(steps=args.steps, **{**TRAINING, **overrides})
-    names = list(sample_data.SPLIT["train"]) + [name for name in COLOUR]
+    names = list(sample_data.SPLIT["train"]) + list(COLOUR)
     if args.images:
         with np.load(args.images) as stored:
             missing = sorted(set(names) - set(stored.files))

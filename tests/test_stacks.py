@@ -221,7 +221,7 @@ def test_import_and_cli_keep_stderr_clean(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0 and result.stderr == "", result.stderr
-    side = 32 // 2 ** (len(vqgan_flax.VQGANConfig.from_pretrained(vqgan_flax.DEFAULT_MODEL).ch_mult) - 1)
+    side = 32 // vqgan_flax.VQGANConfig.from_pretrained(vqgan_flax.DEFAULT_MODEL).downsampling_factor
     assert f"wrote 1 x {side}x{side} tokens" in result.stdout
 
 

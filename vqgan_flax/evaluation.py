@@ -175,7 +175,7 @@ def compare(
     """PSNR/SSIM of ``model``, the k-means patch codec and JPEG on ``images`` (same size), at the
     model's rate; JPEG's entry also carries its mean bits per pixel."""
     config = model.config
-    factor = 2 ** (len(config.ch_mult) - 1)
+    factor = config.downsampling_factor
     rate = vq_bits_per_pixel(factor, config.n_embed)
     ours = model_codec(model)(images)
     kmeans = [patch_codec(image, centroids, factor) for image in images]
