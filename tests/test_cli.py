@@ -172,11 +172,15 @@ def test_train_fine_tunes_an_existing_model(tiny, tmp_path, capsys):
     data.mkdir()
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(data / "a.png")
     code, _, err = _run(capsys, "train", "--data", data, "--output", tmp_path / "ft", "--init-from", tiny,
-                          "--steps", 1, "--batch-size", 8, "--crop-size", 32, "--quiet")  # fmt: skip
+                          "--steps", 1, "--batch-size", 8, "--crop-size", 32, "--quiet",
+                          "--min-scale", 0.5, "--colour-jitter", 0.1, "--tint", 0.1, "--channel-shuffle")  # fmt: skip
     assert code == 0, err
     start = FlaxVQGANModel.from_pretrained(tiny).params["decoder"]["conv_out"]["kernel"]
     tuned = FlaxVQGANModel.from_pretrained(tmp_path / "ft" / "model").params["decoder"]["conv_out"]["kernel"]
     assert 0 < float(np.abs(np.asarray(tuned) - np.asarray(start)).max()) < 0.01  # one small step from the start
+    code, _, err = _run(capsys, "train", "--data", data, "--output", tmp_path / "bad", "--init-from", tiny,
+                          "--steps", 1, "--crop-size", 32, "--quiet", "--tint", 1.5)  # fmt: skip
+    assert code != 0 and "tint must be in [0, 1); got 1.5" in err
 
 
 def test_second_process_reuses_compiled_programs(tiny, images, tmp_path):

@@ -246,6 +246,25 @@ def test_crop_augmentations_are_deterministic_and_in_range():
         ImageCrops(images, 16, colour_jitter=1.5)
 
 
+def test_channel_shuffle_and_tint_move_colour_but_keep_the_crop():
+    # A pure-red image: a shuffled crop puts the red in another channel, a tint scales it.
+    red = np.zeros((40, 40, 3), np.uint8)
+    red[..., 0] = 200
+    plain = ImageCrops([red], 16, seed=1).batch(0, 32)
+    shuffled = ImageCrops([red], 16, seed=1, channel_shuffle=True).batch(0, 32)
+    lit = (shuffled + 1) / 2 * 255  # back to pixel values
+    np.testing.assert_allclose(np.sort(lit, axis=-1), np.sort((plain + 1) / 2 * 255, axis=-1), atol=1e-3)
+    hot = {int(np.argmax(crop[0, 0])) for crop in lit}
+    assert hot == {0, 1, 2}  # 32 draws of 3 channels: each one seen
+    gray = np.full((40, 40, 3), 100, np.uint8)  # a tint gives a grayscale image a colour cast
+    tinted = (ImageCrops([gray], 16, seed=1, tint=0.2).batch(0, 8) + 1) / 2 * 255
+    gains = tinted[:, 0, 0] / 100
+    assert np.all(np.abs(gains - 1) <= 0.2 + 1e-4) and np.ptp(gains, axis=-1).min() > 0
+    assert np.ptp(tinted.reshape(8, -1, 3), axis=1).max() < 1e-3  # the same gain over the whole crop
+    with pytest.raises(ValueError, match=r"tint must be in \[0, 1\); got -0.1"):
+        ImageCrops([gray], 16, tint=-0.1)
+
+
 def test_fit_stops_on_its_time_budget_and_resumes(tmp_path):
     trainer = _trainer(steps=6, disc_start=1000, save_every=100)
     state = trainer.fit(_data(), output_dir=str(tmp_path), progress=False, max_seconds=0)

@@ -94,7 +94,10 @@ class ImageCrops:
     Augmentations (off by default): ``min_scale`` < 1 takes each crop from a region up to
     ``crop_size / min_scale`` pixels wide (log-uniform) shrunk to ``crop_size`` (PIL's antialiased
     bicubic), so one photograph gives detail at several scales; ``colour_jitter`` = j multiplies
-    brightness, contrast and saturation by factors drawn from [1 - j, 1 + j].
+    brightness, contrast and saturation by factors drawn from [1 - j, 1 + j]; ``tint`` = t multiplies
+    each channel by its own factor from [1 - t, 1 + t] (a colour cast, also on grayscale photographs);
+    ``channel_shuffle`` permutes R, G and B at random, so a few photographs teach every hue (a model
+    trained on skimage's mostly red and brown colour images turned a blue sky orange).
     """
 
     def __init__(
@@ -104,6 +107,8 @@ class ImageCrops:
         seed: int = 0,
         min_scale: float = 1.0,
         colour_jitter: float = 0.0,
+        tint: float = 0.0,
+        channel_shuffle: bool = False,
     ) -> None:
         from PIL import Image
 
@@ -111,10 +116,14 @@ class ImageCrops:
             raise ValueError(f"min_scale must be in (0, 1]; got {min_scale}")
         if not 0 <= colour_jitter < 1:
             raise ValueError(f"colour_jitter must be in [0, 1); got {colour_jitter}")
+        if not 0 <= tint < 1:
+            raise ValueError(f"tint must be in [0, 1); got {tint}")
         self.crop_size = crop_size
         self.seed = seed
         self.min_scale = min_scale
         self.colour_jitter = colour_jitter
+        self.tint = tint
+        self.channel_shuffle = bool(channel_shuffle)
         self.images: List[np.ndarray] = []
         for item in images:
             if isinstance(item, np.ndarray):
@@ -134,7 +143,7 @@ class ImageCrops:
 
     @classmethod
     def from_folder(cls, folder: str, crop_size: int, seed: int = 0, **augment: float) -> ImageCrops:
-        """Crops of every image in ``folder`` (``augment``: ``min_scale``, ``colour_jitter``)."""
+        """Crops of every image in ``folder`` (``augment``: the keyword arguments of ``__init__``)."""
         return cls(list_images(folder), crop_size, seed, **augment)
 
     def batch(self, step: int, batch_size: int) -> np.ndarray:
@@ -158,6 +167,11 @@ class ImageCrops:
             crop = (crop[:, ::-1] if rng.random() < 0.5 else crop).astype(np.float32) / 255.0
             if self.colour_jitter:
                 crop = self._jitter(crop, rng)
+            # Drawn only when enabled, so runs without them see the batches they always saw.
+            if self.tint:
+                crop = np.clip(crop * rng.uniform(1 - self.tint, 1 + self.tint, 3).astype(np.float32), 0.0, 1.0)
+            if self.channel_shuffle:
+                crop = crop[..., rng.permutation(3)]
             out[k] = crop * 2.0 - 1.0
         return out
 

@@ -36,7 +36,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     trainer = VQGANTrainer(model, config, lpips_params=lpips)
     began = time.time()
     data = ImageCrops.from_folder(
-        args.data, config.crop_size, config.seed, min_scale=args.min_scale, colour_jitter=args.colour_jitter
+        args.data,
+        config.crop_size,
+        config.seed,
+        min_scale=args.min_scale,
+        colour_jitter=args.colour_jitter,
+        tint=args.tint,
+        channel_shuffle=args.channel_shuffle,
     )
     trainer.fit(data, args.output, progress=not args.quiet)
     print(
@@ -66,4 +72,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--min-scale", type=float, default=1.0, help="augmentation: crops from regions up to crop/min-scale wide"
     )
     p.add_argument("--colour-jitter", type=float, default=0.0, help="augmentation: brightness/contrast/saturation ±")
+    p.add_argument("--tint", type=float, default=0.0, help="augmentation: per-channel gain ±")
+    p.add_argument("--channel-shuffle", action="store_true", help="augmentation: random permutation of R, G, B")
     p.set_defaults(func=cmd_train)
