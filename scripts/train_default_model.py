@@ -51,6 +51,26 @@ AUGMENT = dict(min_scale=0.4, colour_jitter=0.1, tint=0.15, channel_shuffle=True
 COLOUR = ("astronaut", "hubble_deep_field", "retina", "ihc")
 
 
+def record_command(output: str, argv: list, names: list) -> None:
+    """Append this run's command line to ``output/command.json``; a resumed run must use the same
+    images and augmentations as the run it continues (else its batches would silently change)."""
+    path = os.path.join(output, "command.json")
+    record = {"runs": [], "images": names, "augment": AUGMENT}
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        for key in ("images", "augment"):
+            if previous.get(key) != record[key]:
+                raise SystemExit(
+                    f"{path}: the run there trained with {key} {previous.get(key)!r}, this script uses "
+                    f"{record[key]!r}; resume it with that run's script or choose another --output"
+                )
+        record["runs"] = previous.get("runs") or [["python", *previous["argv"][1:]]]  # before runs were listed
+    record["runs"].append(["python", "scripts/train_default_model.py", *argv])
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="build/default_model")
@@ -82,8 +102,7 @@ def main(argv=None) -> int:
         np.savez_compressed(args.save_images, **dict(zip(names, images)))
         return 0
     os.makedirs(args.output, exist_ok=True)
-    with open(os.path.join(args.output, "command.json"), "w") as f:
-        json.dump({"argv": [sys.executable, *sys.argv], "images": names, "augment": AUGMENT}, f, indent=2)
+    record_command(args.output, sys.argv[1:] if argv is None else list(argv), names)
     trainer = VQGANTrainer(FlaxVQGANModel(VQGANConfig(**MODEL), seed=0), config)
     began = time.time()
     trainer.fit(

@@ -103,9 +103,14 @@ def test_training_script_runs_from_saved_images_and_resumes(tmp_path):
     assert script.main([*run, "--steps", "2"]) == 0
     logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert logged == [1, 2]
+    runs = json.loads((tmp_path / "run" / "command.json").read_text())["runs"]
+    assert [r[-2:] for r in runs] == [["--steps", "1"], ["--steps", "2"]]  # the resumed run did not overwrite
     assert FlaxVQGANModel.from_pretrained(tmp_path / "run" / "model").config.norm_num_groups == 8
     import numpy as np
 
     np.savez(tmp_path / "other.npz", coffee=np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(SystemExit, match="other.npz: no image 'astronaut'"):
         script.main(["--images", str(tmp_path / "other.npz"), "--output", str(tmp_path / "x")])
+    script.AUGMENT = {**script.AUGMENT, "tint": 0.5}  # the script changed between two runs
+    with pytest.raises(SystemExit, match=r"command.json: the run there trained with augment .* this script uses"):
+        script.main([*run, "--steps", "3"])
