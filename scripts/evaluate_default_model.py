@@ -32,20 +32,24 @@ START, END = "<!-- evaluation:start -->", "<!-- evaluation:end -->"
 CROP, CROPS_PER_IMAGE, WHOLE = 128, 8, 256
 
 
-def evaluate(model: FlaxVQGANModel, seed: int = 0) -> Dict[str, object]:
-    """Every split's crops and whole images: ours, k-means and JPEG at the model's rate."""
+def evaluate(model: FlaxVQGANModel, seed: int = 0, per_image: bool = False) -> Dict[str, object]:
+    """Every split's crops and whole images: ours, k-means and JPEG at the model's rate (with
+    ``per_image``, also a row per image, to see which photograph a split's mean hides)."""
     factor = model.config.downsampling_factor
     began = time.time()
     centroids = evaluation.fit_patch_kmeans(sample_data.split_images("train"), factor, model.config.n_embed, seed=seed)
     rows = {}
+    crops_label, whole_label = f"{CROPS_PER_IMAGE} crops {CROP}²", f"whole at {WHOLE}²"
     for split in SPLITS:
         images = sample_data.split_images(split)
-        sets = {
-            f"{CROPS_PER_IMAGE} crops {CROP}²": evaluation.fixed_crops(images, CROP, CROPS_PER_IMAGE),
-            f"whole at {WHOLE}²": evaluation.whole_images(images, WHOLE),
-        }
-        for label, pictures in sets.items():
-            rows[f"{split}: {label}"] = evaluation.compare(pictures, model, centroids)
+        crops, wholes = evaluation.fixed_crops(images, CROP, CROPS_PER_IMAGE), evaluation.whole_images(images, WHOLE)
+        rows[f"{split}: {crops_label}"] = evaluation.compare(crops, model, centroids)
+        rows[f"{split}: {whole_label}"] = evaluation.compare(wholes, model, centroids)
+        for i, name in enumerate(sample_data.SPLIT[split] if per_image else ()):
+            # The split's own crops of this image, so the image rows average to the split's row.
+            mine = crops[i * CROPS_PER_IMAGE : (i + 1) * CROPS_PER_IMAGE]
+            rows[f"{split} {name}: {crops_label}"] = evaluation.compare(mine, model, centroids)
+            rows[f"{split} {name}: {whole_label}"] = evaluation.compare(wholes[i : i + 1], model, centroids)
     return {
         "rate_bpp": evaluation.vq_bits_per_pixel(factor, model.config.n_embed),
         "downsampling": factor,
@@ -106,6 +110,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="a from_pretrained folder (default: the shipped model)")
     parser.add_argument("--json", help="also write the numbers, commit and versions here (needs a clean checkout)")
+    parser.add_argument("--per-image", action="store_true", help="also a row per image (not with --record)")
     parser.add_argument("--allow-dirty", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--record", action="store_true",
@@ -115,10 +120,12 @@ def main(argv=None) -> int:
     if args.record:
         if os.path.realpath(args.model) != os.path.realpath(DEFAULT_MODEL):
             raise SystemExit(f"--record describes the shipped model; --model {args.model} is another one")
+        if args.per_image:
+            raise SystemExit("--record writes the READMEs' table; --per-image rows do not belong there")
         args.json = RECORD
     provenance.check_can_record(args.json, args.allow_dirty or not args.record)
     model = FlaxVQGANModel.from_pretrained(args.model)
-    result = evaluate(model)
+    result = evaluate(model, per_image=args.per_image)
     print("\n".join(table(result)))
     if args.json:
         shipped = os.path.realpath(args.model) == os.path.realpath(DEFAULT_MODEL)

@@ -9,6 +9,7 @@ evaluation protocol fails here. The k-means and JPEG columns are recomputed by `
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -24,10 +25,8 @@ ROOT = pathlib.Path(__file__).parent.parent
 RECORD = pathlib.Path(vqgan_flax.DEFAULT_MODEL) / "evaluation.json"
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "evaluate_default_model", ROOT / "scripts" / "evaluate_default_model.py"
-    )
+def _script(name: str = "evaluate_default_model"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -80,6 +79,18 @@ def test_evaluation_table_formats_every_row():
     )
 
 
+def test_per_image_rows_split_each_splits_row(tiny):
+    """--per-image: a row per photograph, from the split's own crops, so they average to its row."""
+    result = _script().evaluate(FlaxVQGANModel.from_pretrained(tiny), per_image=True)
+    rows = result["rows"]
+    for split in ("validation", "test"):
+        for kind in ("8 crops 128²", "whole at 256²"):
+            mine = [rows[f"{split} {name}: {kind}"]["ours"]["psnr"] for name in sample_data.SPLIT[split]]
+            assert sum(mine) / len(mine) == pytest.approx(rows[f"{split}: {kind}"]["ours"]["psnr"], abs=1e-9), kind
+    with pytest.raises(SystemExit, match="--per-image rows do not belong there"):
+        _script().main(["--record", "--per-image"])
+
+
 def test_record_refuses_another_model(tmp_path):
     with pytest.raises(SystemExit, match="--record describes the shipped model"):
         _script().main(["--model", str(tmp_path), "--record"])
@@ -90,12 +101,23 @@ def test_cli_uses_the_default_model(capsys):
     assert os.path.basename(vqgan_flax.DEFAULT_MODEL) in capsys.readouterr().out
 
 
+def test_training_script_holds_the_shipped_recipe():
+    script = _script("train_default_model")
+    folder = pathlib.Path(vqgan_flax.DEFAULT_MODEL)
+    shipped = json.loads((folder / "training_config.json").read_text())
+    shipped.pop("step")  # the checkpoint's step, not a setting
+    assert dataclasses.asdict(script.training_config()) == shipped
+    command = json.loads((folder / "command.json").read_text())
+    assert command["augment"] == script.AUGMENT
+    assert command["images"] == list(sample_data.SPLIT["train"]) + list(script.COLOUR)
+    config = FlaxVQGANModel.from_pretrained(folder).config
+    assert {key: getattr(config, key) for key in script.MODEL} == script.MODEL
+
+
 def test_training_script_runs_from_saved_images_and_resumes(tmp_path):
     """scripts/train_default_model.py: --save-images writes the training split, --images trains on
     it (as on a machine without scikit-image), a rerun resumes, and a wrong file is refused."""
-    spec = importlib.util.spec_from_file_location("train_default_model", ROOT / "scripts" / "train_default_model.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _script("train_default_model")
     images = tmp_path / "images.npz"
     assert script.main(["--save-images", str(images)]) == 0
     run = ["--images", str(images), "--output", str(tmp_path / "run"), "--batch-size", "8", "--crop-size", "32"]

@@ -71,7 +71,7 @@ def test_score_and_compare_on_a_small_model():
                          n_embed=16, resolution=32)  # fmt: skip
     centroids = evaluation.fit_patch_kmeans(images, 2, 16, iterations=3)
     result = evaluation.compare(images, FlaxVQGANModel(config, seed=0), centroids)
-    assert result["rate_bpp"]["value"] == 1.0  # 4 bits per 2x2 block
+    assert result["rate_bpp"] == 1.0  # 4 bits per 2x2 block
     assert set(result) == {"rate_bpp", "ours", "kmeans", "jpeg"}
     assert result["kmeans"]["psnr"] > result["ours"]["psnr"]  # an untrained model loses to k-means
     assert 0 < result["jpeg"]["bpp"] < 8

@@ -181,7 +181,7 @@ def compare(
     kmeans = [patch_codec(image, centroids, factor) for image in images]
     jpegs = [jpeg_at_rate(image, rate) for image in images]
     return {
-        "rate_bpp": {"value": rate},
+        "rate_bpp": rate,
         "ours": score(images, ours),
         "kmeans": score(images, kmeans),
         "jpeg": {**score(images, [j[0] for j in jpegs]), "bpp": float(np.mean([j[1] for j in jpegs]))},
