@@ -33,9 +33,10 @@ MODEL = dict(
 )  # fmt: skip
 # Pixel losses only (L1 + codebook terms): a GAN term trades PSNR/SSIM for texture, and those two
 # are what the default model is judged on. Codes unused for 10 steps are restarted on encoder outputs
-# for the first 80% of the steps (200-step probes, same batches: restarts every 100 steps let the codebook collapse
-# to < 10 codes per batch, 14.9 dB; every 10: 17.4 dB, with lr 1e-3 17.9 dB; every 5 with a 20-step
-# warm-up stalled at 15.7 dB); the last steps keep the codebook fixed so the decoder settles on it.
+# for the first 80% of the steps (200-step probes, same batches: restarts every 100 steps let the
+# codebook collapse to < 10 codes per batch, 14.9 dB; every 10: 17.4 dB, with lr 1e-3 17.9 dB; every
+# 5 with a 20-step warm-up stalled at 15.7 dB); the last steps keep the codebook fixed so the decoder
+# settles on it (training_config() sets the 80%).
 TRAINING = dict(
     batch_size=8, crop_size=64, learning_rate=1e-3, adam_b1=0.9, adam_b2=0.99, schedule="cosine",
     warmup_steps=100, reconstruction_loss="l1", disc_weight=0.0, codebook_restart_every=10,
