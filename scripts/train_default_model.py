@@ -65,8 +65,13 @@ def record_command(output: str, argv: list, names: list, augment: dict) -> None:
     path = os.path.join(output, "command.json")
     record = {"runs": [], "images": names, "augment": augment}
     if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
+        try:
+            with open(path) as f:
+                previous = json.load(f)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"{path}: not a readable command record ({error}); choose another --output") from None
+        if not isinstance(previous, dict) or not (previous.get("runs") or previous.get("argv")):
+            raise SystemExit(f"{path}: lists no earlier run ('runs' or 'argv'); choose another --output")
         for key in ("images", "augment"):
             if previous.get(key) != record[key]:
                 raise SystemExit(

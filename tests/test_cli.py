@@ -15,7 +15,7 @@ from utils import FIXTURES
 from vqgan_flax import FlaxVQGANModel, VQGANConfig, VQGANImageProcessor
 from vqgan_flax.cli import main
 from vqgan_flax.image_io import atomic_write, load_image, to_uint8
-from vqgan_flax.metrics import psnr, ssim
+from vqgan_flax.metrics import chroma_mse, chroma_psnr, psnr, ssim
 
 
 @pytest.fixture(scope="module")
@@ -167,14 +167,39 @@ def test_metrics_match_skimage():
     assert psnr(a, a) == float("inf") and ssim(a, a) == pytest.approx(1.0)
 
 
+def test_chroma_psnr_matches_pillows_ycbcr():
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(30, 226, (40, 36, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
+    # Pillow's YCbCr is JPEG's full-range BT.601 rounded to integers: equal up to that rounding.
+    planes = [np.asarray(Image.fromarray(x).convert("YCbCr"), np.float64)[..., 1:] for x in (a, b)]
+    expected = 10 * np.log10(255.0**2 / np.mean((planes[0] - planes[1]) ** 2))
+    assert chroma_psnr([a, a], [b, b]) == pytest.approx(expected, abs=0.05)
+    grey_shift = np.clip(a.astype(int) + 9, 0, 255).astype(np.uint8)
+    assert chroma_mse(a[:8, :8], grey_shift[:8, :8]) < 1e-12  # a luminance change has no colour error
+    red = a.copy()
+    red[..., 0] = np.clip(red[..., 0].astype(int) - 51, 0, 255)
+    moved = 0.2 * (a[..., 0] >= 51) + (a[..., 0] / 255) * (a[..., 0] < 51)
+    assert chroma_mse(a, red) == pytest.approx(np.mean(moved**2) * (0.168736**2 + 0.25) / 2, rel=1e-9)
+    assert chroma_psnr([a], [a]) == float("inf")
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) RGB images of one shape; got \(40, 36, 3\) and \(40, 36\)"):
+        chroma_mse(a, a[..., 0])
+    with pytest.raises(ValueError, match="equally long, non-empty lists of images; got 2 and 1"):
+        chroma_psnr([a, a], [a])
+
+
 def test_train_fine_tunes_an_existing_model(tiny, tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(data / "a.png")
     code, _, err = _run(capsys, "train", "--data", data, "--output", tmp_path / "ft", "--init-from", tiny,
                           "--steps", 1, "--batch-size", 8, "--crop-size", 32, "--quiet",
-                          "--min-scale", 0.5, "--colour-jitter", 0.1, "--tint", 0.1, "--channel-shuffle")  # fmt: skip
+                          "--min-scale", 0.5, "--colour-jitter", 0.1, "--tint", 0.1, "--channel-shuffle",
+                          "--chroma-weight", 2.5)  # fmt: skip
     assert code == 0, err
+    assert json.loads((tmp_path / "ft" / "training_config.json").read_text())["chroma_weight"] == 2.5
     start = FlaxVQGANModel.from_pretrained(tiny).params["decoder"]["conv_out"]["kernel"]
     tuned = FlaxVQGANModel.from_pretrained(tmp_path / "ft" / "model").params["decoder"]["conv_out"]["kernel"]
     assert 0 < float(np.abs(np.asarray(tuned) - np.asarray(start)).max()) < 0.01  # one small step from the start

@@ -20,6 +20,7 @@ import pytest
 import vqgan_flax
 from vqgan_flax import FlaxVQGANModel, evaluation, sample_data
 from vqgan_flax.cli import main
+from vqgan_flax.training import TrainingConfig
 
 ROOT = pathlib.Path(__file__).parent.parent
 RECORD = pathlib.Path(vqgan_flax.DEFAULT_MODEL) / "evaluation.json"
@@ -70,13 +71,18 @@ def test_readmes_show_the_recorded_evaluation():
 
 
 def test_evaluation_table_formats_every_row():
-    row = {"ours": {"psnr": 25.0, "ssim": 0.7}, "kmeans": {"psnr": 22.5, "ssim": 0.61},
-           "jpeg": {"psnr": 24.0, "ssim": 0.65, "bpp": 0.2}}  # fmt: skip
-    lines = _script().table({"rate_bpp": 0.15625, "n_embed": 1024, "downsampling": 8, "rows": {"test: x": row}})
-    assert lines[0].startswith("Rate: 0.156 bits per pixel (one of 1024 codes per 8×8 block)")
-    assert (
-        lines[-1] == "| test: x | 25.00 dB / 0.700 | 22.50 dB / 0.610 | 24.00 dB / 0.650 (0.200) | +2.50 dB / +0.090 |"
+    row = {"ours": {"psnr": 25.0, "ssim": 0.7, "chroma_psnr": 30.04}, "kmeans": {"psnr": 22.5, "ssim": 0.61,
+           "chroma_psnr": 31.0}, "jpeg": {"psnr": 24.0, "ssim": 0.65, "bpp": 0.2, "chroma_psnr": 29.96}}  # fmt: skip
+    old = {k: {m: v for m, v in c.items() if m != "chroma_psnr"} for k, c in row.items()}
+    lines = _script().table(
+        {"rate_bpp": 0.15625, "n_embed": 1024, "downsampling": 8, "rows": {"test: x": row, "test: old": old}}
     )
+    assert lines[0].startswith("Rate: 0.156 bits per pixel (one of 1024 codes per 8×8 block)")
+    assert lines[-2] == (
+        "| test: x | 25.00 dB / 0.700 | 22.50 dB / 0.610 | 24.00 dB / 0.650 (0.200) | +2.50 dB / +0.090 "
+        "| 30.0 / 31.0 / 30.0 dB |"
+    )
+    assert lines[-1].endswith("| +2.50 dB / +0.090 | – / – / – dB |")
 
 
 def test_per_image_rows_split_each_splits_row(tiny):
@@ -106,7 +112,10 @@ def test_training_script_holds_the_shipped_recipe():
     folder = pathlib.Path(vqgan_flax.DEFAULT_MODEL)
     shipped = json.loads((folder / "training_config.json").read_text())
     shipped.pop("step")  # the checkpoint's step, not a setting
-    assert dataclasses.asdict(script.training_config()) == shipped
+    # Fields added to TrainingConfig after the model shipped: their defaults are what it trained with.
+    later = {k: v for k, v in dataclasses.asdict(TrainingConfig()).items() if k not in shipped}
+    assert later in ({}, {"chroma_weight": 0.0})
+    assert dataclasses.asdict(script.training_config()) == {**shipped, **later}
     command = json.loads((folder / "command.json").read_text())
     assert command["augment"] == script.AUGMENT
     assert command["images"] == list(sample_data.SPLIT["train"]) + list(script.COLOUR)
@@ -136,3 +145,17 @@ def test_training_script_runs_from_saved_images_and_resumes(tmp_path):
     script.AUGMENT = {**script.AUGMENT, "tint": 0.5}  # the script changed between two runs
     with pytest.raises(SystemExit, match=r"command.json: the run there trained with augment .* this script uses"):
         script.main([*run, "--steps", "3"])
+
+
+def test_training_script_refuses_a_broken_command_record(tmp_path):
+    record = _script("train_default_model").record_command
+    (tmp_path / "command.json").write_text("{not json")
+    with pytest.raises(SystemExit, match=r"command.json: not a readable command record \(Expecting"):
+        record(str(tmp_path), ["--steps", "1"], ["camera"], {})
+    (tmp_path / "command.json").write_text('{"images": ["camera"], "augment": {}}')
+    with pytest.raises(SystemExit, match=r"command.json: lists no earlier run \('runs' or 'argv'\)"):
+        record(str(tmp_path), ["--steps", "1"], ["camera"], {})
+    (tmp_path / "command.json").write_text('{"images": ["camera"], "augment": {}, "argv": ["x.py", "--steps", "1"]}')
+    record(str(tmp_path), ["--steps", "2"], ["camera"], {})  # a record from before runs were listed
+    runs = json.loads((tmp_path / "command.json").read_text())["runs"]
+    assert runs == [["python", "--steps", "1"], ["python", "scripts/train_default_model.py", "--steps", "2"]]

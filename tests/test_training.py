@@ -160,6 +160,15 @@ def test_loss_functions():
     ) == pytest.approx(0.3)
     with pytest.raises(ValueError, match="unknown reconstruction loss 'l3'"):
         reconstruction_loss(x, x, "l3")
+    # The chroma term: a grey error (equal on R, G, B) has no chroma, so only the RGB distance
+    # counts; an error on R alone adds the weight times the mean of |Cb| and |Cr| of that error.
+    assert float(reconstruction_loss(x, x + 0.5, chroma_weight=4.0)) == pytest.approx(0.5, abs=1e-6)
+    red = x.at[..., 0].set(0.6)
+    expected = 0.2 + 4.0 * (0.168736 * 0.6 + 0.5 * 0.6) / 2
+    assert float(reconstruction_loss(x, red, chroma_weight=4.0)) == pytest.approx(expected, rel=1e-6)
+    assert float(reconstruction_loss(x, red, "l2", chroma_weight=4.0)) == pytest.approx(
+        0.12 + 4.0 * ((0.168736 * 0.6) ** 2 + 0.09) / 2, rel=1e-6
+    )
     assert float(hinge_d_loss(jnp.array([2.0]), jnp.array([-2.0]))) == 0.0
     assert float(hinge_d_loss(jnp.array([0.0]), jnp.array([0.0]))) == 1.0
     assert float(adaptive_weight(jnp.array([3.0, 4.0]), jnp.array([0.0, 1.0]), 0.5)) == pytest.approx(2.5, rel=1e-3)
@@ -184,6 +193,35 @@ def test_lpips_plumbing_with_random_weights():
     trainer = VQGANTrainer(base.model, base.config, lpips_params=params, mesh=SINGLE)
     with_lpips = trainer.train_step(trainer.init_state(), jnp.asarray(batch))[1]
     assert float(with_lpips["nll_loss"]) > float(plain["nll_loss"])
+
+
+def test_chroma_weight_reaches_the_training_step():
+    batch = jnp.asarray(_data().batch(0, 8))
+    plain = _trainer(disc_weight=0.0).train_step(_trainer(disc_weight=0.0).init_state(), batch)[1]
+    trainer = _trainer(disc_weight=0.0, chroma_weight=2.0)
+    weighted = trainer.train_step(trainer.init_state(), batch)[1]
+    assert float(weighted["nll_loss"]) > float(plain["nll_loss"])
+    assert float(weighted["quant_loss"]) == pytest.approx(float(plain["quant_loss"]))
+
+
+def test_quantize_after_decodes_the_continuous_latents_first():
+    batch = jnp.asarray(_data().batch(0, 8))
+    plain = _trainer(disc_weight=0.0)
+    warm = _trainer(disc_weight=0.0, quantize_after=1)
+    state = plain.init_state()
+    # Step 0 < quantize_after: the loss is L1 between the batch and the decoded continuous latents.
+    module, variables = plain.model.module, {"params": state.params}
+    latents = module.apply(variables, batch, method="encode").latents
+    expected = jnp.mean(jnp.abs(batch - module.apply(variables, latents, method="decode")))
+    _, metrics = warm.train_step(warm.init_state(), batch)
+    assert float(metrics["nll_loss"]) == pytest.approx(float(expected), rel=1e-5)
+    quantized = float(plain.train_step(plain.init_state(), batch)[1]["nll_loss"])
+    assert abs(float(metrics["nll_loss"]) - quantized) > 1e-4
+    # From quantize_after on, the step is the plain one (copies: a step donates its state's buffers).
+    after_one, _ = plain.train_step(plain.init_state(), batch)
+    copy = lambda: jax.tree.map(jnp.array, after_one)  # noqa: E731
+    a, b = plain.train_step(copy(), batch)[1], warm.train_step(copy(), batch)[1]
+    assert float(a["nll_loss"]) == pytest.approx(float(b["nll_loss"]), rel=1e-6)
 
 
 def test_without_a_discriminator_the_step_is_plain_reconstruction():

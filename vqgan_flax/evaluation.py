@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .metrics import psnr, ssim
+from .metrics import chroma_psnr, psnr, ssim
 
 
 def _patches(image: np.ndarray, patch: int) -> np.ndarray:
@@ -146,10 +146,12 @@ def whole_images(images: Sequence[np.ndarray], size: int = 256) -> List[np.ndarr
 
 
 def score(originals: Sequence[np.ndarray], coded: Sequence[np.ndarray]) -> Dict[str, float]:
-    """Mean PSNR (dB) and SSIM of ``coded`` against ``originals``."""
+    """Mean PSNR (dB) and SSIM of ``coded`` against ``originals``, and the PSNR of the colour planes
+    alone over the set ([`metrics.chroma_psnr`])."""
     return {
         "psnr": float(np.mean([psnr(a, b) for a, b in zip(originals, coded)])),
         "ssim": float(np.mean([ssim(a, b) for a, b in zip(originals, coded)])),
+        "chroma_psnr": chroma_psnr(originals, coded),
     }
 
 

@@ -67,21 +67,36 @@ def adopt_weight(weight: float, step: jax.Array, threshold: int) -> jax.Array:
     return jnp.where(step >= threshold, weight, 0.0)
 
 
+# BT.601 (JPEG's) Cb and Cr rows: the colour of an RGB triple apart from its luminance.
+CBCR_FROM_RGB = jnp.array([[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], jnp.float32)
+
+
 def reconstruction_loss(
     inputs: jax.Array,
     reconstructions: jax.Array,
     kind: str = "l1",
     perceptual: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
     perceptual_weight: float = 1.0,
+    chroma_weight: float = 0.0,
 ) -> jax.Array:
-    """taming's ``nll_loss``: mean of |x - x̂| (or (x - x̂)²) plus the weighted perceptual distance."""
+    """taming's ``nll_loss``: mean of |x - x̂| (or (x - x̂)²) plus the weighted perceptual distance.
+
+    ``chroma_weight`` > 0 (not in taming) adds that multiple of the same distance on the two chroma
+    planes (BT.601 Cb and Cr) of the RGB difference: on RGB alone a colour error costs little beside
+    a luminance error of the same size, and a small model spends its code bits on luminance first.
+    """
     diff = inputs.astype(jnp.float32) - reconstructions.astype(jnp.float32)
     if kind == "l1":
-        per_pixel = jnp.abs(diff)
+        distance = jnp.abs
     elif kind == "l2":
-        per_pixel = diff**2
+        distance = jnp.square
     else:
         raise ValueError(f"unknown reconstruction loss {kind!r}; expected 'l1' or 'l2'")
+    per_pixel = distance(diff)
+    if chroma_weight:
+        chroma = distance(diff @ CBCR_FROM_RGB.T)
+        # Broadcast over the 3 RGB entries: the mean below adds chroma_weight x the chroma planes' mean.
+        per_pixel = per_pixel + chroma_weight * jnp.mean(chroma, axis=-1, keepdims=True)
     if perceptual is not None and perceptual_weight > 0:
         # LPIPS gives one distance per image, broadcast over its pixels as in taming.
         per_pixel = per_pixel + perceptual_weight * perceptual(inputs, reconstructions).reshape(-1, 1, 1, 1)

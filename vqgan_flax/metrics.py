@@ -1,6 +1,9 @@
-"""Image-quality metrics for reconstructions: PSNR and SSIM (Wang et al. 2004), in numpy."""
+"""Image-quality metrics for reconstructions: PSNR, SSIM (Wang et al. 2004) and the PSNR of the colour
+(chroma) planes alone, in numpy."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 
@@ -17,6 +20,33 @@ def psnr(reference: np.ndarray, image: np.ndarray, data_range: float = 255.0) ->
     if np.shape(reference) != np.shape(image):
         raise ValueError(f"shapes differ: {np.shape(reference)} vs {np.shape(image)}")
     mse = np.mean((_as_float(reference, data_range) - _as_float(image, data_range)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
+
+
+# BT.601 (JPEG's) Cb and Cr rows: an RGB triple's colour apart from its luminance.
+CBCR_FROM_RGB = np.array([[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+
+
+def chroma_mse(reference: np.ndarray, image: np.ndarray, data_range: float = 255.0) -> float:
+    """Mean squared error of the Cb and Cr planes of two (H, W, 3) RGB images (scaled to [0, 1]):
+    how far the colour moved, whatever happened to the luminance."""
+    if np.shape(reference) != np.shape(image) or np.ndim(image) != 3 or np.shape(image)[-1] != 3:
+        raise ValueError(
+            f"expected two (H, W, 3) RGB images of one shape; got {np.shape(reference)} and {np.shape(image)}"
+        )
+    difference = (_as_float(reference, data_range) - _as_float(image, data_range)) @ CBCR_FROM_RGB.T
+    return float(np.mean(difference**2))
+
+
+def chroma_psnr(references: Sequence[np.ndarray], images: Sequence[np.ndarray], data_range: float = 255.0) -> float:
+    """PSNR in dB of the colour (Cb, Cr) planes over a set of RGB images, from their pooled squared
+    error: a grey photograph coded exactly grey has no chroma error, and a per-image mean would be
+    infinite; an all-grey output of a colour photograph scores low."""
+    if len(references) != len(images) or not len(images):
+        raise ValueError(
+            f"expected two equally long, non-empty lists of images; got {len(references)} and {len(images)}"
+        )
+    mse = np.mean([chroma_mse(a, b, data_range) for a, b in zip(references, images)])
     return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
 
 

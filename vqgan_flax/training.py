@@ -31,6 +31,7 @@ from .losses import (
 )
 from .lpips import LPIPS
 from .modeling_flax_vqgan import FlaxVQGANModel
+from .modeling_outputs import VQGANOutput
 from .parallel import make_mesh
 
 
@@ -49,6 +50,8 @@ class TrainingConfig:
     adam_b1: float = 0.5
     adam_b2: float = 0.9
     reconstruction_loss: str = "l1"
+    # Not in taming: weight of the same distance on the chroma planes (losses.reconstruction_loss).
+    chroma_weight: float = 0.0
     codebook_weight: float = 1.0
     perceptual_weight: float = 1.0  # used only when LPIPS params are given
     disc_start: int = 10000
@@ -64,6 +67,12 @@ class TrainingConfig:
     codebook_restart_every: Optional[int] = None
     # No restarts after this step (None: until the end), so the decoder settles on a fixed codebook.
     codebook_restart_until: Optional[int] = None
+    # Not in taming: for the first this many steps the decoder reads the encoder's continuous latents
+    # (no quantization; the codebook still follows them through its loss and the restarts). Once a
+    # VQ encoder has learnt to drop a property of the image (colour, in a model trained mostly on
+    # grayscale photographs) no code carries it and no gradient brings it back; a continuous start
+    # lets the encoder learn to carry everything the loss asks for before codes must pick it up.
+    quantize_after: int = 0
     seed: int = 0
     log_every: int = 50
     save_every: int = 500
@@ -277,11 +286,19 @@ class VQGANTrainer:
         perceptual = self._perceptual()
 
         def generator_terms(params):
-            out = self.model.module.apply(
-                {"params": params}, batch, train=True, rngs={"dropout": dropout_rng, "gumbel": gumbel_rng}
-            )
+            variables, rngs = {"params": params}, {"dropout": dropout_rng, "gumbel": gumbel_rng}
+            module = self.model.module
+            if cfg.quantize_after:
+                encoded = module.apply(variables, batch, train=True, rngs=rngs, method="encode")
+                states = jnp.where(state.step < cfg.quantize_after, encoded.latents, encoded.quant_states)
+                decoded = module.apply(variables, states, train=True, rngs=rngs, method="decode")
+                out = VQGANOutput(
+                    decoded, encoded.indices, encoded.quant_states, encoded.latents, encoded.loss, encoded.logits
+                )
+            else:
+                out = module.apply(variables, batch, train=True, rngs=rngs)
             nll = reconstruction_loss(
-                batch, out.reconstruction, cfg.reconstruction_loss, perceptual, cfg.perceptual_weight
+                batch, out.reconstruction, cfg.reconstruction_loss, perceptual, cfg.perceptual_weight, cfg.chroma_weight
             )
             logits_fake = self.discriminator.apply({"params": state.disc_params}, out.reconstruction)
             return (nll, generator_adversarial_loss(logits_fake), out.loss), out

@@ -62,9 +62,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     for name in ("steps", "batch_size", "crop_size", "disc_num_layers", "disc_ndf", "save_every", "log_every"):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=POSITIVE_INT, help=_TRAINER_DEFAULT)
-    for name in ("disc_start", "seed", "codebook_restart_every", "codebook_restart_until", "warmup_steps"):
+    for name in (
+        "disc_start",
+        "seed",
+        "codebook_restart_every",
+        "codebook_restart_until",
+        "warmup_steps",
+        "quantize_after",
+    ):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=COUNT, help=_TRAINER_DEFAULT)
-    for name in ("learning_rate", "disc_weight", "codebook_weight", "perceptual_weight", "ema_decay"):
+    for name in ("learning_rate", "disc_weight", "codebook_weight", "perceptual_weight", "chroma_weight", "ema_decay"):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=NON_NEGATIVE, help=_TRAINER_DEFAULT)
     p.add_argument("--schedule", choices=("constant", "cosine"), help=_TRAINER_DEFAULT)
     p.add_argument("--reconstruction-loss", choices=("l1", "l2"), help=_TRAINER_DEFAULT)
