@@ -203,9 +203,15 @@ def test_train_fine_tunes_an_existing_model(tiny, tmp_path, capsys):
     start = FlaxVQGANModel.from_pretrained(tiny).params["decoder"]["conv_out"]["kernel"]
     tuned = FlaxVQGANModel.from_pretrained(tmp_path / "ft" / "model").params["decoder"]["conv_out"]["kernel"]
     assert 0 < float(np.abs(np.asarray(tuned) - np.asarray(start)).max()) < 0.01  # one small step from the start
-    code, _, err = _run(capsys, "train", "--data", data, "--output", tmp_path / "bad", "--init-from", tiny,
-                          "--steps", 1, "--crop-size", 32, "--quiet", "--tint", 1.5)  # fmt: skip
-    assert code != 0 and "tint must be in [0, 1); got 1.5" in err
+    # Augmentation values are refused by the parser, before the (here missing) model is loaded.
+    for option, value, message in (("--tint", 1.5, "tint must be in [0, 1); got 1.5"),
+                                   ("--colour-jitter", -0.1, "colour-jitter must be in [0, 1); got -0.1"),
+                                   ("--min-scale", 0, "min-scale must be in (0, 1]; got 0")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main(["train", "--data", str(data), "--output", str(tmp_path / "bad"), "--init-from",
+                  str(tmp_path / "missing"), option, str(value)])  # fmt: skip
+        err = capsys.readouterr().err
+        assert f"argument {option}: {message}" in err and "missing" not in err
 
 
 def test_second_process_reuses_compiled_programs(tiny, images, tmp_path):

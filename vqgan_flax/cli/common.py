@@ -194,6 +194,26 @@ COUNT = _number(int, 0, "a count")
 NON_NEGATIVE = _number(float, 0.0, "a non-negative number")
 
 
+def fraction(name: str, closed_at_zero: bool = True, closed_at_one: bool = False):
+    """An argparse type: a number between 0 and 1 (each end included or not), so a wrong value is
+    refused before anything is loaded."""
+    interval = f"{'[' if closed_at_zero else '('}0, 1{']' if closed_at_one else ')'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        above_zero = value >= 0 if closed_at_zero else value > 0
+        below_one = value <= 1 if closed_at_one else value < 1
+        if not (above_zero and below_one):
+            raise argparse.ArgumentTypeError(f"{name} must be in {interval}; got {text}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """The options of every command that runs a model."""
     p.add_argument("--model", help="folder or Hub id (default: the shipped default model)")

@@ -6,7 +6,7 @@ import argparse
 import os
 import time
 
-from .common import COUNT, NON_NEGATIVE, POSITIVE_INT
+from .common import COUNT, NON_NEGATIVE, POSITIVE_INT, fraction
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -76,9 +76,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=("constant", "cosine"), help=_TRAINER_DEFAULT)
     p.add_argument("--reconstruction-loss", choices=("l1", "l2"), help=_TRAINER_DEFAULT)
     p.add_argument(
-        "--min-scale", type=float, default=1.0, help="augmentation: crops from regions up to crop/min-scale wide"
+        "--min-scale",
+        type=fraction("min-scale", closed_at_zero=False, closed_at_one=True),
+        default=1.0,
+        help="augmentation: crops from regions up to crop/min-scale wide",
     )
-    p.add_argument("--colour-jitter", type=float, default=0.0, help="augmentation: brightness/contrast/saturation ±")
-    p.add_argument("--tint", type=float, default=0.0, help="augmentation: per-channel gain ±")
+    p.add_argument(
+        "--colour-jitter",
+        type=fraction("colour-jitter"),
+        default=0.0,
+        help="augmentation: brightness/contrast/saturation ±",
+    )
+    p.add_argument("--tint", type=fraction("tint"), default=0.0, help="augmentation: per-channel gain ±")
     p.add_argument("--channel-shuffle", action="store_true", help="augmentation: random permutation of R, G, B")
     p.set_defaults(func=cmd_train)
