@@ -100,8 +100,12 @@ def main(argv=None) -> int:
         parser.add_argument(
             "--" + name.replace("_", "-"), type=int, help=f"instead of {TRAINING[name]} (e.g. on a GPU)"
         )
+    # Colour experiments (not in the shipped recipe): see TrainingConfig.chroma_weight / quantize_after.
+    parser.add_argument("--chroma-weight", type=float, help="add this weight of the loss on the chroma planes")
+    parser.add_argument("--quantize-after", type=int, help="decode the continuous latents for this many steps")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("crop_size", args.crop_size)) if v is not None}
+    chosen = ("batch_size", "crop_size", "chroma_weight", "quantize_after")
+    overrides = {k: getattr(args, k) for k in chosen if getattr(args, k) is not None}
     config = training_config(args.steps, **overrides)
     augment = {**AUGMENT, **(COLOUR_AUGMENT if args.colour_augment else {})}
     names = list(sample_data.SPLIT["train"]) + list(COLOUR)

@@ -129,8 +129,11 @@ def test_training_script_runs_from_saved_images_and_resumes(tmp_path):
     script = _script("train_default_model")
     images = tmp_path / "images.npz"
     assert script.main(["--save-images", str(images)]) == 0
-    run = ["--images", str(images), "--output", str(tmp_path / "run"), "--batch-size", "8", "--crop-size", "32"]
+    run = ["--images", str(images), "--output", str(tmp_path / "run"), "--batch-size", "8", "--crop-size", "32",
+           "--chroma-weight", "0.5", "--quantize-after", "1"]  # fmt: skip
     assert script.main([*run, "--steps", "1"]) == 0
+    trained = json.loads((tmp_path / "run" / "training_config.json").read_text())
+    assert (trained["chroma_weight"], trained["quantize_after"], trained["crop_size"]) == (0.5, 1, 32)
     assert script.main([*run, "--steps", "2"]) == 0
     logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert logged == [1, 2]
