@@ -43,13 +43,14 @@ def evaluate(model: FlaxVQGANModel, seed: int = 0, per_image: bool = False) -> D
     for split in SPLITS:
         images = sample_data.split_images(split)
         crops, wholes = evaluation.fixed_crops(images, CROP, CROPS_PER_IMAGE), evaluation.whole_images(images, WHOLE)
-        rows[f"{split}: {crops_label}"] = evaluation.compare(crops, model, centroids)
-        rows[f"{split}: {whole_label}"] = evaluation.compare(wholes, model, centroids)
-        for i, name in enumerate(sample_data.SPLIT[split] if per_image else ()):
-            # The split's own crops of this image, so the image rows average to the split's row.
-            mine = crops[i * CROPS_PER_IMAGE : (i + 1) * CROPS_PER_IMAGE]
-            rows[f"{split} {name}: {crops_label}"] = evaluation.compare(mine, model, centroids)
-            rows[f"{split} {name}: {whole_label}"] = evaluation.compare(wholes[i : i + 1], model, centroids)
+        names = sample_data.SPLIT[split] if per_image else ()
+        # An image's rows come from the split's own crops, so they average to the split's row.
+        crop_sets = {split: range(len(crops))}
+        crop_sets.update({name: range(i * CROPS_PER_IMAGE, (i + 1) * CROPS_PER_IMAGE) for i, name in enumerate(names)})
+        whole_sets = {split: range(len(wholes)), **{name: [i] for i, name in enumerate(names)}}
+        for label, pictures, sets in ((crops_label, crops, crop_sets), (whole_label, wholes, whole_sets)):
+            for name, row in evaluation.compare_subsets(pictures, model, centroids, sets).items():
+                rows[f"{split}: {label}" if name == split else f"{split} {name}: {label}"] = row
     return {
         "rate_bpp": evaluation.vq_bits_per_pixel(factor, model.config.n_embed),
         "downsampling": factor,

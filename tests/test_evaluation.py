@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig, evaluation, sample_data
-from vqgan_flax.metrics import psnr
+from vqgan_flax.metrics import chroma_psnr, psnr
 
 
 def _tiled(colours: np.ndarray, grid: tuple, patch: int, seed: int = 0) -> np.ndarray:
@@ -66,7 +66,9 @@ def test_fixed_crops_and_whole_images():
 
 def test_score_and_compare_on_a_small_model():
     images = evaluation.fixed_crops([sample_data.load_image("coffee")], 32, 2)
-    assert evaluation.score(images, images) == {"psnr": math.inf, "ssim": 1.0}
+    assert evaluation.score(images, images) == {"psnr": math.inf, "ssim": 1.0, "chroma_psnr": math.inf}
+    grey = [np.repeat(image.mean(-1, keepdims=True), 3, -1).astype(np.uint8) for image in images]
+    assert evaluation.score(images, grey)["chroma_psnr"] == pytest.approx(chroma_psnr(images, grey))
     config = VQGANConfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], z_channels=8, embed_dim=4,
                          n_embed=16, resolution=32)  # fmt: skip
     centroids = evaluation.fit_patch_kmeans(images, 2, 16, iterations=3)
@@ -75,6 +77,16 @@ def test_score_and_compare_on_a_small_model():
     assert set(result) == {"rate_bpp", "ours", "kmeans", "jpeg"}
     assert result["kmeans"]["psnr"] > result["ours"]["psnr"]  # an untrained model loses to k-means
     assert 0 < result["jpeg"]["bpp"] < 8
+    # Subsets: each image coded once, every subset's row equal to compare() on those images alone.
+    model = FlaxVQGANModel(config, seed=0)
+    rows = evaluation.compare_subsets(images, model, centroids, {"first": [0], "both": [0, 1]})
+    assert rows["both"] == evaluation.compare(images, model, centroids)
+    alone = evaluation.compare(images[:1], model, centroids)
+    assert rows["first"]["kmeans"] == alone["kmeans"] and rows["first"]["jpeg"] == alone["jpeg"]
+    # The model codes a batch of 2 there and of 1 here: equal up to XLA's batch-size rounding.
+    assert rows["first"]["ours"]["psnr"] == pytest.approx(alone["ours"]["psnr"], abs=0.01)
+    with pytest.raises(ValueError, match=r"subset 'x': indices must be a non-empty selection of the 2 images"):
+        evaluation.compare_subsets(images, model, centroids, {"x": [2]})
 
 
 def test_sample_data_splits_are_disjoint_and_load():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -176,15 +176,35 @@ def compare(
 ) -> Dict[str, Dict[str, float]]:
     """PSNR/SSIM of ``model``, the k-means patch codec and JPEG on ``images`` (same size), at the
     model's rate; JPEG's entry also carries its mean bits per pixel."""
+    return compare_subsets(images, model, centroids, {"all": range(len(images))})["all"]
+
+
+def compare_subsets(
+    images: Sequence[np.ndarray],
+    model,
+    centroids: np.ndarray,
+    subsets: Mapping[str, Sequence[int]],
+) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """[`compare`]'s row for each named subset (indices into ``images``), each image coded once."""
     config = model.config
     factor = config.downsampling_factor
     rate = vq_bits_per_pixel(factor, config.n_embed)
+    for name, indices in subsets.items():
+        if not len(indices) or not all(0 <= i < len(images) for i in indices):
+            raise ValueError(f"subset {name!r}: indices must be a non-empty selection of the {len(images)} images")
     ours = model_codec(model)(images)
     kmeans = [patch_codec(image, centroids, factor) for image in images]
     jpegs = [jpeg_at_rate(image, rate) for image in images]
-    return {
-        "rate_bpp": rate,
-        "ours": score(images, ours),
-        "kmeans": score(images, kmeans),
-        "jpeg": {**score(images, [j[0] for j in jpegs]), "bpp": float(np.mean([j[1] for j in jpegs]))},
-    }
+    rows = {}
+    for name, indices in subsets.items():
+        originals = [images[i] for i in indices]
+        rows[name] = {
+            "rate_bpp": rate,
+            "ours": score(originals, [ours[i] for i in indices]),
+            "kmeans": score(originals, [kmeans[i] for i in indices]),
+            "jpeg": {
+                **score(originals, [jpegs[i][0] for i in indices]),
+                "bpp": float(np.mean([jpegs[i][1] for i in indices])),
+            },
+        }
+    return rows
