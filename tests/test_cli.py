@@ -184,6 +184,8 @@ def test_chroma_psnr_matches_pillows_ycbcr():
     moved = 0.2 * (a[..., 0] >= 51) + (a[..., 0] / 255) * (a[..., 0] < 51)
     assert chroma_mse(a, red) == pytest.approx(np.mean(moved**2) * (0.168736**2 + 0.25) / 2, rel=1e-9)
     assert chroma_psnr([a], [a]) == float("inf")
+    grey = np.repeat(a[..., :1], 3, axis=-1)
+    assert chroma_psnr([grey], [np.clip(grey.astype(int) + 3, 0, 255).astype(np.uint8)]) == float("inf")
     with pytest.raises(ValueError, match=r"\(H, W, 3\) RGB images of one shape; got \(40, 36, 3\) and \(40, 36\)"):
         chroma_mse(a, a[..., 0])
     with pytest.raises(ValueError, match="equally long, non-empty lists of images; got 2 and 1"):
