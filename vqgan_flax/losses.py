@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from .metrics import CBCR_FROM_RGB
+
 
 class NLayerDiscriminator(nn.Module):
     """taming's PatchGAN discriminator (pix2pix): 4x4 convs, LeakyReLU(0.2), one logit per patch.
@@ -67,10 +69,6 @@ def adopt_weight(weight: float, step: jax.Array, threshold: int) -> jax.Array:
     return jnp.where(step >= threshold, weight, 0.0)
 
 
-# BT.601 (JPEG's) Cb and Cr rows: the colour of an RGB triple apart from its luminance.
-CBCR_FROM_RGB = jnp.array([[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], jnp.float32)
-
-
 def reconstruction_loss(
     inputs: jax.Array,
     reconstructions: jax.Array,
@@ -94,7 +92,7 @@ def reconstruction_loss(
         raise ValueError(f"unknown reconstruction loss {kind!r}; expected 'l1' or 'l2'")
     per_pixel = distance(diff)
     if chroma_weight:
-        chroma = distance(diff @ CBCR_FROM_RGB.T)
+        chroma = distance(diff @ jnp.asarray(CBCR_FROM_RGB.T, jnp.float32))
         # Broadcast over the 3 RGB entries: the mean below adds chroma_weight x the chroma planes' mean.
         per_pixel = per_pixel + chroma_weight * jnp.mean(chroma, axis=-1, keepdims=True)
     if perceptual is not None and perceptual_weight > 0:

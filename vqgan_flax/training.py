@@ -70,8 +70,9 @@ class TrainingConfig:
     # Not in taming: for the first this many steps the decoder reads the encoder's continuous latents
     # (no quantization; the codebook still follows them through its loss and the restarts). Once a
     # VQ encoder has learnt to drop a property of the image (colour, in a model trained mostly on
-    # grayscale photographs) no code carries it and no gradient brings it back; a continuous start
-    # lets the encoder learn to carry everything the loss asks for before codes must pick it up.
+    # grayscale photographs) no code carries it, and the codes give little gradient to bring it back;
+    # a continuous start is meant to let the encoder carry it before codes must pick it up (a first
+    # full-size try learnt slowly: see default_model/README.md).
     quantize_after: int = 0
     seed: int = 0
     log_every: int = 50
