@@ -208,7 +208,8 @@ def test_train_fine_tunes_an_existing_model(tiny, tmp_path, capsys):
     # Augmentation values are refused by the parser, before the (here missing) model is loaded.
     for option, value, message in (("--tint", 1.5, "tint must be in [0, 1); got 1.5"),
                                    ("--colour-jitter", -0.1, "colour-jitter must be in [0, 1); got -0.1"),
-                                   ("--min-scale", 0, "min-scale must be in (0, 1]; got 0")):  # fmt: skip
+                                   ("--min-scale", 0, "min-scale must be in (0, 1]; got 0"),
+                                   ("--tint", "red", "'red' is not a number")):  # fmt: skip
         with pytest.raises(SystemExit):
             main(["train", "--data", str(data), "--output", str(tmp_path / "bad"), "--init-from",
                   str(tmp_path / "missing"), option, str(value)])  # fmt: skip

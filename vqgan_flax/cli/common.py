@@ -169,14 +169,19 @@ def save_png_under(folder: str, name: str, image: np.ndarray) -> None:
     save_png(path, image)
 
 
+def _convert(kind: type, text: str):
+    """``kind(text)``, or the one-line argparse error that names what was expected."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+
+
 def _number(kind: type, minimum: float, name: str):
     """An argparse type: ``kind`` values ≥ ``minimum`` (finite), refused by the parser otherwise."""
 
     def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        value = _convert(kind, text)
         if not (value >= minimum and value < float("inf")):
             raise argparse.ArgumentTypeError(f"{text} is below the minimum {minimum} for {name}")
         return value
@@ -200,10 +205,7 @@ def fraction(name: str, closed_at_zero: bool = True, closed_at_one: bool = False
     interval = f"{'[' if closed_at_zero else '('}0, 1{']' if closed_at_one else ')'}"
 
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        value = _convert(float, text)
         above_zero = value >= 0 if closed_at_zero else value > 0
         below_one = value <= 1 if closed_at_one else value < 1
         if not (above_zero and below_one):
