@@ -103,8 +103,12 @@ def main(argv=None) -> int:
     # Colour experiments (not in the shipped recipe): see TrainingConfig.chroma_weight / quantize_after.
     parser.add_argument("--chroma-weight", type=float, help="add this weight of the loss on the chroma planes")
     parser.add_argument("--quantize-after", type=int, help="decode the continuous latents for this many steps")
+    parser.add_argument(
+        "--colour-anchor-weight", type=float, help="tie three latent channels to the block colour with this weight"
+    )
+    parser.add_argument("--learning-rate", type=float, help=f"peak rate instead of {TRAINING['learning_rate']}")
     args = parser.parse_args(argv)
-    chosen = ("batch_size", "crop_size", "chroma_weight", "quantize_after")
+    chosen = ("batch_size", "crop_size", "chroma_weight", "quantize_after", "colour_anchor_weight", "learning_rate")
     overrides = {k: getattr(args, k) for k in chosen if getattr(args, k) is not None}
     config = training_config(args.steps, **overrides)
     augment = {**AUGMENT, **(COLOUR_AUGMENT if args.colour_augment else {})}

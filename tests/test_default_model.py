@@ -114,7 +114,7 @@ def test_training_script_holds_the_shipped_recipe():
     shipped.pop("step")  # the checkpoint's step, not a setting
     # Fields added to TrainingConfig after the model shipped: their defaults are what it trained with.
     later = {k: v for k, v in dataclasses.asdict(TrainingConfig()).items() if k not in shipped}
-    assert later in ({}, {"chroma_weight": 0.0, "quantize_after": 0})
+    assert later in ({}, {"chroma_weight": 0.0, "quantize_after": 0, "colour_anchor_weight": 0.0})
     assert dataclasses.asdict(script.training_config()) == {**shipped, **later}
     command = json.loads((folder / "command.json").read_text())
     assert command["augment"] == script.AUGMENT
@@ -130,10 +130,12 @@ def test_training_script_runs_from_saved_images_and_resumes(tmp_path):
     images = tmp_path / "images.npz"
     assert script.main(["--save-images", str(images)]) == 0
     run = ["--images", str(images), "--output", str(tmp_path / "run"), "--batch-size", "8", "--crop-size", "32",
-           "--chroma-weight", "0.5", "--quantize-after", "1"]  # fmt: skip
+           "--chroma-weight", "0.5", "--quantize-after", "1", "--colour-anchor-weight", "2",
+           "--learning-rate", "3e-4"]  # fmt: skip
     assert script.main([*run, "--steps", "1"]) == 0
     trained = json.loads((tmp_path / "run" / "training_config.json").read_text())
-    assert (trained["chroma_weight"], trained["quantize_after"], trained["crop_size"]) == (0.5, 1, 32)
+    chosen = ("chroma_weight", "quantize_after", "crop_size", "colour_anchor_weight", "learning_rate")
+    assert tuple(trained[key] for key in chosen) == (0.5, 1, 32, 2.0, 3e-4)
     assert script.main([*run, "--steps", "2"]) == 0
     logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert logged == [1, 2]

@@ -12,7 +12,7 @@ import pytest
 from utils import assert_close, random_lpips_state_dict
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig
-from vqgan_flax.losses import adaptive_weight, codebook_usage, hinge_d_loss, reconstruction_loss
+from vqgan_flax.losses import adaptive_weight, codebook_usage, colour_anchor_loss, hinge_d_loss, reconstruction_loss
 from vqgan_flax.lpips import LPIPS, lpips_params_from_state_dict
 from vqgan_flax.training import ImageCrops, TrainingConfig, VQGANTrainer, patch_grid_size
 
@@ -202,6 +202,42 @@ def test_chroma_weight_reaches_the_training_step():
     weighted = trainer.train_step(trainer.init_state(), batch)[1]
     assert float(weighted["nll_loss"]) > float(plain["nll_loss"])
     assert float(weighted["quant_loss"]) == pytest.approx(float(plain["quant_loss"]))
+
+
+def test_colour_anchor_ties_three_latent_channels_to_the_block_colour():
+    # Two 2x2 blocks: pure red and mid grey (pixels in [-1, 1]); their BT.601 (Y, Cb, Cr).
+    pixels = jnp.concatenate([jnp.tile(jnp.array([1.0, -1.0, -1.0]), (1, 2, 2, 1)), jnp.zeros((1, 2, 2, 3))], axis=2)
+    red = jnp.array([0.299 - 0.587 - 0.114, -0.168736 + 0.331264 - 0.5, 0.5 + 0.418688 + 0.081312])
+    exact = jnp.stack([red, jnp.zeros(3)])[None, None]  # (1, 1, 2, 3): the latent grid
+    free = jnp.full((1, 1, 2, 5), 7.0)  # channels past the third are not anchored
+    assert float(colour_anchor_loss(pixels, jnp.concatenate([exact, free], -1))) == pytest.approx(0.0, abs=1e-7)
+    zero = jnp.zeros((1, 1, 2, 3))
+    assert float(colour_anchor_loss(pixels, zero)) == pytest.approx(float(jnp.sum(red**2)) / 6, rel=1e-6)
+    # A block's mean is what counts: a 2x2 block half red, half grey has half the red colour.
+    half = pixels.at[:, 1, :2].set(0.0)
+    assert float(colour_anchor_loss(half, exact.at[..., 0, :].set(red / 2))) == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(ValueError, match=r"latents \(1, 1, 2, 2\) need ≥ 3 channels"):
+        colour_anchor_loss(pixels, jnp.zeros((1, 1, 2, 2)))
+    with pytest.raises(ValueError, match=r"grid dividing the pixels \(1, 2, 4, 3\)"):
+        colour_anchor_loss(pixels, jnp.zeros((1, 1, 3, 3)))
+    # In the step, with and without the discriminator: the term is logged and added to the loss.
+    batch = jnp.asarray(_data().batch(0, 8))
+    for disc_start in (0, 10**6):
+        trainer = _trainer(colour_anchor_weight=0.5, disc_start=disc_start)
+        state = trainer.init_state()
+        latents = trainer.model.module.apply({"params": state.params}, batch, method="encode").latents
+        metrics = trainer.train_step(state, batch)[1]
+        anchor = float(metrics["colour_anchor_loss"])
+        assert anchor == pytest.approx(float(colour_anchor_loss(batch, latents)), rel=1e-5)
+        unanchored = metrics["nll_loss"] + metrics["quant_loss"] + metrics["d_weight"] * metrics["g_loss"]
+        assert float(metrics["loss"]) == pytest.approx(float(unanchored) + 0.5 * anchor, rel=1e-5)
+    # The anchor moves the encoder: one step with it changes quant_conv differently than without.
+    anchored, plain = _trainer(colour_anchor_weight=5.0, disc_weight=0.0), _trainer(disc_weight=0.0)
+    kernel = lambda t: t.train_step(t.init_state(), batch)[0].params["quant_conv"]["kernel"]  # noqa: E731
+    assert _changed(kernel(plain), kernel(anchored))
+    gumbel = FlaxVQGANModel(VQGANConfig.from_preset("tiny", quantizer="gumbel"), seed=0)
+    with pytest.raises(ValueError, match="colour_anchor_weight needs the nearest-neighbour quantizer"):
+        VQGANTrainer(gumbel, TrainingConfig(colour_anchor_weight=1.0), mesh=SINGLE)
 
 
 def test_quantize_after_decodes_the_continuous_latents_first():

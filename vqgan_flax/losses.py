@@ -8,6 +8,7 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .metrics import CBCR_FROM_RGB
 
@@ -99,6 +100,31 @@ def reconstruction_loss(
         # LPIPS gives one distance per image, broadcast over its pixels as in taming.
         per_pixel = per_pixel + perceptual_weight * perceptual(inputs, reconstructions).reshape(-1, 1, 1, 1)
     return jnp.mean(per_pixel)
+
+
+# BT.601 luma and the two chroma rows: on [-1, 1] pixels each of Y, Cb, Cr spans [-1, 1].
+YCBCR_FROM_RGB = np.concatenate([[[0.299, 0.587, 0.114]], CBCR_FROM_RGB]).astype(np.float32)
+
+
+def colour_anchor_loss(pixels: jax.Array, latents: jax.Array) -> jax.Array:
+    """Mean squared distance between the first three latent channels and the mean Y, Cb and Cr of
+    the pixel block each latent position covers (not in taming).
+
+    A small model trained from scratch learns the blocks' luminance first and then drops colour
+    from its latents for good: the decoder never uses the colour it is not given, so no gradient
+    asks the encoder for it. Anchoring three channels to the block colour hands the decoder a
+    colour it learns to use; the other channels stay free.
+    """
+    batch, height, width, _ = pixels.shape
+    rows, cols = latents.shape[1:3]
+    if latents.shape[-1] < 3 or height % rows or width % cols:
+        raise ValueError(
+            f"colour anchor: latents {tuple(latents.shape)} need ≥ 3 channels and a grid dividing the "
+            f"pixels {tuple(pixels.shape)}"
+        )
+    blocks = pixels.astype(jnp.float32).reshape(batch, rows, height // rows, cols, width // cols, -1).mean((2, 4))
+    target = blocks @ jnp.asarray(YCBCR_FROM_RGB.T)
+    return jnp.mean((latents[..., :3].astype(jnp.float32) - target) ** 2)
 
 
 def adaptive_weight(nll_grad: Any, g_grad: Any, disc_weight: float = 1.0, max_weight: float = 1e4) -> jax.Array:

@@ -24,6 +24,7 @@ from .losses import (
     adaptive_weight,
     adopt_weight,
     codebook_usage,
+    colour_anchor_loss,
     generator_adversarial_loss,
     hinge_d_loss,
     reconstruction_loss,
@@ -74,6 +75,9 @@ class TrainingConfig:
     # a continuous start is meant to let the encoder carry it before codes must pick it up (a first
     # full-size try learnt slowly: see default_model/README.md).
     quantize_after: int = 0
+    # Not in taming: weight of losses.colour_anchor_loss, which ties the first three latent channels
+    # to each block's mean Y, Cb and Cr (so the codes carry colour; nearest-neighbour quantizer only).
+    colour_anchor_weight: float = 0.0
     seed: int = 0
     log_every: int = 50
     save_every: int = 500
@@ -239,6 +243,11 @@ class VQGANTrainer:
                 f"crop_size={config.crop_size} is too small for a {config.disc_num_layers}-layer discriminator "
                 "(no patch logits left); use larger crops or fewer disc_num_layers"
             )
+        if config.colour_anchor_weight and (model.config.quantizer != "vq" or model.config.embed_dim < 3):
+            raise ValueError(
+                f"colour_anchor_weight needs the nearest-neighbour quantizer and embed_dim >= 3; this model has "
+                f"quantizer {model.config.quantizer!r}, embed_dim {model.config.embed_dim}"
+            )
         self.model = model
         self.config = config
         self.mesh = mesh or make_mesh()
@@ -302,22 +311,26 @@ class VQGANTrainer:
                 batch, out.reconstruction, cfg.reconstruction_loss, perceptual, cfg.perceptual_weight, cfg.chroma_weight
             )
             logits_fake = self.discriminator.apply({"params": state.disc_params}, out.reconstruction)
-            return (nll, generator_adversarial_loss(logits_fake), out.loss), out
+            anchor = colour_anchor_loss(batch, out.latents) if cfg.colour_anchor_weight else jnp.zeros(())
+            return (nll, generator_adversarial_loss(logits_fake), out.loss, anchor), out
 
         if not self.uses_discriminator:
             # Reconstruction and codebook terms only: one backward pass, the discriminator untouched.
             def plain_terms(params):
-                (nll, _, q_loss), out = generator_terms(params)
-                return nll + cfg.codebook_weight * q_loss, (nll, q_loss, out)
+                (nll, _, q_loss, anchor), out = generator_terms(params)
+                total = nll + cfg.codebook_weight * q_loss + cfg.colour_anchor_weight * anchor
+                return total, (nll, q_loss, anchor, out)
 
-            (_, (nll, q_loss, out)), grads = jax.value_and_grad(plain_terms, has_aux=True)(state.params)
+            (_, (nll, q_loss, anchor, out)), grads = jax.value_and_grad(plain_terms, has_aux=True)(state.params)
             zero = jnp.zeros((), jnp.float32)
             g_loss = d_weight = d_loss = logits_real = logits_fake = zero
             disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
         else:
-            (nll, g_loss, q_loss), backward, out = jax.vjp(generator_terms, state.params, has_aux=True)
-            (nll_grads,) = backward((jnp.ones(()), jnp.zeros(()), jnp.asarray(cfg.codebook_weight, jnp.float32)))
-            (g_grads,) = backward((jnp.zeros(()), jnp.ones(()), jnp.zeros(())))
+            (nll, g_loss, q_loss, anchor), backward, out = jax.vjp(generator_terms, state.params, has_aux=True)
+            weight = lambda w: jnp.asarray(w, jnp.float32)  # noqa: E731
+            zero = weight(0.0)
+            (nll_grads,) = backward((weight(1.0), zero, weight(cfg.codebook_weight), weight(cfg.colour_anchor_weight)))
+            (g_grads,) = backward((zero, weight(1.0), zero, zero))
             last = lambda tree: tree["decoder"]["conv_out"]["kernel"]  # noqa: E731
             d_weight = adaptive_weight(last(nll_grads), last(g_grads), cfg.disc_weight)
             grads = jax.tree.map(lambda a, b: a + d_weight * factor * b, nll_grads, g_grads)
@@ -334,9 +347,10 @@ class VQGANTrainer:
         if cfg.ema_decay:
             ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p, ema, params)
         metrics = {
-            "loss": nll + d_weight * factor * g_loss + cfg.codebook_weight * q_loss,
+            "loss": nll + d_weight * factor * g_loss + cfg.codebook_weight * q_loss + cfg.colour_anchor_weight * anchor,
             "nll_loss": nll,
             "quant_loss": q_loss,
+            "colour_anchor_loss": anchor,
             "g_loss": g_loss,
             "d_weight": jnp.where(factor > 0, d_weight, 0.0),  # not computed before disc_start
             "disc_factor": factor,
