@@ -199,9 +199,10 @@ def test_train_fine_tunes_an_existing_model(tiny, tmp_path, capsys):
     code, _, err = _run(capsys, "train", "--data", data, "--output", tmp_path / "ft", "--init-from", tiny,
                           "--steps", 1, "--batch-size", 8, "--crop-size", 32, "--quiet",
                           "--min-scale", 0.5, "--colour-jitter", 0.1, "--tint", 0.1, "--channel-shuffle",
-                          "--chroma-weight", 2.5)  # fmt: skip
+                          "--chroma-weight", 2.5, "--colour-anchor-weight", 0.5)  # fmt: skip
     assert code == 0, err
-    assert json.loads((tmp_path / "ft" / "training_config.json").read_text())["chroma_weight"] == 2.5
+    trained = json.loads((tmp_path / "ft" / "training_config.json").read_text())
+    assert (trained["chroma_weight"], trained["colour_anchor_weight"]) == (2.5, 0.5)
     start = FlaxVQGANModel.from_pretrained(tiny).params["decoder"]["conv_out"]["kernel"]
     tuned = FlaxVQGANModel.from_pretrained(tmp_path / "ft" / "model").params["decoder"]["conv_out"]["kernel"]
     assert 0 < float(np.abs(np.asarray(tuned) - np.asarray(start)).max()) < 0.01  # one small step from the start

@@ -20,7 +20,7 @@ import pytest
 import vqgan_flax
 from vqgan_flax import FlaxVQGANModel, evaluation, sample_data
 from vqgan_flax.cli import main
-from vqgan_flax.training import TrainingConfig
+from vqgan_flax.training import ImageCrops, TrainingConfig
 
 ROOT = pathlib.Path(__file__).parent.parent
 RECORD = pathlib.Path(vqgan_flax.DEFAULT_MODEL) / "evaluation.json"
@@ -164,3 +164,19 @@ def test_training_script_refuses_a_broken_command_record(tmp_path):
     record(str(tmp_path), ["--steps", "2"], ["camera"], {})  # a record from before runs were listed
     runs = json.loads((tmp_path / "command.json").read_text())["runs"]
     assert runs == [["python", "--steps", "1"], ["python", "scripts/train_default_model.py", "--steps", "2"]]
+
+
+def test_colour_probe_scores_each_step(capsys):
+    """scripts/colour_probe.py: a variant's rows at step 0 and after each step, each score in range."""
+    script = _script("colour_probe")
+    photographs = [sample_data.load_image(name) for name in script.recipe.COLOUR]
+    data = ImageCrops(photographs, 64, seed=0, **script.CROPS)
+    held_out = data.batch(99, 8)
+    rows = script.probe("anchor", script.VARIANTS["anchor"], 1, 1, data, held_out)
+    assert [row["step"] for row in rows] == [0, 1]
+    for row in rows:
+        assert 0 <= row["colour_r2"] <= 1 and 1 <= row["latent_dims"] <= 8
+        assert 0 < row["psnr"] < 60 and 0 < row["chroma_psnr"] < 60
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["variant"] == "anchor"
+    with pytest.raises(SystemExit, match="--steps and --every must be positive; got 0 and 50"):
+        script.main(["--steps", "0"])

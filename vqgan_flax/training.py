@@ -69,11 +69,10 @@ class TrainingConfig:
     # No restarts after this step (None: until the end), so the decoder settles on a fixed codebook.
     codebook_restart_until: Optional[int] = None
     # Not in taming: for the first this many steps the decoder reads the encoder's continuous latents
-    # (no quantization; the codebook still follows them through its loss and the restarts). Once a
-    # VQ encoder has learnt to drop a property of the image (colour, in a model trained mostly on
-    # grayscale photographs) no code carries it, and the codes give little gradient to bring it back;
-    # a continuous start is meant to let the encoder carry it before codes must pick it up (a first
-    # full-size try learnt slowly: see default_model/README.md).
+    # (no quantization; the codebook still follows them through its loss and the restarts). Meant to
+    # let the encoder carry what codes would not pick up at first; for colour it does not: without
+    # quantization at all the default model's architecture drops colour just the same in the first
+    # 50 steps (default_model/README.md). colour_anchor_weight is what keeps it.
     quantize_after: int = 0
     # Not in taming: weight of losses.colour_anchor_loss, which ties the first three latent channels
     # to each block's mean Y, Cb and Cr (so the codes carry colour; nearest-neighbour quantizer only).
