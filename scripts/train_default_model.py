@@ -37,9 +37,9 @@ MODEL = dict(
 # codebook collapse to < 10 codes per batch, 14.9 dB; every 10: 17.4 dB, with lr 1e-3 17.9 dB; every
 # 5 with a 20-step warm-up stalled at 15.7 dB); the last steps keep the codebook fixed so the decoder
 # settles on it (training_config() sets the 80%).
-# colour_anchor_weight ties three latent channels to each 8x8 block's mean Y, Cb, Cr: without it this
-# architecture drops colour from its latents within the first 50 steps, even with no quantization,
-# and never codes it again (scripts/colour_probe.py). lr 2e-4, not the previous model's 1e-3: the
+# colour_anchor_weight ties three latent channels to each 8x8 block's mean Y, Cb, Cr: without it the
+# latents of this architecture collapse to about one dimension within 50 steps, even with no
+# quantization, and never carry colour (scripts/colour_probe.py). lr 2e-4, not the previous model's 1e-3: the
 # anchor was probed at 2e-4 (at 1e-3 an unrecorded scratch probe was still grey after 150 steps).
 TRAINING = dict(
     batch_size=8, crop_size=64, learning_rate=2e-4, adam_b1=0.9, adam_b2=0.99, schedule="cosine",

@@ -71,8 +71,8 @@ class TrainingConfig:
     # Not in taming: for the first this many steps the decoder reads the encoder's continuous latents
     # (no quantization; the codebook still follows them through its loss and the restarts). Meant to
     # let the encoder carry what codes would not pick up at first; for colour it does not: without
-    # quantization at all the default model's architecture drops colour just the same in the first
-    # 50 steps (default_model/README.md). colour_anchor_weight is what keeps it.
+    # any quantization the default model's latents carry no colour either (scripts/colour_probe.py).
+    # colour_anchor_weight is what keeps it.
     quantize_after: int = 0
     # Not in taming: weight of losses.colour_anchor_loss, which ties the first three latent channels
     # to each block's mean Y, Cb and Cr (so the codes carry colour; nearest-neighbour quantizer only).
