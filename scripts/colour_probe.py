@@ -56,7 +56,6 @@ def scores(model: FlaxVQGANModel, params, held_out: np.ndarray) -> dict:
     decoded = model.module.apply({"params": params}, encoded.quant_states, method="decode")
     reconstruction = np.clip(np.asarray(decoded), -1, 1)
     error = (reconstruction - held_out) / 2  # on [0, 1]
-    chroma_error = error @ metrics.CBCR_FROM_RGB.T
     n, rows, cols, dims = latents.shape
     factor = held_out.shape[1] // rows
     colour = ((held_out + 1) / 2) @ metrics.CBCR_FROM_RGB.T
@@ -67,7 +66,7 @@ def scores(model: FlaxVQGANModel, params, held_out: np.ndarray) -> dict:
     spectrum = np.linalg.eigvalsh(np.cov(latents.reshape(-1, dims).T))
     return {
         "psnr": float(-10 * np.log10(np.mean(error**2))),
-        "chroma_psnr": float(-10 * np.log10(np.mean(chroma_error**2))),
+        "chroma_psnr": metrics.chroma_psnr(list(held_out), list(reconstruction), data_range=2.0),
         "colour_r2": float(1 - residual.var(0).sum() / blocks.var(0).sum()),
         "latent_dims": float(spectrum.sum() ** 2 / np.sum(spectrum**2)),
     }
@@ -102,11 +101,12 @@ def main(argv=None) -> int:
     data = training.ImageCrops(photographs, 64, seed=0, **CROPS)
     held = training.ImageCrops(photographs, 64, seed=99, min_scale=CROPS["min_scale"], channel_shuffle=True)
     held_out = np.concatenate([held.batch(step, 8) for step in range(8)])
-    grey = ((held_out + 1) / 2) @ metrics.CBCR_FROM_RGB.T  # the chroma error of an answer in grey
+    # The answer with no colour at all: each crop's luminance on all three channels.
+    grey = np.repeat(held_out @ np.array([[0.299], [0.587], [0.114]], np.float32), 3, axis=-1)
     result = {
         "images": list(recipe.COLOUR),
         "held_out_crops": len(held_out),
-        "grey_chroma_psnr": float(-10 * np.log10(np.mean(grey**2))),
+        "grey_chroma_psnr": metrics.chroma_psnr(list(held_out), list(grey), data_range=2.0),
         "variants": {name: VARIANTS[name] for name in args.variants},
         "scores": {name: probe(name, VARIANTS[name], args.steps, args.every, data, held_out) for name in args.variants},
     }
