@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -62,11 +63,29 @@ def training_config(steps: int = 4500, **overrides: int) -> TrainingConfig:
     return TrainingConfig(steps=steps, **{**TRAINING, "codebook_restart_until": steps * 4 // 5, **overrides})
 
 
-def record_command(output: str, argv: list, names: list, augment: dict) -> None:
+def _init_record(model_dir: str) -> dict:
+    """What a run started from ``model_dir`` (a run's ``model/`` folder) records of it: the folder and
+    the commands that trained it, from that run's ``command.json`` (so the shipped record names both)."""
+    record = {"model": model_dir}
+    path = os.path.join(os.path.dirname(os.path.normpath(model_dir)), "command.json")
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                earlier = json.load(f)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"{path}: not a readable command record ({error})") from None
+        record.update({k: earlier[k] for k in ("runs", "init_from") if isinstance(earlier, dict) and k in earlier})
+    return record
+
+
+def record_command(output: str, argv: list, names: list, augment: dict, init_from: Optional[str] = None) -> None:
     """Append this run's command line to ``output/command.json``; a resumed run must use the same
-    images and augmentations as the run it continues (else its batches would silently change)."""
+    images, augmentations and starting model as the run it continues (else its batches or weights
+    would silently change)."""
     path = os.path.join(output, "command.json")
     record = {"runs": [], "images": names, "augment": augment}
+    if init_from is not None:
+        record["init_from"] = _init_record(init_from)
     if os.path.exists(path):
         try:
             with open(path) as f:
@@ -75,16 +94,29 @@ def record_command(output: str, argv: list, names: list, augment: dict) -> None:
             raise SystemExit(f"{path}: not a readable command record ({error}); choose another --output") from None
         if not isinstance(previous, dict) or not (previous.get("runs") or previous.get("argv")):
             raise SystemExit(f"{path}: lists no earlier run ('runs' or 'argv'); choose another --output")
-        for key in ("images", "augment"):
-            if previous.get(key) != record[key]:
+        for key in ("images", "augment", "init_from"):
+            if previous.get(key) != record.get(key):
                 raise SystemExit(
                     f"{path}: the run there trained with {key} {previous.get(key)!r}, this script uses "
-                    f"{record[key]!r}; resume it with that run's script or choose another --output"
+                    f"{record.get(key)!r}; resume it with that run's script or choose another --output"
                 )
         record["runs"] = previous.get("runs") or [["python", *previous["argv"][1:]]]  # before runs were listed
     record["runs"].append(["python", "scripts/train_default_model.py", *argv])
     with open(path, "w") as f:
         json.dump(record, f, indent=2)
+
+
+def load_start(model_dir: str) -> FlaxVQGANModel:
+    """The model a second phase starts from; refused unless it has this script's architecture."""
+    try:
+        model = FlaxVQGANModel.from_pretrained(model_dir)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--init-from {model_dir}: not a model folder ({error})") from None
+    for key, value in MODEL.items():
+        found = getattr(model.config, key)
+        if found != value:
+            raise SystemExit(f"--init-from {model_dir}: {key} is {found!r}, this recipe has {value!r}")
+    return model
 
 
 def main(argv=None) -> int:
@@ -113,6 +145,8 @@ def main(argv=None) -> int:
         "--colour-anchor-weight", type=float, help="tie three latent channels to the block colour with this weight"
     )
     parser.add_argument("--learning-rate", type=float, help=f"peak rate instead of {TRAINING['learning_rate']}")
+    # A second phase: the weights of an earlier run's model/ folder, a fresh optimizer and schedule.
+    parser.add_argument("--init-from", metavar="MODEL", help="start from this model folder (MODEL's architecture)")
     args = parser.parse_args(argv)
     chosen = ("batch_size", "crop_size", "chroma_weight", "quantize_after", "colour_anchor_weight", "learning_rate")
     overrides = {k: getattr(args, k) for k in chosen if getattr(args, k) is not None}
@@ -131,8 +165,9 @@ def main(argv=None) -> int:
         np.savez_compressed(args.save_images, **dict(zip(names, images)))
         return 0
     os.makedirs(args.output, exist_ok=True)
-    record_command(args.output, sys.argv[1:] if argv is None else list(argv), names, augment)
-    trainer = VQGANTrainer(FlaxVQGANModel(VQGANConfig(**MODEL), seed=0), config)
+    model = FlaxVQGANModel(VQGANConfig(**MODEL), seed=0) if args.init_from is None else load_start(args.init_from)
+    record_command(args.output, sys.argv[1:] if argv is None else list(argv), names, augment, args.init_from)
+    trainer = VQGANTrainer(model, config)
     began = time.time()
     trainer.fit(
         ImageCrops(images, config.crop_size, seed=0, **augment),

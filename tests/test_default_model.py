@@ -152,6 +152,36 @@ def test_training_script_runs_from_saved_images_and_resumes(tmp_path):
         script.main([*run, "--steps", "3"])
 
 
+def test_training_script_starts_a_second_phase_from_a_model(tmp_path):
+    """--init-from: the weights of that folder (not a fresh seed-0 model), its run's commands in
+    command.json, a resume from another folder refused, another architecture refused."""
+    import numpy as np
+
+    from vqgan_flax import VQGANConfig
+
+    script = _script("train_default_model")
+    images = tmp_path / "images.npz"
+    assert script.main(["--save-images", str(images)]) == 0
+    start = tmp_path / "phase1" / "model"
+    FlaxVQGANModel(VQGANConfig(**script.MODEL), seed=5).save_pretrained(start)
+    (tmp_path / "phase1" / "command.json").write_text(json.dumps({"runs": [["python", "x.py", "--steps", "9"]]}))
+    run = ["--images", str(images), "--output", str(tmp_path / "phase2"), "--batch-size", "8", "--crop-size", "32"]
+    assert script.main([*run, "--init-from", str(start), "--steps", "1"]) == 0
+    tuned = FlaxVQGANModel.from_pretrained(tmp_path / "phase2" / "model").params["decoder"]["conv_out"]["kernel"]
+    seed5 = FlaxVQGANModel.from_pretrained(start).params["decoder"]["conv_out"]["kernel"]
+    seed0 = FlaxVQGANModel(VQGANConfig(**script.MODEL), seed=0).params["decoder"]["conv_out"]["kernel"]
+    assert (
+        np.abs(np.asarray(tuned) - np.asarray(seed5)).max() < 1e-3 < np.abs(np.asarray(tuned) - np.asarray(seed0)).max()
+    )
+    record = json.loads((tmp_path / "phase2" / "command.json").read_text())
+    assert record["init_from"] == {"model": str(start), "runs": [["python", "x.py", "--steps", "9"]]}
+    with pytest.raises(SystemExit, match=r"command.json: the run there trained with init_from .* uses None"):
+        script.main([*run, "--steps", "2"])
+    FlaxVQGANModel(VQGANConfig(**{**script.MODEL, "ch": 16}), seed=0).save_pretrained(tmp_path / "other")
+    with pytest.raises(SystemExit, match=r"--init-from .*other: ch is 16, this recipe has 32"):
+        script.main([*run, "--init-from", str(tmp_path / "other"), "--steps", "2"])
+
+
 def test_training_script_refuses_a_broken_command_record(tmp_path):
     record = _script("train_default_model").record_command
     (tmp_path / "command.json").write_text("{not json")
