@@ -3,7 +3,10 @@ the machine, recorded in every results file by the harness that wrote it.
 
 A results file is only written from a clean checkout (tracked files unchanged), so its commit
 field names exactly the code that ran; ``--allow-dirty`` writes anyway and says so in the record,
-and ``report.py`` refuses to publish such a file.
+and ``report.py`` refuses to publish such a file. The tree is read when the harness starts
+(``check_can_record``) and again when it writes: files changed in between (an edit or a commit made
+while it measured) are listed in the record as ``changed_during_run``, and ``report.py`` refuses a
+record where any of them is more than documentation.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 from typing import Iterable, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_STARTED: Optional[tuple] = None  # tree_state() when check_can_record ran: the code that is measured
 PACKAGES = ("jax", "jaxlib", "flax", "numpy", "transformers", "huggingface_hub", "torch", "pillow", "pyarrow")
 
 
@@ -88,8 +92,9 @@ def harness_sha256(*paths: str) -> str:
 
 def provenance(script: str, argv: Optional[list] = None, extra_harness: Iterable[str] = ()) -> dict:
     """The record's header: commit (and whether the tree was dirty), harness hash, command line,
-    Python and package versions, CPU (model, cores, ISA) and GPU, date and time (UTC)."""
-    commit, dirty = tree_state()
+    Python and package versions, CPU (model, cores, ISA) and GPU, date and time (UTC). The commit
+    and dirtiness are the tree's when ``check_can_record`` ran, where it did."""
+    commit, dirty = _STARTED or tree_state()
     here = os.path.dirname(os.path.abspath(__file__))
     harness = [os.path.abspath(script), os.path.join(here, "provenance.py"), *extra_harness]
     return {
@@ -106,9 +111,12 @@ def provenance(script: str, argv: Optional[list] = None, extra_harness: Iterable
 
 
 def check_can_record(json_path: Optional[str], allow_dirty: bool) -> None:
-    """Refuse, before any measuring, to write results that would not name the code that ran."""
-    if json_path and tree_state()[1] and not allow_dirty:
-        raise SystemExit(f"refusing to write {json_path}: tracked files differ from HEAD ({tree_state()[0][:12]}); "
+    """Refuse, before any measuring, to write results that would not name the code that ran; remember
+    the tree's state, which the record then names (see ``provenance``, ``write_record``)."""
+    global _STARTED
+    _STARTED = tree_state()
+    if json_path and _STARTED[1] and not allow_dirty:
+        raise SystemExit(f"refusing to write {json_path}: tracked files differ from HEAD ({_STARTED[0][:12]}); "
                          "commit first (or pass --allow-dirty, which report.py will not publish)")  # fmt: skip
 
 
@@ -125,8 +133,18 @@ def current_rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def changed_since(commit: str) -> list:
+    """Tracked files whose content now differs from ``commit`` (edited, or changed by later commits)."""
+    return sorted(_git("diff", "--name-only", commit, "--").splitlines()) if commit != "unknown" else []
+
+
 def write_record(path: str, record: dict) -> None:
-    """Write a results file atomically (a run cut short leaves the previous file intact)."""
+    """Write a results file atomically (a run cut short leaves the previous file intact). A record
+    from a clean tree gets ``changed_during_run``: the files that differ from its commit now."""
+    if record.get("dirty") is False and record.get("commit"):
+        changed = changed_since(record["commit"])
+        if changed:
+            record = {**record, "changed_during_run": changed}
     tmp = f"{path}.partial"
     with open(tmp, "w") as f:
         f.write(json.dumps(record, indent=1) + "\n")

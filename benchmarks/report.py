@@ -52,6 +52,9 @@ def load(name: str, results: str = RESULTS) -> dict:
     commit = record.get("commit", "")
     if record.get("dirty", True):
         raise SystemExit(f"{path}: recorded from a dirty checkout (or without provenance); rerun from a commit")
+    code = [changed for changed in record.get("changed_during_run", []) if not changed.endswith(".md")]
+    if code:
+        raise SystemExit(f"{path}: {code[0]} changed while the harness ran; rerun from a commit, untouched")
     known = subprocess.run(["git", "merge-base", "--is-ancestor", commit, "HEAD"], cwd=ROOT, capture_output=True)
     if known.returncode != 0:
         raise SystemExit(f"{path}: commit {commit[:12]} is not in this checkout's history")

@@ -154,6 +154,31 @@ def test_provenance_header_and_dirty_refusal(monkeypatch, tmp_path):
     assert not provenance.cpu_has_bf16_units({"isa": ["avx512f"]})
 
 
+def test_a_record_names_the_tree_at_the_start_and_what_changed_during_the_run(monkeypatch, tmp_path):
+    """A commit or an edit made while a harness measures must not be credited to the record: its
+    commit is the one at check_can_record, and files changed since are listed and refused."""
+    monkeypatch.setattr(provenance, "_STARTED", None)  # restored after the test
+    changed_since = provenance.changed_since
+    monkeypatch.setattr(provenance, "tree_state", lambda: (HEAD, False))
+    provenance.check_can_record("out.json", allow_dirty=False)
+    monkeypatch.setattr(provenance, "tree_state", lambda: ("f" * 40, True))  # committed and edited since
+    header = provenance.provenance(str(ROOT / "benchmarks" / "run.py"), [])
+    assert (header["commit"], header["dirty"]) == (HEAD, False)
+    for changed, refused in ((["README.md"], False), (["README.md", "vqgan_flax/blocks.py"], True), ([], False)):
+        monkeypatch.setattr(provenance, "changed_since", lambda commit, changed=changed: changed)
+        provenance.write_record(str(tmp_path / "r.json"), header)
+        record = json.loads((tmp_path / "r.json").read_text())
+        assert record.get("changed_during_run", []) == changed
+        if refused:
+            with pytest.raises(SystemExit, match="r.json: vqgan_flax/blocks.py changed while the harness ran"):
+                report.load("r.json", str(tmp_path))
+        else:
+            assert report.load("r.json", str(tmp_path)) == record
+    assert changed_since(HEAD) == sorted(
+        subprocess.run(["git", "diff", "--name-only", HEAD], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    )
+
+
 def test_a_copy_git_cannot_read_counts_as_dirty(monkeypatch):
     monkeypatch.setattr(provenance, "_git", lambda *argv: "")  # no git, or not a checkout
     assert provenance.tree_state() == ("unknown", True)
