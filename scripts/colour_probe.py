@@ -56,10 +56,9 @@ def scores(model: FlaxVQGANModel, params, held_out: np.ndarray) -> dict:
     decoded = model.module.apply({"params": params}, encoded.quant_states, method="decode")
     reconstruction = np.clip(np.asarray(decoded), -1, 1)
     error = (reconstruction - held_out) / 2  # on [0, 1]
-    n, rows, cols, dims = latents.shape
-    factor = held_out.shape[1] // rows
-    colour = ((held_out + 1) / 2) @ metrics.CBCR_FROM_RGB.T
-    blocks = colour.reshape(n, rows, factor, cols, factor, 2).mean((2, 4)).reshape(-1, 2)
+    _, rows, cols, dims = latents.shape
+    # Cb, Cr on the pixels' [-1, 1] scale: R² does not depend on the targets' common scale or offset.
+    blocks = np.asarray(losses.block_colour(held_out, rows, cols), np.float64)[..., 1:].reshape(-1, 2)
     design = np.concatenate([latents.reshape(-1, dims), np.ones((len(blocks), 1))], axis=1)
     fit, *_ = np.linalg.lstsq(design, blocks, rcond=None)
     residual = blocks - design @ fit

@@ -12,7 +12,14 @@ import pytest
 from utils import assert_close, random_lpips_state_dict
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig
-from vqgan_flax.losses import adaptive_weight, codebook_usage, colour_anchor_loss, hinge_d_loss, reconstruction_loss
+from vqgan_flax.losses import (
+    adaptive_weight,
+    block_colour,
+    codebook_usage,
+    colour_anchor_loss,
+    hinge_d_loss,
+    reconstruction_loss,
+)
 from vqgan_flax.lpips import LPIPS, lpips_params_from_state_dict
 from vqgan_flax.training import ImageCrops, TrainingConfig, VQGANTrainer, patch_grid_size
 
@@ -218,8 +225,10 @@ def test_colour_anchor_ties_three_latent_channels_to_the_block_colour():
     assert float(colour_anchor_loss(half, exact.at[..., 0, :].set(red / 2))) == pytest.approx(0.0, abs=1e-7)
     with pytest.raises(ValueError, match=r"latents \(1, 1, 2, 2\) need ≥ 3 channels"):
         colour_anchor_loss(pixels, jnp.zeros((1, 1, 2, 2)))
-    with pytest.raises(ValueError, match=r"grid dividing the pixels \(1, 2, 4, 3\)"):
+    with pytest.raises(ValueError, match=r"a 1 x 3 grid does not divide the pixels \(1, 2, 4, 3\)"):
         colour_anchor_loss(pixels, jnp.zeros((1, 1, 3, 3)))
+    assert block_colour(pixels, 1, 2).shape == (1, 1, 2, 3)
+    assert jnp.allclose(block_colour(pixels, 1, 2), exact, atol=1e-6)
     # In the step, with and without the discriminator: the term is logged and added to the loss.
     batch = jnp.asarray(_data().batch(0, 8))
     for disc_start in (0, 10**6):

@@ -115,16 +115,20 @@ def colour_anchor_loss(pixels: jax.Array, latents: jax.Array) -> jax.Array:
     asks the encoder for it. Anchoring three channels to the block colour hands the decoder a
     colour it learns to use; the other channels stay free.
     """
-    batch, height, width, _ = pixels.shape
-    rows, cols = latents.shape[1:3]
-    if latents.shape[-1] < 3 or height % rows or width % cols:
-        raise ValueError(
-            f"colour anchor: latents {tuple(latents.shape)} need ≥ 3 channels and a grid dividing the "
-            f"pixels {tuple(pixels.shape)}"
-        )
-    blocks = pixels.astype(jnp.float32).reshape(batch, rows, height // rows, cols, width // cols, -1).mean((2, 4))
-    target = blocks @ jnp.asarray(YCBCR_FROM_RGB.T)
+    if latents.shape[-1] < 3:
+        raise ValueError(f"colour anchor: latents {tuple(latents.shape)} need ≥ 3 channels")
+    target = block_colour(pixels, *latents.shape[1:3])
     return jnp.mean((latents[..., :3].astype(jnp.float32) - target) ** 2)
+
+
+def block_colour(pixels: jax.Array, rows: int, cols: int) -> jax.Array:
+    """The mean Y, Cb and Cr (float32, ``pixels``' scale) of each block of a ``rows`` x ``cols`` grid
+    over NHWC RGB ``pixels``: (B, rows, cols, 3)."""
+    batch, height, width, _ = pixels.shape
+    if height % rows or width % cols:
+        raise ValueError(f"colour anchor: a {rows} x {cols} grid does not divide the pixels {tuple(pixels.shape)}")
+    blocks = pixels.astype(jnp.float32).reshape(batch, rows, height // rows, cols, width // cols, -1).mean((2, 4))
+    return blocks @ jnp.asarray(YCBCR_FROM_RGB.T)
 
 
 def adaptive_weight(nll_grad: Any, g_grad: Any, disc_weight: float = 1.0, max_weight: float = 1e4) -> jax.Array:
