@@ -63,17 +63,21 @@ def training_config(steps: int = 4500, **overrides: int) -> TrainingConfig:
     return TrainingConfig(steps=steps, **{**TRAINING, "codebook_restart_until": steps * 4 // 5, **overrides})
 
 
+def _read_record(path: str, advice: str) -> object:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"{path}: not a readable command record ({error}){advice}") from None
+
+
 def _init_record(model_dir: str) -> dict:
     """What a run started from ``model_dir`` (a run's ``model/`` folder) records of it: the folder and
     the commands that trained it, from that run's ``command.json`` (so the shipped record names both)."""
     record = {"model": model_dir}
     path = os.path.join(os.path.dirname(os.path.normpath(model_dir)), "command.json")
     if os.path.exists(path):
-        try:
-            with open(path) as f:
-                earlier = json.load(f)
-        except (OSError, ValueError) as error:
-            raise SystemExit(f"{path}: not a readable command record ({error})") from None
+        earlier = _read_record(path, "")
         record.update({k: earlier[k] for k in ("runs", "init_from") if isinstance(earlier, dict) and k in earlier})
     return record
 
@@ -87,11 +91,7 @@ def record_command(output: str, argv: list, names: list, augment: dict, init_fro
     if init_from is not None:
         record["init_from"] = _init_record(init_from)
     if os.path.exists(path):
-        try:
-            with open(path) as f:
-                previous = json.load(f)
-        except (OSError, ValueError) as error:
-            raise SystemExit(f"{path}: not a readable command record ({error}); choose another --output") from None
+        previous = _read_record(path, "; choose another --output")
         if not isinstance(previous, dict) or not (previous.get("runs") or previous.get("argv")):
             raise SystemExit(f"{path}: lists no earlier run ('runs' or 'argv'); choose another --output")
         for key in ("images", "augment", "init_from"):
@@ -145,10 +145,12 @@ def main(argv=None) -> int:
         "--colour-anchor-weight", type=float, help="tie three latent channels to the block colour with this weight"
     )
     parser.add_argument("--learning-rate", type=float, help=f"peak rate instead of {TRAINING['learning_rate']}")
+    parser.add_argument("--reconstruction-loss", choices=("l1", "l2"), help="instead of l1 (l2: what PSNR scores)")
     # A second phase: the weights of an earlier run's model/ folder, a fresh optimizer and schedule.
     parser.add_argument("--init-from", metavar="MODEL", help="start from this model folder (MODEL's architecture)")
     args = parser.parse_args(argv)
-    chosen = ("batch_size", "crop_size", "chroma_weight", "quantize_after", "colour_anchor_weight", "learning_rate")
+    chosen = ("batch_size", "crop_size", "chroma_weight", "quantize_after", "colour_anchor_weight", "learning_rate",
+              "reconstruction_loss")  # fmt: skip
     overrides = {k: getattr(args, k) for k in chosen if getattr(args, k) is not None}
     config = training_config(args.steps, **overrides)
     augment = AUGMENT if args.colour_augment else PREVIOUS_AUGMENT

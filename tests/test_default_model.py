@@ -131,11 +131,12 @@ def test_training_script_runs_from_saved_images_and_resumes(tmp_path):
     assert script.main(["--save-images", str(images)]) == 0
     run = ["--images", str(images), "--output", str(tmp_path / "run"), "--batch-size", "8", "--crop-size", "32",
            "--chroma-weight", "0.5", "--quantize-after", "1", "--colour-anchor-weight", "2",
-           "--learning-rate", "3e-4"]  # fmt: skip
+           "--learning-rate", "3e-4", "--reconstruction-loss", "l2"]  # fmt: skip
     assert script.main([*run, "--steps", "1"]) == 0
     trained = json.loads((tmp_path / "run" / "training_config.json").read_text())
-    chosen = ("chroma_weight", "quantize_after", "crop_size", "colour_anchor_weight", "learning_rate")
-    assert tuple(trained[key] for key in chosen) == (0.5, 1, 32, 2.0, 3e-4)
+    chosen = ("chroma_weight", "quantize_after", "crop_size", "colour_anchor_weight", "learning_rate",
+              "reconstruction_loss")  # fmt: skip
+    assert tuple(trained[key] for key in chosen) == (0.5, 1, 32, 2.0, 3e-4, "l2")
     assert script.main([*run, "--steps", "2"]) == 0
     logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert logged == [1, 2]
@@ -180,6 +181,9 @@ def test_training_script_starts_a_second_phase_from_a_model(tmp_path):
     FlaxVQGANModel(VQGANConfig(**{**script.MODEL, "ch": 16}), seed=0).save_pretrained(tmp_path / "other")
     with pytest.raises(SystemExit, match=r"--init-from .*other: ch is 16, this recipe has 32"):
         script.main([*run, "--init-from", str(tmp_path / "other"), "--steps", "2"])
+    (tmp_path / "phase1" / "command.json").write_text("{not json")
+    with pytest.raises(SystemExit, match=r"phase1.command.json: not a readable command record \(Expecting"):
+        script.main(["--images", str(images), "--output", str(tmp_path / "phase2b"), "--init-from", str(start)])
 
 
 def test_training_script_refuses_a_broken_command_record(tmp_path):
