@@ -146,11 +146,14 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--learning-rate", type=float, help=f"peak rate instead of {TRAINING['learning_rate']}")
     parser.add_argument("--reconstruction-loss", choices=("l1", "l2"), help="instead of l1 (l2: what PSNR scores)")
+    parser.add_argument(
+        "--codebook-restart-until", type=int, help="restart dead codes until this step (default: 80%% of --steps)"
+    )
     # A second phase: the weights of an earlier run's model/ folder, a fresh optimizer and schedule.
     parser.add_argument("--init-from", metavar="MODEL", help="start from this model folder (MODEL's architecture)")
     args = parser.parse_args(argv)
     chosen = ("batch_size", "crop_size", "chroma_weight", "quantize_after", "colour_anchor_weight", "learning_rate",
-              "reconstruction_loss")  # fmt: skip
+              "reconstruction_loss", "codebook_restart_until")  # fmt: skip
     overrides = {k: getattr(args, k) for k in chosen if getattr(args, k) is not None}
     config = training_config(args.steps, **overrides)
     augment = AUGMENT if args.colour_augment else PREVIOUS_AUGMENT

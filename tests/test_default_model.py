@@ -131,12 +131,12 @@ def test_training_script_runs_from_saved_images_and_resumes(tmp_path):
     assert script.main(["--save-images", str(images)]) == 0
     run = ["--images", str(images), "--output", str(tmp_path / "run"), "--batch-size", "8", "--crop-size", "32",
            "--chroma-weight", "0.5", "--quantize-after", "1", "--colour-anchor-weight", "2",
-           "--learning-rate", "3e-4", "--reconstruction-loss", "l2"]  # fmt: skip
+           "--learning-rate", "3e-4", "--reconstruction-loss", "l2", "--codebook-restart-until", "0"]  # fmt: skip
     assert script.main([*run, "--steps", "1"]) == 0
     trained = json.loads((tmp_path / "run" / "training_config.json").read_text())
     chosen = ("chroma_weight", "quantize_after", "crop_size", "colour_anchor_weight", "learning_rate",
-              "reconstruction_loss")  # fmt: skip
-    assert tuple(trained[key] for key in chosen) == (0.5, 1, 32, 2.0, 3e-4, "l2")
+              "reconstruction_loss", "codebook_restart_until")  # fmt: skip
+    assert tuple(trained[key] for key in chosen) == (0.5, 1, 32, 2.0, 3e-4, "l2", 0)
     assert script.main([*run, "--steps", "2"]) == 0
     logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert logged == [1, 2]
