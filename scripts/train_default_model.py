@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -119,7 +119,8 @@ def load_start(model_dir: str) -> FlaxVQGANModel:
     return model
 
 
-def main(argv=None) -> int:
+def arguments() -> argparse.ArgumentParser:
+    """The command line (``config_for`` turns a recorded one back into its TrainingConfig)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="build/default_model")
     parser.add_argument("--steps", type=int, default=4500)
@@ -151,11 +152,20 @@ def main(argv=None) -> int:
     )
     # A second phase: the weights of an earlier run's model/ folder, a fresh optimizer and schedule.
     parser.add_argument("--init-from", metavar="MODEL", help="start from this model folder (MODEL's architecture)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def config_for(args: Union[argparse.Namespace, Sequence[str]]) -> TrainingConfig:
+    """The TrainingConfig a command line (parsed, or its arguments as recorded in command.json) trains with."""
+    args = args if isinstance(args, argparse.Namespace) else arguments().parse_args(list(args))
     chosen = ("batch_size", "crop_size", "chroma_weight", "quantize_after", "colour_anchor_weight", "learning_rate",
               "reconstruction_loss", "codebook_restart_until")  # fmt: skip
-    overrides = {k: getattr(args, k) for k in chosen if getattr(args, k) is not None}
-    config = training_config(args.steps, **overrides)
+    return training_config(args.steps, **{k: getattr(args, k) for k in chosen if getattr(args, k) is not None})
+
+
+def main(argv=None) -> int:
+    args = arguments().parse_args(argv)
+    config = config_for(args)
     augment = AUGMENT if args.colour_augment else PREVIOUS_AUGMENT
     names = list(sample_data.SPLIT["train"]) + list(COLOUR)
     if args.images:

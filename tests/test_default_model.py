@@ -108,15 +108,24 @@ def test_cli_uses_the_default_model(capsys):
 
 
 def test_training_script_holds_the_shipped_recipe():
+    """Each recorded command of the shipped model (and of the phase it started from, in phase1/)
+    turns, through the script as it is now, into the TrainingConfig that run recorded."""
     script = _script("train_default_model")
     folder = pathlib.Path(vqgan_flax.DEFAULT_MODEL)
-    shipped = json.loads((folder / "training_config.json").read_text())
-    shipped.pop("step")  # the checkpoint's step, not a setting
-    # Fields added to TrainingConfig after the model shipped: their defaults are what it trained with.
-    later = {k: v for k, v in dataclasses.asdict(TrainingConfig()).items() if k not in shipped}
-    assert later in ({}, {"chroma_weight": 0.0, "quantize_after": 0, "colour_anchor_weight": 0.0})
-    assert dataclasses.asdict(script.training_config()) == {**shipped, **later}
     command = json.loads((folder / "command.json").read_text())
+    phases = [(folder, command["runs"])]
+    if "init_from" in command:
+        phases.append((folder / "phase1", command["init_from"]["runs"]))
+    defaults = dataclasses.asdict(TrainingConfig())
+    for path, runs in phases:
+        shipped = json.loads((path / "training_config.json").read_text())
+        shipped.pop("step")  # the checkpoint's step, not a setting
+        for run in runs:
+            assert run[:2] == ["python", "scripts/train_default_model.py"]
+            expected = dataclasses.asdict(script.config_for(run[2:]))
+            # Fields added to TrainingConfig after a run: their defaults are what it trained with.
+            assert {k: v for k, v in expected.items() if k in shipped} == shipped
+            assert all(expected[k] == defaults[k] for k in expected if k not in shipped)
     assert command["augment"] == script.AUGMENT
     assert command["images"] == list(sample_data.SPLIT["train"]) + list(script.COLOUR)
     config = FlaxVQGANModel.from_pretrained(folder).config
