@@ -37,7 +37,7 @@ def test_default_model_is_a_small_local_folder():
     folder = pathlib.Path(vqgan_flax.DEFAULT_MODEL)
     for name in ("config.json", "model.safetensors", "README.md", "evaluation.json", "log.jsonl"):
         assert (folder / name).is_file(), name
-    assert sum(f.stat().st_size for f in folder.iterdir()) < 20 * 2**20
+    assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 20 * 2**20
 
 
 @pytest.mark.parametrize("split", ["test", "validation"])
