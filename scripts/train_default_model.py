@@ -1,9 +1,14 @@
 """Train the shipped default model (vqgan_flax/default_model) on the training split of
 ``vqgan_flax.sample_data`` (CC0 / public-domain photographs bundled with scikit-image).
 
-    pip install -e ".[eval]" && python scripts/train_default_model.py --output build/default_model
+    pip install -e ".[eval]" && python scripts/train_default_model.py --output build/colour_anchor
+    python scripts/train_default_model.py --init-from build/colour_anchor/model --learning-rate 1e-4 \
+        --reconstruction-loss l2 --codebook-restart-until 0 --output build/phase2
 
-Resumable: rerunning the same command continues exactly from the last checkpoint (every 100 steps),
+The shipped model is the second command's: the first trains from scratch with L1 and the colour
+anchor, the second continues from its weights with the squared error (what PSNR scores), keeping
+the codebook (a restart there moves the rarely used codes the first phase learnt). Each is
+resumable: rerunning the same command continues exactly from the last checkpoint (every 100 steps),
 so it can run in the background across sessions. The validation split chose the recipe (see
 vqgan_flax/default_model/README.md); ``scripts/evaluate_default_model.py`` reports the test split.
 """
