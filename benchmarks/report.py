@@ -39,7 +39,7 @@ GPU_RECORD = "gpu.json"
 GPU_FOLLOW_UPS = ("gpu_batch16.json",)
 GPU_KERNELS = "gpu_kernels.json"
 # CPU runs of other batch sizes / systems beside cpu.json (each its own side-by-side run).
-CPU_FOLLOW_UPS = ("cpu_batch8.json",)
+CPU_FOLLOW_UPS = ("cpu_batch8.json", "cpu_bf16_avx512_no_amx.json")
 MEMORY_RUN = "dataset_tokenization_memory.json"
 OPS_BF16 = "op_profile_bf16.json"
 
@@ -129,6 +129,15 @@ def speed_table(record: dict) -> str:
             f"| {r['first_s'][0]:.1f} / {r['first_s'][1]:.1f} |"
         )
     return "\n".join(lines)
+
+
+def isa_difference(record: dict, reference: dict) -> str:
+    """How a follow-up's CPU differs from the main record's, as ", on a CPU without … and with …" (a
+    bf16 ratio on a CPU without AMX is not the same claim as one with it); empty when they match."""
+    mine, theirs = set(record["cpu"]["isa"]), set(reference["cpu"]["isa"])
+    parts = [f"without {' '.join(sorted(theirs - mine))}" if theirs - mine else "",
+             f"with {' '.join(sorted(mine - theirs))}" if mine - theirs else ""]  # fmt: skip
+    return ", on a CPU " + " and ".join(p for p in parts if p) if any(parts) else ""
 
 
 def _verdict(ok: bool) -> str:
@@ -345,7 +354,7 @@ def section(results: str = RESULTS) -> str:
         *speed_targets(cpu, gpu=False),
         *(
             f"  - batch {'/'.join(str(b) for b in sorted({m['batch'] for m in r['measurements']}))} "
-            f"(commit {r['commit'][:12]}): {line[2:]}"
+            f"(commit {r['commit'][:12]}{isa_difference(r, cpu)}): {line[2:]}"
             for r in cpu_more
             for line in speed_targets(r, gpu=False)
         ),

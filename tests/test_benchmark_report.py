@@ -231,3 +231,11 @@ def test_speed_block_header_and_what_the_harness_left_out():
     assert "Failed: torch-eager-float32 batch 1 (round 0: boom)." in lines
     gpu = report.speed_block("**GPU**", {**record, "gpu": "NVIDIA H200", "tf32": False, "stopped": None, "failed": {}})
     assert ", TF32 off on both sides. Command" in gpu[0] and not any(line.startswith("Stopped") for line in gpu)
+
+
+def test_a_follow_up_on_another_cpu_says_how_its_isa_differs():
+    amx = {"cpu": {"isa": ["amx_bf16", "avx512_bf16", "avx512f"]}}
+    plain = {"cpu": {"isa": ["avx512_bf16", "avx512f", "avx512_fp16"]}}
+    assert report.isa_difference(amx, amx) == ""
+    assert report.isa_difference(plain, amx) == ", on a CPU without amx_bf16 and with avx512_fp16"
+    assert report.isa_difference(amx, plain) == ", on a CPU without avx512_fp16 and with amx_bf16"
