@@ -91,7 +91,14 @@ def speed_rows(record: dict) -> list:
                         winners.append(best["system"])
                 if ratios:
                     row[f"{part}_ratio"] = ratios
-                    row[f"{part}_peer"] = max(set(winners), key=winners.count)
+
+                    # The peer that won most rounds; a tie goes to the lower median (a set's order
+                    # changes with the process's hash seed, so it must not decide).
+                    def rank(peer: str, part: str = part, batch: int = batch, winners: list = winners) -> tuple:
+                        times = [p[f"{part}_s"] for p in measurements if p["system"] == peer and p["batch"] == batch]
+                        return (winners.count(peer), -statistics.median(times))
+
+                    row[f"{part}_peer"] = max(sorted(set(winners)), key=rank)
         rows.append(row)
     return rows
 
