@@ -65,6 +65,17 @@ def _spread(values: list, spec: str = ".3f") -> str:
     return f"{statistics.median(values):{spec}} ({min(values):{spec}}–{max(values):{spec}})"
 
 
+def _usual_winner(winners: list, measurements: list, batch: int, part: str) -> str:
+    """The peer that won most rounds; a tie goes to the lower median time (a set's order changes
+    with the process's hash seed, so it must not decide)."""
+
+    def rank(peer: str) -> tuple:
+        times = [m[f"{part}_s"] for m in measurements if m["system"] == peer and m["batch"] == batch]
+        return winners.count(peer), -statistics.median(times)
+
+    return max(sorted(set(winners)), key=rank)
+
+
 def speed_rows(record: dict) -> list:
     """Per (system, batch): seconds over rounds and, for ours, the per-round ratio to the fastest
     PyTorch system of the same precision, batch and round (> 1: ours is faster)."""
@@ -91,14 +102,7 @@ def speed_rows(record: dict) -> list:
                         winners.append(best["system"])
                 if ratios:
                     row[f"{part}_ratio"] = ratios
-
-                    # The peer that won most rounds; a tie goes to the lower median (a set's order
-                    # changes with the process's hash seed, so it must not decide).
-                    def rank(peer: str, part: str = part, batch: int = batch, winners: list = winners) -> tuple:
-                        times = [p[f"{part}_s"] for p in measurements if p["system"] == peer and p["batch"] == batch]
-                        return (winners.count(peer), -statistics.median(times))
-
-                    row[f"{part}_peer"] = max(sorted(set(winners)), key=rank)
+                    row[f"{part}_peer"] = _usual_winner(winners, measurements, batch, part)
         rows.append(row)
     return rows
 

@@ -239,3 +239,11 @@ def test_a_follow_up_on_another_cpu_says_how_its_isa_differs():
     assert report.isa_difference(amx, amx) == ""
     assert report.isa_difference(plain, amx) == ", on a CPU without amx_bf16 and with avx512_fp16"
     assert report.isa_difference(amx, plain) == ", on a CPU without avx512_fp16 and with amx_bf16"
+
+
+def test_a_tie_between_round_winners_goes_to_the_lower_median():
+    # Each of three peers won one round: the one with the lowest median decode time is named.
+    times = {"torch-a": [1.0, 3.0, 3.0], "torch-b": [3.0, 1.0, 3.0], "torch-c": [2.5, 2.5, 1.0]}
+    measurements = [{"system": s, "batch": 1, "decode_s": t} for s, ts in times.items() for t in ts]
+    assert report._usual_winner(["torch-a", "torch-b", "torch-c"], measurements, 1, "decode") == "torch-c"
+    assert report._usual_winner(["torch-a", "torch-b", "torch-b"], measurements, 1, "decode") == "torch-b"
