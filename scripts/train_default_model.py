@@ -87,19 +87,23 @@ def _init_record(model_dir: str) -> dict:
     return record
 
 
-def record_command(output: str, argv: list, names: list, augment: dict, init_from: Optional[str] = None) -> None:
+def record_command(
+    output: str, argv: list, names: list, augment: dict, init_from: Optional[str] = None, data_seed: int = 0
+) -> None:
     """Append this run's command line to ``output/command.json``; a resumed run must use the same
-    images, augmentations and starting model as the run it continues (else its batches or weights
-    would silently change)."""
+    images, augmentations, crop seed and starting model as the run it continues (else its batches or
+    weights would silently change)."""
     path = os.path.join(output, "command.json")
     record = {"runs": [], "images": names, "augment": augment}
+    if data_seed:  # records from before --data-seed have no key: they drew seed 0
+        record["data_seed"] = data_seed
     if init_from is not None:
         record["init_from"] = _init_record(init_from)
     if os.path.exists(path):
         previous = _read_record(path, "; choose another --output")
         if not isinstance(previous, dict) or not (previous.get("runs") or previous.get("argv")):
             raise SystemExit(f"{path}: lists no earlier run ('runs' or 'argv'); choose another --output")
-        for key in ("images", "augment", "init_from"):
+        for key in ("images", "augment", "data_seed", "init_from"):
             if previous.get(key) != record.get(key):
                 raise SystemExit(
                     f"{path}: the run there trained with {key} {previous.get(key)!r}, this script uses "
@@ -155,6 +159,9 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument(
         "--codebook-restart-until", type=int, help="restart dead codes until this step (default: 80%% of --steps)"
     )
+    # A later phase sees other crops than the phase it continues (with the same seed its step k
+    # would draw that phase's step-k batch again).
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the random crops (default 0)")
     # A second phase: the weights of an earlier run's model/ folder, a fresh optimizer and schedule.
     parser.add_argument("--init-from", metavar="MODEL", help="start from this model folder (MODEL's architecture)")
     return parser
@@ -186,11 +193,12 @@ def main(argv=None) -> int:
         return 0
     os.makedirs(args.output, exist_ok=True)
     model = FlaxVQGANModel(VQGANConfig(**MODEL), seed=0) if args.init_from is None else load_start(args.init_from)
-    record_command(args.output, sys.argv[1:] if argv is None else list(argv), names, augment, args.init_from)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    record_command(args.output, argv, names, augment, args.init_from, args.data_seed)
     trainer = VQGANTrainer(model, config)
     began = time.time()
     trainer.fit(
-        ImageCrops(images, config.crop_size, seed=0, **augment),
+        ImageCrops(images, config.crop_size, seed=args.data_seed, **augment),
         output_dir=args.output,
         progress=False,
         on_log=lambda m: print(json.dumps({k: round(v, 4) for k, v in m.items()}), flush=True),

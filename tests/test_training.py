@@ -327,6 +327,10 @@ def test_crop_augmentations_are_deterministic_and_in_range():
         ImageCrops(images, 16, min_scale=0)
     with pytest.raises(ValueError, match=r"colour_jitter must be in \[0, 1\); got 1.5"):
         ImageCrops(images, 16, colour_jitter=1.5)
+    for seed in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=rf"seed must be a non-negative integer; got {seed}"):
+            ImageCrops(images, 16, seed=seed)
+    assert not np.allclose(ImageCrops(images, 16, seed=4).batch(5, 4), plain.batch(5, 4))
 
 
 def test_channel_shuffle_and_tint_move_colour_but_keep_the_crop():

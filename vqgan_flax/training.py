@@ -125,6 +125,8 @@ class ImageCrops:
     ) -> None:
         from PIL import Image
 
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer; got {seed!r}")  # numpy's rng needs one
         if not 0 < min_scale <= 1:
             raise ValueError(f"min_scale must be in (0, 1]; got {min_scale}")
         if not 0 <= colour_jitter < 1:
