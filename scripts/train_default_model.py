@@ -104,10 +104,11 @@ def record_command(
         if not isinstance(previous, dict) or not (previous.get("runs") or previous.get("argv")):
             raise SystemExit(f"{path}: lists no earlier run ('runs' or 'argv'); choose another --output")
         for key in ("images", "augment", "data_seed", "init_from"):
-            if previous.get(key) != record.get(key):
+            was, now = (r.get(key, 0 if key == "data_seed" else None) for r in (previous, record))
+            if was != now:
                 raise SystemExit(
-                    f"{path}: the run there trained with {key} {previous.get(key)!r}, this script uses "
-                    f"{record.get(key)!r}; resume it with that run's script or choose another --output"
+                    f"{path}: the run there trained with {key} {was!r}, this script uses {now!r}; resume it "
+                    "with that run's script and options or choose another --output"
                 )
         record["runs"] = previous.get("runs") or [["python", *previous["argv"][1:]]]  # before runs were listed
     record["runs"].append(["python", "scripts/train_default_model.py", *argv])

@@ -108,14 +108,18 @@ def test_cli_uses_the_default_model(capsys):
 
 
 def test_training_script_holds_the_shipped_recipe():
-    """Each recorded command of the shipped model (and of the phase it started from, in phase1/)
-    turns, through the script as it is now, into the TrainingConfig that run recorded."""
+    """Each recorded command of the shipped model (and of the phases it started from, whose logs ship
+    in phase1/, phase2/, ...) turns, through the script as it is now, into the TrainingConfig that run
+    recorded."""
     script = _script("train_default_model")
     folder = pathlib.Path(vqgan_flax.DEFAULT_MODEL)
     command = json.loads((folder / "command.json").read_text())
-    phases = [(folder, command["runs"])]
-    if "init_from" in command:
-        phases.append((folder / "phase1", command["init_from"]["runs"]))
+    records = [command]
+    while "init_from" in records[-1]:
+        records.append(records[-1]["init_from"])
+    earlier = [folder / f"phase{n}" for n in range(len(records) - 1, 0, -1)]
+    phases = [(path, record["runs"]) for path, record in zip([folder, *earlier], records)]
+    assert sorted(p.name for p in folder.glob("phase*")) == sorted(p.name for p in earlier)
     defaults = dataclasses.asdict(TrainingConfig())
     for path, runs in phases:
         shipped = json.loads((path / "training_config.json").read_text())
@@ -162,9 +166,9 @@ def test_training_script_runs_from_saved_images_and_resumes(tmp_path):
         script.main([*run, "--steps", "3"])
 
 
-def test_training_script_starts_a_second_phase_from_a_model(tmp_path):
+def test_training_script_starts_a_second_phase_from_a_model(tmp_path, monkeypatch):
     """--init-from: the weights of that folder (not a fresh seed-0 model), its run's commands in
-    command.json, a resume from another folder refused, another architecture refused."""
+    command.json, a resume from another folder or crop seed refused, another architecture refused."""
     import numpy as np
 
     from vqgan_flax import VQGANConfig
@@ -187,6 +191,16 @@ def test_training_script_starts_a_second_phase_from_a_model(tmp_path):
     assert record["init_from"] == {"model": str(start), "runs": [["python", "x.py", "--steps", "9"]]}
     with pytest.raises(SystemExit, match=r"command.json: the run there trained with init_from .* uses None"):
         script.main([*run, "--steps", "2"])
+    # A third phase from the second: other crops (--data-seed), both earlier phases in its record.
+    seeds = []
+    crops = script.ImageCrops
+    monkeypatch.setattr(script, "ImageCrops", lambda *a, seed, **k: seeds.append(seed) or crops(*a, seed=seed, **k))
+    third = [*run[:3], str(tmp_path / "phase3"), *run[4:], "--init-from", str(tmp_path / "phase2" / "model")]
+    assert script.main([*third, "--data-seed", "1", "--steps", "1"]) == 0
+    record = json.loads((tmp_path / "phase3" / "command.json").read_text())
+    assert seeds == [1] and record["data_seed"] == 1 and record["init_from"]["init_from"]["model"] == str(start)
+    with pytest.raises(SystemExit, match=r"command.json: the run there trained with data_seed 1, this script uses 0"):
+        script.main([*third, "--steps", "2"])
     FlaxVQGANModel(VQGANConfig(**{**script.MODEL, "ch": 16}), seed=0).save_pretrained(tmp_path / "other")
     with pytest.raises(SystemExit, match=r"--init-from .*other: ch is 16, this recipe has 32"):
         script.main([*run, "--init-from", str(tmp_path / "other"), "--steps", "2"])
