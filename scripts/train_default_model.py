@@ -134,6 +134,13 @@ def load_start(model_dir: str) -> FlaxVQGANModel:
     return model
 
 
+def _seed(text: str) -> int:
+    """--data-seed's type: numpy's random generator takes only a non-negative integer."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a non-negative integer: {text!r}")
+    return int(text)
+
+
 def arguments() -> argparse.ArgumentParser:
     """The command line (``config_for`` turns a recorded one back into its TrainingConfig)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -167,7 +174,7 @@ def arguments() -> argparse.ArgumentParser:
     )
     # A later phase sees other crops than the phase it continues (with the same seed its step k
     # would draw that phase's step-k batch again).
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the random crops (default 0)")
+    parser.add_argument("--data-seed", type=_seed, default=0, help="seed of the random crops (default 0)")
     # A second phase: the weights of an earlier run's model/ folder, a fresh optimizer and schedule.
     parser.add_argument("--init-from", metavar="MODEL", help="start from this model folder (MODEL's architecture)")
     return parser

@@ -166,7 +166,7 @@ def test_training_script_runs_from_saved_images_and_resumes(tmp_path):
         script.main([*run, "--steps", "3"])
 
 
-def test_training_script_starts_a_second_phase_from_a_model(tmp_path, monkeypatch):
+def test_training_script_starts_a_second_phase_from_a_model(tmp_path, monkeypatch, capsys):
     """--init-from: the weights of that folder (not a fresh seed-0 model), its run's commands in
     command.json, a resume from another folder or crop seed refused, another architecture refused."""
     import numpy as np
@@ -201,6 +201,9 @@ def test_training_script_starts_a_second_phase_from_a_model(tmp_path, monkeypatc
     assert seeds == [1] and record["data_seed"] == 1 and record["init_from"]["init_from"]["model"] == str(start)
     with pytest.raises(SystemExit, match=r"command.json: the run there trained with data_seed 1, this script uses 0"):
         script.main([*third, "--steps", "2"])
+    with pytest.raises(SystemExit):  # argparse's one-line error, before any record is written
+        script.main([*third[:3], str(tmp_path / "phase3b"), "--data-seed", "-1"])
+    assert "not a non-negative integer: '-1'" in capsys.readouterr().err and not (tmp_path / "phase3b").exists()
     FlaxVQGANModel(VQGANConfig(**{**script.MODEL, "ch": 16}), seed=0).save_pretrained(tmp_path / "other")
     with pytest.raises(SystemExit, match=r"--init-from .*other: ch is 16, this recipe has 32"):
         script.main([*run, "--init-from", str(tmp_path / "other"), "--steps", "2"])
