@@ -141,6 +141,17 @@ def _seed(text: str) -> int:
     return int(text)
 
 
+def _weight(text: str) -> float:
+    """--ssim-weight's type: a finite, non-negative loss weight."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"not a finite, non-negative number: {text!r}")
+    return value
+
+
 def arguments() -> argparse.ArgumentParser:
     """The command line (``config_for`` turns a recorded one back into its TrainingConfig)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -167,6 +178,9 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument(
         "--colour-anchor-weight", type=float, help="tie three latent channels to the block colour with this weight"
     )
+    parser.add_argument(
+        "--ssim-weight", type=_weight, help="add this weight of each crop's 1 - SSIM to the reconstruction loss"
+    )
     parser.add_argument("--learning-rate", type=float, help=f"peak rate instead of {TRAINING['learning_rate']}")
     parser.add_argument("--reconstruction-loss", choices=("l1", "l2"), help="instead of l1 (l2: what PSNR scores)")
     parser.add_argument(
@@ -184,7 +198,7 @@ def config_for(args: Union[argparse.Namespace, Sequence[str]]) -> TrainingConfig
     """The TrainingConfig a command line (parsed, or its arguments as recorded in command.json) trains with."""
     args = args if isinstance(args, argparse.Namespace) else arguments().parse_args(list(args))
     chosen = ("batch_size", "crop_size", "chroma_weight", "quantize_after", "colour_anchor_weight", "learning_rate",
-              "reconstruction_loss", "codebook_restart_until")  # fmt: skip
+              "reconstruction_loss", "codebook_restart_until", "ssim_weight")  # fmt: skip
     return training_config(args.steps, **{k: getattr(args, k) for k in chosen if getattr(args, k) is not None})
 
 

@@ -19,8 +19,10 @@ from vqgan_flax.losses import (
     colour_anchor_loss,
     hinge_d_loss,
     reconstruction_loss,
+    structural_similarity,
 )
 from vqgan_flax.lpips import LPIPS, lpips_params_from_state_dict
+from vqgan_flax.metrics import ssim
 from vqgan_flax.training import ImageCrops, TrainingConfig, VQGANTrainer, patch_grid_size
 
 SINGLE = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
@@ -208,6 +210,40 @@ def test_chroma_weight_reaches_the_training_step():
     trainer = _trainer(disc_weight=0.0, chroma_weight=2.0)
     weighted = trainer.train_step(trainer.init_state(), batch)[1]
     assert float(weighted["nll_loss"]) > float(plain["nll_loss"])
+    assert float(weighted["quant_loss"]) == pytest.approx(float(plain["quant_loss"]))
+
+
+def test_structural_similarity_is_metrics_ssim_and_differentiable():
+    """The SSIM loss term scores what the evaluation's SSIM (metrics.ssim, equal to scikit-image's)
+    scores, per image, on [-1, 1] pixels; its gradient is finite and raises the score."""
+    rng = np.random.default_rng(3)
+    clean = rng.uniform(-1, 1, (2, 24, 20, 3)).astype(np.float32)
+    noisy = np.clip(clean + rng.normal(0, 0.3, clean.shape), -1, 1).astype(np.float32)
+    scores = structural_similarity(jnp.asarray(clean), jnp.asarray(noisy))
+    to_255 = lambda a: (a + 1) * 127.5  # noqa: E731
+    expected = [ssim(to_255(a), to_255(b)) for a, b in zip(clean, noisy)]
+    assert scores.shape == (2,) and np.allclose(np.asarray(scores), expected, atol=1e-5)
+    assert float(structural_similarity(jnp.asarray(clean), jnp.asarray(clean))[0]) == pytest.approx(1.0, abs=1e-5)
+    grad = jax.grad(lambda y: jnp.sum(structural_similarity(jnp.asarray(clean), y)))(jnp.asarray(noisy))
+    assert bool(jnp.all(jnp.isfinite(grad)))
+    better = structural_similarity(jnp.asarray(clean), jnp.asarray(noisy) + 0.05 * grad)
+    assert bool(jnp.all(better > scores))
+    # In the reconstruction loss: weight x the mean of 1 - SSIM, added to the pixel distance.
+    plain = float(reconstruction_loss(jnp.asarray(clean), jnp.asarray(noisy), "l2"))
+    weighted = float(reconstruction_loss(jnp.asarray(clean), jnp.asarray(noisy), "l2", ssim_weight=0.5))
+    assert weighted == pytest.approx(plain + 0.5 * float(jnp.mean(1 - scores)), rel=1e-5)
+    with pytest.raises(ValueError, match=r"at least 11x11 pixels; got \(10, 20\)"):
+        structural_similarity(jnp.zeros((1, 10, 20, 3)), jnp.zeros((1, 10, 20, 3)))
+    with pytest.raises(ValueError, match=r"one shape; got \(1, 12, 12, 3\) and \(1, 12, 12, 1\)"):
+        structural_similarity(jnp.zeros((1, 12, 12, 3)), jnp.zeros((1, 12, 12, 1)))
+
+
+def test_ssim_weight_reaches_the_training_step():
+    batch = jnp.asarray(_data().batch(0, 8))
+    plain = _trainer(disc_weight=0.0).train_step(_trainer(disc_weight=0.0).init_state(), batch)[1]
+    trainer = _trainer(disc_weight=0.0, ssim_weight=0.5)
+    weighted = trainer.train_step(trainer.init_state(), batch)[1]
+    assert float(weighted["nll_loss"]) > float(plain["nll_loss"]) + 0.1  # 1 - SSIM of an untrained model
     assert float(weighted["quant_loss"]) == pytest.approx(float(plain["quant_loss"]))
 
 

@@ -77,12 +77,16 @@ def reconstruction_loss(
     perceptual: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
     perceptual_weight: float = 1.0,
     chroma_weight: float = 0.0,
+    ssim_weight: float = 0.0,
 ) -> jax.Array:
     """taming's ``nll_loss``: mean of |x - x̂| (or (x - x̂)²) plus the weighted perceptual distance.
 
     ``chroma_weight`` > 0 (not in taming) adds that multiple of the same distance on the two chroma
     planes (BT.601 Cb and Cr) of the RGB difference: on RGB alone a colour error costs little beside
     a luminance error of the same size, and a small model spends its code bits on luminance first.
+    ``ssim_weight`` > 0 (not in taming) adds that multiple of each image's 1 - SSIM
+    ([`structural_similarity`]): a pixel distance is lowest for a blurred guess at fine texture,
+    which SSIM's contrast and structure terms score low.
     """
     diff = inputs.astype(jnp.float32) - reconstructions.astype(jnp.float32)
     if kind == "l1":
@@ -99,7 +103,42 @@ def reconstruction_loss(
     if perceptual is not None and perceptual_weight > 0:
         # LPIPS gives one distance per image, broadcast over its pixels as in taming.
         per_pixel = per_pixel + perceptual_weight * perceptual(inputs, reconstructions).reshape(-1, 1, 1, 1)
+    if ssim_weight:
+        dissimilarity = 1.0 - structural_similarity(inputs, reconstructions)
+        per_pixel = per_pixel + ssim_weight * dissimilarity.reshape(-1, 1, 1, 1)
     return jnp.mean(per_pixel)
+
+
+def _gaussian_window(images: jax.Array, sigma: float = 1.5, radius: int = 5) -> jax.Array:
+    """Separable Gaussian blur over H and W of (B, H, W, C) with 11 taps, 'valid' borders (as
+    ``metrics.ssim``)."""
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps = (taps / taps.sum()).astype(np.float32)
+    height, width, span = images.shape[1], images.shape[2], 2 * radius + 1
+    rows = sum(float(taps[k]) * images[:, k : height - span + 1 + k] for k in range(span))
+    return sum(float(taps[k]) * rows[:, :, k : width - span + 1 + k] for k in range(span))
+
+
+def structural_similarity(inputs: jax.Array, reconstructions: jax.Array) -> jax.Array:
+    """Per-image mean SSIM (B,) of two (B, H, W, C) batches in [-1, 1], differentiable: the score
+    ``metrics.ssim`` gives (Gaussian window σ = 1.5, K1 = 0.01, K2 = 0.03, valid region, mean over
+    channels), computed in float32."""
+    if inputs.shape != reconstructions.shape or inputs.ndim != 4:
+        raise ValueError(
+            f"expected two (B, H, W, C) batches of one shape; got {inputs.shape} and {reconstructions.shape}"
+        )
+    if min(inputs.shape[1:3]) < 11:
+        raise ValueError(f"SSIM needs images of at least 11x11 pixels; got {inputs.shape[1:3]}")
+    # To [0, 1], the range the constants are defined on (data range 2 on [-1, 1]).
+    x = (inputs.astype(jnp.float32) + 1.0) / 2.0
+    y = (reconstructions.astype(jnp.float32) + 1.0) / 2.0
+    c1, c2 = 0.01**2, 0.03**2
+    mu_x, mu_y = _gaussian_window(x), _gaussian_window(y)
+    var_x = _gaussian_window(x * x) - mu_x**2
+    var_y = _gaussian_window(y * y) - mu_y**2
+    cov = _gaussian_window(x * y) - mu_x * mu_y
+    score = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return jnp.mean(score, axis=(1, 2, 3))
 
 
 # BT.601 luma and the two chroma rows: on [-1, 1] pixels each of Y, Cb, Cr spans [-1, 1].

@@ -53,6 +53,8 @@ class TrainingConfig:
     reconstruction_loss: str = "l1"
     # Not in taming: weight of the same distance on the chroma planes (losses.reconstruction_loss).
     chroma_weight: float = 0.0
+    # Not in taming: weight of each image's 1 - SSIM (losses.reconstruction_loss).
+    ssim_weight: float = 0.0
     codebook_weight: float = 1.0
     perceptual_weight: float = 1.0  # used only when LPIPS params are given
     disc_start: int = 10000
@@ -309,8 +311,9 @@ class VQGANTrainer:
             else:
                 out = module.apply(variables, batch, train=True, rngs=rngs)
             nll = reconstruction_loss(
-                batch, out.reconstruction, cfg.reconstruction_loss, perceptual, cfg.perceptual_weight, cfg.chroma_weight
-            )
+                batch, out.reconstruction, cfg.reconstruction_loss, perceptual, cfg.perceptual_weight,
+                cfg.chroma_weight, cfg.ssim_weight,
+            )  # fmt: skip
             logits_fake = self.discriminator.apply({"params": state.disc_params}, out.reconstruction)
             anchor = colour_anchor_loss(batch, out.latents) if cfg.colour_anchor_weight else jnp.zeros(())
             return (nll, generator_adversarial_loss(logits_fake), out.loss, anchor), out
