@@ -259,6 +259,42 @@ def test_bf16_program_keeps_convs_in_bf16_and_statistics_in_float32():
     assert not any("bfloat16" in str(v.aval.dtype) for e in _equations(jaxpr32) for v in (*e.invars, *e.outvars))
 
 
+def test_bf16_model_casts_its_conv_weights_once_with_the_same_results():
+    """A bf16 model called without ``params`` uses a cached copy of its weights with each conv's
+    kernel and bias already in that conv's compute dtype (conv_compute_dtypes): bit-identical
+    results to casting inside the call, rebuilt when ``model.params`` is replaced."""
+    from flax.traverse_util import flatten_dict
+
+    from vqgan_flax.blocks import conv_compute_dtypes
+
+    config = VQGANConfig.from_preset("tiny")
+    model = FlaxVQGANModel(config, dtype=jnp.bfloat16)
+    x = _images((2, 16, 16, 3))
+    dtypes = conv_compute_dtypes(model.module, model.params_shape_tree, jax.ShapeDtypeStruct(x.shape, jnp.float32))
+    conv_paths = {k[:-1] for k, v in flatten_dict(model.params).items() if k[-1] == "kernel"}
+    assert set(dtypes) == conv_paths
+    assert {k for k, d in dtypes.items() if d == jnp.float32} == {("encoder", "conv_out"), ("quant_conv",)}
+    cached = model.encode(x)
+    inside = model.encode(x, params=model.params)  # float32 weights, cast inside the program
+    assert np.array_equal(np.asarray(cached.indices), np.asarray(inside.indices))
+    assert np.array_equal(np.asarray(cached.quant_states), np.asarray(inside.quant_states))
+    decoded = model.decode_code(cached.indices, latent_shape=(8, 8))
+    inside = model.decode_code(cached.indices, params=model.params, latent_shape=(8, 8))
+    assert np.array_equal(np.asarray(decoded), np.asarray(inside))
+    flat = flatten_dict(model._cast_params[1])
+    assert flat[("encoder", "conv_in", "kernel")].dtype == jnp.bfloat16
+    assert flat[("decoder", "conv_out", "bias")].dtype == jnp.bfloat16
+    for kept in [("encoder", "conv_out", "kernel"), ("quant_conv", "kernel"), ("quantize", "embedding", "embedding")]:
+        assert flat[kept].dtype == jnp.float32, kept
+    assert all(v.dtype == jnp.float32 for k, v in flat.items() if k[-2].startswith("norm"))
+    # New weights: the cache follows them (a stale copy would still give the old codes).
+    model.params = FlaxVQGANModel(config, seed=7).params
+    fresh = model.encode(x, params=model.params)
+    assert np.array_equal(np.asarray(model.encode(x).quant_states), np.asarray(fresh.quant_states))
+    assert not np.array_equal(np.asarray(fresh.quant_states), np.asarray(cached.quant_states))
+    assert FlaxVQGANModel(config)._params_in_compute_dtype() is not None  # float32: its own params
+
+
 def test_bf16_params(tiny_model):
     params16 = tiny_model.to_bf16(tiny_model.params)
     assert {leaf.dtype for leaf in jax.tree.leaves(params16)} == {jnp.dtype(jnp.bfloat16)}

@@ -6,7 +6,7 @@ one to one; ``FlaxVQGANModule`` in ``modeling_flax_vqgan`` puts them together wi
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -29,6 +29,7 @@ __all__ = [
     "Upsample",
     "UpsampleConv",
     "UpsamplingBlock",
+    "conv_compute_dtypes",
 ]
 
 
@@ -104,6 +105,23 @@ class UpsampleConv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         hidden_states, kernel, bias = promote_dtype(hidden_states, kernel, bias, dtype=self.dtype)
         return upsample_conv(hidden_states, kernel) + bias
+
+
+def conv_compute_dtypes(module: nn.Module, params: Any, *args: Any, **kwargs: Any) -> Dict[Tuple[str, ...], jnp.dtype]:
+    """The dtype each convolution of ``module.apply({"params": params}, *args, **kwargs)`` computes
+    in, keyed by its parameter path (``("encoder", "conv_in")``). Found by tracing the call with
+    ``jax.eval_shape`` (nothing is computed; ``params`` and ``args`` may be shape structs)."""
+    dtypes = {}
+
+    def record(next_fun: Any, call_args: tuple, call_kwargs: dict, context: Any) -> Any:
+        conv = context.module
+        if context.method_name == "__call__" and isinstance(conv, (Conv, UpsampleConv, nn.Conv)):
+            dtypes[tuple(conv.path)] = jnp.dtype(conv.dtype or conv.param_dtype)
+        return next_fun(*call_args, **call_kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda p, *a: module.apply({"params": p}, *a, **kwargs), params, *args)
+    return dtypes
 
 
 class Upsample(nn.Module):
