@@ -30,6 +30,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig, sample_data
+from vqgan_flax.cli.common import NON_NEGATIVE
 from vqgan_flax.training import ImageCrops, TrainingConfig, VQGANTrainer
 
 # Downsampling factor 8 and 1024 codes: 32 x 32 tokens for a 256 x 256 image (the grid of LDM's
@@ -141,17 +142,6 @@ def _seed(text: str) -> int:
     return int(text)
 
 
-def _weight(text: str) -> float:
-    """--ssim-weight's type: a finite, non-negative loss weight."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not np.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"not a finite, non-negative number: {text!r}")
-    return value
-
-
 def arguments() -> argparse.ArgumentParser:
     """The command line (``config_for`` turns a recorded one back into its TrainingConfig)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -179,7 +169,7 @@ def arguments() -> argparse.ArgumentParser:
         "--colour-anchor-weight", type=float, help="tie three latent channels to the block colour with this weight"
     )
     parser.add_argument(
-        "--ssim-weight", type=_weight, help="add this weight of each crop's 1 - SSIM to the reconstruction loss"
+        "--ssim-weight", type=NON_NEGATIVE, help="add this weight of each crop's 1 - SSIM to the reconstruction loss"
     )
     parser.add_argument("--learning-rate", type=float, help=f"peak rate instead of {TRAINING['learning_rate']}")
     parser.add_argument("--reconstruction-loss", choices=("l1", "l2"), help="instead of l1 (l2: what PSNR scores)")

@@ -199,10 +199,10 @@ def test_train_fine_tunes_an_existing_model(tiny, tmp_path, capsys):
     code, _, err = _run(capsys, "train", "--data", data, "--output", tmp_path / "ft", "--init-from", tiny,
                           "--steps", 1, "--batch-size", 8, "--crop-size", 32, "--quiet",
                           "--min-scale", 0.5, "--colour-jitter", 0.1, "--tint", 0.1, "--channel-shuffle",
-                          "--chroma-weight", 2.5, "--colour-anchor-weight", 0.5)  # fmt: skip
+                          "--chroma-weight", 2.5, "--colour-anchor-weight", 0.5, "--ssim-weight", 0.1)  # fmt: skip
     assert code == 0, err
     trained = json.loads((tmp_path / "ft" / "training_config.json").read_text())
-    assert (trained["chroma_weight"], trained["colour_anchor_weight"]) == (2.5, 0.5)
+    assert (trained["chroma_weight"], trained["colour_anchor_weight"], trained["ssim_weight"]) == (2.5, 0.5, 0.1)
     start = FlaxVQGANModel.from_pretrained(tiny).params["decoder"]["conv_out"]["kernel"]
     tuned = FlaxVQGANModel.from_pretrained(tmp_path / "ft" / "model").params["decoder"]["conv_out"]["kernel"]
     assert 0 < float(np.abs(np.asarray(tuned) - np.asarray(start)).max()) < 0.01  # one small step from the start
@@ -210,7 +210,9 @@ def test_train_fine_tunes_an_existing_model(tiny, tmp_path, capsys):
     for option, value, message in (("--tint", 1.5, "tint must be in [0, 1); got 1.5"),
                                    ("--colour-jitter", -0.1, "colour-jitter must be in [0, 1); got -0.1"),
                                    ("--min-scale", 0, "min-scale must be in (0, 1]; got 0"),
-                                   ("--tint", "red", "'red' is not a number")):  # fmt: skip
+                                   ("--tint", "red", "'red' is not a number"),
+                                   ("--ssim-weight", "nan", "nan is not a finite number"),
+                                   ("--ssim-weight", -1, "-1 is below the minimum 0.0")):  # fmt: skip
         with pytest.raises(SystemExit):
             main(["train", "--data", str(data), "--output", str(tmp_path / "bad"), "--init-from",
                   str(tmp_path / "missing"), option, str(value)])  # fmt: skip

@@ -182,7 +182,9 @@ def _number(kind: type, minimum: float, name: str):
 
     def parse(text: str):
         value = _convert(kind, text)
-        if not (value >= minimum and value < float("inf")):
+        if value != value or value in (float("inf"), float("-inf")):  # nan or infinite
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if value < minimum:
             raise argparse.ArgumentTypeError(f"{text} is below the minimum {minimum} for {name}")
         return value
 

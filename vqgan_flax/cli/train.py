@@ -71,7 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "quantize_after",
     ):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=COUNT, help=_TRAINER_DEFAULT)
-    floats = ("learning_rate", "disc_weight", "codebook_weight", "perceptual_weight", "chroma_weight", "ema_decay")
+    floats = ("learning_rate", "disc_weight", "codebook_weight", "perceptual_weight", "chroma_weight", "ssim_weight",
+              "ema_decay")  # fmt: skip
     for name in (*floats, "colour_anchor_weight"):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=NON_NEGATIVE, help=_TRAINER_DEFAULT)
     p.add_argument("--schedule", choices=("constant", "cosine"), help=_TRAINER_DEFAULT)
