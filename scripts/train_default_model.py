@@ -8,14 +8,20 @@
         --reconstruction-loss l2 --codebook-restart-until 0 --data-seed 1 --output build/phase3
     python scripts/train_default_model.py --init-from build/phase3/model --learning-rate 1e-4 \
         --reconstruction-loss l2 --codebook-restart-until 0 --data-seed 2 --steps 4000 --output build/phase4
+    python scripts/train_default_model.py --init-from build/phase4/model --learning-rate 1e-4 \
+        --reconstruction-loss l2 --codebook-restart-until 0 --data-seed 3 --output build/phase5
+    python scripts/train_default_model.py --init-from build/phase5/model --learning-rate 1e-4 \
+        --reconstruction-loss l2 --codebook-restart-until 0 --data-seed 4 --ssim-weight 0.03 --steps 3500 \
+        --output build/phase6
 
-The shipped model is the fourth command's: the first trains from scratch with L1 and the colour
+The shipped model is the sixth command's: the first trains from scratch with L1 and the colour
 anchor, the second continues from its weights with the squared error (what PSNR scores), keeping
-the codebook (a restart there moves the rarely used codes the first phase learnt), and the third and
-fourth repeat the second on other random crops. Each is resumable: rerunning the same command
-continues exactly from the last checkpoint (every 100 steps), so it can run in the background across
-sessions. The validation split chose the recipe (see vqgan_flax/default_model/README.md);
-``scripts/evaluate_default_model.py`` reports the test split.
+the codebook (a restart there moves the rarely used codes the first phase learnt), the third to
+fifth repeat the second on other random crops, and the sixth adds 0.03 x (1 - SSIM) to the loss.
+Each is resumable: rerunning the same command continues exactly from the last checkpoint (every 100
+steps), so it can run in the background across sessions. The validation split chose the recipe
+(see vqgan_flax/default_model/README.md); ``scripts/evaluate_default_model.py`` reports the test
+split.
 """
 
 from __future__ import annotations

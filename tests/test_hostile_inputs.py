@@ -418,7 +418,10 @@ def test_loading_names_the_folder_file_or_unused_weights(tmp_path):
         ),
         (["encode", "x.png", "--out", "t.npz", "--batch-size", "0"], "argument --batch-size: 0 is below the minimum 1"),
         (["encode", "x.png", "--out", "t.npz", "--size", "abc"], "argument --size: 'abc' is not an integer"),
-        (["train", "--data", "d", "--output", "o", "--learning-rate", "nan"], "--learning-rate: nan is not a finite number"),
+        (
+            ["train", "--data", "d", "--output", "o", "--learning-rate", "nan"],
+            "--learning-rate: nan is not a finite number",
+        ),
     ],
 )
 def test_cli_numeric_options_are_checked_by_the_parser(argv, message, capsys):
