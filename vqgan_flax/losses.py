@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .metrics import CBCR_FROM_RGB
+from .metrics import CBCR_FROM_RGB, _gaussian_filter, _ssim_map
 
 
 class NLayerDiscriminator(nn.Module):
@@ -109,16 +109,6 @@ def reconstruction_loss(
     return jnp.mean(per_pixel)
 
 
-def _gaussian_window(images: jax.Array, sigma: float = 1.5, radius: int = 5) -> jax.Array:
-    """Separable Gaussian blur over H and W of (B, H, W, C) with 11 taps, 'valid' borders (as
-    ``metrics.ssim``)."""
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    taps = (taps / taps.sum()).astype(np.float32)
-    height, width, span = images.shape[1], images.shape[2], 2 * radius + 1
-    rows = sum(float(taps[k]) * images[:, k : height - span + 1 + k] for k in range(span))
-    return sum(float(taps[k]) * rows[:, :, k : width - span + 1 + k] for k in range(span))
-
-
 def structural_similarity(inputs: jax.Array, reconstructions: jax.Array) -> jax.Array:
     """Per-image mean SSIM (B,) of two (B, H, W, C) batches in [-1, 1], differentiable: the score
     ``metrics.ssim`` gives (Gaussian window σ = 1.5, K1 = 0.01, K2 = 0.03, valid region, mean over
@@ -132,13 +122,7 @@ def structural_similarity(inputs: jax.Array, reconstructions: jax.Array) -> jax.
     # To [0, 1], the range the constants are defined on (data range 2 on [-1, 1]).
     x = (inputs.astype(jnp.float32) + 1.0) / 2.0
     y = (reconstructions.astype(jnp.float32) + 1.0) / 2.0
-    c1, c2 = 0.01**2, 0.03**2
-    mu_x, mu_y = _gaussian_window(x), _gaussian_window(y)
-    var_x = _gaussian_window(x * x) - mu_x**2
-    var_y = _gaussian_window(y * y) - mu_y**2
-    cov = _gaussian_window(x * y) - mu_x * mu_y
-    score = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return jnp.mean(score, axis=(1, 2, 3))
+    return jnp.mean(_ssim_map(x, y, jax.vmap(_gaussian_filter)), axis=(1, 2, 3))
 
 
 # BT.601 luma and the two chroma rows: on [-1, 1] pixels each of Y, Cb, Cr spans [-1, 1].

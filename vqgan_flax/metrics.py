@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -51,8 +51,9 @@ def chroma_psnr(references: Sequence[np.ndarray], images: Sequence[np.ndarray], 
     return float("inf") if mse < 1e-20 else float(10 * np.log10(1.0 / mse))
 
 
-def _gaussian_filter(image: np.ndarray, sigma: float = 1.5, radius: int = 5) -> np.ndarray:
-    """Separable Gaussian blur over H and W with a truncated 11-tap window ('valid' borders)."""
+def _gaussian_filter(image: Any, sigma: float = 1.5, radius: int = 5) -> Any:
+    """Separable Gaussian blur over H and W (the first two axes) with a truncated 11-tap window
+    ('valid' borders); numpy or JAX arrays."""
     taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     taps /= taps.sum()
     rows = sum(taps[k] * image[k : image.shape[0] - 2 * radius + k] for k in range(2 * radius + 1))
@@ -68,10 +69,16 @@ def ssim(reference: np.ndarray, image: np.ndarray, data_range: float = 255.0) ->
     x, y = _as_float(reference, data_range), _as_float(image, data_range)
     if min(x.shape[:2]) < 11:
         raise ValueError(f"SSIM needs images of at least 11x11 pixels; got {x.shape[:2]}")
+    return float(_ssim_map(x, y, _gaussian_filter).mean())
+
+
+def _ssim_map(x: Any, y: Any, blur: Callable[[Any], Any]) -> Any:
+    """SSIM at every window position of two images scaled to [0, 1], ``blur`` the Gaussian window.
+    Arithmetic only, so numpy and JAX arrays both work (``losses.structural_similarity`` is this,
+    differentiable)."""
     c1, c2 = 0.01**2, 0.03**2
-    mu_x, mu_y = _gaussian_filter(x), _gaussian_filter(y)
-    var_x = _gaussian_filter(x * x) - mu_x**2
-    var_y = _gaussian_filter(y * y) - mu_y**2
-    cov = _gaussian_filter(x * y) - mu_x * mu_y
-    score = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return float(score.mean())
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
