@@ -270,6 +270,10 @@ def test_bf16_model_casts_its_conv_weights_once_with_the_same_results():
     config = VQGANConfig.from_preset("tiny")
     model = FlaxVQGANModel(config, dtype=jnp.bfloat16)
     x = _images((2, 16, 16, 3))
+    # First called inside a caller's jit: the cached copy must hold arrays, not that trace's tracers.
+    traced = jax.jit(lambda pixels: model.encode(pixels).indices)(x)
+    assert not isinstance(model._cast_params[1]["encoder"]["conv_in"]["kernel"], jax.core.Tracer)
+    assert np.array_equal(np.asarray(traced), np.asarray(model.encode(x).indices))
     dtypes = conv_compute_dtypes(model.module, model.params_shape_tree, jax.ShapeDtypeStruct(x.shape, jnp.float32))
     conv_paths = {k[:-1] for k, v in flatten_dict(model.params).items() if k[-1] == "kernel"}
     assert set(dtypes) == conv_paths

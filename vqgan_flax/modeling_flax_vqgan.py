@@ -458,8 +458,11 @@ class FlaxVQGANPreTrainedModel(select_base()):
             dtype = dtypes.get(names[:-1])
             return leaf.astype(dtype) if dtype is not None and names[-1] in ("kernel", "bias") else leaf
 
-        cast_params = jax.tree_util.tree_map_with_path(cast, params)
-        self._cast_params = (params, cast_params)
+        # Called inside a caller's jit, the cast would be traced; the cache must hold arrays.
+        with jax.ensure_compile_time_eval():
+            cast_params = jax.tree_util.tree_map_with_path(cast, params)
+        if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(cast_params)):
+            self._cast_params = (params, cast_params)
         return cast_params
 
     @staticmethod
