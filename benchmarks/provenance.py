@@ -140,9 +140,11 @@ def changed_since(commit: str) -> list:
 
 def write_record(path: str, record: dict) -> None:
     """Write a results file atomically (a run cut short leaves the previous file intact). A record
-    from a clean tree gets ``changed_during_run``: the files that differ from its commit now."""
+    from a clean tree gets ``changed_during_run``: the files that differ from its commit now, less
+    the record itself (a harness that saves after every measurement has changed it already)."""
     if record.get("dirty") is False and record.get("commit"):
-        changed = changed_since(record["commit"])
+        itself = os.path.relpath(os.path.abspath(path), ROOT).replace(os.sep, "/")
+        changed = [name for name in changed_since(record["commit"]) if name != itself]
         if changed:
             record = {**record, "changed_during_run": changed}
     tmp = f"{path}.partial"

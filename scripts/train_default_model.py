@@ -36,7 +36,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig, sample_data
-from vqgan_flax.cli.common import NON_NEGATIVE
+from vqgan_flax.cli.common import COUNT, NON_NEGATIVE
 from vqgan_flax.training import ImageCrops, TrainingConfig, VQGANTrainer
 
 # Downsampling factor 8 and 1024 codes: 32 x 32 tokens for a 256 x 256 image (the grid of LDM's
@@ -141,13 +141,6 @@ def load_start(model_dir: str) -> FlaxVQGANModel:
     return model
 
 
-def _seed(text: str) -> int:
-    """--data-seed's type: numpy's random generator takes only a non-negative integer."""
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"not a non-negative integer: {text!r}")
-    return int(text)
-
-
 def arguments() -> argparse.ArgumentParser:
     """The command line (``config_for`` turns a recorded one back into its TrainingConfig)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -184,7 +177,7 @@ def arguments() -> argparse.ArgumentParser:
     )
     # A later phase sees other crops than the phase it continues (with the same seed its step k
     # would draw that phase's step-k batch again).
-    parser.add_argument("--data-seed", type=_seed, default=0, help="seed of the random crops (default 0)")
+    parser.add_argument("--data-seed", type=COUNT, default=0, help="seed of the random crops (default 0)")
     # A second phase: the weights of an earlier run's model/ folder, a fresh optimizer and schedule.
     parser.add_argument("--init-from", metavar="MODEL", help="start from this model folder (MODEL's architecture)")
     return parser

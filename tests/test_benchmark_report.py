@@ -177,6 +177,12 @@ def test_a_record_names_the_tree_at_the_start_and_what_changed_during_the_run(mo
     assert changed_since(HEAD) == sorted(
         subprocess.run(["git", "diff", "--name-only", HEAD], cwd=ROOT, capture_output=True, text=True).stdout.split()
     )
+    # A harness that saves after every measurement (run.py) has changed its own record by the
+    # second save; that is not a change to the code that ran.
+    monkeypatch.setattr(provenance, "ROOT", str(tmp_path))
+    monkeypatch.setattr(provenance, "changed_since", lambda commit: ["r.json", "vqgan_flax/blocks.py"])
+    provenance.write_record(str(tmp_path / "r.json"), header)
+    assert json.loads((tmp_path / "r.json").read_text())["changed_during_run"] == ["vqgan_flax/blocks.py"]
 
 
 def test_a_copy_git_cannot_read_counts_as_dirty(monkeypatch):

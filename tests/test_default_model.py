@@ -215,7 +215,7 @@ def test_training_script_starts_a_second_phase_from_a_model(tmp_path, monkeypatc
         script.main([*third, "--steps", "2"])
     with pytest.raises(SystemExit):  # argparse's one-line error, before any record is written
         script.main([*third[:3], str(tmp_path / "phase3b"), "--data-seed", "-1"])
-    assert "not a non-negative integer: '-1'" in capsys.readouterr().err and not (tmp_path / "phase3b").exists()
+    assert "-1 is below the minimum 0 for a count" in capsys.readouterr().err and not (tmp_path / "phase3b").exists()
     for bad, message in (("-0.1", "-0.1 is below the minimum 0.0"), ("nan", "nan is not a finite number"),
                          ("inf", "inf is not a finite number"), ("x", "'x' is not a number")):  # fmt: skip
         with pytest.raises(SystemExit):
