@@ -39,7 +39,7 @@ GPU_RECORD = "gpu.json"
 GPU_FOLLOW_UPS = ("gpu_batch16.json",)
 GPU_KERNELS = "gpu_kernels.json"
 # CPU runs of other batch sizes / systems beside cpu.json (each its own side-by-side run).
-CPU_FOLLOW_UPS = ("cpu_batch8.json", "cpu_bf16_avx512_no_amx.json")
+CPU_FOLLOW_UPS = ("cpu_batch8.json", "cpu_bf16_avx512_no_amx.json", "cpu_fp32_avx512_no_amx.json")
 MEMORY_RUN = "dataset_tokenization_memory.json"
 OPS_BF16 = "op_profile_bf16.json"
 
