@@ -231,16 +231,23 @@ def test_group_norm_matches_flax(onednn, shape, swish):
         np.testing.assert_allclose(np.asarray(xla(x, scale, bias)), want, rtol=1e-5, atol=2e-5)
 
 
-def test_group_norm_bfloat16_in_and_out(onednn):
+@pytest.mark.parametrize("backend", ["on", "off"])
+def test_group_norm_bfloat16_in_and_out(onednn, backend):
+    """bf16 in, float32 arithmetic inside (statistics, centring, scaling) on both backends. The
+    common offset makes bf16 arithmetic show: at 40 a bf16 step is 0.25, so a mean or a centred
+    value rounded to bf16 moves the output by up to ~0.06 (its std is 2), far past the tolerance."""
     rng = np.random.default_rng(3)
-    x = jnp.asarray(rng.standard_normal((1, 6, 6, 64)) * 2, jnp.bfloat16)
+    x = jnp.asarray(rng.standard_normal((1, 6, 6, 64)) * 2 + 40, jnp.bfloat16)
     scale, bias = jnp.ones(64), jnp.asarray(rng.standard_normal(64), jnp.float32)
     want = np.asarray(_flax_group_norm(x, scale, bias, True))
-    for out_dtype in (jnp.bfloat16, jnp.float32):
-        ours = jax.jit(lambda x, d=out_dtype: group_norm(x, scale, bias, 32, 1e-6, d, True))(x)
-        assert ours.dtype == out_dtype
-        tol = 2**-8 if out_dtype == jnp.bfloat16 else 1e-5  # the output's rounding only: statistics are float32
-        np.testing.assert_allclose(np.asarray(ours, np.float32), want, rtol=tol, atol=tol)
+    with monkeypatch_env(KERNELS_ENV, backend):
+        for out_dtype in (jnp.bfloat16, jnp.float32):
+            fn = jax.jit(lambda x, d=out_dtype: group_norm(x, scale, bias, 32, 1e-6, d, True))
+            assert (f"custom_call @{cpu_kernels.GROUP_NORM_TARGET}" in fn.lower(x).as_text()) is (backend == "on")
+            ours = fn(x)
+            assert ours.dtype == out_dtype
+            tol = 2**-8 if out_dtype == jnp.bfloat16 else 1e-5  # the output's rounding only
+            np.testing.assert_allclose(np.asarray(ours, np.float32), want, rtol=tol, atol=tol)
 
 
 def test_group_norm_keeps_nan_and_extremes(onednn):

@@ -296,7 +296,8 @@ def test_bf16_model_casts_its_conv_weights_once_with_the_same_results():
     fresh = model.encode(x, params=model.params)
     assert np.array_equal(np.asarray(model.encode(x).quant_states), np.asarray(fresh.quant_states))
     assert not np.array_equal(np.asarray(fresh.quant_states), np.asarray(cached.quant_states))
-    assert FlaxVQGANModel(config)._params_in_compute_dtype() is not None  # float32: its own params
+    fp32 = FlaxVQGANModel(config)
+    assert fp32._params_in_compute_dtype() is fp32.params  # float32: its own params, no copy
 
 
 def test_bf16_params(tiny_model):
