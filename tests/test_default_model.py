@@ -10,12 +10,12 @@ evaluation protocol fails here. The k-means and JPEG columns are recomputed by `
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import pathlib
 
 import pytest
+from utils import load_script
 
 import vqgan_flax
 from vqgan_flax import FlaxVQGANModel, evaluation, sample_data
@@ -27,10 +27,7 @@ RECORD = pathlib.Path(vqgan_flax.DEFAULT_MODEL) / "evaluation.json"
 
 
 def _script(name: str = "evaluate_default_model"):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name)
 
 
 def test_default_model_is_a_small_local_folder():

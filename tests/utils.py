@@ -4,6 +4,7 @@ hooks and fixtures) stays in conftest.py."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 
@@ -11,8 +12,17 @@ import numpy as np
 import pytest
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+SCRIPTS = pathlib.Path(__file__).parent.parent / "scripts"
 TAMING_CASES = ("taming_vq", "taming_gumbel", "taming_vq_nonsquare")
 ATOL = RTOL = 1e-4
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def nchw_to_nhwc(array: np.ndarray) -> np.ndarray:
