@@ -126,7 +126,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ok = True
     print("| deliberate break | test | unbroken | broken |\n|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
-        worktree = os.path.join(scratch, "tree")
+        # git names a worktree after its folder: a unique name keeps two runs at once apart.
+        worktree = os.path.join(scratch, os.path.basename(scratch))
         subprocess.run(["git", "worktree", "add", "--detach", "-q", worktree, "HEAD"], cwd=ROOT, check=True)
         try:
             for mutation in chosen:
