@@ -22,7 +22,6 @@ from vqgan_flax import FlaxVQGANModel, evaluation, sample_data
 from vqgan_flax.cli import main
 from vqgan_flax.training import ImageCrops, TrainingConfig
 
-ROOT = pathlib.Path(__file__).parent.parent
 RECORD = pathlib.Path(vqgan_flax.DEFAULT_MODEL) / "evaluation.json"
 
 

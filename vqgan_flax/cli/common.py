@@ -182,7 +182,8 @@ def _number(kind: type, minimum: float, name: str):
 
     def parse(text: str):
         value = _convert(kind, text)
-        if value != value or value in (float("inf"), float("-inf")):  # nan or infinite
+        # nan or infinite; not math.isfinite, which raises on an integer too large for a float
+        if value != value or value in (float("inf"), float("-inf")):
             raise argparse.ArgumentTypeError(f"{text} is not a finite number")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{text} is below the minimum {minimum} for {name}")
