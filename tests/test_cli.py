@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -297,12 +298,19 @@ def test_decode_uses_the_model_recorded_in_the_token_file(tiny, images, tmp_path
     monkeypatch.chdir(images)
     assert _run(capsys, "decode", tmp_path / "t.npz", "--out", tmp_path / "recorded", "--quiet")[0] == 0
     assert _run(capsys, "decode", tmp_path / "t.npz", "--out", tmp_path / "given", "--model", other, "--quiet")[0] == 0
+    shutil.copytree(other, tmp_path / "copy")  # the same weights elsewhere: the same model
+    code, _, _ = _run(capsys, "decode", tmp_path / "t.npz", "--out", tmp_path / "copied", "--model", tmp_path / "copy")
+    assert code == 0
+    for name in os.listdir(tmp_path / "recorded"):
+        assert (tmp_path / "copied" / name).read_bytes() == (tmp_path / "recorded" / name).read_bytes()
+    # Other weights (seed 0, not 1) would decode the tokens into other pixels: refused, nothing written.
     code, _, err = _run(capsys, "decode", tmp_path / "t.npz", "--out", tmp_path / "wrong", "--model", tiny, "--quiet")
-    assert code == 0 and err.startswith(f"note: decoding with --model {tiny}; ")
+    digest = str(np.load(tmp_path / "t.npz")["model_digest"])
+    assert code == 1 and f"model_digest={digest!r}" in err and "other weights" in err, err
+    assert not (tmp_path / "wrong").exists()
     for name in ("img0.png", "img1.png"):
         recorded = np.asarray(Image.open(tmp_path / "recorded" / name))
         np.testing.assert_array_equal(recorded, np.asarray(Image.open(tmp_path / "given" / name)))
-        assert np.abs(recorded.astype(int) - np.asarray(Image.open(tmp_path / "wrong" / name))).max() > 0
     np.savez(tmp_path / "gone.npz", tokens=np.zeros((1, 8, 8), np.int32), model=np.asarray(str(tmp_path / "gone")))
     code, _, err = _run(capsys, "decode", tmp_path / "gone.npz", "--out", tmp_path / "g", "--quiet")
     assert code == 1 and err.count("\n") == 1

@@ -168,7 +168,9 @@ def test_casts_with_mask(toy):
 
 def test_errors_name_the_file(toy, tmp_path):
     with pytest.raises(
-        OSError, match=r"folder .*empty has no flax_model.msgpack, flax_model.msgpack.index.json, model.safetensors"
+        OSError,
+        match=r"folder .*empty has no model weights \(looked for flax_model.msgpack, flax_model.msgpack.index.json, "
+        r"model.safetensors\)",
     ):
         (tmp_path / "empty").mkdir()
         toy.config.save_pretrained(tmp_path / "empty")

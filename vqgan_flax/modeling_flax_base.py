@@ -29,15 +29,17 @@ import jax.numpy as jnp
 from flax.serialization import msgpack_restore, to_bytes
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from .hub import (
+    FLAX_WEIGHTS_INDEX_NAME,
+    FLAX_WEIGHTS_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_CANDIDATES,
+    no_weights_message,
+    resolve_model,
+)
+
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.json"
-FLAX_WEIGHTS_NAME = "flax_model.msgpack"
-FLAX_WEIGHTS_INDEX_NAME = "flax_model.msgpack.index.json"
-SAFE_WEIGHTS_NAME = "model.safetensors"
-PYTORCH_WEIGHTS_NAME = "pytorch_model.bin"
-# In transformers' order of preference.
-WEIGHTS_CANDIDATES = (FLAX_WEIGHTS_NAME, FLAX_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME)
 
 # Keyword arguments transformers' loaders (and its Auto classes) pass that mean nothing here.
 _IGNORED_KWARGS = ("proxies", "resume_download", "trust_remote_code", "_from_auto", "_from_pipeline", "adapter_kwargs")
@@ -78,25 +80,6 @@ def shard_params(params: dict, max_shard_size: Union[int, str] = "10GB") -> Tupl
         shards[name] = shard
         weight_map.update(dict.fromkeys(shard, name))
     return shards, {"metadata": {"total_size": total}, "weight_map": weight_map}
-
-
-def _offline() -> bool:
-    import huggingface_hub
-
-    is_offline = getattr(huggingface_hub, "is_offline_mode", None)  # huggingface_hub >= 1.0
-    return bool(is_offline()) if is_offline else bool(huggingface_hub.constants.HF_HUB_OFFLINE)
-
-
-def _hub_file(repo_id: str, filename: str, hub_kwargs: dict) -> Optional[str]:
-    """Path of ``filename`` in the Hub repo (downloaded or from the cache); None if the repo
-    (at that revision) has no such file, or, offline, the cache does not hold it."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    try:
-        return hf_hub_download(repo_id, filename, **hub_kwargs)
-    except (EntryNotFoundError, LocalEntryNotFoundError):
-        return None
 
 
 class FlaxHubModel:
@@ -241,44 +224,15 @@ class FlaxHubModel:
         return unflatten_dict(flat)
 
     @classmethod
-    def _resolve_weights(cls, name_or_path: str, subfolder: str, hub_kwargs: dict) -> Tuple[list, str]:
-        """Weight files to read (several for a sharded msgpack checkpoint) and the chosen file name."""
-        if os.path.isfile(os.path.join(subfolder, name_or_path)):
-            path = os.path.join(subfolder, name_or_path)
-            return [path], os.path.basename(path)
-        if os.path.isdir(name_or_path):
-            folder = os.path.join(name_or_path, subfolder) if subfolder else name_or_path
-            found = next((n for n in WEIGHTS_CANDIDATES if os.path.isfile(os.path.join(folder, n))), None)
-
-            def locate(filename: str) -> str:
-                return os.path.join(folder, filename)
-
-            where = f"folder {folder}"
-        else:
-            hub_kwargs = {**hub_kwargs, "subfolder": subfolder or None}
-            located = {}
-            for candidate in WEIGHTS_CANDIDATES:
-                located[candidate] = _hub_file(name_or_path, candidate, hub_kwargs)
-                if located[candidate]:
-                    break
-            found = next((n for n, path in located.items() if path), None)
-
-            def locate(filename: str) -> str:
-                path = located.get(filename) or _hub_file(name_or_path, filename, hub_kwargs)
-                if path is None:
-                    raise OSError(f"{name_or_path}: {filename} is listed in its index but missing")
-                return path
-
-            offline = " (offline: only the local cache was searched)" if hub_kwargs.get("local_files_only") else ""
-            where = f"Hub repo {name_or_path!r} (revision {hub_kwargs.get('revision') or 'main'}){offline}"
+    def _resolve_weights(cls, folder: str) -> Tuple[list, str]:
+        """Weight files to read in ``folder`` (several for a sharded msgpack checkpoint) and the
+        chosen file name."""
+        found = next((n for n in WEIGHTS_CANDIDATES if os.path.isfile(os.path.join(folder, n))), None)
         if found is None:
-            hint = ""
-            if os.path.isdir(name_or_path) and os.path.isfile(os.path.join(folder, PYTORCH_WEIGHTS_NAME)):
-                hint = "; it has PyTorch weights: convert them with `vqgan-flax convert`"
-            raise OSError(f"{where} has no {', '.join(WEIGHTS_CANDIDATES)}{hint}")
+            raise OSError(no_weights_message(folder))
         if found != FLAX_WEIGHTS_INDEX_NAME:
-            return [locate(found)], found
-        index_file = locate(found)
+            return [os.path.join(folder, found)], found
+        index_file = os.path.join(folder, found)
         with open(index_file) as f:
             weight_map = json.load(f).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
@@ -286,7 +240,10 @@ class FlaxHubModel:
         shard_names = sorted(set(weight_map.values()))
         if any(os.path.basename(n) != n or not n.endswith(".msgpack") for n in shard_names):
             raise OSError(f"{index_file}: shard names must be plain .msgpack file names; got {shard_names[:3]}")
-        return [locate(n) for n in shard_names], found
+        missing = [n for n in shard_names if not os.path.isfile(os.path.join(folder, n))]
+        if missing:
+            raise OSError(f"{index_file}: lists {missing[0]}, which is missing")
+        return [os.path.join(folder, n) for n in shard_names], found
 
     @classmethod
     def from_pretrained(
@@ -315,26 +272,29 @@ class FlaxHubModel:
             raise ValueError("from_pt=True needs PyTorch; convert taming checkpoints with `vqgan-flax convert`")
         if kwargs.pop("use_auth_token", None) is not None:
             raise TypeError("use_auth_token was removed: pass token=...")
-        local_files_only = local_files_only or _offline()
-        name_or_path = str(pretrained_model_name_or_path)
-        hub_kwargs = dict(
-            cache_dir=cache_dir,
-            force_download=force_download,
-            local_files_only=local_files_only,
-            token=token,
-            revision=revision,
-        )
+        name_or_path = os.fspath(pretrained_model_name_or_path)
+        if os.path.isfile(os.path.join(subfolder, name_or_path)):  # a weights file itself
+            files = [os.path.join(subfolder, name_or_path)]
+            filename, folder = os.path.basename(files[0]), os.path.dirname(files[0])
+        else:
+            source = resolve_model(
+                name_or_path,
+                subfolder,
+                revision=revision,
+                cache_dir=cache_dir,
+                token=token,
+                local_files_only=local_files_only,
+                force_download=force_download,
+                needs_config=not isinstance(config, cls.config_class),
+            )
+            folder = source.folder
+            files, filename = cls._resolve_weights(folder)
         if not isinstance(config, cls.config_class):
             config, model_kwargs = cls.config_class.from_pretrained(
-                name_or_path if config is None else config,
-                return_unused_kwargs=True,
-                subfolder=subfolder,
-                **hub_kwargs,
-                **kwargs,
+                folder if config is None else config, return_unused_kwargs=True, **kwargs
             )
         else:
             model_kwargs = dict(kwargs)
-        files, filename = cls._resolve_weights(name_or_path, subfolder, hub_kwargs)
         if filename == SAFE_WEIGHTS_NAME:
             from safetensors import safe_open
 

@@ -37,8 +37,9 @@ from .blocks import (
 )
 from .compile_cache import CompiledCache
 from .configuration_vqgan import VQGANConfig
+from .hub import ModelSource, hub_kwargs_of, resolve_model
 from .input_checks import check_indices, check_pixels
-from .modeling_flax_base import WEIGHTS_CANDIDATES, select_base
+from .modeling_flax_base import select_base
 from .modeling_outputs import VQGANEncoderOutput, VQGANOutput, indices_to_grid
 from .quantizers import GumbelQuantizer, QuantizerOutput, VectorQuantizer
 
@@ -147,32 +148,6 @@ def _params_beside(array: jax.Array, params: Any) -> Any:
     return jax.device_put(params, NamedSharding(sharding.mesh, PartitionSpec()))
 
 
-def _local_path_problem(name: str, subfolder: str, needs_config: bool) -> Optional[str]:
-    """Why ``name`` cannot be a model folder, for paths that are local: without this, a mistyped
-    path is tried as a Hub id (retries, then a network error) and a folder without weights gets
-    transformers 4's message, which never mentions model.safetensors."""
-    if os.path.isdir(name):
-        folder = os.path.join(name, subfolder) if subfolder else name
-        if needs_config and not os.path.isfile(os.path.join(folder, "config.json")):
-            return f"folder {folder} has no config.json"
-        weights = next((n for n in WEIGHTS_CANDIDATES if os.path.isfile(os.path.join(folder, n))), None)
-        if weights is None:
-            return f"folder {folder} has no model weights (looked for {', '.join(WEIGHTS_CANDIDATES)})"
-        if weights.endswith(".safetensors"):  # transformers 4 reads its header before our loader runs
-            from safetensors import safe_open
-
-            try:
-                with safe_open(os.path.join(folder, weights), framework="numpy") as f:
-                    f.metadata()
-            except Exception as err:
-                return f"{os.path.join(folder, weights)}: unreadable safetensors file ({err})"
-        return None
-    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or os.sep in name
-    if looks_local and not os.path.exists(name):
-        return f"{name}: no such model folder (Hub ids look like 'org/name')"
-    return None
-
-
 @contextlib.contextmanager
 def _quiet_transformers_deprecation() -> Iterator[None]:
     """transformers 4.x logs "TensorFlow and JAX classes are deprecated" when the first Flax model
@@ -248,6 +223,7 @@ class FlaxVQGANPreTrainedModel(select_base()):
         # What this model compiled (per method, micro-batching, static options), bounded: see
         # compile_cache.py; parallel.py keeps its pmap/mesh programs here too.
         self.compiled = CompiledCache()
+        self.source: Optional[ModelSource] = None  # where from_pretrained found it (hub.ModelSource)
         module = self.module_class(config=config, dtype=dtype, **kwargs)
         with _quiet_transformers_deprecation():
             super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
@@ -320,20 +296,27 @@ class FlaxVQGANPreTrainedModel(select_base()):
         parameters is an error (a VQGAN with random layers silently produces garbage), so is one
         holding weights the config leaves unused (e.g. a config without attention), or
         non-floating or non-finite weights; a local path that is not a model folder is reported
-        as such (no Hub retries); no random initialisation is computed only to be overwritten."""
+        as such (no Hub retries); no random initialisation is computed only to be overwritten.
+
+        A Hub id (``org/name``) is resolved by [`hub.resolve_model`] (``revision``, ``subfolder``,
+        ``cache_dir``, ``token``, ``local_files_only`` / ``HF_HUB_OFFLINE``, ``force_download``) to
+        a folder of the Hub cache, which then loads like any local folder; ``model.source`` says
+        where the model came from (for a Hub id, the commit it resolved to)."""
         do_init = kwargs.pop("_do_init", True)
         name = os.fspath(pretrained_model_name_or_path)
         if os.path.isfile(name):
             return cls._from_lwm_pickle(name, kwargs.pop("lwm_config", None), kwargs.get("dtype"), do_init)
-        problem = _local_path_problem(name, kwargs.get("subfolder") or "", needs_config=kwargs.get("config") is None)
-        if problem:
-            raise OSError(problem)
+        source = resolve_model(name, needs_config=kwargs.get("config") is None, **hub_kwargs_of(kwargs))
         recording = _LOADED_KEYS.set(set())
         try:
-            model, params = super().from_pretrained(name, *model_args, _do_init=False, **kwargs)
+            model, params = super().from_pretrained(source.folder, *model_args, _do_init=False, **kwargs)
             loaded = _LOADED_KEYS.get()
         finally:
             _LOADED_KEYS.reset(recording)
+        model.source = source
+        model.config._name_or_path = name  # as transformers records it: the id or path as given
+        if source.commit:
+            model.config._commit_hash = source.commit
         flat = flatten_dict(flax.core.unfreeze(params))
         missing = model.required_params - set(flat)
         if missing:
@@ -367,6 +350,7 @@ class FlaxVQGANPreTrainedModel(select_base()):
 
         config, params = load_lwm_checkpoint(path, lwm_config)
         model = cls(config, dtype=dtype if dtype is not None else jnp.float32, _do_init=False)
+        model.source = ModelSource(path, os.path.dirname(os.path.abspath(path)))
         if not do_init:
             return model, params
         model._is_initialized = True

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from .image_io import check_key
-from .token_writers import METADATA_FILE, SHARD_NAME
+from .token_writers import METADATA_FILE, NPZ_STRINGS, SHARD_NAME
 
 # A token grid larger than this (per frame) is no grid a VQGAN made: 4096² pixels at factor 4.
 MAX_GRID_TOKENS = 1 << 20
@@ -59,7 +59,7 @@ def read_npz(path: str) -> TokenSource:
     tokens = record.get("tokens")
     if tokens is None or tokens.ndim not in (3, 4) or tokens.dtype.kind not in "iu":
         raise ValueError(f"{path}: expected an integer 'tokens' array of shape (N, h, w) or (N, frames, h, w)")
-    for name in ("model", "revision"):
+    for name in NPZ_STRINGS:
         if name in record and (record[name].shape != () or record[name].dtype.kind != "U"):
             raise ValueError(f"{path}: '{name}' must be one string; got {record[name].dtype} {record[name].shape}")
     if "keys" in record:
@@ -71,7 +71,7 @@ def read_npz(path: str) -> TokenSource:
         keys = [check_key(key, f"{path}: keys[{i}]") for i, key in enumerate(keys.tolist())]
     else:
         keys = _version_1_keys(record, len(tokens))
-    metadata = {name: str(record[name]) for name in ("model", "revision") if name in record}
+    metadata: Dict[str, Any] = {name: str(record[name]) or None for name in NPZ_STRINGS if name in record}
     if "pixel_range" in record:
         metadata["pixel_range"] = [float(v) for v in np.asarray(record["pixel_range"]).reshape(-1)[:2]]
     grids = tokens if tokens.ndim == 4 else tokens[:, None]
@@ -92,21 +92,56 @@ def read_folder(path: str) -> TokenSource:
     shards = sorted(p for p in glob.glob(os.path.join(path, "part-*")) if SHARD_NAME.match(os.path.basename(p)))
     if not shards:
         raise FileNotFoundError(f"{path}: no part-*.parquet or part-*.jsonl token shards")
+    return _read_shards(path, shards)
+
+
+def read_shard(path: str) -> TokenSource:
+    """One ``.parquet`` or ``.jsonl`` token shard; its metadata from its own parquet schema or, for
+    JSONL, from the ``.vqgan_flax/metadata.json`` of the folder it is in."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    return _read_shards(os.path.dirname(path) or ".", [path])
+
+
+def _read_shards(folder: str, shards: List[str]) -> TokenSource:
     kinds = {os.path.splitext(p)[1] for p in shards}
     if len(kinds) != 1:
-        raise ValueError(f"{path}: mixes parquet and jsonl shards")
+        raise ValueError(f"{folder}: mixes parquet and jsonl shards")
     metadata: Dict[str, Any] = {}
-    if os.path.isfile(os.path.join(path, METADATA_FILE)):
+    recorded = os.path.join(folder, METADATA_FILE)
+    if kinds == {".parquet"} and len(shards) == 1:
+        metadata = _parquet_metadata(shards[0])
+    if not metadata and os.path.isfile(recorded):
         try:
-            with open(os.path.join(path, METADATA_FILE), encoding="utf-8") as f:
+            with open(recorded, encoding="utf-8") as f:
                 metadata = json.load(f)
         except (OSError, ValueError) as err:
-            raise ValueError(f"{os.path.join(path, METADATA_FILE)}: unreadable ({err})") from None
+            raise ValueError(f"{recorded}: unreadable ({err})") from None
         if not isinstance(metadata, dict):
-            raise ValueError(f"{os.path.join(path, METADATA_FILE)}: not a JSON object")
+            raise ValueError(f"{recorded}: not a JSON object")
     rows = _parquet_rows if kinds == {".parquet"} else _jsonl_rows
     keys = [key for shard in shards for key, _ in rows(shard, keys_only=True)]
+    path = shards[0] if len(shards) == 1 and not os.path.isdir(folder) else folder
     return TokenSource(path, metadata, keys, lambda: (row for shard in shards for row in rows(shard)))
+
+
+def _parquet_metadata(shard: str) -> Dict[str, Any]:
+    """What ``encode`` recorded in a parquet shard's schema (``{}`` where nothing)."""
+    import pyarrow.parquet as pq
+
+    try:
+        recorded = (pq.read_schema(shard).metadata or {}).get(b"vqgan_flax")
+    except Exception as err:
+        raise ValueError(f"{shard}: not a parquet file ({type(err).__name__}: {err})") from None
+    if recorded is None:
+        return {}
+    try:
+        metadata = json.loads(recorded)
+    except ValueError as err:
+        raise ValueError(f"{shard}: unreadable vqgan_flax metadata ({err})") from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{shard}: its vqgan_flax metadata is not a JSON object")
+    return metadata
 
 
 def _parquet_rows(shard: str, keys_only: bool = False) -> Iterator[Tuple[str, Any]]:
@@ -150,15 +185,19 @@ def _jsonl_rows(shard: str, keys_only: bool = False) -> Iterator[Tuple[str, Any]
 
 
 def open_tokens(path: str) -> TokenSource:
-    """An ``.npz`` token file or a folder of token shards."""
+    """An ``.npz`` token file, one ``.parquet`` / ``.jsonl`` token shard, or a folder of shards."""
     if os.path.isdir(path):
         return read_folder(path)
+    if path.endswith((".parquet", ".jsonl")):
+        return read_shard(path)
     return read_npz(path)
 
 
 def recorded_model(source: TokenSource) -> Optional[Tuple[str, Optional[str]]]:
-    """``(model, revision)`` the tokens were made with, where the source records them."""
+    """``(model, revision)`` the tokens were made with, where the source records them; for a Hub
+    model the revision is the commit it resolved to (the exact weights), where recorded."""
     model = source.metadata.get("model")
     if not model:
         return None
-    return str(model), (str(source.metadata.get("revision") or "") or None)
+    revision = source.metadata.get("commit") or source.metadata.get("revision")
+    return str(model), (str(revision or "") or None)

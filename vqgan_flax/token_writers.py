@@ -21,13 +21,14 @@ from typing import Any, Dict, Iterable, List, Optional, Set
 import numpy as np
 
 from .image_io import atomic_write
+from .model_identity import TOKEN_SETTINGS, check_same_tokens
 
 FORMATS = ("npz", "parquet", "jsonl")
 INFO_DIR = ".vqgan_flax"
 METADATA_FILE = os.path.join(INFO_DIR, "metadata.json")
-# A resumed run must make the same tokens as the run that wrote the shards already there.
-_MUST_MATCH = ("model", "revision", "image_size", "pixel_range", "n_embed", "grid")
 # A shard's name: part-PROCESS-NUMBER.FORMAT (readers select shards by it too).
+# The string fields of an .npz token file's metadata (0-d string arrays).
+NPZ_STRINGS = ("model", "model_digest", "hub_id", "revision", "commit", "dtype")
 SHARD_NAME = re.compile(r"^part-(\d{3,})-(\d{5,})\.(parquet|jsonl)$")
 
 
@@ -116,12 +117,10 @@ class ShardedTokenWriter:
                     existing = json.load(f)
             except (OSError, ValueError) as err:
                 raise ValueError(f"{path}: unreadable ({err})") from None
-            for name in (*_MUST_MATCH, "format"):
-                if existing.get(name) != self.metadata.get(name):
-                    raise ValueError(
-                        f"{self.folder} holds tokens made with {name}={existing.get(name)!r}, this run has "
-                        f"{self.metadata.get(name)!r}; use another output folder or the same settings"
-                    )
+            if not isinstance(existing, dict):
+                raise ValueError(f"{path}: not a JSON object")
+            # A resumed run must make the same tokens as the run that wrote the shards already there.
+            check_same_tokens(existing, self.metadata, self.folder, (*TOKEN_SETTINGS, "format"))
         else:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             text = json.dumps(self.metadata, indent=2) + "\n"
@@ -219,10 +218,10 @@ class NpzTokenWriter:
             "grid_shape": np.asarray(grid),
             "image_size": np.asarray(self.metadata["image_size"]),
             "pixel_range": np.asarray(self.metadata["pixel_range"], np.float64),
-            "model": np.asarray(self.metadata["model"]),
-            "revision": np.asarray(self.metadata.get("revision") or ""),
             "version": np.asarray(self.metadata["token_file_version"]),
         }
+        for name in NPZ_STRINGS:  # None (no Hub id, revision or commit) as ""
+            record[name] = np.asarray(str(self.metadata.get(name) or ""))
         return record
 
     def close(self) -> None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..image_io import save_png
 
-# 2: adds 'keys' (input-relative names); version 1 files are still read.
-TOKEN_FILE_VERSION = 2
+# 2: adds 'keys' (input-relative names); 3: the model by content (model_identity.token_settings).
+# Versions 1 and 2 are still read.
+TOKEN_FILE_VERSION = 3
 
 
 def default_model() -> str:
@@ -22,6 +23,8 @@ def default_model() -> str:
 
 
 def load_model(args: argparse.Namespace):
+    """The model of ``--model`` (a folder, an LWM pickle or a Hub id; default: the shipped one) at
+    ``--revision``, computing in ``--dtype``."""
     import jax.numpy as jnp
 
     from ..modeling_flax_vqgan import FlaxVQGANModel
@@ -40,12 +43,13 @@ def model_name(args: argparse.Namespace) -> str:
 
 def image_processor(args: argparse.Namespace, model: Any) -> Any:
     """The model's ``VQGANImageProcessor``: its ``preprocessor_config.json`` (beside the weights,
-    or on the Hub) where there is one, else the model's resolution and taming's [-1, 1]; then
-    ``--size`` and ``--pixel-range`` override. Every image the commands read or write goes
-    through it (geometry, value range, and back to uint8)."""
+    in the Hub snapshot, or beside an LWM pickle) where there is one, else the model's resolution
+    and taming's [-1, 1]; then ``--size`` and ``--pixel-range`` override. Every image the commands
+    read or write goes through it (geometry, value range, and back to uint8)."""
+    from ..hub import PROCESSOR_NAME
     from ..image_processing_vqgan import VQGANImageProcessor
 
-    path = _processor_config(model_name(args), args.revision)
+    path = model.source.file(PROCESSOR_NAME) if model.source is not None else None
     if path is None:
         edge = model.config.resolution
         processor = VQGANImageProcessor(size={"shortest_edge": edge}, crop_size={"height": edge, "width": edge})
@@ -66,19 +70,6 @@ def image_processor(args: argparse.Namespace, model: Any) -> Any:
     if processor.output_size is None:
         raise ValueError(f"{path}: do_center_crop is off; the command line needs one image size (give --size)")
     return processor
-
-
-def _processor_config(model: str, revision: Optional[str]) -> Optional[str]:
-    if os.path.exists(model):  # a folder, or an LWM params pickle: look beside it
-        path = os.path.join(model if os.path.isdir(model) else os.path.dirname(model), "preprocessor_config.json")
-        return path if os.path.isfile(path) else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import EntryNotFoundError
-
-    try:
-        return hf_hub_download(model, "preprocessor_config.json", revision=revision)
-    except EntryNotFoundError:
-        return None
 
 
 def bucket_size(count: int, batch_size: int) -> int:
@@ -151,16 +142,29 @@ def check_output_file(path: str) -> None:
         raise PermissionError(f"--out {path}: folder {folder} is not writable")
 
 
-def prepare_output_folder(path: str) -> None:
-    """Create the ``--out`` folder (or accept an existing one), before any work is done."""
+def check_output_folder(path: str) -> None:
+    """Refuse an ``--out`` folder that cannot be created or written, before any work is done and
+    without creating anything (a refused run leaves nothing behind)."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise FileExistsError(f"--out {path}: exists and is not a folder")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(f"--out {path}: cannot create the folder ({existing} is not a folder)")
+    if not os.access(existing, os.W_OK):
+        where = "folder is" if existing == os.path.abspath(path) else f"{existing} is"
+        raise PermissionError(f"--out {path}: {where} not writable")
+
+
+def prepare_output_folder(path: str) -> None:
+    """Create the ``--out`` folder (or accept an existing one): once the inputs and the model
+    have been accepted, so that a refused run leaves no folder behind."""
+    check_output_folder(path)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as err:
         raise OSError(f"--out {path}: cannot create the folder ({err.strerror})") from None
-    if not os.access(path, os.W_OK):
-        raise PermissionError(f"--out {path}: folder is not writable")
 
 
 def save_png_under(folder: str, name: str, image: np.ndarray) -> None:

@@ -7,7 +7,6 @@ import argparse
 import os
 import re
 import sys
-from typing import Optional
 
 from ..image_io import atomic_write
 from ..token_writers import FORMATS, INFO_DIR, remove_shards
@@ -18,6 +17,7 @@ from .common import (
     Runner,
     add_model_options,
     check_output_file,
+    check_output_folder,
     image_processor,
     load_model,
     model_name,
@@ -77,22 +77,12 @@ def _check_format(args: argparse.Namespace) -> None:
     elif args.out == "-":
         raise ValueError(f"--out -: {args.format} output is a folder of shards; give a folder")
     else:
-        prepare_output_folder(args.out)
-        if args.overwrite:
-            remove_shards(args.out)
-
-
-def _hub_commit(model: str, revision: Optional[str]) -> Optional[str]:
-    """The commit a Hub model resolved to (its snapshot folder's name); None for local folders."""
-    if os.path.exists(model):
-        return None
-    from huggingface_hub import hf_hub_download
-
-    return os.path.basename(os.path.dirname(hf_hub_download(model, "config.json", revision=revision)))
+        check_output_folder(args.out)
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
     from .. import __version__
+    from ..model_identity import token_settings
     from ..token_writers import NpzTokenWriter, ShardedTokenWriter
     from ..tokenize_dataset import FrameSampling, errors_jsonl, summary_lines, tokenize_items
 
@@ -102,18 +92,15 @@ def cmd_encode(args: argparse.Namespace) -> None:
     processor = image_processor(args, model)
     height, width = processor.output_size
     grid = model.config.latent_shape(height, width)
+    if args.format != "npz":  # created only once the inputs and the model are accepted
+        prepare_output_folder(args.out)
+        if args.overwrite:
+            remove_shards(args.out)
     runner = Runner(model, args.replicate, args.batch_size, processor)
     metadata = {
         "token_file_version": TOKEN_FILE_VERSION,
         "vqgan_flax_version": __version__,
-        "model": model_name(args),
-        "revision": args.revision,
-        "commit": _hub_commit(model_name(args), args.revision),
-        "n_embed": model.config.n_embed,
-        "downsampling_factor": model.config.downsampling_factor,
-        "grid": list(grid),
-        "image_size": height if height == width else [height, width],
-        "pixel_range": list(processor.pixel_range),
+        **token_settings(model, model_name(args), processor, grid),
         "source": source,
     }
     if args.format == "npz":

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-from typing import List, Optional, Tuple
+from typing import Any, List, Tuple
 
 import numpy as np
 
@@ -14,6 +13,7 @@ from ..image_io import atomic_write, find_images, open_rgb, output_names
 from .common import (
     Runner,
     batches,
+    check_output_folder,
     image_processor,
     load_model,
     model_name,
@@ -38,30 +38,41 @@ def check_token_range(tokens: np.ndarray, n_embed: int, where: str) -> None:
         raise ValueError(f"{where}: token {bad} is outside the model's codebook [0, {n_embed})")
 
 
-def _decode_model(args: argparse.Namespace, recorded: Optional[Tuple[str, Optional[str]]]):
-    """The model that made the tokens (as recorded) unless ``--model`` names another."""
+def _decode_model(args: argparse.Namespace, source: Any):
+    """The model that made the tokens (as recorded: for a Hub model, at the recorded commit) unless
+    ``--model`` names another; either way its weights must be the recorded ones (by digest)."""
+    from ..model_identity import model_digest
+    from ..token_readers import recorded_model
+
+    recorded = recorded_model(source)
     if args.model is None and recorded:
         # The tokens mean something only to the model that made them.
         args.model, revision = recorded
         args.revision = args.revision or revision
         try:
-            return load_model(args)
+            model = load_model(args)
         except Exception as err:
             raise ValueError(
                 f"{args.tokens} was made with model {recorded[0]!r}, which does not load here ({err}); "
                 "give --model to decode with another copy of it"
             ) from None
-    if recorded and args.model != recorded[0]:
-        print(f"note: decoding with --model {args.model}; {args.tokens} was made with {recorded[0]}", file=sys.stderr)
-    return load_model(args)
+    else:
+        model = load_model(args)
+    digest = source.metadata.get("model_digest")
+    if digest and model_digest(model) != digest:
+        raise ValueError(
+            f"{args.tokens} was made with model_digest={digest!r} ({recorded[0] if recorded else '?'}); "
+            f"model {model_name(args)} has {model_digest(model)!r}: other weights, its tokens would decode wrong"
+        )
+    return model
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
-    from ..token_readers import open_tokens, recorded_model
+    from ..token_readers import open_tokens
 
-    prepare_output_folder(args.out)
+    check_output_folder(args.out)
     source = open_tokens(args.tokens)
-    model = _decode_model(args, recorded_model(source))
+    model = _decode_model(args, source)
     processor = image_processor(args, model)
     recorded_range = source.metadata.get("pixel_range")
     if recorded_range and not args.pixel_range:  # as the tokens were made, whatever the folder says now
@@ -72,6 +83,9 @@ def cmd_decode(args: argparse.Namespace) -> None:
             raise ValueError(
                 f"{args.tokens} was made by a model with {name}={made_with}; --model {args.model} has {value}"
             )
+    for key, grid in source.rows():  # every row checked before anything is written
+        check_token_range(grid, model.config.n_embed, f"{args.tokens}: {key}")
+    prepare_output_folder(args.out)
     runner = Runner(model, args.replicate, args.batch_size, processor)
     names = output_names(source.keys)
     pending: List[Tuple[str, np.ndarray]] = []  # images of one grid shape, decoded together
@@ -85,8 +99,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
         pending.clear()
 
     with progress_bar(len(names), "decode", not args.quiet) as bar:
-        for (key, grid), name in zip(source.rows(), names):
-            check_token_range(grid, model.config.n_embed, f"{args.tokens}: {key}")
+        for (_, grid), name in zip(source.rows(), names):
             if len(grid) > 1:  # a video: its frames as NAME/0000.png, ...
                 folder = os.path.splitext(name)[0]
                 for start in range(0, len(grid), args.batch_size):
@@ -109,8 +122,9 @@ def cmd_decode(args: argparse.Namespace) -> None:
 def cmd_reconstruct(args: argparse.Namespace) -> None:
     from ..metrics import psnr, ssim
 
-    prepare_output_folder(args.out)
+    check_output_folder(args.out)
     runner, inputs, grid = _image_job(args)
+    prepare_output_folder(args.out)
     processor = runner.processor
     names = output_names([key for _, key in inputs])
     rows: List[dict] = []
