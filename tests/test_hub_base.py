@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 
@@ -19,6 +18,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 from safetensors.numpy import save_file
 from transformers import PretrainedConfig
+from utils import fake_hub_cache
 
 from vqgan_flax.modeling_flax_base import FlaxHubModel, _transformers_flax_base, shard_params
 
@@ -192,22 +192,11 @@ def test_errors_name_the_file(toy, tmp_path):
         FlaxToyModel.from_pretrained(pointer, from_pt=True)
 
 
-def _fake_hub_cache(root: pathlib.Path, repo_id: str, revisions: dict) -> pathlib.Path:
-    """huggingface_hub's cache layout: ``models--org--name/{refs/<branch>, snapshots/<commit>/...}``."""
-    repo = root / f"models--{repo_id.replace('/', '--')}"
-    for number, (branch, folder) in enumerate(revisions.items()):
-        commit = f"{number + 1:040x}"
-        shutil.copytree(folder, repo / "snapshots" / commit)
-        (repo / "refs").mkdir(parents=True, exist_ok=True)
-        (repo / "refs" / branch).write_text(commit)
-    return root
-
-
 def test_hub_cache_revisions_subfolder_offline(tmp_path):
     first, second = FlaxToyModel(ToyConfig(), seed=1), FlaxToyModel(ToyConfig(), seed=2)
     first.save_pretrained(tmp_path / "main", safe_serialization=True)
     second.save_pretrained(tmp_path / "v2" / "weights")
-    cache = _fake_hub_cache(tmp_path / "cache", "acme/toy", {"main": tmp_path / "main", "v2": tmp_path / "v2"})
+    cache = fake_hub_cache(tmp_path / "cache", "acme/toy", {"main": tmp_path / "main", "v2": tmp_path / "v2"})
     loaded = FlaxToyModel.from_pretrained("acme/toy", cache_dir=cache, local_files_only=True)
     _tree_equal(loaded.params, first.params)
     other = FlaxToyModel.from_pretrained(
@@ -221,7 +210,7 @@ def test_hub_cache_revisions_subfolder_offline(tmp_path):
 def test_offline_environment_reads_only_the_cache(tmp_path):
     """HF_HUB_OFFLINE=1 (read when huggingface_hub is imported, hence a subprocess) needs no flag."""
     FlaxToyModel(ToyConfig(), seed=1).save_pretrained(tmp_path / "main", safe_serialization=True)
-    cache = _fake_hub_cache(tmp_path / "cache", "acme/toy", {"main": tmp_path / "main"})
+    cache = fake_hub_cache(tmp_path / "cache", "acme/toy", {"main": tmp_path / "main"})
     script = (
         "import sys; sys.path.insert(0, 'tests')\n"
         "from test_hub_base import FlaxToyModel\n"

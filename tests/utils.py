@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -15,6 +16,22 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 SCRIPTS = pathlib.Path(__file__).parent.parent / "scripts"
 TAMING_CASES = ("taming_vq", "taming_gumbel", "taming_vq_nonsquare")
 ATOL = RTOL = 1e-4
+
+
+def fake_hub_cache(root: pathlib.Path, repo_id: str, revisions: dict, tags: dict = ()) -> pathlib.Path:
+    """huggingface_hub's cache layout under ``root``: ``models--org--name/{refs/<branch>,
+    snapshots/<commit>/...}``, one made-up commit per ``{branch: folder}`` (the n-th is n in 40 hex
+    digits); ``tags`` maps more refs (tags) onto those branches' commits."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    commits = {}
+    for number, (branch, folder) in enumerate(revisions.items()):
+        commits[branch] = f"{number + 1:040x}"
+        shutil.copytree(folder, repo / "snapshots" / commits[branch])
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / branch).write_text(commits[branch])
+    for tag, branch in dict(tags).items():
+        (repo / "refs" / tag).write_text(commits[branch])
+    return root
 
 
 def load_script(name: str):

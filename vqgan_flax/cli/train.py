@@ -17,7 +17,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     seed = args.seed or 0
     if args.init_from:
-        model = FlaxVQGANModel.from_pretrained(args.init_from)
+        kwargs = {"revision": args.revision} if args.revision else {}
+        model = FlaxVQGANModel.from_pretrained(args.init_from, **kwargs)
     elif args.config in PRESETS:
         model = FlaxVQGANModel(VQGANConfig.from_preset(args.config), seed=seed)
     elif args.config and args.config.endswith((".yaml", ".yml")):
@@ -58,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="folder for checkpoints, log.jsonl and the model")
     p.add_argument("--config", help="preset name, config.json or taming model.yaml (new model)")
     p.add_argument("--init-from", help="fine-tune this model folder / Hub id")
+    p.add_argument("--revision", help="Hub revision of --init-from (branch, tag or commit)")
     p.add_argument("--lpips", help="LPIPS weights (.safetensors/.pt state dict) for the perceptual term")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     for name in ("steps", "batch_size", "crop_size", "disc_num_layers", "disc_ndf", "save_every", "log_every"):
