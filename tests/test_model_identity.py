@@ -69,7 +69,7 @@ def test_resume_accepts_the_same_weights_elsewhere_and_refuses_others(tiny, imag
     assert metadata["dtype"] == "float32" and metadata["token_file_version"] == 3
     before = sorted(os.listdir(out)), (out / ".vqgan_flax" / "metadata.json").read_bytes()
 
-    code, stdout, err = _run(capsys, "encode", images, "--model", staged, "--out", out, "--format", "parquet", "--quiet")
+    code, stdout, err = _run(capsys, "encode", images, "--model", staged, "--out", out, "--format", "parquet", "-q")
     assert code == 0 and "wrote 1 x" in stdout and "(2 already there" in stdout, err
 
     after_resume = sorted(os.listdir(out))
