@@ -105,7 +105,10 @@ def test_out_is_checked_before_the_model_is_loaded(tmp_path, capsys):
     model = str(tmp_path / "no-such-model")
     cases = [
         (["encode", tmp_path / "x.png", "--out", tmp_path / "missing" / "t.npz"], "does not exist"),
-        (["encode", tmp_path / "x.png", "--out", tmp_path], "is a folder; give a file name"),
+        (
+            ["encode", tmp_path / "x.png", "--out", tmp_path, "--format", "npz"],
+            "is a folder, and npz output is one file",
+        ),
         (["reconstruct", tmp_path / "x.png", "--out", tmp_path / "file"], "file: exists and is not a folder"),
         (["decode", tmp_path / "t.npz", "--out", tmp_path / "file" / "sub"], "cannot create the folder"),
         (["encode", tmp_path / "none", "--out", tmp_path / "t.npz"], "none: no such file or folder"),

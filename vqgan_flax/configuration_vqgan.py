@@ -6,50 +6,14 @@ import copy
 import os
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from transformers import PretrainedConfig
+from . import _auto
+from ._quiet import quiet_transformers_advice
+from .presets import PRESETS
+
+with quiet_transformers_advice():
+    from transformers import PretrainedConfig
 
 QUANTIZERS = ("vq", "gumbel")
-
-# The published taming-transformers architectures. Values are taming's own model.yaml entries.
-_F16_IMAGENET = dict(
-    ch=128,
-    ch_mult=[1, 1, 2, 2, 4],
-    num_res_blocks=2,
-    attn_resolutions=[16],
-    z_channels=256,
-    embed_dim=256,
-    resolution=256,
-)
-PRESETS: Dict[str, Dict[str, Any]] = {
-    # vqgan_imagenet_f16_1024 (also DALL·E-mini's starting point).
-    "f16-1024": dict(_F16_IMAGENET, n_embed=1024),
-    # vqgan_imagenet_f16_16384 (DALL·E-mini's vqgan_imagenet_f16_16384).
-    "f16-16384": dict(_F16_IMAGENET, n_embed=16384),
-    # vqgan_gumbel_f8 (Open Images, 8192 codes).
-    "gumbel-f8": dict(
-        ch=128,
-        ch_mult=[1, 1, 2, 4],
-        num_res_blocks=2,
-        attn_resolutions=[32],
-        z_channels=256,
-        embed_dim=256,
-        n_embed=8192,
-        resolution=256,
-        quantizer="gumbel",
-        kl_weight=1e-8,
-    ),
-    # A few hundred thousand parameters: for tests and examples only.
-    "tiny": dict(
-        ch=32,
-        ch_mult=[1, 2],
-        num_res_blocks=1,
-        attn_resolutions=[8],
-        z_channels=8,
-        embed_dim=8,
-        n_embed=32,
-        resolution=16,
-    ),
-}
 
 # Far beyond any published VQGAN; a config asking for more is corrupt or hostile, and would
 # otherwise fail deep inside XLA (or exhaust memory) instead of naming the field.
@@ -308,3 +272,7 @@ class VQGANConfig(PretrainedConfig):
 def list_presets() -> List[str]:
     """Names accepted by [`VQGANConfig.from_preset`]."""
     return sorted(PRESETS)
+
+
+# Auto classes resolve model_type "vqgan" (see _auto.py; this module may be what imported transformers).
+_auto.register()

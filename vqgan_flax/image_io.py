@@ -99,6 +99,14 @@ def to_uint8(pixels: Any) -> np.ndarray:
     return np.clip(np.round((np.asarray(pixels, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def honour_umask(path: str) -> None:
+    """Give ``path`` the permissions a plain ``open`` would (0666 less the umask): ``mkstemp`` and
+    safetensors' ``save_file`` create files readable by their owner only."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def atomic_write(path: str, write: Callable[[Any], None]) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place: an
     interrupted write never leaves a partial ``path``.
@@ -111,9 +119,7 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        honour_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -37,6 +37,7 @@ from .hub import (
     no_weights_message,
     resolve_model,
 )
+from .image_io import honour_umask
 
 logger = logging.getLogger(__name__)
 
@@ -379,6 +380,7 @@ class FlaxHubModel:
 
             flat = flatten_dict(flax.core.unfreeze(params), sep=".")
             save_file(flat, os.path.join(save_directory, SAFE_WEIGHTS_NAME), metadata={"format": "flax"})
+            honour_umask(os.path.join(save_directory, SAFE_WEIGHTS_NAME))  # save_file makes it 0600
         elif index is None:
             with open(os.path.join(save_directory, FLAX_WEIGHTS_NAME), "wb") as f:
                 f.write(to_bytes(params))

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from . import _auto
 from .blocks import (
     AttnBlock,
     Decoder,
@@ -37,7 +38,8 @@ from .blocks import (
 )
 from .compile_cache import CompiledCache
 from .configuration_vqgan import VQGANConfig
-from .hub import ModelSource, hub_kwargs_of, resolve_model
+from .hub import SAFE_WEIGHTS_NAME, ModelSource, hub_kwargs_of, resolve_model
+from .image_io import honour_umask
 from .input_checks import check_indices, check_pixels
 from .modeling_flax_base import select_base
 from .modeling_outputs import VQGANEncoderOutput, VQGANOutput, indices_to_grid
@@ -359,10 +361,13 @@ class FlaxVQGANPreTrainedModel(select_base()):
 
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> None:
         """transformers' ``save_pretrained``; a ``save_directory`` that is a file is an error on
-        both bases (transformers 4 only logs one and writes nothing)."""
+        both bases (transformers 4 only logs one and writes nothing); the files honour the umask."""
         if os.path.isfile(save_directory):
             raise NotADirectoryError(f"save_pretrained: {os.fspath(save_directory)} is a file, not a directory")
         super().save_pretrained(save_directory, *args, **kwargs)
+        weights = os.path.join(save_directory, SAFE_WEIGHTS_NAME)
+        if os.path.isfile(weights):  # transformers 4 writes it with safetensors' save_file: 0600
+            honour_umask(weights)
 
     @staticmethod
     def default_micro_batch_size(array: Any) -> Optional[int]:
@@ -548,3 +553,5 @@ class FlaxVQGANModel(FlaxVQGANPreTrainedModel):
 
 # vqgan-jax's name, so DALL·E-mini code runs with one import changed.
 VQModel = FlaxVQGANModel
+
+_auto.register_model(FlaxVQGANModel)  # FlaxAutoModel gets the real class (transformers 4.x)

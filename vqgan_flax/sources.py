@@ -14,6 +14,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, List, Optional, Sequence
 
+from .extras import require
 from .image_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, find_images, open_rgb, to_rgb
 
 # A sample member larger than this is refused, not read: a crafted tar header can claim any size.
@@ -51,23 +52,27 @@ def file_items(paths: Sequence[str], media: str = "image", frame_stride: int = 1
         raise ValueError(f"media must be image, video or auto; got {media!r}")
     suffixes = {"image": IMAGE_SUFFIXES, "video": VIDEO_SUFFIXES}.get(media, IMAGE_SUFFIXES + VIDEO_SUFFIXES)
     found = find_images(paths, suffixes)
+    if media != "image" and any(_is_video(path, media) for path, _ in found):
+        require("av")  # now, not as one skipped item per video
 
     def item(path: str, key: str) -> Item:
-        is_video = media == "video" or (media == "auto" and path.lower().endswith(VIDEO_SUFFIXES[:-1]))
-        if is_video:
+        if _is_video(path, media):
             return Item(key, lambda: video_frames(path, frame_stride), origin=path, video=True)
         return Item(key, lambda: open_rgb(path), origin=path)
 
     return (item(path, key) for path, key in found)
 
 
+def _is_video(path: str, media: str) -> bool:
+    """Whether ``file_items`` reads ``path`` as a video (with ``media=auto``, a GIF is an image)."""
+    return media == "video" or (media == "auto" and path.lower().endswith(VIDEO_SUFFIXES[:-1]))
+
+
 def video_frames(path: str, stride: int = 1) -> Iterator[Any]:
     """Every ``stride``-th frame of a video file as an RGB PIL image, decoded one at a time
     (PyAV, whose wheels bundle ffmpeg). Frames larger than Pillow's pixel limit are refused."""
-    try:
-        import av
-    except ImportError:
-        raise ImportError("reading videos needs PyAV: pip install av") from None
+    require("av")
+    import av
     from PIL import Image
 
     if stride < 1:
@@ -199,10 +204,9 @@ def hf_items(
     """Rows of a Hugging Face dataset: a folder written by ``save_to_disk`` (``load_from_disk``),
     or parquet files (``load_dataset("parquet", ...)``). Keys are ``SPLIT/ROW``. The dataset is
     opened (and its split and columns checked) at the call; rows are read as they are iterated."""
-    try:
-        import datasets
-    except ImportError:
-        raise ImportError("reading Hugging Face datasets needs the datasets package: pip install datasets") from None
+    require("datasets")
+    import datasets
+
     if is_saved_dataset(path):
         loaded = datasets.load_from_disk(path)
     elif path.endswith(".parquet") or os.path.isdir(path):

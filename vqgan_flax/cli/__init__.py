@@ -16,6 +16,7 @@ from .common import (
     NON_NEGATIVE,
     POSITIVE_INT,
     TOKEN_FILE_VERSION,
+    HelpFormatter,
     Runner,
     add_model_options,
     bucket_size,
@@ -34,14 +35,14 @@ def _package_version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vqgan-flax", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog="vqgan-flax", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:  # every --help shows the defaults
-        return sub.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+        return sub.add_parser(name, formatter_class=HelpFormatter, **kwargs)
 
     encode.add_arguments(command("encode", help="images, videos, shards or a dataset → tokens"))
 
@@ -59,12 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=images.cmd_decode)
 
     p = command("info", help="describe a model")
-    p.add_argument("model", nargs="?", help="folder or Hub id (default: the shipped default model)")
+    p.add_argument("model", nargs="?", help="folder, LWM params pickle or Hub id (default: the shipped model)")
     p.add_argument("--size", type=POSITIVE_INT, help="image size for the token count (default: the model's)")
-    p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
+    p.add_argument("--revision", help="Hub revision of the model: branch, tag or commit (default: main)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="computation dtype")
     p.add_argument("--json", action="store_true", help="print the facts as JSON")
-    p.add_argument("--pixel-range", nargs=2, type=float, metavar=("LOW", "HIGH"), help="override the model's range")
+    range_help = "override the model's range (default: its own)"
+    p.add_argument("--pixel-range", nargs=2, type=float, metavar=("LOW", "HIGH"), help=range_help)
     p.set_defaults(func=images.cmd_info)
 
     from .convert import DESCRIPTION, add_arguments

@@ -16,6 +16,19 @@ from ..image_io import save_png
 TOKEN_FILE_VERSION = 3
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help states its default exactly once: appended where the option has a
+    value by default, left to the help text where that says it in words (``None`` or ``False``
+    mean "not given" and are never printed)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or unset or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
 def default_model() -> str:
     from .. import DEFAULT_MODEL
 
@@ -225,10 +238,10 @@ def fraction(name: str, closed_at_zero: bool = True, closed_at_one: bool = False
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """The options of every command that runs a model."""
-    p.add_argument("--model", help="folder or Hub id (default: the shipped default model)")
-    p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=8)
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--model", help="folder, LWM params pickle or Hub id 'org/name' (default: the shipped model)")
+    p.add_argument("--revision", help="Hub revision of --model: branch, tag or commit (default: main)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="images per compiled call")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="computation dtype")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--pixel-range",

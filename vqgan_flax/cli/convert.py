@@ -7,11 +7,13 @@ import argparse
 import sys
 from typing import Any, Dict, Optional, Sequence
 
-from ..configuration_vqgan import PRESETS, VQGANConfig
-from ..conversion import CheckpointError, ConversionError, convert_taming_checkpoint, export_to_taming
+from ..presets import PRESETS
 
 
-def _config_from_args(args: argparse.Namespace) -> VQGANConfig:
+def _config_from_args(args: argparse.Namespace) -> Any:
+    from ..configuration_vqgan import VQGANConfig
+    from ..conversion import ConversionError
+
     overrides: Dict[str, Any] = {}
     for name in ("ch", "num_res_blocks", "resolution", "z_channels", "n_embed", "embed_dim", "quantizer"):
         if getattr(args, name) is not None:
@@ -43,12 +45,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="output folder (or file with --to-taming)")
     parser.add_argument("--config", help="taming model.yaml describing the architecture")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a published taming architecture")
-    parser.add_argument("--format", default="safetensors", choices=("safetensors", "msgpack"), dest="weights_format")
+    parser.add_argument(
+        "--format",
+        default="safetensors",
+        choices=("safetensors", "msgpack"),
+        dest="weights_format",
+        help="weights file of the output folder",
+    )
     arch = parser.add_argument_group("architecture flags (override --config/--preset)")
-    for name, kind in (("ch", int), ("num_res_blocks", int), ("resolution", int), ("z_channels", int)):
-        arch.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
-    arch.add_argument("--n-embed", dest="n_embed", type=int)
-    arch.add_argument("--embed-dim", dest="embed_dim", type=int)
+    for name, meaning in (
+        ("ch", "base channel count"),
+        ("num_res_blocks", "ResnetBlocks per level"),
+        ("resolution", "training image size"),
+        ("z_channels", "latent channels"),
+        ("n_embed", "codebook size"),
+        ("embed_dim", "code dimension"),
+    ):
+        arch.add_argument("--" + name.replace("_", "-"), dest=name, type=int, help=f"taming's {name}: {meaning}")
     arch.add_argument("--ch-mult", dest="ch_mult", help="comma-separated, e.g. 1,1,2,2,4")
     arch.add_argument("--attn-resolutions", dest="attn_resolutions", help="comma-separated, e.g. 16")
     arch.add_argument("--quantizer", help="vq or gumbel")
@@ -63,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Convert as the parsed options say; errors print one line and give status 1."""
+    from ..conversion import CheckpointError, ConversionError, convert_taming_checkpoint, export_to_taming
+
     try:
         if args.to_taming:
             state = export_to_taming(args.to_taming, args.output)

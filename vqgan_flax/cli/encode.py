@@ -7,6 +7,7 @@ import argparse
 import os
 import re
 import sys
+from typing import Optional
 
 from ..image_io import atomic_write
 from ..token_writers import FORMATS, INFO_DIR, remove_shards
@@ -59,23 +60,39 @@ def _looks_like_dataset(path: str) -> bool:
     return path.endswith(".parquet") or is_saved_dataset(path)
 
 
+def output_format(out: str, given: Optional[str]) -> str:
+    """The token format for ``--out``: ``--format`` where given, else read from ``--out`` (``-`` or
+    ``*.npz``: npz; ``*.parquet`` / ``*.jsonl``: a folder of those shards; a folder, a name ending in
+    ``/`` or without an extension: parquet). A name that contradicts ``--format`` is refused."""
+    is_folder = out.endswith(("/", os.sep)) or os.path.isdir(out)
+    extension = os.path.splitext(out.rstrip("/" + os.sep))[1].lstrip(".").lower()
+    if given is None:
+        if out == "-" or (extension == "npz" and not is_folder):
+            return "npz"
+        if extension in FORMATS:
+            return extension
+        if is_folder or not extension:
+            return "parquet"
+        raise ValueError(f"--out {out}: cannot tell the format from .{extension}; give --format npz|parquet|jsonl")
+    if extension in FORMATS and extension != given:
+        raise ValueError(f"--out {out} looks like {extension}, but --format is {given}; give --format {extension}")
+    if given == "npz" and is_folder:
+        raise ValueError(f"--out {out}: is a folder, and npz output is one file; give a .npz name or --format parquet")
+    if given != "npz" and out == "-":
+        raise ValueError(f"--out -: {given} output is a folder of shards; give a folder")
+    return given
+
+
 def _check_format(args: argparse.Namespace) -> None:
-    """The format is ``--format``'s, never the extension's: an ``--out`` whose extension names
-    another format is a mistake, caught before any work."""
+    """The output format and folder or file, checked before any work (nothing is created yet)."""
     if not 0 <= args.process_index < args.process_count:
         raise ValueError(f"--process-index {args.process_index} is not in [0, --process-count {args.process_count})")
+    args.format = output_format(args.out, args.format)
     if args.process_count > 1 and args.format == "npz":
         raise ValueError("--process-count > 1 needs a sharded --format (parquet or jsonl): each process writes its own")
-    extension = os.path.splitext(args.out.rstrip("/"))[1].lstrip(".").lower()
-    if extension in FORMATS and extension != args.format:
-        raise ValueError(
-            f"--out {args.out} looks like {extension}, but --format is {args.format}; give --format {extension}"
-        )
     if args.format == "npz":
         if args.out != "-":
             check_output_file(args.out)
-    elif args.out == "-":
-        raise ValueError(f"--out -: {args.format} output is a folder of shards; give a folder")
     else:
         check_output_folder(args.out)
 
@@ -140,23 +157,23 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="image or video files, folders, .tar shards, or a dataset")
-    p.add_argument("--out", required=True, help="a .npz file (or -), or a folder of shards for parquet/jsonl")
+    p.add_argument("--out", required=True, help="a .npz file (-: standard output), or a folder of shards")
     p.add_argument("--size", type=POSITIVE_INT, help="resize (shorter side) and center-crop to this size")
     add_model_options(p)
     p.add_argument(
         "--format",
         choices=FORMATS,
-        default="npz",
-        help="npz: one file (--out -: standard output); parquet, jsonl (LWM): a folder of shards",
+        help="npz: one file (--out -: standard output); parquet, jsonl (LWM): a folder of shards "
+        "(default: from --out: a .npz name or - is npz, a folder, a name ending in / or without extension parquet)",
     )
     p.add_argument(
         "--source",
         choices=("auto", "files", "tar", "hf"),
         default="auto",
-        help="files/folders, webdataset .tar shards, or a Hugging Face dataset (default: guessed)",
+        help="files/folders, webdataset .tar shards, or a Hugging Face dataset; auto: guessed from the inputs",
     )
     p.add_argument("--image-column", default="image", help="the image column of a Hugging Face dataset")
-    p.add_argument("--caption-column", help="a text column to keep beside the tokens")
+    p.add_argument("--caption-column", help="a text column to keep beside the tokens (default: none)")
     p.add_argument("--split", help="the split of a Hugging Face dataset (default: its only one)")
     p.add_argument("--shard-size", type=POSITIVE_INT, default=10_000, help="rows per parquet/jsonl shard")
     p.add_argument("--workers", type=POSITIVE_INT, default=4, help="threads decoding images")

@@ -6,6 +6,7 @@ import argparse
 import os
 import time
 
+from ..training_config import TrainingConfig
 from .common import COUNT, NON_NEGATIVE, POSITIVE_INT, fraction
 
 
@@ -13,7 +14,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ..configuration_vqgan import PRESETS, VQGANConfig
     from ..lpips import lpips_params_from_state_dict
     from ..modeling_flax_vqgan import FlaxVQGANModel
-    from ..training import ImageCrops, TrainingConfig, VQGANTrainer
+    from ..training import ImageCrops, VQGANTrainer
 
     seed = args.seed or 0
     if args.init_from:
@@ -51,7 +52,32 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
 
-_TRAINER_DEFAULT = "TrainingConfig's field of that name (None: its default)"
+# What each TrainingConfig field means on the command line (its default comes from TrainingConfig).
+_FIELDS = {
+    "steps": (POSITIVE_INT, "optimizer steps in all (a resumed run goes on to this step)"),
+    "batch_size": (POSITIVE_INT, "crops per step, over all devices"),
+    "crop_size": (POSITIVE_INT, "side of the square training crops, in pixels"),
+    "learning_rate": (NON_NEGATIVE, "Adam learning rate of the autoencoder and the discriminator"),
+    "schedule": (("constant", "cosine"), "constant (taming), or cosine: warm-up, then down to 10%% at --steps"),
+    "warmup_steps": (COUNT, "linear warm-up steps of the cosine schedule"),
+    "reconstruction_loss": (("l1", "l2"), "pixel distance of the reconstruction term"),
+    "chroma_weight": (NON_NEGATIVE, "weight of the same distance on the chroma planes (not in taming)"),
+    "ssim_weight": (NON_NEGATIVE, "weight of each image's 1 - SSIM (not in taming)"),
+    "codebook_weight": (NON_NEGATIVE, "weight of the quantizer's codebook/commitment loss"),
+    "perceptual_weight": (NON_NEGATIVE, "weight of LPIPS (with --lpips only)"),
+    "disc_start": (COUNT, "step from which the discriminator trains and its loss counts"),
+    "disc_weight": (NON_NEGATIVE, "weight of the adversarial term (0: no discriminator)"),
+    "disc_ndf": (POSITIVE_INT, "channels of the discriminator's first layer"),
+    "disc_num_layers": (POSITIVE_INT, "stride-2 layers of the PatchGAN discriminator"),
+    "ema_decay": (NON_NEGATIVE, "keep an EMA of the weights with this decay and save it (default: off)"),
+    "codebook_restart_every": (COUNT, "move unused codes onto batch latents every N steps (default: off)"),
+    "codebook_restart_until": (COUNT, "no restarts after this step (default: until the end)"),
+    "quantize_after": (COUNT, "steps in which the decoder reads unquantized latents"),
+    "colour_anchor_weight": (NON_NEGATIVE, "weight of the loss tying 3 latent channels to Y, Cb, Cr"),
+    "seed": (COUNT, "seed of the initial weights and of the crops"),
+    "log_every": (POSITIVE_INT, "steps between log.jsonl lines"),
+    "save_every": (POSITIVE_INT, "steps between checkpoints"),
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,26 +85,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="folder for checkpoints, log.jsonl and the model")
     p.add_argument("--config", help="preset name, config.json or taming model.yaml (new model)")
     p.add_argument("--init-from", help="fine-tune this model folder / Hub id")
-    p.add_argument("--revision", help="Hub revision of --init-from (branch, tag or commit)")
+    p.add_argument("--revision", help="Hub revision of --init-from: branch, tag or commit (default: main)")
     p.add_argument("--lpips", help="LPIPS weights (.safetensors/.pt state dict) for the perceptual term")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    for name in ("steps", "batch_size", "crop_size", "disc_num_layers", "disc_ndf", "save_every", "log_every"):
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=POSITIVE_INT, help=_TRAINER_DEFAULT)
-    for name in (
-        "disc_start",
-        "seed",
-        "codebook_restart_every",
-        "codebook_restart_until",
-        "warmup_steps",
-        "quantize_after",
-    ):
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=COUNT, help=_TRAINER_DEFAULT)
-    floats = ("learning_rate", "disc_weight", "codebook_weight", "perceptual_weight", "chroma_weight", "ssim_weight",
-              "ema_decay")  # fmt: skip
-    for name in (*floats, "colour_anchor_weight"):
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=NON_NEGATIVE, help=_TRAINER_DEFAULT)
-    p.add_argument("--schedule", choices=("constant", "cosine"), help=_TRAINER_DEFAULT)
-    p.add_argument("--reconstruction-loss", choices=("l1", "l2"), help=_TRAINER_DEFAULT)
+    defaults = TrainingConfig()
+    for name, (kind, meaning) in _FIELDS.items():
+        flag, default = "--" + name.replace("_", "-"), getattr(defaults, name)
+        if isinstance(kind, tuple):
+            p.add_argument(flag, dest=name, choices=kind, default=default, help=meaning)
+        else:
+            p.add_argument(flag, dest=name, type=kind, default=default, help=meaning)
     p.add_argument(
         "--min-scale",
         type=fraction("min-scale", closed_at_zero=False, closed_at_one=True),

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..configuration_vqgan import VQGANConfig
+from ..image_io import honour_umask
 from .common import (
     ConversionError,
     check_weights,
@@ -173,6 +174,7 @@ def export_to_taming(model_dir: PathLike, output: PathLike) -> Dict[str, np.ndar
         from safetensors.numpy import save_file
 
         save_file(state, output, metadata={"format": "pt"})
+        honour_umask(output)  # save_file makes it 0600
     elif output.endswith((".pt", ".pth", ".ckpt")):
         try:
             import torch
