@@ -172,3 +172,13 @@ def test_op_profile_runs(tmp_path, precision):
         ("decode", "whole call"),
     } <= classes
     assert all(c["jax_s"] > 0 and c["torch_s"] > 0 for c in record["classes"] if c["class"] not in ("rest",))
+
+
+def test_cli_startup_benchmark_runs(tmp_path):
+    root = FIXTURES.parent.parent
+    out = tmp_path / "startup.json"
+    _run_script(root, root / "benchmarks" / "cli_startup.py", "--rounds", "1", "--json", out, "--allow-dirty")
+    report = json.loads(out.read_text())
+    assert [row["command"] for row in report["rows"]] == ["python -c pass", "vqgan-flax --help", "vqgan-flax --version"]
+    assert all(row["min_s"] <= row["median_s"] <= row["max_s"] and len(row["seconds"]) == 1 for row in report["rows"])
+    _assert_provenance(report, "cli_startup.py")
