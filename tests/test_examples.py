@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
-from utils import FIXTURES
+from utils import FIXTURES, same_output
 
 
 def test_parity_demo(tmp_path):
@@ -31,6 +32,12 @@ def test_parity_demo(tmp_path):
     assert all(row["ok"] for row in report)
     assert all(row["max_abs_diff_decode"] < 1e-4 for row in report)
     assert (tmp_path / "taming_gumbel" / "model.safetensors").is_file()
+    # The README shows this table: the same cases, shapes, index counts and verdicts; the errors
+    # (float32 rounding, ~1e-6, differing in the last digit between stacks) to 1e-5.
+    shown = re.search(r"```\n(case {2,}input.*?)```", (root / "README.md").read_text(), flags=re.S).group(1)
+    table = result.stdout[result.stdout.index("case ") :].splitlines()
+    printed = "\n".join(table[: len(shown.strip().splitlines())])
+    assert same_output(printed, shown, abs_tol=1e-5), f"parity_demo.py printed\n{printed}\nthe README shows\n{shown}"
 
 
 @pytest.mark.torch

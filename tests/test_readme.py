@@ -10,32 +10,12 @@ import subprocess
 import sys
 
 import pytest
-from utils import FIXTURES
+from utils import FIXTURES, same_output
 
 ROOT = FIXTURES.parent.parent
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```\n", README, flags=re.S)
 EXAMPLES = re.findall(r"```python\n(.*?)```\n\n```text\n(.*?)```\n", README, flags=re.S)
-NUMBER = re.compile(r"^[-+]?(\d[\d,]*\.?\d*(e[-+]?\d+)?|\.\d+)$")
-
-
-def same_output(printed: str, shown: str, rel: float = 1e-3, abs_tol: float = 1e-6) -> bool:
-    """Whether ``printed`` matches ``shown`` token by token (punctuation split off numbers)."""
-
-    def tokens(text: str) -> list:
-        return re.findall(r"[-+]?\d[\d,]*\.?\d*(?:e[-+]?\d+)?|[^\s\d(),\[\]]+|[(),\[\]]", text)
-
-    got, want = tokens(printed), tokens(shown)
-    if len(got) != len(want):
-        return False
-    for a, b in zip(got, want):
-        if NUMBER.match(a) and NUMBER.match(b):
-            x, y = float(a.replace(",", "")), float(b.replace(",", ""))
-            if abs(x - y) > max(abs_tol, rel * abs(y)):
-                return False
-        elif a != b:
-            return False
-    return True
 
 
 def test_readme_has_python_examples_each_with_its_output():

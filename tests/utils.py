@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
+import re
 import shutil
 
 import numpy as np
@@ -88,3 +89,25 @@ def require_torch_reference() -> None:
     # Parity with the reference wants exact, repeatable PyTorch kernels on the 2 cores CI has.
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(True)
+
+
+NUMBER = re.compile(r"^[-+]?(\d[\d,]*\.?\d*(e[-+]?\d+)?|\.\d+)$")
+
+
+def same_output(printed: str, shown: str, rel: float = 1e-3, abs_tol: float = 1e-6) -> bool:
+    """Whether ``printed`` matches ``shown`` token by token (punctuation split off numbers)."""
+
+    def tokens(text: str) -> list:
+        return re.findall(r"[-+]?\d[\d,]*\.?\d*(?:e[-+]?\d+)?|[^\s\d(),\[\]]+|[(),\[\]]", text)
+
+    got, want = tokens(printed), tokens(shown)
+    if len(got) != len(want):
+        return False
+    for a, b in zip(got, want):
+        if NUMBER.match(a) and NUMBER.match(b):
+            x, y = float(a.replace(",", "")), float(b.replace(",", ""))
+            if abs(x - y) > max(abs_tol, rel * abs(y)):
+                return False
+        elif a != b:
+            return False
+    return True
