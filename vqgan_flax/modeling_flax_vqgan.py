@@ -316,7 +316,6 @@ class FlaxVQGANPreTrainedModel(select_base()):
         finally:
             _LOADED_KEYS.reset(recording)
         model.source = source
-        model.config._name_or_path = name  # as transformers records it: the id or path as given
         if source.commit:
             model.config._commit_hash = source.commit
         flat = flatten_dict(flax.core.unfreeze(params))

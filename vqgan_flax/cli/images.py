@@ -41,7 +41,6 @@ def check_token_range(tokens: np.ndarray, n_embed: int, where: str) -> None:
 def _decode_model(args: argparse.Namespace, source: Any):
     """The model that made the tokens (as recorded: for a Hub model, at the recorded commit) unless
     ``--model`` names another; either way its weights must be the recorded ones (by digest)."""
-    from ..model_identity import model_digest
     from ..token_readers import recorded_model
 
     recorded = recorded_model(source)
@@ -58,13 +57,27 @@ def _decode_model(args: argparse.Namespace, source: Any):
             ) from None
     else:
         model = load_model(args)
+    return model
+
+
+def _check_made_by(args: argparse.Namespace, source: Any, model: Any) -> None:
+    """The tokens' recorded codebook, factor and weights (by digest) must be the model's."""
+    from ..model_identity import model_digest
+    from ..token_readers import recorded_model
+
+    for name in ("n_embed", "downsampling_factor"):
+        made_with, value = source.metadata.get(name), getattr(model.config, name)
+        if made_with is not None and made_with != value:
+            raise ValueError(
+                f"{args.tokens} was made by a model with {name}={made_with}; --model {args.model} has {value}"
+            )
     digest = source.metadata.get("model_digest")
     if digest and model_digest(model) != digest:
+        recorded = recorded_model(source)
         raise ValueError(
             f"{args.tokens} was made with model_digest={digest!r} ({recorded[0] if recorded else '?'}); "
             f"model {model_name(args)} has {model_digest(model)!r}: other weights, its tokens would decode wrong"
         )
-    return model
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
@@ -77,12 +90,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
     recorded_range = source.metadata.get("pixel_range")
     if recorded_range and not args.pixel_range:  # as the tokens were made, whatever the folder says now
         processor.pixel_range = [float(v) for v in recorded_range]
-    for name, value in (("n_embed", model.config.n_embed), ("downsampling_factor", model.config.downsampling_factor)):
-        made_with = source.metadata.get(name)
-        if made_with is not None and made_with != value:
-            raise ValueError(
-                f"{args.tokens} was made by a model with {name}={made_with}; --model {args.model} has {value}"
-            )
+    _check_made_by(args, source, model)
     for key, grid in source.rows():  # every row checked before anything is written
         check_token_range(grid, model.config.n_embed, f"{args.tokens}: {key}")
     prepare_output_folder(args.out)
