@@ -16,10 +16,9 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
-from utils import fake_hub_cache
+from utils import fake_hub_cache, run_cli
 
 from vqgan_flax import VQGAN, FlaxVQGANModel, VQGANConfig, VQGANImageProcessor, VQModel
-from vqgan_flax.cli import main
 from vqgan_flax.hub import commit_of, is_hub_id, resolve_model
 
 REPO = "acme/vqgan-tiny"
@@ -62,12 +61,6 @@ def offline(hub, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub.cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return hub
-
-
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("revision", [None, "main", "v1.0", MAIN])
@@ -164,33 +157,33 @@ def test_online_path_downloads_each_file_once_pinned_to_one_commit(hub, monkeypa
 def test_cli_commands_take_a_hub_id(offline, tmp_path, capsys, monkeypatch):
     """``info``, ``encode --model``, ``decode`` of a token file that records a Hub id (no --model),
     ``reconstruct --model`` and ``train --init-from``: the Hub id gives what its folder gives."""
-    code, out, err = _run(capsys, "info", REPO, "--json")
+    code, out, err = run_cli(capsys, "info", REPO, "--json")
     assert code == 0, err
     facts = json.loads(out)
     assert facts["model"] == REPO and facts["image_size"] == [16, 16]  # its preprocessor_config.json
 
     hub_tokens, folder_tokens = tmp_path / "hub.npz", tmp_path / "folder.npz"
-    assert _run(capsys, "encode", offline.images, "--model", REPO, "--out", hub_tokens, "--quiet")[0] == 0
-    assert _run(capsys, "encode", offline.images, "--model", offline.main, "--out", folder_tokens, "--quiet")[0] == 0
+    assert run_cli(capsys, "encode", offline.images, "--model", REPO, "--out", hub_tokens, "--quiet")[0] == 0
+    assert run_cli(capsys, "encode", offline.images, "--model", offline.main, "--out", folder_tokens, "--quiet")[0] == 0
     hub_record, folder_record = np.load(hub_tokens), np.load(folder_tokens)
     np.testing.assert_array_equal(hub_record["tokens"], folder_record["tokens"])
     assert str(hub_record["model"]) == REPO and str(hub_record["commit"]) == MAIN
     assert str(hub_record["model_digest"]) == str(folder_record["model_digest"])  # one model, two places
 
     monkeypatch.chdir(tmp_path)  # decode finds the model by the Hub id recorded in the file
-    assert _run(capsys, "decode", hub_tokens, "--out", tmp_path / "from_hub", "--quiet")[0] == 0
-    assert _run(capsys, "decode", folder_tokens, "--out", tmp_path / "from_folder", "--quiet")[0] == 0
+    assert run_cli(capsys, "decode", hub_tokens, "--out", tmp_path / "from_hub", "--quiet")[0] == 0
+    assert run_cli(capsys, "decode", folder_tokens, "--out", tmp_path / "from_folder", "--quiet")[0] == 0
     for name in ("img0.png", "img1.png"):
         assert (tmp_path / "from_hub" / name).read_bytes() == (tmp_path / "from_folder" / name).read_bytes()
 
-    code, out, err = _run(capsys, "reconstruct", offline.images, "--model", REPO, "--out", tmp_path / "r", "--quiet")
+    code, out, err = run_cli(capsys, "reconstruct", offline.images, "--model", REPO, "--out", tmp_path / "r", "--quiet")
     assert code == 0 and json.loads((tmp_path / "r" / "metrics.json").read_text())["model"] == REPO, err
 
     import vqgan_flax.training as training
 
     started = {}
     monkeypatch.setattr(training.VQGANTrainer, "fit", lambda self, data, output, progress: started.update(m=self))
-    code, _, err = _run(capsys, "train", "--data", offline.images, "--output", tmp_path / "t", "--init-from", REPO,
+    code, _, err = run_cli(capsys, "train", "--data", offline.images, "--output", tmp_path / "t", "--init-from", REPO,
                         "--revision", "v1.0", "--steps", 1, "--crop-size", 32, "--quiet")  # fmt: skip
     assert code == 0, err
     assert started["m"].model.source.commit == MAIN

@@ -10,9 +10,9 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
+from utils import run_cli
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig
-from vqgan_flax.cli import main
 from vqgan_flax.model_identity import check_same_tokens, model_digest, params_digest
 
 
@@ -23,12 +23,6 @@ def images(tmp_path_factory):
     for i in range(3):
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
     return folder
-
-
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_digest_depends_on_weights_and_architecture_not_on_file_format(tiny, tmp_path):
@@ -61,7 +55,7 @@ def test_resume_accepts_the_same_weights_elsewhere_and_refuses_others(tiny, imag
     shutil.copytree(tiny, staged)
     other = tmp_path / "other"
     FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=1).save_pretrained(other)
-    code, _, err = _run(capsys, "encode", images / "img0.png", images / "img1.png", "--model", tiny, "--out", out,
+    code, _, err = run_cli(capsys, "encode", images / "img0.png", images / "img1.png", "--model", tiny, "--out", out,
                         "--format", "parquet", "--quiet")  # fmt: skip
     assert code == 0, err
     metadata = json.loads((out / ".vqgan_flax" / "metadata.json").read_text())
@@ -69,17 +63,17 @@ def test_resume_accepts_the_same_weights_elsewhere_and_refuses_others(tiny, imag
     assert metadata["dtype"] == "float32" and metadata["token_file_version"] == 3
     before = sorted(os.listdir(out)), (out / ".vqgan_flax" / "metadata.json").read_bytes()
 
-    code, stdout, err = _run(capsys, "encode", images, "--model", staged, "--out", out, "--format", "parquet", "-q")
+    code, stdout, err = run_cli(capsys, "encode", images, "--model", staged, "--out", out, "--format", "parquet", "-q")
     assert code == 0 and "wrote 1 x" in stdout and "(2 already there" in stdout, err
 
     after_resume = sorted(os.listdir(out))
-    code, _, err = _run(capsys, "encode", images, "--model", other, "--out", out, "--format", "parquet", "--quiet")
+    code, _, err = run_cli(capsys, "encode", images, "--model", other, "--out", out, "--format", "parquet", "--quiet")
     assert code == 1 and err.count("\n") == 1
     assert f"model_digest={metadata['model_digest']!r}, this run has 'sha256:" in err and "other weights" in err
-    code, _, err = _run(capsys, "encode", images, "--model", staged, "--out", out, "--format", "parquet",
+    code, _, err = run_cli(capsys, "encode", images, "--model", staged, "--out", out, "--format", "parquet",
                         "--dtype", "bfloat16", "--quiet")  # fmt: skip
     assert code == 1 and "dtype='float32', this run has 'bfloat16'" in err, err
-    code, _, err = _run(capsys, "encode", images, "--model", staged, "--out", out, "--format", "parquet",
+    code, _, err = run_cli(capsys, "encode", images, "--model", staged, "--out", out, "--format", "parquet",
                         "--size", "32", "--quiet")  # fmt: skip
     assert code == 1 and "image_size=16, this run has 32" in err, err
     assert sorted(os.listdir(out)) == after_resume and len(after_resume) == len(before[0]) + 1

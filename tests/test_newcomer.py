@@ -16,10 +16,11 @@ import tomllib
 import numpy as np
 import pytest
 from PIL import Image
+from utils import run_cli
 
 import vqgan_flax
 from vqgan_flax import FlaxVQGANModel
-from vqgan_flax.cli import build_parser, main
+from vqgan_flax.cli import build_parser
 from vqgan_flax.cli.common import HelpFormatter
 from vqgan_flax.cli.encode import output_format
 from vqgan_flax.extras import MissingExtra, require
@@ -34,12 +35,6 @@ def photos(tmp_path_factory):
     for i in range(2):
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
     return folder
-
-
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_format_follows_out(tmp_path):
@@ -65,13 +60,13 @@ def test_format_follows_out(tmp_path):
 def test_encode_into_a_folder_writes_parquet(tiny, photos, tmp_path, capsys):
     """``encode photos/ --out tokdir/`` (no --format) used to encode everything as npz, then fail
     with 'Not a directory'."""
-    code, out, err = _run(capsys, "encode", photos, "--out", f"{tmp_path / 'tokdir'}/", "--model", tiny, "--quiet")
+    code, out, err = run_cli(capsys, "encode", photos, "--out", f"{tmp_path / 'tokdir'}/", "--model", tiny, "--quiet")
     assert code == 0 and "wrote 2 x 8x8 tokens" in out, err
     assert sorted(os.listdir(tmp_path / "tokdir")) == [".vqgan_flax", "part-000-00000.parquet"]
 
 
 def test_a_format_mismatch_is_refused_before_the_model_loads(photos, tmp_path, capsys):
-    code, _, err = _run(capsys, "encode", photos, "--out", tmp_path / "t.npz", "--format", "parquet",
+    code, _, err = run_cli(capsys, "encode", photos, "--out", tmp_path / "t.npz", "--format", "parquet",
                         "--model", tmp_path / "no-such-model")  # fmt: skip
     assert code == 1 and "looks like npz, but --format is parquet" in err and "no-such-model" not in err
     assert os.listdir(tmp_path) == []
@@ -87,14 +82,14 @@ def test_missing_extras_fail_at_once_naming_the_install(photos, tmp_path, capsys
     clips.mkdir()
     (clips / "b.mp4").write_bytes(b"\x00" * 64)
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(clips / "a.png")
-    code, _, err = _run(capsys, "encode", clips, "--media", "auto", "--out", tmp_path / "v.npz",
+    code, _, err = run_cli(capsys, "encode", clips, "--media", "auto", "--out", tmp_path / "v.npz",
                         "--model", tmp_path / "no-such-model")  # fmt: skip
     assert code == 1 and err.count("\n") == 1 and 'pip install "vqgan-flax[video]"' in err, err
     assert not (tmp_path / "v.npz").exists()
     # Images only: PyAV is not needed, and not asked for.
     assert require("datasets") is None and "datasets" in sys.modules
     monkeypatch.setitem(sys.modules, "datasets", None)
-    code, _, err = _run(capsys, "encode", tmp_path / "data.parquet", "--source", "hf", "--out", tmp_path / "h.npz")
+    code, _, err = run_cli(capsys, "encode", tmp_path / "data.parquet", "--source", "hf", "--out", tmp_path / "h.npz")
     assert code == 1 and 'pip install "vqgan-flax[datasets]"' in err, err
 
 
@@ -105,11 +100,13 @@ def test_every_writer_honours_the_umask(tiny, photos, tmp_path, capsys):
         model.save_pretrained(tmp_path / "safe", safe_serialization=True)
         model.save_pretrained(tmp_path / "msgpack", safe_serialization=False)
         taming = ROOT / "tests" / "fixtures" / "taming_vq"
-        assert _run(capsys, "convert", "--checkpoint", taming / "last.ckpt", "--config", taming / "model.yaml",
+        assert run_cli(capsys, "convert", "--checkpoint", taming / "last.ckpt", "--config", taming / "model.yaml",
                     "--output", tmp_path / "converted")[0] == 0  # fmt: skip
-        assert _run(capsys, "convert", "--to-taming", tmp_path / "safe", "--output", tmp_path / "t.safetensors")[0] == 0
-        assert _run(capsys, "encode", photos, "--out", tmp_path / "t.npz", "--model", tiny, "-q")[0] == 0
-        assert _run(capsys, "encode", photos, "--out", tmp_path / "shards", "--model", tiny, "-q")[0] == 0
+        assert (
+            run_cli(capsys, "convert", "--to-taming", tmp_path / "safe", "--output", tmp_path / "t.safetensors")[0] == 0
+        )
+        assert run_cli(capsys, "encode", photos, "--out", tmp_path / "t.npz", "--model", tiny, "-q")[0] == 0
+        assert run_cli(capsys, "encode", photos, "--out", tmp_path / "shards", "--model", tiny, "-q")[0] == 0
         from vqgan_flax.training import TrainingConfig, VQGANTrainer
 
         trainer = VQGANTrainer(model, TrainingConfig(crop_size=32, disc_weight=0.0))
@@ -136,24 +133,26 @@ def test_the_shipped_model_has_its_processor_config():
 
 def test_refused_runs_leave_nothing_behind(tiny, photos, tmp_path, capsys):
     np.savez(tmp_path / "far.npz", tokens=np.full((1, 4, 4), 999, np.int32), keys=np.asarray(["a"]))
-    code, _, err = _run(capsys, "decode", tmp_path / "far.npz", "--out", tmp_path / "out", "--model", tiny)
+    code, _, err = run_cli(capsys, "decode", tmp_path / "far.npz", "--out", tmp_path / "out", "--model", tiny)
     assert code == 1 and "token 999 is outside the model's codebook [0, 32)" in err
     missing = tmp_path / "no-such-model"
     for argv in (["decode", tmp_path / "far.npz", "--out", tmp_path / "out2"],
                  ["encode", photos, "--out", tmp_path / "shards"],
                  ["reconstruct", photos, "--out", tmp_path / "recon"]):  # fmt: skip
-        code, _, err = _run(capsys, *argv, "--model", missing)
+        code, _, err = run_cli(capsys, *argv, "--model", missing)
         assert code == 1 and "no-such-model: no such model folder" in err, err
     assert sorted(os.listdir(tmp_path)) == ["far.npz"]
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
 def test_decode_reads_one_token_shard(tiny, photos, tmp_path, capsys, fmt):
-    assert _run(capsys, "encode", photos, "--out", tmp_path / "shards", "--format", fmt, "--model", tiny, "-q")[0] == 0
+    assert (
+        run_cli(capsys, "encode", photos, "--out", tmp_path / "shards", "--format", fmt, "--model", tiny, "-q")[0] == 0
+    )
     shard = tmp_path / "shards" / f"part-000-00000.{fmt}"
-    code, out, err = _run(capsys, "decode", shard, "--out", tmp_path / "one", "-q")  # the model as recorded
+    code, out, err = run_cli(capsys, "decode", shard, "--out", tmp_path / "one", "-q")  # the model as recorded
     assert code == 0 and "wrote 2 images" in out, err
-    assert _run(capsys, "decode", tmp_path / "shards", "--out", tmp_path / "all", "-q")[0] == 0
+    assert run_cli(capsys, "decode", tmp_path / "shards", "--out", tmp_path / "all", "-q")[0] == 0
     for name in ("p0.png", "p1.png"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "all" / name).read_bytes()
 

@@ -111,3 +111,12 @@ def same_output(printed: str, shown: str, rel: float = 1e-3, abs_tol: float = 1e
         elif a != b:
             return False
     return True
+
+
+def run_cli(capsys, *argv):
+    """``vqgan-flax ARGV...`` in this process: ``(exit status, stdout, stderr)``."""
+    from vqgan_flax.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
