@@ -187,7 +187,7 @@ def resolve_model(
         where = f"Hub model {name!r} (revision {revision or 'main'!r})"
         raise OSError(f"{where} has no model weights (looked for {', '.join(WEIGHTS_CANDIDATES)})")
     if os.path.basename(weights) == FLAX_WEIGHTS_INDEX_NAME:
-        for shard in _shard_names(weights):
+        for shard in shard_names_of(weights):
             _download(name, shard, hub_kwargs, required=True)
     for extra in extra_files:
         _download(name, extra, hub_kwargs, required=False)
@@ -195,7 +195,7 @@ def resolve_model(
     return ModelSource(name, folder, hub_id=name, revision=revision, commit=commit or commit_of(weights))
 
 
-def _shard_names(index_file: str) -> list:
+def shard_names_of(index_file: str) -> list:
     """The shard files a msgpack index names (plain ``.msgpack`` names only)."""
     try:
         with open(index_file, encoding="utf-8") as f:

@@ -36,6 +36,7 @@ from .hub import (
     WEIGHTS_CANDIDATES,
     no_weights_message,
     resolve_model,
+    shard_names_of,
 )
 from .image_io import honour_umask
 
@@ -234,13 +235,7 @@ class FlaxHubModel:
         if found != FLAX_WEIGHTS_INDEX_NAME:
             return [os.path.join(folder, found)], found
         index_file = os.path.join(folder, found)
-        with open(index_file) as f:
-            weight_map = json.load(f).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise OSError(f"{index_file}: no weight_map")
-        shard_names = sorted(set(weight_map.values()))
-        if any(os.path.basename(n) != n or not n.endswith(".msgpack") for n in shard_names):
-            raise OSError(f"{index_file}: shard names must be plain .msgpack file names; got {shard_names[:3]}")
+        shard_names = shard_names_of(index_file)
         missing = [n for n in shard_names if not os.path.isfile(os.path.join(folder, n))]
         if missing:
             raise OSError(f"{index_file}: lists {missing[0]}, which is missing")
