@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import provenance  # noqa: E402
 
 from vqgan_flax import DEFAULT_MODEL, FlaxVQGANModel, VQGANConfig  # noqa: E402
-from vqgan_flax.image_io import list_images, load_image  # noqa: E402
+from vqgan_flax.data.image_io import list_images, load_image  # noqa: E402
 
 
 def index_agreement(model_f32: FlaxVQGANModel, model_bf16: FlaxVQGANModel, pixels: np.ndarray) -> float:

@@ -66,9 +66,9 @@ def worker(mode: str, folder: str, n: int, preset: str, size: int, batch: int) -
 
     from vqgan_flax import FlaxVQGANModel, VQGANConfig, VQGANImageProcessor
     from vqgan_flax.cli.common import Runner
-    from vqgan_flax.sources import file_items, tar_items
-    from vqgan_flax.token_writers import ShardedTokenWriter
-    from vqgan_flax.tokenize_dataset import tokenize_items
+    from vqgan_flax.data.sources import file_items, tar_items
+    from vqgan_flax.data.tokenize import tokenize_items
+    from vqgan_flax.data.writers import ShardedTokenWriter
 
     model = FlaxVQGANModel(VQGANConfig.from_preset(preset), seed=0)
     processor = VQGANImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
@@ -79,7 +79,7 @@ def worker(mode: str, folder: str, n: int, preset: str, size: int, batch: int) -
     paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".jpg"))
     assert len(paths) == n, (folder, len(paths), n)
     if mode == "model":
-        from vqgan_flax.image_io import open_rgb
+        from vqgan_flax.data.image_io import open_rgb
 
         pixels = processor.to_pixel_values(np.stack([np.asarray(processor.resize_crop(open_rgb(p))) for p in paths]))
         start = time.perf_counter()

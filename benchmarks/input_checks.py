@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import provenance  # noqa: E402
 
 from vqgan_flax import DEFAULT_MODEL, FlaxVQGANModel  # noqa: E402
-from vqgan_flax.input_checks import check_indices, check_pixels  # noqa: E402
+from vqgan_flax.models.input_checks import check_indices, check_pixels  # noqa: E402
 
 
 def _seconds(fn) -> float:

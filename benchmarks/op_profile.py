@@ -8,7 +8,7 @@ The model's convolutions and GroupNorms are listed by running ``encode`` and ``d
 under ``flax.linen.intercept_methods`` (every ``blocks.Conv`` and ``blocks.GroupNorm`` call with its
 input shape). Each distinct op is then timed alone, in its own process per framework: ours as
 the model's own jitted blocks (``blocks._conv``, ``blocks.GroupNorm`` with swish: on CPU the
-kernels of ``vqgan_flax/cpu_kernels.py`` unless ``VQGAN_FLAX_CPU_KERNELS=off``) on NHWC;
+kernels of ``vqgan_flax/kernels/cpu.py`` unless ``VQGAN_FLAX_CPU_KERNELS=off``) on NHWC;
 PyTorch's as ``Conv2d`` on a channels_last tensor (``torch.compile`` hands a lone convolution to
 the same oneDNN kernel) and ``torch.compile``-d ``GroupNorm`` + SiLU (where inductor fuses), under
 ``torch.autocast(bfloat16)`` for ``--precision bfloat16`` (ours: bf16 operands, float32 norms).
@@ -45,7 +45,7 @@ def op_census(preset: str, size: int) -> dict:
     import jax.numpy as jnp
 
     from vqgan_flax import FlaxVQGANModel, VQGANConfig
-    from vqgan_flax.blocks import Conv, GroupNorm, UpsampleConv
+    from vqgan_flax.models.blocks import Conv, GroupNorm, UpsampleConv
 
     model = FlaxVQGANModel(VQGANConfig.from_preset(preset), seed=0)
     census = {}
@@ -92,7 +92,7 @@ def time_ops_jax(ops: list, repeats: int, precision: str) -> list:
     import jax.numpy as jnp
     import numpy as np
 
-    from vqgan_flax.blocks import GroupNorm, UpsampleConv, _conv
+    from vqgan_flax.models.blocks import GroupNorm, UpsampleConv, _conv
 
     dtype = jnp.dtype(precision)
     seconds = []

@@ -57,7 +57,7 @@ TORCH_SYSTEMS = {  # name: (compiled, channels_last, autocast bf16)
     "torch-compile-float32": (True, True, False),
     "torch-compile-bfloat16": (True, True, True),
 }
-# jax-*: on CPU the kernels of vqgan_flax/cpu_kernels.py where they build, as users get by
+# jax-*: on CPU the kernels of vqgan_flax/kernels/cpu.py where they build, as users get by
 # default; jax-xla-*: XLA's own ops (VQGAN_FLAX_CPU_KERNELS=off), what other CPUs get.
 SYSTEMS = ("jax-float32", "jax-bfloat16", "jax-xla-float32", "jax-xla-bfloat16", *TORCH_SYSTEMS)
 
@@ -160,7 +160,7 @@ def torch_calls(system: str, batch: int, size: int, preset: str, tf32: bool, per
 def worker_jax(system: str, batch: int, size: int, preset: str, repeats: int, tf32: bool) -> dict:
     import jax
 
-    from vqgan_flax.cpu_kernels import KERNELS_ENV, kernel_backend
+    from vqgan_flax.kernels.cpu import KERNELS_ENV, kernel_backend
 
     if system.startswith("jax-xla-"):
         os.environ[KERNELS_ENV] = "off"

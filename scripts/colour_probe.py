@@ -36,7 +36,10 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import provenance  # noqa: E402
 import train_default_model as recipe  # noqa: E402
 
-from vqgan_flax import FlaxVQGANModel, VQGANConfig, losses, metrics, sample_data, training  # noqa: E402
+from vqgan_flax import FlaxVQGANModel, VQGANConfig  # noqa: E402
+from vqgan_flax.evaluation import metrics, sample_data  # noqa: E402
+from vqgan_flax.train import losses  # noqa: E402
+from vqgan_flax.train import trainer as training  # noqa: E402
 
 # The training crops: the default recipe's augmentations plus random channel permutations and tints.
 CROPS = dict(min_scale=0.4, colour_jitter=0.1, tint=0.15, channel_shuffle=True)

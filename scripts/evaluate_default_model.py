@@ -1,5 +1,5 @@
 """Rate-matched evaluation of a model (default: the shipped one) on the splits of
-``vqgan_flax.sample_data``: ours against a k-means patch codec and JPEG at the same bits per pixel.
+``vqgan_flax.evaluation.sample_data``: ours against a k-means patch codec and JPEG at the same bits per pixel.
 
     pip install -e ".[eval]" && python scripts/evaluate_default_model.py
 
@@ -23,7 +23,9 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import provenance  # noqa: E402
 
-from vqgan_flax import DEFAULT_MODEL, FlaxVQGANModel, evaluation, sample_data  # noqa: E402
+from vqgan_flax import DEFAULT_MODEL, FlaxVQGANModel  # noqa: E402
+from vqgan_flax.evaluation import compare as evaluation  # noqa: E402
+from vqgan_flax.evaluation import sample_data  # noqa: E402
 
 SPLITS = ("validation", "test", "unseen")
 RECORD = os.path.join(DEFAULT_MODEL, "evaluation.json")  # the shipped model's numbers

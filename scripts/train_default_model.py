@@ -1,5 +1,5 @@
 """Train the shipped default model (vqgan_flax/default_model) on the training split of
-``vqgan_flax.sample_data`` (CC0 / public-domain photographs bundled with scikit-image).
+``vqgan_flax.evaluation.sample_data`` (CC0 / public-domain photographs bundled with scikit-image).
 
     pip install -e ".[eval]" && python scripts/train_default_model.py --output build/colour_anchor
     python scripts/train_default_model.py --init-from build/colour_anchor/model --learning-rate 1e-4 \
@@ -35,9 +35,10 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from vqgan_flax import FlaxVQGANModel, VQGANConfig, sample_data
+from vqgan_flax import FlaxVQGANModel, VQGANConfig
 from vqgan_flax.cli.common import COUNT, NON_NEGATIVE
-from vqgan_flax.training import ImageCrops, TrainingConfig, VQGANTrainer
+from vqgan_flax.evaluation import sample_data
+from vqgan_flax.train.trainer import ImageCrops, TrainingConfig, VQGANTrainer
 
 # Downsampling factor 8 and 1024 codes: 32 x 32 tokens for a 256 x 256 image (the grid of LDM's
 # f8 tokenizers) at 0.156 bits per pixel. No attention, so it runs at any size divisible by 8. A

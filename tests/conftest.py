@@ -11,7 +11,7 @@ os.environ["VQGAN_FLAX_CACHE_DIR"] = ""
 
 # Eight CPU devices for the multi-device tests; must be set before JAX initialises its backend.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-# With 8 devices "auto" would leave the CPU kernels (vqgan_flax/cpu_kernels.py) out; the suite
+# With 8 devices "auto" would leave the CPU kernels (vqgan_flax/kernels/cpu.py) out; the suite
 # runs the model through them, as a one-device user's CPU does (parity fixtures included).
 os.environ.setdefault("VQGAN_FLAX_CPU_KERNELS", "on")
 

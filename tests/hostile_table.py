@@ -154,7 +154,7 @@ MODEL = "import numpy as np\nfrom vqgan_flax import FlaxVQGANModel\nm = FlaxVQGA
 
 
 def cases() -> List[Case]:
-    ckpt = "from vqgan_flax.checkpoint_io import load_torch_zip as load\nsd = load('{d}/%s')\n"
+    ckpt = "from vqgan_flax.conversion import load_torch_zip as load\nsd = load('{d}/%s')\n"
     return [
         Case("checkpoint", "10^7 elements over a 64-element storage", ckpt % "huge_numel.ckpt", ["huge_numel.ckpt"]),
         Case("checkpoint", "2048 elements over 64", ckpt % "past_end.ckpt" + "print(sd['w'][-4:])", ["past_end.ckpt"]),
@@ -173,7 +173,7 @@ def cases() -> List[Case]:
         Case(
             "checkpoint",
             "LWM pickle: 10^7 elements, no storage",
-            "from vqgan_flax.checkpoint_io import load_pickle\nload_pickle('{d}/lwm.pkl')\n",
+            "from vqgan_flax.conversion import load_pickle\nload_pickle('{d}/lwm.pkl')\n",
             ["lwm.pkl"],
         ),
         Case("weights", "int8 codebook", LOAD.format(path="{d}/int8_weights"), ["embedding"]),
@@ -241,7 +241,7 @@ def cases() -> List[Case]:
         Case(
             "cli",
             "run after a killed write in the input folder",
-            "import os\nfrom vqgan_flax.image_io import atomic_write\nif os.fork() == 0:\n"
+            "import os\nfrom vqgan_flax.data.image_io import atomic_write\nif os.fork() == 0:\n"
             "    atomic_write('{d}/killed/b.png', lambda f: (f.write(b'\\x89PNG half'), f.flush(), os._exit(9)))\n"
             "os.wait()\n"
             + cli("reconstruct", "{d}/killed", "--out", "{d}/killed_out", "--model", "{d}/tiny", "--quiet"),
@@ -250,7 +250,7 @@ def cases() -> List[Case]:
         Case(
             "images",
             "1x8000 PNG (28 kB) cropped to 256x256",
-            "from vqgan_flax.image_io import load_image\n"
+            "from vqgan_flax.data.image_io import load_image\n"
             "assert load_image('{d}/thin.png', 256).shape == (256, 256, 3)\n",
             limit_mb=1000,
         ),
@@ -315,7 +315,7 @@ def cases() -> List[Case]:
         Case(
             "cli",
             "converter --output names an existing file",
-            "from vqgan_flax.convert_checkpoint import main\ncode = main(['--checkpoint', "
+            "from vqgan_flax.cli.convert import main\ncode = main(['--checkpoint', "
             f"'{FIXTURES}/taming_vq/last.ckpt', '--config', '{FIXTURES}/taming_vq/model.yaml', '--output', "
             "'{d}/existing_file'])\nassert open('{d}/existing_file', 'rb').read() == b'keep me'\nsys.exit(code)\n",
             ["existing_file"],

@@ -13,7 +13,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=int(num_processes), process_id=int(process_id))
 
 from vqgan_flax import FlaxVQGANModel  # noqa: E402
-from vqgan_flax.distributed import encode_dataset  # noqa: E402
+from vqgan_flax.data.distributed import encode_dataset  # noqa: E402
 
 assert jax.device_count() == 4 * int(num_processes) and jax.local_device_count() == 4
 items = sorted(os.path.join(items_dir, name) for name in os.listdir(items_dir))

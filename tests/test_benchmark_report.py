@@ -164,13 +164,13 @@ def test_a_record_names_the_tree_at_the_start_and_what_changed_during_the_run(mo
     monkeypatch.setattr(provenance, "tree_state", lambda: ("f" * 40, True))  # committed and edited since
     header = provenance.provenance(str(ROOT / "benchmarks" / "run.py"), [])
     assert (header["commit"], header["dirty"]) == (HEAD, False)
-    for changed, refused in ((["README.md"], False), (["README.md", "vqgan_flax/blocks.py"], True), ([], False)):
+    for changed, refused in ((["README.md"], False), (["README.md", "vqgan_flax/models/blocks.py"], True), ([], False)):
         monkeypatch.setattr(provenance, "changed_since", lambda commit, changed=changed: changed)
         provenance.write_record(str(tmp_path / "r.json"), header)
         record = json.loads((tmp_path / "r.json").read_text())
         assert record.get("changed_during_run", []) == changed
         if refused:
-            with pytest.raises(SystemExit, match="r.json: vqgan_flax/blocks.py changed while the harness ran"):
+            with pytest.raises(SystemExit, match="r.json: vqgan_flax/models/blocks.py changed while the harness ran"):
                 report.load("r.json", str(tmp_path))
         else:
             assert report.load("r.json", str(tmp_path)) == record
@@ -180,9 +180,9 @@ def test_a_record_names_the_tree_at_the_start_and_what_changed_during_the_run(mo
     # A harness that saves after every measurement (run.py) has changed its own record by the
     # second save; that is not a change to the code that ran.
     monkeypatch.setattr(provenance, "ROOT", str(tmp_path))
-    monkeypatch.setattr(provenance, "changed_since", lambda commit: ["r.json", "vqgan_flax/blocks.py"])
+    monkeypatch.setattr(provenance, "changed_since", lambda commit: ["r.json", "vqgan_flax/models/blocks.py"])
     provenance.write_record(str(tmp_path / "r.json"), header)
-    assert json.loads((tmp_path / "r.json").read_text())["changed_during_run"] == ["vqgan_flax/blocks.py"]
+    assert json.loads((tmp_path / "r.json").read_text())["changed_during_run"] == ["vqgan_flax/models/blocks.py"]
 
 
 def test_a_copy_git_cannot_read_counts_as_dirty(monkeypatch):

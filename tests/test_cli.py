@@ -15,8 +15,9 @@ from utils import FIXTURES
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig, VQGANImageProcessor
 from vqgan_flax.cli import main
-from vqgan_flax.image_io import atomic_write, load_image, to_uint8
-from vqgan_flax.metrics import chroma_mse, chroma_psnr, psnr, ssim
+from vqgan_flax.data.image_io import load_image, to_uint8
+from vqgan_flax.evaluation.metrics import chroma_mse, chroma_psnr, psnr, ssim
+from vqgan_flax.utils.files import atomic_write
 
 
 @pytest.fixture(scope="module")

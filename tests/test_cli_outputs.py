@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from vqgan_flax.cli import check_output_file, main, prepare_output_folder
-from vqgan_flax.image_io import check_key, find_images, load_image, output_names, resize_and_center_crop
+from vqgan_flax.data.image_io import check_key, find_images, load_image, output_names, resize_and_center_crop
 
 
 def _image(path, seed, size=(16, 16)):
@@ -150,7 +150,7 @@ def test_unreadable_images_name_the_file(tiny, tmp_path, capsys, content):
 def test_huge_aspect_crops_equal_resize_then_crop_where_that_is_small(monkeypatch):
     """Below the limit nothing changes; above it (forced here) the crop is resampled from the
     source region only: the same sampling positions, Pillow's pass order may move a few levels."""
-    import vqgan_flax.image_io as image_io
+    import vqgan_flax.data.image_io as image_io
 
     ramp = np.add.outer(np.linspace(0, 200, 40), np.linspace(0, 55, 700))
     image = Image.fromarray(np.stack([ramp, ramp[::-1], ramp * 0.5], -1).astype(np.uint8))
@@ -171,7 +171,7 @@ def test_a_tiny_png_of_extreme_aspect_resizes_in_bounded_memory(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (8000, 1, 3)).astype(np.uint8)).save(path)
     script = (
         "import resource, sys; from PIL import Image; import numpy as np;"
-        "from vqgan_flax.image_io import load_image; Image.new('RGB', (256, 256)).resize((300, 300));"
+        "from vqgan_flax.data.image_io import load_image; Image.new('RGB', (256, 256)).resize((300, 300));"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
         "x = load_image(sys.argv[1], 256); assert x.shape == (256, 256, 3), x.shape;"
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)"

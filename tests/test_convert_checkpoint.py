@@ -189,7 +189,7 @@ def test_conversion_works_without_torch(tmp_path):
     """A subprocess in which `import torch` fails converts the Lightning fixture checkpoint."""
     script = (
         "import sys; sys.modules['torch'] = None\n"
-        "from vqgan_flax.convert_checkpoint import main\n"
+        "from vqgan_flax.cli.convert import main\n"
         f"code = main(['--checkpoint', {str(TAMING_VQ / 'last.ckpt')!r}, '--config', {str(TAMING_VQ / 'model.yaml')!r},"
         f" '--output', {str(tmp_path / 'out')!r}])\n"
         "assert 'torch' not in [m for m, v in sys.modules.items() if v is not None], 'torch was imported'\n"
@@ -248,7 +248,8 @@ def test_module_entry_point(tmp_path):
         [
             sys.executable,
             "-m",
-            "vqgan_flax.convert_checkpoint",
+            "vqgan_flax.cli",
+            "convert",
             "--checkpoint",
             str(FIXTURES / "taming_gumbel/last.ckpt"),
             "--config",
@@ -267,19 +268,3 @@ def test_module_entry_point(tmp_path):
     assert "dropped 6 loss.* entries" in result.stdout
     assert (tmp_path / "flax_model.msgpack").is_file()
     assert FlaxVQGANModel.from_pretrained(tmp_path).config.quantizer == "gumbel"
-
-
-def test_old_module_paths_still_work():
-    """vqgan_flax.checkpoint_io / convert_checkpoint / lwm were the paths before the conversion
-    package; users' imports of them keep resolving to the same objects."""
-    import vqgan_flax.checkpoint_io as checkpoint_io
-    import vqgan_flax.convert_checkpoint as convert_checkpoint
-    import vqgan_flax.lwm as lwm
-    from vqgan_flax import conversion
-    from vqgan_flax.cli import convert as cli_convert
-
-    assert checkpoint_io is conversion.torch_pickle and lwm is conversion.lwm
-    assert checkpoint_io.RestrictedUnpickler is conversion.torch_pickle.RestrictedUnpickler
-    for name in conversion.__all__:
-        assert getattr(convert_checkpoint, name) is getattr(conversion, name), name
-    assert convert_checkpoint.main is cli_convert.main and convert_checkpoint.add_arguments is cli_convert.add_arguments

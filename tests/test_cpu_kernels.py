@@ -1,4 +1,4 @@
-"""The CPU kernels (vqgan_flax/cpu_kernels.py: oneDNN convolution, fused GroupNorm) against XLA's
+"""The CPU kernels (vqgan_flax/kernels/cpu.py: oneDNN convolution, fused GroupNorm) against XLA's
 ops, and the fallbacks."""
 
 import contextlib
@@ -12,15 +12,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from vqgan_flax import FlaxVQGANModel, VQGANConfig, cpu_kernels
-from vqgan_flax.cpu_kernels import (
-    KERNELS_ENV,
-    KernelsUnavailable,
-    conv2d,
-    group_norm,
-    kernel_backend,
-    upsample_conv,
-)
+from vqgan_flax import FlaxVQGANModel, VQGANConfig
+from vqgan_flax.kernels import cpu as cpu_kernels
+from vqgan_flax.kernels.cpu import KERNELS_ENV, KernelsUnavailable, conv2d, group_norm, kernel_backend, upsample_conv
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 LINUX_X86 = sys.platform == "linux" and platform.machine() == "x86_64"

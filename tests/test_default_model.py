@@ -18,9 +18,11 @@ import pytest
 from utils import load_script
 
 import vqgan_flax
-from vqgan_flax import FlaxVQGANModel, evaluation, sample_data
+from vqgan_flax import FlaxVQGANModel
 from vqgan_flax.cli import main
-from vqgan_flax.training import ImageCrops, TrainingConfig
+from vqgan_flax.evaluation import compare as evaluation
+from vqgan_flax.evaluation import sample_data
+from vqgan_flax.train.trainer import ImageCrops, TrainingConfig
 
 RECORD = pathlib.Path(vqgan_flax.DEFAULT_MODEL) / "evaluation.json"
 

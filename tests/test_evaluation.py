@@ -1,4 +1,4 @@
-"""The rate-matched evaluation (vqgan_flax.evaluation) and the photographs it runs on (sample_data)."""
+"""The rate-matched evaluation (vqgan_flax.evaluation.compare) and the photographs it runs on (sample_data)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from vqgan_flax import FlaxVQGANModel, VQGANConfig, evaluation, sample_data
-from vqgan_flax.metrics import chroma_psnr, psnr
+from vqgan_flax import FlaxVQGANModel, VQGANConfig
+from vqgan_flax.evaluation import compare as evaluation
+from vqgan_flax.evaluation import sample_data
+from vqgan_flax.evaluation.metrics import chroma_psnr, psnr
 
 
 def _tiled(colours: np.ndarray, grid: tuple, patch: int, seed: int = 0) -> np.ndarray:

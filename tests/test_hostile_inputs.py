@@ -317,7 +317,7 @@ def test_pixel_checks_on_the_device_path_say_the_same(monkeypatch):
     arrays, the device path refuses the same images with the same messages."""
     import jax.numpy as jnp
 
-    from vqgan_flax import input_checks
+    from vqgan_flax.models import input_checks
 
     pixels = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32)
     pixels[1, 0, 0, 0], pixels[2, 3, 3, 2], pixels[3, 7, 7, 1] = np.nan, -np.inf, 12.5
@@ -449,7 +449,8 @@ def test_outputs_honour_the_umask_and_killed_runs_leave_nothing_readable(tmp_pat
 
     from PIL import Image
 
-    from vqgan_flax.image_io import atomic_write, list_images
+    from vqgan_flax.data.image_io import list_images
+    from vqgan_flax.utils.files import atomic_write
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     (tmp_path / ".b.png.x1y2.partial").write_bytes(b"\x89PNG half")  # left by a killed atomic_write

@@ -20,7 +20,8 @@ from safetensors.numpy import save_file
 from transformers import PretrainedConfig
 from utils import fake_hub_cache
 
-from vqgan_flax.modeling_flax_base import FlaxHubModel, _transformers_flax_base, shard_params
+from vqgan_flax.hub.base import FlaxHubModel, _transformers_flax_base
+from vqgan_flax.utils.weights import shard_params
 
 TRANSFORMERS_FLAX = _transformers_flax_base()
 
@@ -139,7 +140,7 @@ def test_shape_mismatch_unexpected_and_missing_keys(toy, tmp_path, caplog):
     extra = {**jax.tree.map(np.asarray, toy.params), "ghost": {"w": np.ones(2, np.float32)}}
     del extra["head"]["bias"]
     toy.save_pretrained(tmp_path, params=extra)
-    with caplog.at_level("WARNING", logger="vqgan_flax.modeling_flax_base"):
+    with caplog.at_level("WARNING", logger="vqgan_flax.hub.base"):
         loaded = FlaxToyModel.from_pretrained(tmp_path)
     assert "1 checkpoint weights unused, e.g. [('ghost', 'w')]" in caplog.text
     assert "1 model weights not in the checkpoint, e.g. [('head', 'bias')]" in caplog.text

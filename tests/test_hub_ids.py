@@ -19,7 +19,7 @@ from PIL import Image
 from utils import fake_hub_cache, run_cli
 
 from vqgan_flax import VQGAN, FlaxVQGANModel, VQGANConfig, VQGANImageProcessor, VQModel
-from vqgan_flax.hub import commit_of, is_hub_id, resolve_model
+from vqgan_flax.hub.resolve import commit_of, is_hub_id, resolve_model
 
 REPO = "acme/vqgan-tiny"
 MAIN, V2 = f"{1:040x}", f"{2:040x}"  # the commits fake_hub_cache makes up
@@ -179,7 +179,7 @@ def test_cli_commands_take_a_hub_id(offline, tmp_path, capsys, monkeypatch):
     code, out, err = run_cli(capsys, "reconstruct", offline.images, "--model", REPO, "--out", tmp_path / "r", "--quiet")
     assert code == 0 and json.loads((tmp_path / "r" / "metrics.json").read_text())["model"] == REPO, err
 
-    import vqgan_flax.training as training
+    import vqgan_flax.train.trainer as training
 
     started = {}
     monkeypatch.setattr(training.VQGANTrainer, "fit", lambda self, data, output, progress: started.update(m=self))

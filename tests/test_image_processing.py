@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from vqgan_flax import VQGANImageProcessor
-from vqgan_flax.image_io import load_image
+from vqgan_flax.data.image_io import load_image
 
 SAMPLES = pathlib.Path(__file__).parent.parent / "examples" / "images"
 

@@ -199,7 +199,7 @@ def test_lpips_matches_taming(monkeypatch):
 
     from utils import random_lpips_state_dict
 
-    from vqgan_flax.lpips import LPIPS, lpips_params_from_state_dict
+    from vqgan_flax.train.lpips import LPIPS, lpips_params_from_state_dict
 
     monkeypatch.setitem(sys.modules, "torchvision", _torchvision_with_random_vgg16())
     for name in [m for m in sys.modules if m.startswith("taming.modules.losses")]:

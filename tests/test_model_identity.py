@@ -13,7 +13,7 @@ from PIL import Image
 from utils import run_cli
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig
-from vqgan_flax.model_identity import check_same_tokens, model_digest, params_digest
+from vqgan_flax.hub.identity import check_same_tokens, model_digest, params_digest
 
 
 @pytest.fixture(scope="module")

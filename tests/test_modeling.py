@@ -240,7 +240,7 @@ def test_bf16_program_keeps_convs_in_bf16_and_statistics_in_float32():
     expected = [bf16] * (encoder - 1) + [f32, f32] + [bf16] * (len(kernels) - encoder - 1)
     assert by_kind["conv_general_dilated"] == expected
     # On CPU each convolution is also traced as a oneDNN call (cpu_kernels.py) with the same operands.
-    from vqgan_flax.cpu_kernels import kernel_backend
+    from vqgan_flax.kernels.cpu import kernel_backend
 
     onednn = [d[:2] for d in by_kind.get("ffi_call:vqgan_onednn_conv", [])]
     assert onednn == (expected if kernel_backend() == "native" else [])
@@ -265,7 +265,7 @@ def test_bf16_model_casts_its_conv_weights_once_with_the_same_results():
     results to casting inside the call, rebuilt when ``model.params`` is replaced."""
     from flax.traverse_util import flatten_dict
 
-    from vqgan_flax.blocks import conv_compute_dtypes
+    from vqgan_flax.models.blocks import conv_compute_dtypes
 
     config = VQGANConfig.from_preset("tiny")
     model = FlaxVQGANModel(config, dtype=jnp.bfloat16)
@@ -378,7 +378,7 @@ def test_gumbel_eval_is_deterministic_and_train_samples():
 
 
 def test_random_init_follows_torch_defaults():
-    from vqgan_flax.modeling_flax_vqgan import torch_style_init
+    from vqgan_flax.models.module import torch_style_init
 
     config = VQGANConfig.from_preset("tiny", quantizer="gumbel", n_embed=4096)
     model = FlaxVQGANModel(config, seed=3)

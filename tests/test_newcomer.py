@@ -23,7 +23,7 @@ from vqgan_flax import FlaxVQGANModel
 from vqgan_flax.cli import build_parser
 from vqgan_flax.cli.common import HelpFormatter
 from vqgan_flax.cli.encode import output_format
-from vqgan_flax.extras import MissingExtra, require
+from vqgan_flax.utils.extras import MissingExtra, require
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -107,7 +107,7 @@ def test_every_writer_honours_the_umask(tiny, photos, tmp_path, capsys):
         )
         assert run_cli(capsys, "encode", photos, "--out", tmp_path / "t.npz", "--model", tiny, "-q")[0] == 0
         assert run_cli(capsys, "encode", photos, "--out", tmp_path / "shards", "--model", tiny, "-q")[0] == 0
-        from vqgan_flax.training import TrainingConfig, VQGANTrainer
+        from vqgan_flax.train.trainer import TrainingConfig, VQGANTrainer
 
         trainer = VQGANTrainer(model, TrainingConfig(crop_size=32, disc_weight=0.0))
         trainer.save(trainer.init_state(), str(tmp_path / "run"))
@@ -209,7 +209,7 @@ def test_auto_classes_resolve_vqgan_in_either_import_order(tiny):
         f"assert AutoConfig.from_pretrained({tiny!r}).model_type == 'vqgan'\n"
         f"print(type(AutoImageProcessor.from_pretrained({str(vqgan_flax.DEFAULT_MODEL)!r})).__name__)\n"
     )
-    orders = ("import vqgan_flax\n", "import transformers, vqgan_flax\n", "import vqgan_flax.configuration_vqgan\n",
+    orders = ("import vqgan_flax\n", "import transformers, vqgan_flax\n", "import vqgan_flax.models.configuration\n",
               "from vqgan_flax.cli.common import load_model\n")  # fmt: skip
     for before in orders:
         result = subprocess.run([sys.executable, "-c", before + checks], capture_output=True, text=True, timeout=300,

@@ -15,9 +15,9 @@ from PIL import Image
 from utils import FIXTURES, assert_close
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig
-from vqgan_flax import parallel as P
 from vqgan_flax.conversion import CheckpointError, config_from_lwm, load_lwm_checkpoint
-from vqgan_flax.distributed import encode_dataset, load_image, merge_token_shards
+from vqgan_flax.data import parallel as P
+from vqgan_flax.data.distributed import encode_dataset, load_image, merge_token_shards
 from vqgan_flax.vqgan import VQGAN
 
 BATCH_SIZES = [1, 7, 8, 13]
@@ -89,14 +89,14 @@ def test_a_sharded_input_stays_sharded(model):
         def devices(self):
             return set(jax.devices())
 
-    from vqgan_flax.modeling_flax_vqgan import _params_beside
+    from vqgan_flax.hub.modeling import _params_beside
 
     with pytest.raises(ValueError, match=r"8 devices with OtherSharding, which has no mesh.*parallel.unshard"):
         _params_beside(Spread(), model.params)
 
 
 def test_compiled_cache_is_bounded_and_shared_with_parallel(model):
-    from vqgan_flax.compile_cache import CompiledCache
+    from vqgan_flax.hub.compiled import CompiledCache
 
     cache = CompiledCache(maxsize=2)
     built = []

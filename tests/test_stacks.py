@@ -22,7 +22,7 @@ from flax.traverse_util import flatten_dict
 
 import vqgan_flax
 from vqgan_flax import FlaxHubModel, FlaxVQGANModel, FlaxVQGANPreTrainedModel, VQGANConfig, VQGANImageProcessor
-from vqgan_flax.modeling_flax_base import _transformers_flax_base
+from vqgan_flax.hub.base import _transformers_flax_base
 
 ROOT = pathlib.Path(__file__).parent.parent
 TRANSFORMERS_FLAX = _transformers_flax_base()

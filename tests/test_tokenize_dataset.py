@@ -16,10 +16,10 @@ from PIL import Image
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig
 from vqgan_flax.cli import main
-from vqgan_flax.image_io import load_image
-from vqgan_flax.sources import Item, expand_braces, file_items, hf_items, tar_items
-from vqgan_flax.token_writers import NpzTokenWriter, ShardedTokenWriter, lwm_record
-from vqgan_flax.tokenize_dataset import tokenize_items
+from vqgan_flax.data.image_io import load_image
+from vqgan_flax.data.sources import Item, expand_braces, file_items, hf_items, tar_items
+from vqgan_flax.data.tokenize import tokenize_items
+from vqgan_flax.data.writers import NpzTokenWriter, ShardedTokenWriter, lwm_record
 
 
 @pytest.fixture(scope="module")
@@ -305,8 +305,8 @@ def _video(path, frames=12, size=(24, 32)):
 
 def test_videos_are_one_row_of_sampled_frames(tiny, model, tmp_path, capsys):
     pytest.importorskip("av")
-    from vqgan_flax.image_io import resize_and_center_crop
-    from vqgan_flax.sources import video_frames
+    from vqgan_flax.data.image_io import resize_and_center_crop
+    from vqgan_flax.data.sources import video_frames
     from vqgan_flax.vqgan import VQGAN
 
     clips = tmp_path / "clips"

@@ -12,7 +12,8 @@ import pytest
 from utils import assert_close, random_lpips_state_dict
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig
-from vqgan_flax.losses import (
+from vqgan_flax.evaluation.metrics import ssim
+from vqgan_flax.train.losses import (
     adaptive_weight,
     block_colour,
     codebook_usage,
@@ -21,9 +22,8 @@ from vqgan_flax.losses import (
     reconstruction_loss,
     structural_similarity,
 )
-from vqgan_flax.lpips import LPIPS, lpips_params_from_state_dict
-from vqgan_flax.metrics import ssim
-from vqgan_flax.training import ImageCrops, TrainingConfig, VQGANTrainer, patch_grid_size
+from vqgan_flax.train.lpips import LPIPS, lpips_params_from_state_dict
+from vqgan_flax.train.trainer import ImageCrops, TrainingConfig, VQGANTrainer, patch_grid_size
 
 SINGLE = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
 
@@ -327,7 +327,7 @@ def test_without_a_discriminator_the_step_is_plain_reconstruction():
 
 
 def test_cosine_schedule_warms_up_and_decays():
-    from vqgan_flax.training import learning_rate_schedule
+    from vqgan_flax.train.trainer import learning_rate_schedule
 
     config = TrainingConfig(steps=100, learning_rate=1e-3, schedule="cosine", warmup_steps=10)
     rate = learning_rate_schedule(config)

@@ -9,7 +9,7 @@ import importlib as _importlib
 import os as _os
 
 from . import _auto
-from ._quiet import quiet_transformers_advice as _quiet_transformers_advice
+from .utils.quiet import quiet_transformers_advice as _quiet_transformers_advice
 
 __version__ = "0.1.0"
 
@@ -18,31 +18,31 @@ DEFAULT_MODEL = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "def
 
 # Public name → the module that defines it.
 _EXPORTS = {
-    "PRESETS": "configuration_vqgan",
-    "VQGANConfig": "configuration_vqgan",
-    "list_presets": "configuration_vqgan",
-    "VQGANImageProcessor": "image_processing_vqgan",
-    "FlaxHubModel": "modeling_flax_base",
-    "AttnBlock": "modeling_flax_vqgan",
-    "Decoder": "modeling_flax_vqgan",
-    "Downsample": "modeling_flax_vqgan",
-    "DownsamplingBlock": "modeling_flax_vqgan",
-    "Encoder": "modeling_flax_vqgan",
-    "FlaxVQGANModel": "modeling_flax_vqgan",
-    "FlaxVQGANModule": "modeling_flax_vqgan",
-    "FlaxVQGANPreTrainedModel": "modeling_flax_vqgan",
-    "MidBlock": "modeling_flax_vqgan",
-    "ResnetBlock": "modeling_flax_vqgan",
-    "Upsample": "modeling_flax_vqgan",
-    "UpsamplingBlock": "modeling_flax_vqgan",
-    "VQModel": "modeling_flax_vqgan",
-    "VQGANEncoderOutput": "modeling_outputs",
-    "VQGANOutput": "modeling_outputs",
-    "indices_to_grid": "modeling_outputs",
-    "GumbelQuantizer": "quantizers",
-    "QuantizerOutput": "quantizers",
-    "VectorQuantizer": "quantizers",
-    "VQGAN": "vqgan",  # LWM's interface (``vqgan_flax.vqgan.VQGAN`` stays, as in LWM)
+    "PRESETS": "models.configuration",
+    "VQGANConfig": "models.configuration",
+    "list_presets": "models.configuration",
+    "AttnBlock": "models.blocks",
+    "Decoder": "models.blocks",
+    "Downsample": "models.blocks",
+    "DownsamplingBlock": "models.blocks",
+    "Encoder": "models.blocks",
+    "MidBlock": "models.blocks",
+    "ResnetBlock": "models.blocks",
+    "Upsample": "models.blocks",
+    "UpsamplingBlock": "models.blocks",
+    "FlaxVQGANModule": "models.module",
+    "VQGANEncoderOutput": "models.outputs",
+    "VQGANOutput": "models.outputs",
+    "indices_to_grid": "models.outputs",
+    "GumbelQuantizer": "models.quantizers",
+    "QuantizerOutput": "models.quantizers",
+    "VectorQuantizer": "models.quantizers",
+    "FlaxHubModel": "hub.base",
+    "FlaxVQGANModel": "hub.modeling",
+    "FlaxVQGANPreTrainedModel": "hub.modeling",
+    "VQModel": "hub.modeling",
+    "VQGANImageProcessor": "data.processing",
+    "VQGAN": "compat.lwm",  # LWM's interface (``vqgan_flax.vqgan.VQGAN`` stays, as in LWM)
 }
 
 

@@ -2,15 +2,13 @@
 at ``import vqgan_flax``: that import stays fast, so ``vqgan-flax --help`` answers at once.
 
 After ``import vqgan_flax``, AutoConfig and AutoImageProcessor (and FlaxAutoModel, where the
-installed transformers still has it) resolve ``vqgan`` whichever comes first:
-- transformers already imported: [`register`] runs at once;
-- otherwise a one-shot import hook runs it right after transformers itself has been imported
-  (by the user, or by one of our modules), with transformers' advisory messages kept off stderr;
-- ``configuration_vqgan`` and ``image_processing_vqgan`` also call [`register`] on their last line,
-  for the case where one of them was what imported transformers (the hook must not import a
-  module that is still half-initialised; it leaves the work to them).
+installed transformers still has it) resolve ``vqgan`` whichever is imported first. An import hook
+calls [`register`] right after transformers, the configuration module, the processor module or
+the model module has executed (and at once where transformers is imported already); each call
+registers what can be imported by then. The parts themselves know nothing of the Auto classes:
+this root module, which may import any part, does all of it.
 
-Imports only the standard library here; ``register`` imports the configuration and processor modules.
+Imports only the standard library at import time.
 """
 
 from __future__ import annotations
@@ -20,26 +18,32 @@ import importlib.util
 import sys
 from typing import Any, Optional
 
-from ._quiet import quiet_transformers_advice
+from .utils.quiet import quiet_transformers_advice
 
-_done = {"config": False, "processor": False, "model": False}
-# Our modules whose import (re-entrantly) imports transformers.
-_OURS = ("vqgan_flax.configuration_vqgan", "vqgan_flax.image_processing_vqgan")
+_CONFIG = "vqgan_flax.models.configuration"
+_PROCESSOR = "vqgan_flax.data.processing"
+_MODEL = "vqgan_flax.hub.modeling"
+# After any of these has executed, register() runs (each may be what imports transformers).
+_WATCHED = ("transformers", _CONFIG, _PROCESSOR, _MODEL)
+
+_done = {"config": False, "processor": False, "model": False, "real_model": False}
 
 
 def _ready(module: str, name: str) -> Optional[Any]:
     """``module.name`` if ``module`` can be imported now (not half-initialised), else None."""
     loaded = sys.modules.get(module)
     if loaded is not None and not hasattr(loaded, name):
-        return None  # still executing: it calls register() on its last line
+        return None  # still executing: the hook calls register() once it has
     return getattr(importlib.import_module(module), name)
 
 
 def register() -> None:
     """Register ``VQGANConfig``, ``VQGANImageProcessor`` and the Flax model with the Auto classes
     (idempotent; each part once its module can be imported)."""
+    if "transformers" not in sys.modules or not hasattr(sys.modules["transformers"], "AutoConfig"):
+        return
     with quiet_transformers_advice():
-        config = _ready("vqgan_flax.configuration_vqgan", "VQGANConfig")
+        config = _ready(_CONFIG, "VQGANConfig")
         if config is None:
             return
         if not _done["config"]:
@@ -47,7 +51,7 @@ def register() -> None:
 
             AutoConfig.register(config.model_type, config, exist_ok=True)
             _done["config"] = True
-        processor = _ready("vqgan_flax.image_processing_vqgan", "VQGANImageProcessor")
+        processor = _ready(_PROCESSOR, "VQGANImageProcessor")
         if processor is not None and not _done["processor"]:
             _done["processor"] = True
             from transformers import AutoImageProcessor
@@ -60,28 +64,24 @@ def register() -> None:
                 # that demands torch/torchvision; VQGANImageProcessor needs neither, so only the Auto
                 # lookup is lost there and importing vqgan_flax must still work.
                 pass
-        if not _done["model"] and importlib.util.find_spec("transformers.modeling_flax_utils") is not None:
-            from transformers import FlaxAutoModel
+        if importlib.util.find_spec("transformers.modeling_flax_utils") is None:
+            return
+        from transformers import FlaxAutoModel
 
-            # The model class needs JAX and flax: a stand-in resolves it on first use (and the
-            # real class replaces it when modeling_flax_vqgan is imported).
+        model = sys.modules.get(_MODEL)
+        real = getattr(model, "FlaxVQGANModel", None) if model is not None else None
+        if real is not None and not _done["real_model"]:
+            FlaxAutoModel.register(config, real, exist_ok=True)
+            _done["model"] = _done["real_model"] = True
+        elif not _done["model"]:
+            # The model class needs JAX and flax: a stand-in resolves it on first use.
             FlaxAutoModel.register(config, _flax_model_stand_in(config), exist_ok=True)
             _done["model"] = True
 
 
-def register_model(model_class: type) -> None:
-    """Point FlaxAutoModel at the real class once it exists (transformers 4.x only)."""
-    if _done["model"]:
-        from transformers import FlaxAutoModel
-
-        FlaxAutoModel.register(model_class.config_class, model_class, exist_ok=True)
-
-
 def _flax_model_stand_in(config_class: type) -> type:
     def real() -> type:
-        from .modeling_flax_vqgan import FlaxVQGANModel
-
-        return FlaxVQGANModel
+        return importlib.import_module(_MODEL).FlaxVQGANModel
 
     class LazyFlaxVQGANModel:
         """FlaxAutoModel's entry for ``vqgan`` until ``FlaxVQGANModel`` is imported."""
@@ -100,15 +100,25 @@ def _flax_model_stand_in(config_class: type) -> type:
     return LazyFlaxVQGANModel
 
 
-class _AfterTransformers(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: wraps transformers' loader so that [`register`] runs once its
-    top-level module has executed (quietly, as our own imports of it are)."""
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: wraps the loader of each watched module so that [`register`] runs
+    once the module has executed (transformers quietly, as our own imports of it are)."""
+
+    def __init__(self) -> None:
+        self.waiting = set(_WATCHED)
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "transformers":
+        if name not in self.waiting:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
+        self.waiting.discard(name)
+        if not self.waiting:
+            sys.meta_path.remove(self)
+        spec = None
+        for finder in list(sys.meta_path):
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    break
         if spec is None or spec.loader is None:
             return spec
         exec_module = spec.loader.exec_module
@@ -123,11 +133,13 @@ class _AfterTransformers(importlib.abc.MetaPathFinder):
 
 
 def register_when_transformers_loads() -> None:
-    """Register now if transformers is imported already, else once it is."""
-    if "transformers" in sys.modules:
-        register()
-    elif not any(isinstance(finder, _AfterTransformers) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _AfterTransformers())
+    """Register now if transformers is imported already, and again as each watched module loads."""
+    if not any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
+        finder = _AfterImport()
+        finder.waiting -= set(sys.modules)
+        if finder.waiting:
+            sys.meta_path.insert(0, finder)
+    register()
 
 
-__all__ = ["register", "register_model", "register_when_transformers_loads"]
+__all__ = ["register", "register_when_transformers_loads"]

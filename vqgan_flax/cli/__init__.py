@@ -1,6 +1,9 @@
 """``vqgan-flax``: tokenize, detokenize, reconstruct, convert, inspect and train VQGANs.
 
 Errors print one readable line and exit with status 1 (add ``--debug`` for the traceback).
+
+May import: compat, train, evaluation, data, hub, conversion, models, kernels, utils, and the package
+root (its version and default model).
 """
 
 from __future__ import annotations

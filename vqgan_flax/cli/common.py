@@ -9,9 +9,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..image_io import save_png
+from ..data.image_io import save_png
 
-# 2: adds 'keys' (input-relative names); 3: the model by content (model_identity.token_settings).
+# 2: adds 'keys' (input-relative names); 3: the model by content (hub.identity.token_settings).
 # Versions 1 and 2 are still read.
 TOKEN_FILE_VERSION = 3
 
@@ -40,7 +40,7 @@ def load_model(args: argparse.Namespace):
     ``--revision``, computing in ``--dtype``."""
     import jax.numpy as jnp
 
-    from ..modeling_flax_vqgan import FlaxVQGANModel
+    from ..hub.modeling import FlaxVQGANModel
 
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
     kwargs = {"revision": args.revision} if args.revision else {}
@@ -59,8 +59,8 @@ def image_processor(args: argparse.Namespace, model: Any) -> Any:
     in the Hub snapshot, or beside an LWM pickle) where there is one, else the model's resolution
     and taming's [-1, 1]; then ``--size`` and ``--pixel-range`` override. Every image the commands
     read or write goes through it (geometry, value range, and back to uint8)."""
-    from ..hub import PROCESSOR_NAME
-    from ..image_processing_vqgan import VQGANImageProcessor
+    from ..data.processing import VQGANImageProcessor
+    from ..hub.resolve import PROCESSOR_NAME
 
     path = model.source.file(PROCESSOR_NAME) if model.source is not None else None
     if path is None:
@@ -99,7 +99,7 @@ class Runner:
     are padded to [`bucket_size`] rows and the padding dropped."""
 
     def __init__(self, model: Any, replicate: bool, batch_size: int, processor: Any) -> None:
-        from ..parallel import replicate_params
+        from ..data.parallel import replicate_params
 
         self.model = model
         self.processor = processor
@@ -107,13 +107,13 @@ class Runner:
         self.replicated = replicate_params(model.params) if replicate else None
 
     def _padded(self, array: np.ndarray) -> np.ndarray:
-        from ..parallel import pad_batch
+        from ..data.parallel import pad_batch
 
         return pad_batch(array, bucket_size(len(array), self.batch_size))[0]  # a multiple ≥ len: exactly that
 
     def encode(self, pixels: np.ndarray, grid: Sequence[int]) -> np.ndarray:
         """``pixels`` in the model's range (the processor's ``to_pixel_values``) → tokens (B, h, w)."""
-        from ..parallel import pmap_encode
+        from ..data.parallel import pmap_encode
 
         padded = self._padded(pixels)
         if self.replicated is None:
@@ -123,7 +123,7 @@ class Runner:
         return np.asarray(indices)[: len(pixels)].reshape(-1, *grid)
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
-        from ..parallel import pmap_decode_code
+        from ..data.parallel import pmap_decode_code
 
         padded = self._padded(tokens)
         if self.replicated is None:

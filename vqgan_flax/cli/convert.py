@@ -1,4 +1,4 @@
-"""``vqgan-flax convert`` (= ``python -m vqgan_flax.convert_checkpoint``): taming or LWM checkpoints
+"""``vqgan-flax convert``: taming or LWM checkpoints
 to a Flax folder, or a Flax folder back to a taming state dict."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ import argparse
 import sys
 from typing import Any, Dict, Optional, Sequence
 
-from ..presets import PRESETS
+from ..models.presets import PRESETS
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
-    from ..configuration_vqgan import VQGANConfig
     from ..conversion import ConversionError
+    from ..models.configuration import VQGANConfig
 
     overrides: Dict[str, Any] = {}
     for name in ("ch", "num_res_blocks", "resolution", "z_channels", "n_embed", "embed_dim", "quantizer"):
@@ -35,8 +35,7 @@ DESCRIPTION = "Convert a taming-transformers VQGAN checkpoint to a Flax folder (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The converter's options, shared by ``python -m vqgan_flax.convert_checkpoint`` and
-    ``vqgan-flax convert``."""
+    """The converter's options (``vqgan-flax convert``)."""
     parser.add_argument("--checkpoint", help="taming .ckpt / .pt / .pth / .safetensors file")
     parser.add_argument(
         "--to-taming", metavar="MODEL", help="export this Flax folder (or LWM params pickle) to a taming state dict"
@@ -69,9 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return add_arguments(
-        argparse.ArgumentParser(prog="python -m vqgan_flax.convert_checkpoint", description=DESCRIPTION)
-    )
+    return add_arguments(argparse.ArgumentParser(prog="vqgan-flax convert", description=DESCRIPTION))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,11 +77,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.to_taming:
-            state = export_to_taming(args.to_taming, args.output)
+            from ..hub.resolve import resolve_model
+
+            state = export_to_taming(resolve_model(args.to_taming).folder, args.output)
             print(f"wrote {len(state)} tensors to {args.output}")
             return 0
         if args.lwm:
-            from ..modeling_flax_vqgan import FlaxVQGANModel
+            from ..hub.modeling import FlaxVQGANModel
 
             model = FlaxVQGANModel.from_pretrained(args.lwm)
             model.save_pretrained(args.output, safe_serialization=args.weights_format == "safetensors")

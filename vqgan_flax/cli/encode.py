@@ -1,5 +1,5 @@
 """``vqgan-flax encode``: images, videos, webdataset shards or a Hugging Face dataset → tokens
-(npz, parquet shards or LWM JSONL); see [`tokenize_dataset`]."""
+(npz, parquet shards or LWM JSONL); see [`data.tokenize`]."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import re
 import sys
 from typing import Optional
 
-from ..image_io import atomic_write
-from ..token_writers import FORMATS, INFO_DIR, remove_shards
+from ..data.writers import FORMATS, INFO_DIR, remove_shards
+from ..utils.files import atomic_write
 from .common import (
     COUNT,
     POSITIVE_INT,
@@ -31,7 +31,7 @@ def _source_items(args: argparse.Namespace):
     """The items of ``encode``'s inputs, by ``--source`` (``auto``: ``.tar`` inputs are webdataset
     shards, a saved dataset folder or ``.parquet`` file is a Hugging Face dataset, anything else
     image files and folders). Missing inputs are refused here, before the model loads."""
-    from ..sources import file_items, hf_items, tar_items
+    from ..data.sources import file_items, hf_items, tar_items
 
     source = args.source
     if source == "auto":
@@ -55,7 +55,7 @@ def _source_items(args: argparse.Namespace):
 
 
 def _looks_like_dataset(path: str) -> bool:
-    from ..sources import is_saved_dataset
+    from ..data.sources import is_saved_dataset
 
     return path.endswith(".parquet") or is_saved_dataset(path)
 
@@ -99,9 +99,9 @@ def _check_format(args: argparse.Namespace) -> None:
 
 def cmd_encode(args: argparse.Namespace) -> None:
     from .. import __version__
-    from ..model_identity import token_settings
-    from ..token_writers import NpzTokenWriter, ShardedTokenWriter
-    from ..tokenize_dataset import FrameSampling, errors_jsonl, summary_lines, tokenize_items
+    from ..data.tokenize import FrameSampling, errors_jsonl, summary_lines, tokenize_items
+    from ..data.writers import NpzTokenWriter, ShardedTokenWriter
+    from ..hub.identity import token_settings
 
     _check_format(args)
     source, items = _source_items(args)

@@ -9,7 +9,8 @@ from typing import Any, List, Tuple
 
 import numpy as np
 
-from ..image_io import atomic_write, find_images, open_rgb, output_names
+from ..data.image_io import find_images, open_rgb, output_names
+from ..utils.files import atomic_write
 from .common import (
     Runner,
     batches,
@@ -41,7 +42,7 @@ def check_token_range(tokens: np.ndarray, n_embed: int, where: str) -> None:
 def _decode_model(args: argparse.Namespace, source: Any):
     """The model that made the tokens (as recorded: for a Hub model, at the recorded commit) unless
     ``--model`` names another; either way its weights must be the recorded ones (by digest)."""
-    from ..token_readers import recorded_model
+    from ..data.readers import recorded_model
 
     recorded = recorded_model(source)
     if args.model is None and recorded:
@@ -62,8 +63,8 @@ def _decode_model(args: argparse.Namespace, source: Any):
 
 def _check_made_by(args: argparse.Namespace, source: Any, model: Any) -> None:
     """The tokens' recorded codebook, factor and weights (by digest) must be the model's."""
-    from ..model_identity import model_digest
-    from ..token_readers import recorded_model
+    from ..data.readers import recorded_model
+    from ..hub.identity import model_digest
 
     for name in ("n_embed", "downsampling_factor"):
         made_with, value = source.metadata.get(name), getattr(model.config, name)
@@ -81,7 +82,7 @@ def _check_made_by(args: argparse.Namespace, source: Any, model: Any) -> None:
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
-    from ..token_readers import open_tokens
+    from ..data.readers import open_tokens
 
     check_output_folder(args.out)
     source = open_tokens(args.tokens)
@@ -128,7 +129,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
-    from ..metrics import psnr, ssim
+    from ..evaluation.metrics import psnr, ssim
 
     check_output_folder(args.out)
     runner, inputs, grid = _image_job(args)

@@ -6,15 +6,15 @@ import argparse
 import os
 import time
 
-from ..training_config import TrainingConfig
+from ..train.config import TrainingConfig
 from .common import COUNT, NON_NEGATIVE, POSITIVE_INT, fraction
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from ..configuration_vqgan import PRESETS, VQGANConfig
-    from ..lpips import lpips_params_from_state_dict
-    from ..modeling_flax_vqgan import FlaxVQGANModel
-    from ..training import ImageCrops, VQGANTrainer
+    from ..hub.modeling import FlaxVQGANModel
+    from ..models.configuration import PRESETS, VQGANConfig
+    from ..train.lpips import lpips_params_from_state_dict
+    from ..train.trainer import ImageCrops, VQGANTrainer
 
     seed = args.seed or 0
     if args.init_from:

@@ -7,9 +7,11 @@
     common.py         what the mappings share: expected shapes, one error listing every
                       mismatch, the weight check, the reader's size limit
 
-The command line (``vqgan-flax convert``) is ``cli/convert.py``. The older module paths
-``vqgan_flax.checkpoint_io``, ``vqgan_flax.convert_checkpoint`` and ``vqgan_flax.lwm`` re-export
-these names and keep working.
+The command line (``vqgan-flax convert``) is ``cli/convert.py``. Parameter shapes come from the
+Flax module (``models``), never from the model class: this part sits below the Hub/base layer,
+which loads LWM pickles and checks weights through it.
+
+May import: models, utils.
 """
 
 from .common import *  # noqa: F403 (its __all__: the shared checks and errors)

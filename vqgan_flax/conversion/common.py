@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from ..configuration_vqgan import VQGANConfig
+from ..models.configuration import VQGANConfig
 
 __all__ = [
     "ConversionError",
@@ -25,14 +25,22 @@ class ConversionError(ValueError):
 
 
 def expected_param_shapes(config: VQGANConfig, model: Any = None) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
-    """Shapes of every Flax parameter for ``config``: the ``params_shape_tree`` (``jax.eval_shape``
-    of the init, no compute) of ``model``, or of a new ``FlaxVQGANModel(config, _do_init=False)``."""
+    """Shapes of every Flax parameter for ``config``: ``model.params_shape_tree`` where a model is
+    given, else ``jax.eval_shape`` of ``FlaxVQGANModule``'s init (no compute, no memory)."""
+    import jax
+    import jax.numpy as jnp
     from flax.traverse_util import flatten_dict
 
-    from ..modeling_flax_vqgan import FlaxVQGANModel
+    if model is not None:
+        tree = model.params_shape_tree
+    else:
+        from ..models.module import FlaxVQGANModule
 
-    model = model or FlaxVQGANModel(config, _do_init=False)
-    return {k: tuple(v.shape) for k, v in flatten_dict(model.params_shape_tree).items()}
+        side = config.downsampling_factor  # parameter shapes do not depend on the image size
+        sample = jax.ShapeDtypeStruct((1, side, side, config.in_channels), jnp.float32)
+        rngs = {name: jax.random.PRNGKey(0) for name in ("params", "dropout", "gumbel")}
+        tree = jax.eval_shape(FlaxVQGANModule(config).init, rngs, sample)["params"]
+    return {k: tuple(v.shape) for k, v in flatten_dict(tree).items()}
 
 
 def raise_on_mismatch(

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from ..configuration_vqgan import VQGANConfig
+from ..models.configuration import VQGANConfig
 from .common import check_weights, describe_architecture, expected_param_shapes, raise_on_mismatch
 from .torch_pickle import CheckpointError, PathLike, load_pickle
 

@@ -13,8 +13,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..configuration_vqgan import VQGANConfig
-from ..image_io import honour_umask
+from ..models.configuration import VQGANConfig
+from ..utils.files import honour_umask
+from ..utils.weights import read_folder_weights, write_weights
 from .common import (
     ConversionError,
     check_weights,
@@ -141,33 +142,56 @@ def convert_taming_checkpoint(
     config: VQGANConfig,
     weights_format: str = "safetensors",
 ) -> int:
-    """Convert ``checkpoint`` and write a ``from_pretrained`` folder; returns the number of
-    dropped ``loss.*`` entries."""
-    from ..modeling_flax_vqgan import FlaxVQGANModel
-
+    """Convert ``checkpoint`` and write a ``from_pretrained`` folder (``config.json`` and the
+    weights, as ``FlaxVQGANModel.save_pretrained`` writes them); returns the number of dropped
+    ``loss.*`` entries."""
     if weights_format not in ("safetensors", "msgpack"):
         raise ValueError(f"unknown weights format {weights_format!r}; expected 'safetensors' or 'msgpack'")
-    model = FlaxVQGANModel(config, _do_init=False)
-    expected = expected_param_shapes(config, model)
+    expected = expected_param_shapes(config)
     state_dict = load_state_dict(checkpoint, max_bytes=checkpoint_read_limit(expected))
     source = os.fspath(checkpoint)
     params, dropped = convert_state_dict(state_dict, expected, source, describe_architecture(config))
-    model.save_pretrained(output_dir, params=params, safe_serialization=weights_format == "safetensors")
+    output_dir = os.fspath(output_dir)
+    if os.path.isfile(output_dir):
+        raise NotADirectoryError(f"{output_dir} is a file, not a directory")
+    os.makedirs(output_dir, exist_ok=True)
+    config.architectures = ["VQGANModel"]  # what save_pretrained records (transformers drops "Flax")
+    config.save_pretrained(output_dir)
+    write_weights(output_dir, params, safe_serialization=weights_format == "safetensors")
     return dropped
 
 
 def export_to_taming(model_dir: PathLike, output: PathLike) -> Dict[str, np.ndarray]:
-    """Write a Flax folder's weights as a taming state dict: ``.safetensors``, or ``.pt``/``.pth``/
-    ``.ckpt`` (those need torch; ``.ckpt`` nests it under ``state_dict`` like Lightning)."""
-    from ..modeling_flax_vqgan import FlaxVQGANModel
+    """Write a local model folder's weights as a taming state dict: ``.safetensors``, or
+    ``.pt``/``.pth``/``.ckpt`` (those need torch; ``.ckpt`` nests it under ``state_dict`` like
+    Lightning). Every parameter of the folder's architecture must be there with its shape."""
+    from flax.traverse_util import flatten_dict, unflatten_dict
 
-    model, params = FlaxVQGANModel.from_pretrained(model_dir, _do_init=False)
-    if model.config.norm_num_groups != 32:
+    model_dir = os.fspath(model_dir)
+    config = VQGANConfig.from_pretrained(model_dir)
+    if config.norm_num_groups != 32:
         # taming's Normalize has 32 groups, fixed: the weights would load and compute something else.
         raise ConversionError(
-            f"{model_dir}: norm_num_groups={model.config.norm_num_groups}; taming's GroupNorm always has 32 groups"
+            f"{model_dir}: norm_num_groups={config.norm_num_groups}; taming's GroupNorm always has 32 groups"
         )
-    state = flax_to_taming(params)
+    params = read_folder_weights(model_dir)
+    flat = flatten_dict(params)
+    if len(flat) and all(k[0] == "vqgan" for k in flat):  # transformers' base_model_prefix
+        flat = {k[1:]: v for k, v in flat.items()}
+    expected = expected_param_shapes(config)
+    for path, value in flat.items():  # older vqgan-jax files keep GroupNorm scale/bias as (1, 1, 1, C)
+        if path in expected and tuple(value.shape) == (1, 1, 1, *expected[path]):
+            flat[path] = value.reshape(expected[path])
+    missing = [f"{'/'.join(p)} {s}" for p, s in expected.items() if p not in flat]
+    unexpected = [f"{'/'.join(p)} {tuple(v.shape)}" for p, v in flat.items() if p not in expected]
+    mismatched = [
+        f"{'/'.join(p)}: folder {tuple(v.shape)}, config expects {expected[p]}"
+        for p, v in flat.items()
+        if p in expected and tuple(v.shape) != expected[p]
+    ]
+    raise_on_mismatch(model_dir, describe_architecture(config), missing, unexpected, mismatched)
+    check_weights({"/".join(k): v for k, v in flat.items()}, model_dir)
+    state = flax_to_taming(unflatten_dict(flat))
     output = os.fspath(output)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     if output.endswith(".safetensors"):

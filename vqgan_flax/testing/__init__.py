@@ -2,4 +2,6 @@
 
 ``taming_reference``: taming-transformers' PyTorch modules assembled as taming's VQModel, for
 parity checks and PyTorch baselines; importing it needs the test extras (torch, taming).
+
+May import: models.
 """

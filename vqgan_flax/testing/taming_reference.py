@@ -13,7 +13,7 @@ import torch
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 
-from .. import VQGANConfig
+from ..models.configuration import VQGANConfig
 
 
 class TamingVQGAN(torch.nn.Module):

@@ -1,5 +1,5 @@
 """A bounded cache of compiled callables, one per model: what ``FlaxVQGANModel`` and
-``parallel.py`` compile (per method, micro-batching and static options) lives here, visible and
+``data/parallel.py`` compile (per method, micro-batching and static options) lives here, visible and
 limited, instead of in an ever-growing private dict.
 
 Each entry is a ``jax.jit``/``jax.pmap`` wrapper, which keeps its own executables per input shape;

@@ -20,8 +20,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .modeling_flax_vqgan import FlaxVQGANPreTrainedModel
-from .modeling_outputs import VQGANEncoderOutput
+from ..hub.modeling import FlaxVQGANPreTrainedModel
+from ..models.outputs import VQGANEncoderOutput
 
 DATA_AXIS = "data"
 

@@ -7,7 +7,7 @@ codecs it must beat at that rate:
   the training images); an image is coded as the index of the nearest centroid of each block;
 - **JPEG** (Pillow), quality chosen so the file's bits per pixel come closest to the rate.
 
-Quality is PSNR and SSIM (``vqgan_flax.metrics``) over fixed random crops and whole images.
+Quality is PSNR and SSIM (``vqgan_flax.evaluation.metrics``) over fixed random crops and whole images.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def whole_images(images: Sequence[np.ndarray], size: int = 256) -> List[np.ndarr
     """Each image resized (shorter side) and centre-cropped to ``size`` x ``size``, as the CLI does."""
     from PIL import Image
 
-    from .image_io import resize_and_center_crop
+    from ..data.image_io import resize_and_center_crop
 
     return [np.asarray(resize_and_center_crop(Image.fromarray(image), size, size)) for image in images]
 
@@ -157,7 +157,7 @@ def score(originals: Sequence[np.ndarray], coded: Sequence[np.ndarray]) -> Dict[
 
 def model_codec(model, batch_size: int = 8) -> Callable[[Sequence[np.ndarray]], List[np.ndarray]]:
     """A function coding same-sized uint8 images through ``model`` (encode, quantize, decode)."""
-    from .image_io import to_uint8
+    from ..data.image_io import to_uint8
 
     def code(images: Sequence[np.ndarray]) -> List[np.ndarray]:
         out = []

@@ -1,7 +1,7 @@
 """taming-transformers' Encoder and Decoder and their building blocks, in Flax, NHWC inside.
 
 One class per taming block, with taming's names (``down_0/block_1/norm1`` ...), so state dicts map
-one to one; ``FlaxVQGANModule`` in ``modeling_flax_vqgan`` puts them together with the quantizer.
+one to one; ``FlaxVQGANModule`` in ``module.py`` puts them together with the quantizer.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
-from .configuration_vqgan import VQGANConfig
-from .cpu_kernels import conv2d, group_norm, upsample_conv
+from ..kernels.cpu import conv2d, group_norm, upsample_conv
+from .configuration import VQGANConfig
 
 __all__ = [
     "AttnBlock",
@@ -39,7 +39,7 @@ class GroupNorm(nn.Module):
 
     Statistics are always float32 (bf16 statistics over thousands of pixels visibly shift the
     output) with torch's two-pass variance; swish, when asked, runs in float32 before the cast to
-    ``out_dtype``. On CPU one fused kernel (``cpu_kernels.group_norm``).
+    ``out_dtype``. On CPU one fused kernel (``kernels.cpu.group_norm``).
     """
 
     num_groups: int = 32
@@ -62,7 +62,7 @@ def _group_norm(param_dtype: jnp.dtype, groups: int = 32) -> GroupNorm:
 
 class Conv(nn.Module):
     """A 2-D convolution with ``nn.Conv``'s parameters (``kernel`` HWIO, ``bias``) and padding;
-    on CPU one oneDNN call with the bias fused (``cpu_kernels.conv2d``)."""
+    on CPU one oneDNN call with the bias fused (``kernels.cpu.conv2d``)."""
 
     features: int
     kernel_size: int = 3
@@ -92,7 +92,7 @@ def _conv(features: int, kernel: int, dtype: jnp.dtype, param_dtype: jnp.dtype, 
 
 class UpsampleConv(nn.Module):
     """Nearest-neighbour ×2 upsampling, then a 3x3 conv (padding 1) with ``nn.Conv``'s parameters
-    (``kernel``, ``bias``); on CPU fused into one transposed conv (``cpu_kernels.upsample_conv``)."""
+    (``kernel``, ``bias``); on CPU fused into one transposed conv (``kernels.cpu.upsample_conv``)."""
 
     features: int
     dtype: jnp.dtype = jnp.float32

@@ -16,7 +16,6 @@ bit-identically on the other.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import tempfile
@@ -26,62 +25,16 @@ from typing import Any, Optional, Tuple, Union
 import flax
 import jax
 import jax.numpy as jnp
-from flax.serialization import msgpack_restore, to_bytes
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from .hub import (
-    FLAX_WEIGHTS_INDEX_NAME,
-    FLAX_WEIGHTS_NAME,
-    SAFE_WEIGHTS_NAME,
-    WEIGHTS_CANDIDATES,
-    no_weights_message,
-    resolve_model,
-    shard_names_of,
-)
-from .image_io import honour_umask
+from ..utils.weights import SAFE_WEIGHTS_NAME, read_weights, weight_files, write_weights
+from .resolve import resolve_model
 
 logger = logging.getLogger(__name__)
 
 
 # Keyword arguments transformers' loaders (and its Auto classes) pass that mean nothing here.
 _IGNORED_KWARGS = ("proxies", "resume_download", "trust_remote_code", "_from_auto", "_from_pipeline", "adapter_kwargs")
-
-
-def _file_size(size: Union[int, str]) -> int:
-    """``"10GB"`` / ``"5MB"`` / ``"500KiB"`` / an int → bytes (transformers' units)."""
-    if isinstance(size, int):
-        return size
-    text = size.strip().upper()
-    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9}
-    for unit, factor in units.items():
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * factor)
-    raise ValueError(f"max_shard_size={size!r}: expected bytes as an int or digits followed by KB/MB/GB/KiB/MiB/GiB")
-
-
-def shard_params(params: dict, max_shard_size: Union[int, str] = "10GB") -> Tuple[dict, Optional[dict]]:
-    """Split ``params`` into msgpack shards of at most ``max_shard_size`` bytes (a single larger
-    weight gets a shard of its own), in key order, as transformers 4.x does: ``({file: flat
-    shard}, index)``, with ``index=None`` when everything fits in ``flax_model.msgpack``."""
-    limit = _file_size(max_shard_size)
-    blocks, block, block_size, total = [], {}, 0, 0
-    for key, value in flatten_dict(flax.core.unfreeze(params), sep="/").items():
-        size = value.size * value.dtype.itemsize
-        if block and block_size + size > limit:
-            blocks.append(block)
-            block, block_size = {}, 0
-        block[key] = value
-        block_size += size
-        total += size
-    blocks.append(block)
-    if len(blocks) == 1:
-        return {FLAX_WEIGHTS_NAME: blocks[0]}, None
-    shards, weight_map = {}, {}
-    for number, shard in enumerate(blocks, start=1):
-        name = FLAX_WEIGHTS_NAME.replace(".msgpack", f"-{number:05d}-of-{len(blocks):05d}.msgpack")
-        shards[name] = shard
-        weight_map.update(dict.fromkeys(shard, name))
-    return shards, {"metadata": {"total_size": total}, "weight_map": weight_map}
 
 
 class FlaxHubModel:
@@ -201,21 +154,7 @@ class FlaxHubModel:
     @classmethod
     def load_flax_weights(cls, resolved_archive_file: str) -> dict:
         """The nested parameter dict stored in a ``.safetensors`` or msgpack file."""
-        try:
-            if resolved_archive_file.endswith(".safetensors"):
-                from safetensors.flax import load_file
-
-                return unflatten_dict(load_file(resolved_archive_file), sep=".")
-            with open(resolved_archive_file, "rb") as f:
-                data = f.read()
-            return msgpack_restore(data)
-        except Exception as error:
-            with open(resolved_archive_file, "rb") as f:
-                if f.read(7) == b"version":
-                    raise OSError(
-                        f"{resolved_archive_file} is a git-lfs pointer, not the weights: run `git lfs pull`"
-                    ) from error
-            raise OSError(f"Unable to read Flax weights from {resolved_archive_file}: {error}") from error
+        return read_weights(resolved_archive_file)
 
     @classmethod
     def load_flax_sharded_weights(cls, shard_files: list) -> dict:
@@ -224,22 +163,6 @@ class FlaxHubModel:
         for shard_file in shard_files:
             flat.update(flatten_dict(cls.load_flax_weights(shard_file)))
         return unflatten_dict(flat)
-
-    @classmethod
-    def _resolve_weights(cls, folder: str) -> Tuple[list, str]:
-        """Weight files to read in ``folder`` (several for a sharded msgpack checkpoint) and the
-        chosen file name."""
-        found = next((n for n in WEIGHTS_CANDIDATES if os.path.isfile(os.path.join(folder, n))), None)
-        if found is None:
-            raise OSError(no_weights_message(folder))
-        if found != FLAX_WEIGHTS_INDEX_NAME:
-            return [os.path.join(folder, found)], found
-        index_file = os.path.join(folder, found)
-        shard_names = shard_names_of(index_file)
-        missing = [n for n in shard_names if not os.path.isfile(os.path.join(folder, n))]
-        if missing:
-            raise OSError(f"{index_file}: lists {missing[0]}, which is missing")
-        return [os.path.join(folder, n) for n in shard_names], found
 
     @classmethod
     def from_pretrained(
@@ -284,7 +207,7 @@ class FlaxHubModel:
                 needs_config=not isinstance(config, cls.config_class),
             )
             folder = source.folder
-            files, filename = cls._resolve_weights(folder)
+            files, filename = weight_files(folder)
         if not isinstance(config, cls.config_class):
             config, model_kwargs = cls.config_class.from_pretrained(
                 folder if config is None else config, return_unused_kwargs=True, **kwargs
@@ -363,28 +286,7 @@ class FlaxHubModel:
         params = self.params if params is None else params
         self.config.architectures = [type(self).__name__[4:]]  # transformers' convention: drop "Flax"
         self.config.save_pretrained(save_directory)
-        shards, index = shard_params(params, max_shard_size)
-        weights_name = SAFE_WEIGHTS_NAME if safe_serialization and index is None else FLAX_WEIGHTS_NAME
-        stem = os.path.splitext(weights_name)[0]
-        for filename in os.listdir(save_directory):  # weights left from an earlier save
-            path = os.path.join(save_directory, filename)
-            if filename.startswith(stem) and os.path.isfile(path) and filename not in shards:
-                os.remove(path)
-        if index is None and safe_serialization:
-            from safetensors.flax import save_file
-
-            flat = flatten_dict(flax.core.unfreeze(params), sep=".")
-            save_file(flat, os.path.join(save_directory, SAFE_WEIGHTS_NAME), metadata={"format": "flax"})
-            honour_umask(os.path.join(save_directory, SAFE_WEIGHTS_NAME))  # save_file makes it 0600
-        elif index is None:
-            with open(os.path.join(save_directory, FLAX_WEIGHTS_NAME), "wb") as f:
-                f.write(to_bytes(params))
-        else:
-            with open(os.path.join(save_directory, FLAX_WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
-                f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
-            for filename, shard in shards.items():
-                with open(os.path.join(save_directory, filename), "wb") as f:
-                    f.write(to_bytes(unflatten_dict(shard, sep="/")))
+        write_weights(save_directory, params, safe_serialization, max_shard_size)
         if push_to_hub:
             repo_id = kwargs.pop("repo_id", os.path.basename(save_directory))
             self._upload_folder(save_directory, repo_id, token=token, **kwargs)
@@ -470,4 +372,4 @@ def select_base() -> type:
     return base or FlaxHubModel
 
 
-__all__ = ["FlaxHubModel", "select_base", "shard_params"]
+__all__ = ["FlaxHubModel", "select_base"]

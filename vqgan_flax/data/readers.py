@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from .image_io import check_key
-from .token_writers import METADATA_FILE, NPZ_STRINGS, SHARD_NAME
+from .writers import METADATA_FILE, NPZ_STRINGS, SHARD_NAME
 
 # A token grid larger than this (per frame) is no grid a VQGAN made: 4096² pixels at factor 4.
 MAX_GRID_TOKENS = 1 << 20

@@ -27,7 +27,7 @@ TOKEN_SETTINGS = ("dtype", "image_size", "resize", "crop", "pixel_range", "n_emb
 def _architecture(config: Any) -> Dict[str, Any]:
     """The config's own fields (those of ``VQGANConfig.__init__``), not transformers' generic ones,
     whose defaults differ between transformers 4 and 5."""
-    from .configuration_vqgan import VQGANConfig
+    from ..models.configuration import VQGANConfig
 
     names = [n for n in inspect.signature(VQGANConfig.__init__).parameters if n not in ("self", "kwargs")]
     return {name: getattr(config, name) for name in names if hasattr(config, name)}

@@ -99,7 +99,7 @@ def tokenize_items(
 ) -> TokenizeSummary:
     """Encode ``items`` with ``encode`` ((B, H, W, 3) pixel values → (B, h, w) tokens) and add
     each to ``writer`` (``add(key, tokens (frames, h, w), caption, origin)`` and ``done``; see
-    [`token_writers`]). The caller closes the writer, which writes what is still queued.
+    [`data.writers`]). The caller closes the writer, which writes what is still queued.
 
     Images are batched ``batch_size`` at a time; a video is encoded on its own, ``batch_size``
     frames at a time, as the LWM wrapper encodes (B, T, H, W, C) (each frame independently), and
@@ -114,7 +114,7 @@ def tokenize_items(
     center-crop ``S``², in [-1, 1].
     """
     if isinstance(processor, int):
-        from .image_processing_vqgan import VQGANImageProcessor
+        from .processing import VQGANImageProcessor
 
         size = {"shortest_edge": processor}
         processor = VQGANImageProcessor(size=size, crop_size={"height": processor, "width": processor})

@@ -20,8 +20,8 @@ from typing import Any, Dict, Iterable, List, Optional, Set
 
 import numpy as np
 
-from .image_io import atomic_write
-from .model_identity import TOKEN_SETTINGS, check_same_tokens
+from ..hub.identity import TOKEN_SETTINGS, check_same_tokens
+from ..utils.files import atomic_write
 
 FORMATS = ("npz", "parquet", "jsonl")
 INFO_DIR = ".vqgan_flax"

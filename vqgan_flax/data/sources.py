@@ -14,7 +14,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, List, Optional, Sequence
 
-from .extras import require
+from ..utils.extras import require
 from .image_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, find_images, open_rgb, to_rgb
 
 # A sample member larger than this is refused, not read: a crafted tar header can claim any size.

@@ -6,8 +6,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _auto
-from ._quiet import quiet_transformers_advice
+from ..utils.quiet import quiet_transformers_advice
 
 with quiet_transformers_advice():
     from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
@@ -123,6 +122,3 @@ def _resize_crop(image: Any, edge: int, height: Optional[int], width: Optional[i
 
 
 __all__: Tuple[str, ...] = ("VQGANImageProcessor",)
-
-# Auto classes resolve model_type "vqgan" (see _auto.py; this module may be what imported transformers).
-_auto.register()

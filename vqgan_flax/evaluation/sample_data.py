@@ -93,7 +93,7 @@ def load_image(name: str) -> np.ndarray:
     """Image ``name`` as an (H, W, 3) uint8 array (grayscale repeated, transparency on white)."""
     from PIL import Image
 
-    from .image_io import to_rgb
+    from ..data.image_io import to_rgb
 
     with Image.open(image_path(name)) as image:
         return np.asarray(to_rgb(image))

@@ -6,8 +6,7 @@ import copy
 import os
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from . import _auto
-from ._quiet import quiet_transformers_advice
+from ..utils.quiet import quiet_transformers_advice
 from .presets import PRESETS
 
 with quiet_transformers_advice():
@@ -272,7 +271,3 @@ class VQGANConfig(PretrainedConfig):
 def list_presets() -> List[str]:
     """Names accepted by [`VQGANConfig.from_preset`]."""
     return sorted(PRESETS)
-
-
-# Auto classes resolve model_type "vqgan" (see _auto.py; this module may be what imported transformers).
-_auto.register()

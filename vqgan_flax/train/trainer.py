@@ -17,7 +17,11 @@ import numpy as np
 import optax
 from flax import serialization
 
-from .image_io import list_images, to_rgb
+from ..data.image_io import list_images, to_rgb
+from ..data.parallel import make_mesh
+from ..hub.modeling import FlaxVQGANModel
+from ..models.outputs import VQGANOutput
+from .config import TrainingConfig
 from .losses import (
     NLayerDiscriminator,
     adaptive_weight,
@@ -30,10 +34,6 @@ from .losses import (
     vanilla_d_loss,
 )
 from .lpips import LPIPS
-from .modeling_flax_vqgan import FlaxVQGANModel
-from .modeling_outputs import VQGANOutput
-from .parallel import make_mesh
-from .training_config import TrainingConfig
 
 
 @flax.struct.dataclass
@@ -176,7 +176,7 @@ class VQGANTrainer:
     Args:
         model: the model to train; its ``params`` (e.g. a converted taming checkpoint) are the start.
         config: [`TrainingConfig`].
-        lpips_params: LPIPS params (see ``vqgan_flax.lpips``); without them no perceptual term.
+        lpips_params: LPIPS params (see ``vqgan_flax.train.lpips``); without them no perceptual term.
         mesh: data-parallel mesh (default: all devices); the batch is split over it.
     """
 

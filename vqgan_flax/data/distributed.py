@@ -7,7 +7,7 @@ exchange nothing while they work, so an unreadable item or a failing process sto
 (all of them used to run one global program per batch, so one failure left the others waiting
 for a collective until Gloo's deadline). ``merge_token_shards`` puts the shards back in input
 order. For parquet/JSONL outputs, resuming and webdataset or Hugging Face inputs, use
-``vqgan-flax encode --process-index i --process-count n`` ([`tokenize_dataset`]).
+``vqgan-flax encode --process-index i --process-count n`` ([`data.tokenize`]).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from .image_io import atomic_write, load_image
-from .modeling_flax_vqgan import FlaxVQGANPreTrainedModel
+from ..hub.modeling import FlaxVQGANPreTrainedModel
+from ..utils.files import atomic_write
+from .image_io import load_image
 from .parallel import pmap_encode, replicate_params
 
 SHARD_PATTERN = "tokens-{process:05d}-of-{count:05d}.npz"

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .metrics import CBCR_FROM_RGB, _gaussian_filter, _ssim_map
+from ..evaluation.metrics import CBCR_FROM_RGB, _gaussian_filter, _ssim_map
 
 
 class NLayerDiscriminator(nn.Module):

@@ -12,19 +12,20 @@ Imports only ``huggingface_hub`` (at call time) and the standard library.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from typing import Optional, Sequence, Union
 
+from ..utils.weights import (
+    FLAX_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_CANDIDATES,
+    no_weights_message,
+    shard_names_of,
+)
+
 CONFIG_NAME = "config.json"
 PROCESSOR_NAME = "preprocessor_config.json"
-FLAX_WEIGHTS_NAME = "flax_model.msgpack"
-FLAX_WEIGHTS_INDEX_NAME = "flax_model.msgpack.index.json"
-SAFE_WEIGHTS_NAME = "model.safetensors"
-# In transformers' order of preference.
-WEIGHTS_CANDIDATES = (FLAX_WEIGHTS_NAME, FLAX_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME)
-
 # huggingface_hub's cache keeps each commit's files in .../snapshots/<40 hex digits>/.
 _SNAPSHOT = re.compile(r"[/\\]snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)")
 # A repo id: "name" or "org/name" of letters, digits, '-', '_', '.' (huggingface_hub's rule).
@@ -95,14 +96,6 @@ def local_path_problem(name: str, subfolder: str = "", needs_config: bool = True
     if os.path.exists(name) or is_hub_id(name):
         return None
     return f"{name}: no such model folder (Hub ids look like 'org/name')"
-
-
-def no_weights_message(folder: str) -> str:
-    """The refusal of a folder without Flax weights (with a hint where it has PyTorch ones)."""
-    hint = ""
-    if any(os.path.isfile(os.path.join(folder, n)) for n in ("pytorch_model.bin", "last.ckpt", "model.ckpt")):
-        hint = "; it has PyTorch weights: convert them with `vqgan-flax convert`"
-    return f"folder {folder} has no model weights (looked for {', '.join(WEIGHTS_CANDIDATES)}){hint}"
 
 
 def _download(repo_id: str, filename: str, hub_kwargs: dict, required: bool) -> Optional[str]:
@@ -193,21 +186,6 @@ def resolve_model(
         _download(name, extra, hub_kwargs, required=False)
     folder = os.path.dirname(config or weights)
     return ModelSource(name, folder, hub_id=name, revision=revision, commit=commit or commit_of(weights))
-
-
-def shard_names_of(index_file: str) -> list:
-    """The shard files a msgpack index names (plain ``.msgpack`` names only)."""
-    try:
-        with open(index_file, encoding="utf-8") as f:
-            weight_map = json.load(f).get("weight_map")
-    except (OSError, ValueError, AttributeError) as err:
-        raise OSError(f"{index_file}: unreadable index ({err})") from None
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise OSError(f"{index_file}: no weight_map")
-    names = sorted(set(map(str, weight_map.values())))
-    if any(os.path.basename(n) != n or not n.endswith(".msgpack") for n in names):
-        raise OSError(f"{index_file}: shard names must be plain .msgpack file names; got {names[:3]}")
-    return names
 
 
 def hub_kwargs_of(kwargs: dict) -> dict:

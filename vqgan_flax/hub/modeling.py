@@ -1,8 +1,7 @@
-"""VQGAN in Flax: taming-transformers' VQModel (encoder, quantizer, decoder; NHWC inside) with
-transformers' Flax API. The blocks live in ``blocks.py`` and the quantizers in ``quantizers.py``.
-
-Parameter names follow vqgan-jax (and so taming's state-dict names), so DALL·E-mini's Flax
-checkpoints load unchanged and taming checkpoints convert by renaming and transposing only.
+"""The transformers-style VQGAN: [`FlaxVQGANModel`] (also vqgan-jax's name ``VQModel``) wraps
+``models.module.FlaxVQGANModule`` with loading and saving (``from_pretrained``, ``save_pretrained``,
+``push_to_hub``), the ``params=...`` calling convention, and the compiled runtime (one jit per
+method and option, per-image micro-batching on CPU, bf16 weights cast once).
 """
 
 from __future__ import annotations
@@ -22,112 +21,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from . import _auto
-from .blocks import (
-    AttnBlock,
-    Decoder,
-    Downsample,
-    DownsamplingBlock,
-    Encoder,
-    MidBlock,
-    ResnetBlock,
-    Upsample,
-    UpsamplingBlock,
-    _conv,
-    conv_compute_dtypes,
-)
-from .compile_cache import CompiledCache
-from .configuration_vqgan import VQGANConfig
-from .hub import SAFE_WEIGHTS_NAME, ModelSource, hub_kwargs_of, resolve_model
-from .image_io import honour_umask
-from .input_checks import check_indices, check_pixels
-from .modeling_flax_base import select_base
-from .modeling_outputs import VQGANEncoderOutput, VQGANOutput, indices_to_grid
-from .quantizers import GumbelQuantizer, QuantizerOutput, VectorQuantizer
+from ..conversion import check_weights, load_lwm_checkpoint
+from ..models.blocks import conv_compute_dtypes
+from ..models.configuration import VQGANConfig
+from ..models.input_checks import check_indices, check_pixels
+from ..models.module import FlaxVQGANModule, torch_style_init
+from ..models.outputs import VQGANEncoderOutput, VQGANOutput
+from ..utils.files import honour_umask
+from .base import select_base
+from .compiled import CompiledCache
+from .resolve import SAFE_WEIGHTS_NAME, ModelSource, hub_kwargs_of, resolve_model
 
-__all__ = [
-    "AttnBlock",
-    "Decoder",
-    "Downsample",
-    "DownsamplingBlock",
-    "Encoder",
-    "FlaxVQGANModel",
-    "FlaxVQGANModule",
-    "FlaxVQGANPreTrainedModel",
-    "GumbelQuantizer",
-    "MidBlock",
-    "ResnetBlock",
-    "Upsample",
-    "UpsamplingBlock",
-    "VQGANEncoderOutput",
-    "VQGANOutput",
-    "VQModel",
-    "VectorQuantizer",
-]
-
-
-class FlaxVQGANModule(nn.Module):
-    """The whole VQGAN: encoder → quant_conv → quantizer, and post_quant_conv → decoder."""
-
-    config: VQGANConfig
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
-
-    def setup(self) -> None:
-        cfg = self.config
-        self.encoder = Encoder(cfg, self.dtype, self.param_dtype)
-        self.decoder = Decoder(cfg, self.dtype, self.param_dtype)
-        self.quant_conv = _conv(cfg.embed_dim, 1, jnp.float32, self.param_dtype)  # float32: see Encoder.conv_out
-        self.post_quant_conv = _conv(cfg.z_channels, 1, self.dtype, self.param_dtype)
-        if cfg.quantizer == "gumbel":
-            self.quantize = GumbelQuantizer(
-                cfg.n_embed,
-                cfg.embed_dim,
-                cfg.kl_weight,
-                cfg.temperature,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-            )
-        else:
-            self.quantize = VectorQuantizer(
-                cfg.n_embed, cfg.embed_dim, cfg.beta, cfg.legacy_loss, self.dtype, self.param_dtype
-            )
-
-    def _quantize(self, latents: jax.Array, train: bool, temperature: Optional[float]) -> QuantizerOutput:
-        if self.config.quantizer == "gumbel":
-            return self.quantize(latents, train=train, temperature=temperature)
-        return self.quantize(latents, train=train)
-
-    def encode(
-        self, pixel_values: jax.Array, train: bool = False, temperature: Optional[float] = None
-    ) -> VQGANEncoderOutput:
-        """Pixels (B, H, W, C) in [-1, 1] → quantized latents and flattened indices."""
-        factor = self.config.downsampling_factor
-        if pixel_values.ndim != 4 or pixel_values.shape[1] % factor or pixel_values.shape[2] % factor:
-            raise ValueError(
-                f"pixel_values must be (B, H, W, C) with H and W divisible by {factor}; got {tuple(pixel_values.shape)}"
-            )
-        latents = self.quant_conv(self.encoder(pixel_values, deterministic=not train))
-        out = self._quantize(latents, train, temperature)
-        indices = out.indices.reshape(out.indices.shape[0], -1)
-        return VQGANEncoderOutput(out.quantized, indices, latents, out.loss, out.logits)
-
-    def decode(self, quant_states: jax.Array, train: bool = False) -> jax.Array:
-        """Quantized latents (B, h, w, embed_dim) → pixels (B, h*f, w*f, out_ch)."""
-        return self.decoder(self.post_quant_conv(quant_states.astype(self.dtype)), deterministic=not train)
-
-    def decode_code(self, indices: jax.Array, latent_shape: Optional[Sequence[int]] = None) -> jax.Array:
-        """Code indices ((B, N) or (B, h, w)) → pixels; see [`indices_to_grid`] for the shapes."""
-        return self.decode(self.quantize.get_codebook_entry(indices_to_grid(indices, latent_shape)))
-
-    def __call__(
-        self, pixel_values: jax.Array, train: bool = False, temperature: Optional[float] = None
-    ) -> VQGANOutput:
-        encoded = self.encode(pixel_values, train=train, temperature=temperature)
-        reconstruction = self.decode(encoded.quant_states, train=train)
-        return VQGANOutput(
-            reconstruction, encoded.indices, encoded.quant_states, encoded.latents, encoded.loss, encoded.logits
-        )
+__all__ = ["FlaxVQGANModel", "FlaxVQGANPreTrainedModel", "VQModel"]
 
 
 # Flat keys of the weights the running from_pretrained read, before the base drops those the model
@@ -163,41 +68,12 @@ def _quiet_transformers_deprecation() -> Iterator[None]:
         flax_logger.setLevel(level)
 
 
-def torch_style_init(shapes: Any, rng: jax.Array, config: VQGANConfig) -> dict:
-    """Parameters for the tree of ``shapes``, distributed as PyTorch initialises taming's modules:
-    conv weights and biases U(±1/sqrt(fan_in)), GroupNorm scale 1 and bias 0, the VQ codebook
-    U(±1/n_embed), the Gumbel codebook N(0, 1).
-
-    Drawn one parameter at a time by a numpy generator seeded from ``rng``: no RNG program to
-    compile per parameter, and no whole-model temporary buffer (building an f16-1024 model took 5.2 s
-    and 2.7 GB peak RSS with one device-wide draw, 2.2 s and 0.9 GB this way).
-    """
-    flat = flatten_dict(flax.core.unfreeze(shapes))
-    generator = np.random.default_rng(np.asarray(jax.random.key_data(rng)).ravel().tolist())
-    params = {}
-    for path, struct in flat.items():
-        module, leaf = path[:-1], path[-1]
-        if leaf == "embedding" and module[-1] == "embed":
-            value = generator.standard_normal(struct.shape, np.float32)  # torch.nn.Embedding's default
-        elif leaf == "embedding":
-            value = generator.uniform(-1.0, 1.0, struct.shape) / config.n_embed
-        elif leaf == "scale":
-            value = np.ones(struct.shape, np.float32)
-        elif leaf == "bias" and (*module, "kernel") not in flat:
-            value = np.zeros(struct.shape, np.float32)  # GroupNorm bias
-        else:
-            bound = 1.0 / math.sqrt(math.prod(flat[(*module, "kernel")].shape[:-1]))
-            value = generator.uniform(-bound, bound, struct.shape)
-        params[path] = jnp.asarray(value, dtype=struct.dtype)
-    return unflatten_dict(params)
-
-
 class FlaxVQGANPreTrainedModel(select_base()):
     """Weight loading/saving and the ``params=...`` calling convention of transformers' Flax models.
 
     The base is transformers' ``FlaxPreTrainedModel`` where the installed transformers has it (4.x)
     and our ``FlaxHubModel`` otherwise (transformers 5 removed its Flax classes): same methods,
-    same files (see ``modeling_flax_base.py``).
+    same files (see ``base.py``).
 
     The public methods are compiled with ``jax.jit`` on first use (per input shape and option),
     so eager calls are fast; they also work inside a caller's own ``jit``/``pmap``.
@@ -223,7 +99,7 @@ class FlaxVQGANPreTrainedModel(select_base()):
             side = config.downsampling_factor
             input_shape = (1, side, side, config.in_channels)
         # What this model compiled (per method, micro-batching, static options), bounded: see
-        # compile_cache.py; parallel.py keeps its pmap/mesh programs here too.
+        # compiled.py; data/parallel.py keeps its pmap/mesh programs here too.
         self.compiled = CompiledCache()
         self.source: Optional[ModelSource] = None  # where from_pretrained found it (hub.ModelSource)
         module = self.module_class(config=config, dtype=dtype, **kwargs)
@@ -334,8 +210,6 @@ class FlaxVQGANPreTrainedModel(select_base()):
                 f"{name}: the config leaves {len(unused)} checkpoint weights unused, e.g. {unused[:5]}: it does not "
                 "describe this checkpoint (attention, levels or blocks differ?)"
             )
-        from .conversion import check_weights
-
         check_weights({"/".join(k): v for k, v in flat.items()}, name)
         if not do_init:
             return model, params
@@ -347,8 +221,6 @@ class FlaxVQGANPreTrainedModel(select_base()):
     def _from_lwm_pickle(cls, path: str, lwm_config: Optional[Dict[str, Any]], dtype: Any, do_init: bool):
         """An LWM params pickle (LWM's ``vqgan`` file), its config from an LWM ``config.json``
         beside it, ``lwm_config``, or LWM's published defaults; checked like any checkpoint."""
-        from .conversion import load_lwm_checkpoint
-
         config, params = load_lwm_checkpoint(path, lwm_config)
         model = cls(config, dtype=dtype if dtype is not None else jnp.float32, _do_init=False)
         model.source = ModelSource(path, os.path.dirname(os.path.abspath(path)))
@@ -552,5 +424,3 @@ class FlaxVQGANModel(FlaxVQGANPreTrainedModel):
 
 # vqgan-jax's name, so DALL·E-mini code runs with one import changed.
 VQModel = FlaxVQGANModel
-
-_auto.register_model(FlaxVQGANModel)  # FlaxAutoModel gets the real class (transformers 4.x)
