@@ -1,5 +1,6 @@
 # `make demo`: set up the current stack (.venv-current) and run the main job.
-# `make test`: set up both stacks and run lint + the whole suite on each (what CI runs).
+# `make test`: set up both stacks, lint (ruff check, ruff format --check, mypy) and run the whole suite
+#   on each (what CI runs).
 #   legacy  (.venv):         Python 3.11, transformers 4.57.6 (Flax classes), jax 0.10.2, flax 0.12.8,
 #                            huggingface_hub 0.36, torch 2.13.0 CPU + the taming reference;
 #   current (.venv-current): Python >= 3.12 with the newest jax, flax, transformers 5.x, huggingface_hub.
@@ -50,8 +51,7 @@ demo: setup
 # Each stack's suite also checks folders against the other stack's interpreter; on the legacy
 # stack the PyTorch reference must import (a missing torch fails instead of skipping). The two
 # suites run side by side (each prints its output when it ends); either failing fails the target.
-test: setup-test
-	$(LEGACY_PY) -m ruff check $(LINT_PATHS)
+test: setup-test lint
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-legacy test-current
 
 test-legacy: $(LEGACY_VENV)/.installed
@@ -62,9 +62,11 @@ test-current: $(CURRENT_VENV)/.installed-test
 	@echo "== current stack: $$($(CURRENT_PY) ci/core_versions.py show)"
 	VQGAN_FLAX_OTHER_PYTHON=$(abspath $(LEGACY_PY)) $(CURRENT_PY) -m pytest -q
 
+# ruff's lint rules and formatting on everything, and mypy's basic check of the package.
 lint: $(LEGACY_VENV)/.installed
 	$(LEGACY_PY) -m ruff check $(LINT_PATHS)
 	$(LEGACY_PY) -m ruff format --check $(LINT_PATHS)
+	$(LEGACY_PY) -m mypy
 
 clean:
 	rm -rf $(LEGACY_VENV) $(CURRENT_VENV) build

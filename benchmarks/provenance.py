@@ -153,10 +153,23 @@ def write_record(path: str, record: dict) -> None:
     os.replace(tmp, path)
 
 
+def isa_summary(flags: list) -> str:
+    """The instruction sets that decide our kernels' speed, from a record's full flag list: AMX
+    (bf16 matrix tiles), AVX-512 with or without bf16, else AVX2 (the full list stays in the record)."""
+    flags = set(flags)
+    if "amx_bf16" in flags:
+        return "AMX, AVX-512 bf16"
+    if "avx512_bf16" in flags:
+        return "AVX-512 bf16, no AMX"
+    if "avx512f" in flags:
+        return "AVX-512, no bf16"
+    return "AVX2" if "avx2" in flags else "no AVX"
+
+
 def describe(record: dict) -> str:
     """One line: date, commit, machine and the main package versions of a record."""
     cpu = record["cpu"]
-    machine = record.get("gpu") or f"{cpu['model']}, {cpu['cores']} cores ({' '.join(cpu['isa']) or 'no AVX'})"
+    machine = record.get("gpu") or f"{cpu['model']}, {cpu['cores']} cores ({isa_summary(cpu['isa'])})"
     versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items() if k in ("jax", "flax", "torch"))
     return (f"{record['date'][:10]}, commit {record['commit'][:12]}{' (dirty)' if record['dirty'] else ''}, "
             f"{machine}, Python {record['python']}, {versions}")  # fmt: skip

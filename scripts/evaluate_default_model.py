@@ -29,7 +29,7 @@ from vqgan_flax.evaluation import sample_data  # noqa: E402
 
 SPLITS = ("validation", "test", "unseen")
 RECORD = os.path.join(DEFAULT_MODEL, "evaluation.json")  # the shipped model's numbers
-READMES = [os.path.join(ROOT, "README.md"), os.path.join(DEFAULT_MODEL, "README.md")]
+READMES = [os.path.join(ROOT, "docs", "default-model.md"), os.path.join(DEFAULT_MODEL, "README.md")]
 START, END = "<!-- evaluation:start -->", "<!-- evaluation:end -->"
 CROP, CROPS_PER_IMAGE, WHOLE = 128, 8, 256
 
@@ -86,11 +86,13 @@ def table(result: Dict[str, object]) -> List[str]:
 
 
 def section(record: Dict[str, object]) -> str:
-    """The READMEs' evaluation section: the table and the command and commit it came from."""
+    """The evaluation section of the docs page and the model card: the table and the command and
+    commit it came from."""
     return "\n".join([
         START,
         f"Generated from `{os.path.relpath(RECORD, ROOT)}`, written by `{record['command']}` "
-        f"({provenance.describe(record)}). Validation chose the recipe; test and unseen were only reported.",
+        f"({provenance.describe(record)}). No split is untouched: test and unseen photographs also shaped "
+        "the recipe (see \"Which photographs shaped the recipe\").",
         "",
         *table(record),
         END,
@@ -98,7 +100,7 @@ def section(record: Dict[str, object]) -> str:
 
 
 def write_readmes(record: Dict[str, object]) -> None:
-    """Replace the evaluation section of both READMEs with [`section`] of ``record``."""
+    """Replace the evaluation section of the docs page and the model card with [`section`] of ``record``."""
     import re
 
     pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
@@ -120,14 +122,15 @@ def main(argv=None) -> int:
     parser.add_argument("--allow-dirty", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--record", action="store_true",
-        help=f"write {os.path.relpath(RECORD)} and the READMEs' evaluation sections (the shipped model only)",
+        help=f"write {os.path.relpath(RECORD)} and the evaluation sections of docs/default-model.md and the "
+        "model card (the shipped model only)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.record:
         if os.path.realpath(args.model) != os.path.realpath(DEFAULT_MODEL):
             raise SystemExit(f"--record describes the shipped model; --model {args.model} is another one")
         if args.per_image:
-            raise SystemExit("--record writes the READMEs' table; --per-image rows do not belong there")
+            raise SystemExit("--record writes the docs' table; --per-image rows do not belong there")
         args.json = RECORD
     provenance.check_can_record(args.json, args.allow_dirty or not args.record)
     model = FlaxVQGANModel.from_pretrained(args.model)

@@ -80,11 +80,13 @@ def register() -> None:
 
 
 def _flax_model_stand_in(config_class: type) -> type:
-    def real() -> type:
+    def real() -> Any:
         return importlib.import_module(_MODEL).FlaxVQGANModel
 
     class LazyFlaxVQGANModel:
         """FlaxAutoModel's entry for ``vqgan`` until ``FlaxVQGANModel`` is imported."""
+
+        config_class: Any = None
 
         @classmethod
         def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
@@ -121,14 +123,15 @@ class _AfterImport(importlib.abc.MetaPathFinder):
                     break
         if spec is None or spec.loader is None:
             return spec
-        exec_module = spec.loader.exec_module
+        loader: Any = spec.loader
+        exec_module = loader.exec_module
 
         def exec_then_register(module: Any) -> None:
             with quiet_transformers_advice():
                 exec_module(module)
             register()
 
-        spec.loader.exec_module = exec_then_register
+        loader.exec_module = exec_then_register
         return spec
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -138,7 +138,7 @@ def batches(items: Sequence[Any], size: int):
         yield start, items[start : start + size]
 
 
-def progress_bar(total: int, desc: str, enabled: bool):
+def progress_bar(total: Optional[int], desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="img", disable=not enabled)

@@ -7,7 +7,7 @@ import argparse
 import os
 import re
 import sys
-from typing import Optional
+from typing import Optional, Union
 
 from ..data.writers import FORMATS, INFO_DIR, remove_shards
 from ..utils.files import atomic_write
@@ -120,6 +120,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
         **token_settings(model, model_name(args), processor, grid),
         "source": source,
     }
+    writer: Union[NpzTokenWriter, ShardedTokenWriter]
     if args.format == "npz":
         writer = NpzTokenWriter(args.out, metadata)
     else:
@@ -136,7 +137,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
             lookahead=None if args.media == "image" else args.workers + 1,
         )  # fmt: skip
     where = ""
-    if args.format != "npz":
+    if isinstance(writer, ShardedTokenWriter):
         errors_file = os.path.join(args.out, INFO_DIR, f"errors-{writer.process:03d}.jsonl")
         if summary.errors:
             atomic_write(errors_file, lambda f: f.write(errors_jsonl(summary)))

@@ -24,7 +24,7 @@ import os
 import pickle
 import zipfile
 import zlib
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -265,7 +265,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         return self._cache[key]
 
 
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: float) -> bytes:
     """The bytes of one zip member, refused when its declared size exceeds ``limit`` and never
     more than it declares (a member that inflates past its header is corrupt)."""
     if info.file_size > limit:
@@ -293,7 +293,7 @@ def load_torch_zip(path: PathLike, max_bytes: Optional[int] = None) -> Any:
         raise CheckpointError(
             f"{path}: not a zip-format torch checkpoint (files from torch < 1.6 must be re-saved with a newer torch)"
         )
-    budget = [math.inf if max_bytes is None else max_bytes]
+    budget: List[float] = [math.inf if max_bytes is None else max_bytes]
     try:
         with zipfile.ZipFile(path) as archive:
             members = {info.filename: info for info in archive.infolist()}

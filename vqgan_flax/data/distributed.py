@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import jax
 import numpy as np
@@ -90,7 +90,7 @@ def encode_dataset(
 
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, SHARD_PATTERN.format(process=process, count=count))
-    arrays = {
+    arrays: Dict[str, Any] = {
         "item_ids": np.asarray(item_ids, np.int64),
         "indices": np.asarray(tokens, np.int32).reshape(-1, *latent),
         "num_items": np.asarray(seen[0]),
@@ -126,7 +126,7 @@ def merge_token_shards(output_dir: str, return_ids: bool = False) -> Union[np.nd
     total = counts.pop()
     item_ids = np.concatenate([s["item_ids"] for s in shards]).astype(np.int64)
     indices = np.concatenate([s["indices"] for s in shards])
-    skipped = {}
+    skipped: Dict[int, str] = {}
     for shard in shards:  # files from before skipping was recorded have neither array
         ids, errors = shard.get("skipped_ids", np.zeros(0, np.int64)), shard.get("skipped_errors", np.zeros(0, str))
         skipped.update(zip(ids.tolist(), errors.tolist()))

@@ -14,6 +14,7 @@ from the results, so callers never see a device axis or the padding.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional, Sequence, Tuple
 
 import jax
@@ -78,7 +79,7 @@ def _cached(model: FlaxVQGANPreTrainedModel, key: Tuple, build) -> Any:
 
 def _per_item(output: Any) -> Any:
     # The quantizer loss is a batch mean (and would include the padding): not returned here.
-    return output.replace(loss=None) if isinstance(output, VQGANEncoderOutput) else output
+    return dataclasses.replace(output, loss=None) if isinstance(output, VQGANEncoderOutput) else output
 
 
 def pmap_encode(model: FlaxVQGANPreTrainedModel, pixel_values: Any, replicated_params: Any) -> VQGANEncoderOutput:

@@ -76,10 +76,8 @@ class VQGANImageProcessor(BaseImageProcessor):
         image = self._to_pil(image)
         if self.do_resize or self.do_center_crop:
             edge = self.size["shortest_edge"] if self.do_resize else min(image.size)
-            height, width = self.crop_size["height"], self.crop_size["width"]
-            if not self.do_center_crop:
-                height = width = None
-            image = _resize_crop(image, edge, height, width)
+            crop = (self.crop_size["height"], self.crop_size["width"]) if self.do_center_crop else (None, None)
+            image = _resize_crop(image, edge, *crop)
         return image
 
     def to_pixel_values(self, images: np.ndarray) -> np.ndarray:

@@ -181,7 +181,7 @@ def _jsonl_rows(shard: str, keys_only: bool = False) -> Iterator[Tuple[str, Any]
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(f"{where}: not a token record ({type(err).__name__}: {err})") from None
             key = check_key(key if isinstance(key, str) else "", where)
-            yield key, None if keys_only else _grid(where, *grid)
+            yield key, None if grid is None else _grid(where, *grid)
 
 
 def open_tokens(path: str) -> TokenSource:

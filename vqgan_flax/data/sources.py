@@ -6,6 +6,7 @@ dataset is never held in memory and an unreadable item fails alone.
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import os
@@ -82,7 +83,8 @@ def video_frames(path: str, stride: int = 1) -> Iterator[Any]:
             if not container.streams.video:
                 raise ValueError(f"{path}: no video stream")
             stream = container.streams.video[0]
-            if stream.codec_context.width * stream.codec_context.height > Image.MAX_IMAGE_PIXELS:
+            limit = Image.MAX_IMAGE_PIXELS  # None: the user turned Pillow's limit off
+            if limit is not None and stream.codec_context.width * stream.codec_context.height > limit:
                 size = f"{stream.codec_context.width}x{stream.codec_context.height}"
                 raise ValueError(f"{path}: {size} frames are over Pillow's pixel limit")
             for number, frame in enumerate(container.decode(stream)):
@@ -178,13 +180,13 @@ def _raiser(error: Exception) -> Callable[[], Any]:
 
 
 def _sample(key: str, members: List[tuple], extensions: Sequence[str], origin: str) -> Item:
-    caption = next((data for _, ext, data in members if ext == "txt" and isinstance(data, bytes)), None)
-    caption = caption.decode("utf-8", "replace") if caption is not None else None
+    text = next((data for _, ext, data in members if ext == "txt" and isinstance(data, bytes)), None)
+    caption = text.decode("utf-8", "replace") if text is not None else None
     for _, extension, data in members:
         if extension in extensions:
             if isinstance(data, Exception):
                 return Item(key, _raiser(data), caption, origin)
-            return Item(key, lambda data=data: _open_image(data), caption, origin)
+            return Item(key, functools.partial(_open_image, data), caption, origin)
     error = next((data for _, ext, data in members if ext == "" and isinstance(data, Exception)), None)
     if error is not None:
         return Item(key, _raiser(error), caption, origin)
@@ -235,7 +237,7 @@ def _hf_rows(loaded: Any, split: str, image_column: str, caption_column: Optiona
     for row, example in enumerate(loaded):
         caption = example[caption_column] if caption_column else None
         image = example[image_column]
-        yield Item(f"{split}/{row}", lambda value=image: _hf_image(value), caption, f"{path}:{split}/{row}")
+        yield Item(f"{split}/{row}", functools.partial(_hf_image, image), caption, f"{path}:{split}/{row}")
 
 
 def _hf_image(value: Any) -> Any:

@@ -47,7 +47,7 @@ def _pixels(item: Item, processor: Any, sampling: FrameSampling) -> np.ndarray:
     cropped as it is decoded, so a long high-resolution video never sits in memory whole."""
     if not item.video:
         return np.asarray(processor.resize_crop(item.load()), np.uint8)
-    kept = []
+    kept: List[np.ndarray] = []
     for frame in item.load():
         if len(kept) == sampling.max_frames:
             raise ValueError(

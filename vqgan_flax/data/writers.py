@@ -227,7 +227,7 @@ class NpzTokenWriter:
     def close(self) -> None:
         import sys
 
-        record = self.record()
+        record: Dict[str, Any] = self.record()
         if self.path == "-":
             np.savez(sys.stdout.buffer, **record)
             sys.stdout.buffer.flush()

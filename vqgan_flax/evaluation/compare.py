@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -105,7 +105,7 @@ def jpeg_at_rate(image: np.ndarray, bits_per_pixel: float) -> Tuple[np.ndarray, 
     from PIL import Image
 
     pixels = image.shape[0] * image.shape[1]
-    best = None
+    best: Optional[Tuple[bytes, float, int]] = None
     for quality in range(1, 96):
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="JPEG", quality=quality, optimize=True)
@@ -114,6 +114,7 @@ def jpeg_at_rate(image: np.ndarray, bits_per_pixel: float) -> Tuple[np.ndarray, 
             best = (buffer.getvalue(), bpp, quality)
         if bpp > bits_per_pixel:
             break  # sizes grow with quality
+    assert best is not None  # quality 1 always sets it
     with Image.open(io.BytesIO(best[0])) as decoded:
         return np.asarray(decoded.convert("RGB")), best[1], best[2]
 
@@ -160,7 +161,7 @@ def model_codec(model, batch_size: int = 8) -> Callable[[Sequence[np.ndarray]], 
     from ..data.image_io import to_uint8
 
     def code(images: Sequence[np.ndarray]) -> List[np.ndarray]:
-        out = []
+        out: List[np.ndarray] = []
         for i in range(0, len(images), batch_size):
             pixels = np.stack(images[i : i + batch_size]).astype(np.float32) / 127.5 - 1.0
             out.extend(to_uint8(np.asarray(model(pixels).reconstruction)))
@@ -184,7 +185,7 @@ def compare_subsets(
     model,
     centroids: np.ndarray,
     subsets: Mapping[str, Sequence[int]],
-) -> Dict[str, Dict[str, Dict[str, float]]]:
+) -> Dict[str, Dict[str, Any]]:
     """[`compare`]'s row for each named subset (indices into ``images``), each image coded once."""
     config = model.config
     factor = config.downsampling_factor
@@ -195,7 +196,7 @@ def compare_subsets(
     ours = model_codec(model)(images)
     kmeans = [patch_codec(image, centroids, factor) for image in images]
     jpegs = [jpeg_at_rate(image, rate) for image in images]
-    rows = {}
+    rows: Dict[str, Dict[str, Any]] = {}
     for name, indices in subsets.items():
         originals = [images[i] for i in indices]
         rows[name] = {

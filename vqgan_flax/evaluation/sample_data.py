@@ -83,7 +83,7 @@ def image_path(name: str) -> str:
         raise ImportError(
             f"sample image {name!r} ships with {PACKAGES[info.package]}: pip install {PACKAGES[info.package]}"
         ) from error
-    path = os.path.join(os.path.dirname(module.__file__), *info.path.split("/"))
+    path = os.path.join(os.path.dirname(str(module.__file__)), *info.path.split("/"))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"sample image {name!r}: {path} is missing from the installed {info.package}")
     return path

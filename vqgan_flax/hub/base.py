@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 from functools import partial
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union, cast
 
 import flax
 import jax
@@ -224,7 +224,7 @@ class FlaxHubModel:
                     f"{files[0]}: safetensors format {weights_format!r}, expected 'flax' (PyTorch weights: "
                     "convert them with `vqgan-flax convert`)"
                 )
-        model = cls(config, *model_args, dtype=dtype, _do_init=do_init, **model_kwargs)
+        model = cast(Any, cls)(config, *model_args, dtype=dtype, _do_init=do_init, **model_kwargs)  # a subclass
         state = cls.load_flax_sharded_weights(files) if len(files) > 1 else cls.load_flax_weights(files[0])
         state = flax.core.unfreeze(state)
         expected = flatten_dict(flax.core.unfreeze(model.params_shape_tree))

@@ -15,11 +15,11 @@ import warnings
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
+from jax.typing import ArrayLike
 
 from ..conversion import check_weights, load_lwm_checkpoint
 from ..models.blocks import conv_compute_dtypes
@@ -68,7 +68,9 @@ def _quiet_transformers_deprecation() -> Iterator[None]:
         flax_logger.setLevel(level)
 
 
-class FlaxVQGANPreTrainedModel(select_base()):
+# The base is chosen when this module loads (transformers' Flax base where it exists): a type checker
+# cannot follow that, hence the ignore.
+class FlaxVQGANPreTrainedModel(select_base()):  # type: ignore[misc]
     """Weight loading/saving and the ``params=...`` calling convention of transformers' Flax models.
 
     The base is transformers' ``FlaxPreTrainedModel`` where the installed transformers has it (4.x)
@@ -82,7 +84,7 @@ class FlaxVQGANPreTrainedModel(select_base()):
     config_class = VQGANConfig
     base_model_prefix = "vqgan"
     main_input_name = "pixel_values"
-    module_class: nn.Module = None
+    module_class: Any = None  # the flax.linen.Module subclass to build
 
     def __init__(
         self,
@@ -257,7 +259,7 @@ class FlaxVQGANPreTrainedModel(select_base()):
     def _run(
         self,
         method: str,
-        array: jax.Array,
+        array: ArrayLike,
         params: Optional[dict],
         rngs: Optional[dict] = None,
         traced: Optional[dict] = None,
@@ -336,7 +338,7 @@ class FlaxVQGANPreTrainedModel(select_base()):
 
     def encode(
         self,
-        pixel_values: jax.Array,
+        pixel_values: ArrayLike,
         params: Optional[dict] = None,
         train: bool = False,
         dropout_rng: Optional[jax.Array] = None,
@@ -355,7 +357,7 @@ class FlaxVQGANPreTrainedModel(select_base()):
 
     def decode(
         self,
-        quant_states: jax.Array,
+        quant_states: ArrayLike,
         params: Optional[dict] = None,
         train: bool = False,
         dropout_rng: Optional[jax.Array] = None,
@@ -381,7 +383,7 @@ class FlaxVQGANPreTrainedModel(select_base()):
 
     def decode_code(
         self,
-        indices: jax.Array,
+        indices: ArrayLike,
         params: Optional[dict] = None,
         latent_shape: Optional[Sequence[int]] = None,
         micro_batch_size: Optional[int] = None,
@@ -401,7 +403,7 @@ class FlaxVQGANPreTrainedModel(select_base()):
 
     def __call__(
         self,
-        pixel_values: jax.Array,
+        pixel_values: ArrayLike,
         params: Optional[dict] = None,
         train: bool = False,
         dropout_rng: Optional[jax.Array] = None,

@@ -204,7 +204,9 @@ def _onednn_conv_jvp(strides: tuple, pads: tuple, primals: tuple, tangents: tupl
     return _onednn_conv(x, kernel, bias, residual, strides, pads), tangent
 
 
-def _conv_args(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Union[str, Sequence]) -> tuple:
+def _conv_args(
+    x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Union[str, Sequence]
+) -> Optional[tuple]:
     """(strides, pads) for the handler, or None where it does not apply (negative pads crop)."""
     strides = tuple(int(s) for s in strides)
     pads = _explicit_pads(padding, x.shape, kernel.shape, strides)

@@ -28,7 +28,7 @@ def _check_fields(**fields: Any) -> None:
     """Type and range of every field, naming the first one that is wrong."""
     for name in ("ch", "out_ch", "in_channels", "num_res_blocks", "resolution", "z_channels", "n_embed", "embed_dim"):
         value = fields[name]
-        low = 0 if name == "num_res_blocks" else 1
+        low: float = 0 if name == "num_res_blocks" else 1
         if not _is_int(value) or not low <= value <= _LIMITS[name]:
             raise ValueError(f"{name}={value!r} must be an integer in [{low}, {_LIMITS[name]}]")
     for name, kind in (("ch_mult", "a non-empty list"), ("attn_resolutions", "a list")):
@@ -250,7 +250,7 @@ class VQGANConfig(PretrainedConfig):
         known = set(cls().to_dict())
         kwargs = {k: v for k, v in ddconfig.items() if k in known}
         kwargs.update(embed_dim=params["embed_dim"], n_embed=params["n_embed"])
-        kwargs["quantizer"] = _TAMING_TARGETS.get(target, "vq")
+        kwargs["quantizer"] = _TAMING_TARGETS.get(target or "", "vq")
         if kwargs["quantizer"] == "gumbel":
             kwargs["kl_weight"] = params.get("kl_weight", 1e-8)  # GumbelVQ's own default
         kwargs.update(overrides)

@@ -8,7 +8,7 @@ checkpoints load unchanged and taming checkpoints convert by renaming and transp
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import flax
 import flax.linen as nn
@@ -38,6 +38,7 @@ class FlaxVQGANModule(nn.Module):
         self.decoder = Decoder(cfg, self.dtype, self.param_dtype)
         self.quant_conv = _conv(cfg.embed_dim, 1, jnp.float32, self.param_dtype)  # float32: see Encoder.conv_out
         self.post_quant_conv = _conv(cfg.z_channels, 1, self.dtype, self.param_dtype)
+        self.quantize: Union[GumbelQuantizer, VectorQuantizer]
         if cfg.quantizer == "gumbel":
             self.quantize = GumbelQuantizer(
                 cfg.n_embed,
@@ -53,7 +54,7 @@ class FlaxVQGANModule(nn.Module):
             )
 
     def _quantize(self, latents: jax.Array, train: bool, temperature: Optional[float]) -> QuantizerOutput:
-        if self.config.quantizer == "gumbel":
+        if isinstance(self.quantize, GumbelQuantizer):
             return self.quantize(latents, train=train, temperature=temperature)
         return self.quantize(latents, train=train)
 

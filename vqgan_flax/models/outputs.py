@@ -33,7 +33,7 @@ class VQGANEncoderOutput:
 
     @property
     def latent_shape(self) -> Tuple[int, int]:
-        return tuple(self.quant_states.shape[1:3])
+        return (int(self.quant_states.shape[1]), int(self.quant_states.shape[2]))
 
     @property
     def grid_indices(self) -> jax.Array:

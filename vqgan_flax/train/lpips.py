@@ -42,7 +42,7 @@ class LPIPS(nn.Module):
             x = nn.relu(nn.Conv(channels, (3, 3), padding=((1, 1), (1, 1)), name=f"conv_{index}")(x))
             if index in _TAPS:
                 taps.append(x)
-        distance = 0.0
+        distance = jnp.zeros((images.shape[0],), jnp.float32)
         for k, features in enumerate(taps):
             # Unit-normalise each position's channel vector, as lpips' normalize_tensor.
             features = features / (jnp.sqrt(jnp.sum(features**2, axis=-1, keepdims=True)) + 1e-10)

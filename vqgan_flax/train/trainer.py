@@ -108,7 +108,7 @@ class ImageCrops:
             raise ValueError("no training images")
 
     @classmethod
-    def from_folder(cls, folder: str, crop_size: int, seed: int = 0, **augment: float) -> ImageCrops:
+    def from_folder(cls, folder: str, crop_size: int, seed: int = 0, **augment: Any) -> ImageCrops:
         """Crops of every image in ``folder`` (``augment``: the keyword arguments of ``__init__``)."""
         return cls(list_images(folder), crop_size, seed, **augment)
 
@@ -129,7 +129,7 @@ class ImageCrops:
                 from PIL import Image
 
                 size = (self.crop_size, self.crop_size)
-                crop = np.asarray(Image.fromarray(crop).resize(size, Image.BICUBIC, reducing_gap=None))
+                crop = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.BICUBIC, reducing_gap=None))
             crop = (crop[:, ::-1] if rng.random() < 0.5 else crop).astype(np.float32) / 255.0
             if self.colour_jitter:
                 crop = self._jitter(crop, rng)
@@ -298,7 +298,8 @@ class VQGANTrainer:
             params, code_counts = self._restart_dead_codes(params, code_counts, out.latents, state.step + 1, rng)
         ema = state.ema_params
         if cfg.ema_decay:
-            ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p, ema, params)
+            decay = float(cfg.ema_decay)
+            ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
         metrics = {
             "loss": nll + d_weight * factor * g_loss + cfg.codebook_weight * q_loss + cfg.colour_anchor_weight * anchor,
             "nll_loss": nll,
@@ -339,7 +340,7 @@ class VQGANTrainer:
         """At every ``codebook_restart_every``-th step, move unused codes onto random latents."""
         flat = jax.lax.stop_gradient(latents).reshape(-1, latents.shape[-1]).astype(jnp.float32)
         picks = jax.random.randint(jax.random.fold_in(rng, 7), (counts.shape[0],), 0, flat.shape[0])
-        restart = (step % self.config.codebook_restart_every) == 0
+        restart = (step % int(self.config.codebook_restart_every or 1)) == 0  # only called when it is set
         if self.config.codebook_restart_until is not None:
             restart = restart & (step <= self.config.codebook_restart_until)
         dead = restart & (counts == 0)
@@ -398,8 +399,8 @@ class VQGANTrainer:
         """
         cfg = self.config
         if state is None:
-            resumable = output_dir and os.path.isfile(os.path.join(output_dir, "train_state.msgpack"))
-            state = self.restore(output_dir) if resumable else self.init_state()
+            resumable = output_dir is not None and os.path.isfile(os.path.join(output_dir, "train_state.msgpack"))
+            state = self.restore(output_dir) if output_dir is not None and resumable else self.init_state()
         start = int(state.step)
         bar = None
         if progress:

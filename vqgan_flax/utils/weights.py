@@ -62,7 +62,9 @@ def shard_params(params: dict, max_shard_size: Union[int, str] = "10GB") -> Tupl
     weight gets a shard of its own), in key order, as transformers 4.x does: ``({file: flat
     shard}, index)``, with ``index=None`` when everything fits in ``flax_model.msgpack``."""
     limit = _file_size(max_shard_size)
-    blocks, block, block_size, total = [], {}, 0, 0
+    blocks: list = []
+    block: dict = {}
+    block_size = total = 0
     for key, value in flatten_dict(flax.core.unfreeze(params), sep="/").items():
         size = value.size * value.dtype.itemsize
         if block and block_size + size > limit:
