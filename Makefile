@@ -56,11 +56,11 @@ test: setup-test lint
 
 test-legacy: $(LEGACY_VENV)/.installed
 	@echo "== legacy stack: $$($(LEGACY_PY) ci/core_versions.py show)"
-	VQGAN_FLAX_REQUIRE_TORCH=1 VQGAN_FLAX_OTHER_PYTHON=$(abspath $(CURRENT_PY)) $(LEGACY_PY) -m pytest -q
+	VQGAN_FLAX_REQUIRE_TORCH=1 VQGAN_FLAX_OTHER_PYTHON=$(abspath $(CURRENT_PY)) $(LEGACY_PY) -m pytest -q --durations=25
 
 test-current: $(CURRENT_VENV)/.installed-test
 	@echo "== current stack: $$($(CURRENT_PY) ci/core_versions.py show)"
-	VQGAN_FLAX_OTHER_PYTHON=$(abspath $(LEGACY_PY)) $(CURRENT_PY) -m pytest -q
+	VQGAN_FLAX_OTHER_PYTHON=$(abspath $(LEGACY_PY)) $(CURRENT_PY) -m pytest -q --durations=25
 
 # ruff's lint rules and formatting on everything, and mypy's basic check of the package.
 lint: $(LEGACY_VENV)/.installed

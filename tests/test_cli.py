@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -273,7 +274,17 @@ def test_convert_through_the_entry_point_as_the_readme_shows_it(tmp_path):
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "wrote" in result.stdout and FlaxVQGANModel.from_pretrained(tmp_path / "converted").config.n_embed > 0
+    assert "wrote" in result.stdout
+    # What the entry point wrote is what the Python API converts: the yaml's architecture, the same weights.
+    from vqgan_flax.conversion import convert_taming_checkpoint
+
+    config = VQGANConfig.from_taming_yaml(taming / "model.yaml")
+    convert_taming_checkpoint(taming / "last.ckpt", tmp_path / "python", config)
+    converted, expected = (FlaxVQGANModel.from_pretrained(tmp_path / n) for n in ("converted", "python"))
+    fields = [{k: v for k, v in m.config.to_dict().items() if not k.startswith("_")} for m in (converted, expected)]
+    assert fields[0] == fields[1] and converted.config.n_embed == 64
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(converted.params), jax.tree.leaves(expected.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
     version = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=600)
     assert version.returncode == 0 and version.stdout.strip() == f"vqgan-flax {__import__('vqgan_flax').__version__}"
 

@@ -83,6 +83,35 @@ def test_matches_xla_bfloat16(onednn, x_shape, k_shape, strides, padding):
     assert ours.dtype == jnp.bfloat16
     ours, want = np.asarray(ours, np.float32), np.asarray(want, np.float32)
     np.testing.assert_allclose(ours, want, rtol=2**-7, atol=2**-7 * np.abs(want).max())
+    # oneDNN's bf16 convolutions need AVX-512 or AMX: where the CPU lacks them XLA computes them.
+    uses_onednn = "vqgan_onednn_conv" in _hlo(lambda x, k: _ours(x, k, strides, padding), x, k)
+    assert uses_onednn == cpu_kernels.onednn_has_bfloat16()
+
+
+def test_bfloat16_convs_take_xla_where_onednn_lacks_them(onednn, monkeypatch):
+    """On a CPU without AVX-512 oneDNN cannot create a bf16 convolution (the compiled program would
+    fail at its first call): bf16 convs and upsampling convs go to XLA, float32 ones stay oneDNN's."""
+    monkeypatch.setattr(cpu_kernels, "onednn_has_bfloat16", lambda: False)
+    x16, k16 = _operands((1, 8, 8, 4), (3, 3, 4, 4), jnp.bfloat16)
+    assert "vqgan_onednn_conv" not in _hlo(lambda x, k: _ours(x, k), x16, k16)
+    assert "vqgan_onednn_conv" not in _hlo(upsample_conv, x16, k16)
+    out = jax.jit(upsample_conv)(x16, k16)
+    assert out.shape == (1, 16, 16, 4) and bool(jnp.all(jnp.isfinite(out.astype(jnp.float32))))
+    x32, k32 = _operands((1, 8, 8, 4), (3, 3, 4, 4))
+    assert "vqgan_onednn_conv" in _hlo(lambda x, k: _ours(x, k), x32, k32)
+
+
+def test_bfloat16_probe_agrees_with_the_cpu(onednn):
+    """The probe's answer is what running a bf16 convolution through the handler gives."""
+    call = jax.jit(lambda x, k: cpu_kernels._onednn_conv(x, k, *[jnp.zeros((0,), jnp.bfloat16)] * 2, (1, 1),
+                                                         ((1, 1), (1, 1))))  # fmt: skip
+    x, k = _operands((1, 4, 4, 8), (3, 3, 8, 8), jnp.bfloat16)
+    try:
+        jax.block_until_ready(call(x, k))
+        ran = True
+    except jax.errors.JaxRuntimeError:
+        ran = False
+    assert ran == cpu_kernels.onednn_has_bfloat16()
 
 
 def test_gradient_vmap_and_eager_match_xla(onednn):
@@ -301,7 +330,9 @@ def test_upsample_conv_equals_upsampling_then_conv(onednn, dtype, shape):
     want = np.asarray(lax.conv_general_dilated(upsampled, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC),
                       np.float32)  # fmt: skip
     fn = jax.jit(upsample_conv)
-    assert "transposed = true" in fn.lower(x, k).as_text()
+    # bf16 goes through oneDNN only where the CPU has bf16 convolutions (AVX-512 / AMX), else XLA's.
+    onednn = dtype == jnp.float32 or cpu_kernels.onednn_has_bfloat16()
+    assert ("transposed = true" in fn.lower(x, k).as_text()) == onednn
     ours = fn(x, k)
     assert ours.shape == (shape[0], 2 * shape[1], 2 * shape[2], 6) and ours.dtype == dtype
     # bf16: the summed taps are rounded once more than the separate products
@@ -341,7 +372,8 @@ def test_conv2d_fuses_the_bias(onednn, dtype):
     bias = jnp.asarray(np.random.default_rng(7).standard_normal(5), dtype)
     fn = jax.jit(lambda x, k, b: conv2d(x, k, b, (2, 2), ((0, 1), (0, 1))))
     text = fn.lower(x, k, bias).as_text()
-    assert "tensor<5x" in text.split("custom_call @vqgan_onednn_conv")[1].split("->")[0]  # the bias goes in
+    if dtype == jnp.float32 or cpu_kernels.onednn_has_bfloat16():  # else XLA computes bf16 convs
+        assert "tensor<5x" in text.split("custom_call @vqgan_onednn_conv")[1].split("->")[0]  # the bias goes in
     want = lax.conv_general_dilated(x, k, (2, 2), ((0, 1), (0, 1)), dimension_numbers=NHWC) + bias
     want = np.asarray(want, np.float32)
     tol = 1e-5 if dtype == jnp.float32 else 2**-7 * np.abs(want).max()

@@ -199,11 +199,15 @@ def test_bf16_compute_close_to_float32():
     out16, out32 = bf16(x), fp32(x)
     assert out16.reconstruction.dtype == jnp.bfloat16
     assert bool(jnp.all(jnp.isfinite(out16.reconstruction.astype(jnp.float32))))
-    # bf16 keeps ~3 significant digits; the random-weight decoder amplifies that to ~0.1 at most.
-    assert float(jnp.max(jnp.abs(out16.latents.astype(jnp.float32) - out32.latents))) < 0.1
-    assert float(jnp.mean(out16.indices == out32.indices)) >= 0.9
+    # Measured on an AVX2 CPU with both backends (kernels on / off): latents off by at most 0.044
+    # (of 2.8), 127 of 128 indices equal, decoded pixels off by 0.049 at most and 0.0067 on average.
+    # GroupNorm computed in bf16 instead of float32 gives 0.068, 122 of 128, 0.093 and 0.0102: each
+    # bound below fails that break.
+    assert float(jnp.max(jnp.abs(out16.latents.astype(jnp.float32) - out32.latents))) < 0.06
+    assert float(jnp.mean(out16.indices == out32.indices)) >= 0.97
     decoded16 = bf16.decode_code(out32.indices).astype(jnp.float32)
-    assert float(jnp.max(jnp.abs(decoded16 - fp32.decode_code(out32.indices)))) < 0.15
+    error = jnp.abs(decoded16 - fp32.decode_code(out32.indices))
+    assert float(jnp.max(error)) < 0.075 and float(jnp.mean(error)) < 0.009
 
 
 def _equations(jaxpr):
@@ -308,16 +312,22 @@ def test_bf16_params(tiny_model):
     assert bool(jnp.all(jnp.isfinite(out.reconstruction.astype(jnp.float32))))
 
 
-def test_group_norm_statistics_stay_float32_in_bf16():
-    """A large common offset would wipe out bf16 statistics; float32 statistics keep the output sane."""
-    model = FlaxVQGANModel(VQGANConfig.from_preset("tiny"), dtype=jnp.bfloat16)
-    out = model.module.apply(
-        {"params": model.params},
-        jnp.full((1, 8, 8, 64), 300.0) + _images((1, 8, 8, 64)),
-        method=lambda m, h: m.encoder.mid.block_1.norm1(h.astype(jnp.float32)),
-    )
+@pytest.mark.parametrize("backend", ["auto", "off"])
+def test_group_norm_statistics_stay_float32_in_bf16(monkeypatch, backend):
+    """A bf16 model's GroupNorm is given bf16 activations and must compute its statistics in float32.
+    At 40 a bf16 step is 0.25, so bf16 arithmetic for the mean or the centred values moves the
+    output by up to ~0.06 (its std is 2); the bound is far below that (CPU kernels and XLA's ops)."""
+    monkeypatch.setenv("VQGAN_FLAX_CPU_KERNELS", backend)
+    config = VQGANConfig.from_preset("tiny")
+    model = FlaxVQGANModel(config, dtype=jnp.bfloat16)
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((1, 8, 8, 64)) * 2 + 40, jnp.bfloat16)
+    out = model.module.apply({"params": model.params}, x, method=lambda m, h: m.encoder.mid.block_1.norm1(h))
     assert out.dtype == jnp.float32
-    assert_close(jnp.mean(out), 0.0, "normalised mean", atol=1e-3)
+    groups = config.norm_num_groups
+    values = np.asarray(x, np.float64).reshape(1, 8, 8, groups, 64 // groups)
+    mean, var = values.mean(axis=(1, 2, 4), keepdims=True), values.var(axis=(1, 2, 4), keepdims=True)
+    want = ((values - mean) / np.sqrt(var + 1e-6)).reshape(1, 8, 8, 64)  # torch-style init: scale 1, bias 0
+    assert_close(out, want, "GroupNorm of bf16 activations", atol=2e-3)
 
 
 def test_train_mode_straight_through_and_losses(pretrained_model):

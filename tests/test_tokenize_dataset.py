@@ -447,7 +447,7 @@ def test_a_sigkilled_encode_resumes_exactly_once_and_overwrite_starts_over(tiny,
     assert 3 <= done_before < 12, "the run must be killed midway"
     result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"({2 * done_before} already there from an earlier run)" in result.stdout or done_before * 2 >= 24
+    assert f"({2 * done_before} already there from an earlier run)" in result.stdout
     import pandas as pd
 
     keys = list(pd.read_parquet(tmp_path / "out")["key"])

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["conv2d", "group_norm", "kernel_backend", "kernels_status", "upsample_conv"]
+__all__ = ["conv2d", "group_norm", "kernel_backend", "kernels_status", "onednn_has_bfloat16", "upsample_conv"]
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +190,35 @@ def _conv_call(x: jax.Array, kernel: jax.Array, bias: jax.Array, residual: jax.A
         transposed=transposed)  # fmt: skip
 
 
+@functools.cache
+def onednn_has_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions on this CPU: it needs AVX-512 (or AMX) for them,
+    and on an AVX2-only CPU creating the primitive fails inside the compiled program. Probed once,
+    by running a tiny bf16 convolution through the handler; where it fails, bf16 convolutions take
+    XLA's path (float32 ones keep oneDNN)."""
+    if _load() is not None:
+        return False
+    cpu = jax.local_devices(backend="cpu")[0]
+    with jax.ensure_compile_time_eval():
+        x = jax.device_put(jnp.ones((1, 4, 4, 8), jnp.bfloat16), cpu)
+        kernel = jax.device_put(jnp.ones((3, 3, 8, 8), jnp.bfloat16), cpu)
+        none = jax.device_put(jnp.zeros((0,), jnp.bfloat16), cpu)
+        try:
+            out = jax.jit(lambda x, k, b: _conv_call(x, k, b, b, (4, 4), (1, 1), ((1, 1), (1, 1)), False))(
+                x, kernel, none
+            )
+            return bool(np.asarray(out.astype(jnp.float32))[0, 1, 1, 0] == 72.0)  # 3 x 3 x 8 ones
+        except jax.errors.JaxRuntimeError as error:
+            logger.info("oneDNN has no bfloat16 convolutions on this CPU, using XLA's for them: %s", error)
+            return False
+
+
+def _conv_dtype_handled(dtype: Any) -> bool:
+    """float32 always; bfloat16 where oneDNN has it on this CPU ([`onednn_has_bfloat16`])."""
+    dtype = jnp.dtype(dtype)
+    return dtype == jnp.float32 or (dtype == jnp.bfloat16 and onednn_has_bfloat16())
+
+
 def _xla_conv(x: jax.Array, kernel: jax.Array, strides: tuple, pads: tuple) -> jax.Array:
     return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC)
 
@@ -228,7 +257,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, strides: Sequence[i
                and x.dtype in _DTYPES and bias.shape == kernel.shape[3:] and 0 not in x.shape
                and 0 not in kernel.shape)  # fmt: skip
     args = _conv_args(x, kernel, strides, padding) if handled else None
-    if args is None or kernel_backend() != "native":
+    if args is None or kernel_backend() != "native" or not _conv_dtype_handled(x.dtype):
         return xla(x, kernel, bias, residual)
     return lax.platform_dependent(x, kernel, bias, residual, cpu=lambda *a: _onednn_conv(*a, *args), default=xla)
 
@@ -314,6 +343,6 @@ def upsample_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     and output channel, and no upsampled copy; elsewhere the two steps as written."""
     handled = (x.ndim == 4 and kernel.shape[:2] == (3, 3) and x.dtype == kernel.dtype and x.dtype in _DTYPES
                and 0 not in x.shape)  # fmt: skip
-    if not handled or kernel_backend() != "native":
+    if not handled or kernel_backend() != "native" or not _conv_dtype_handled(x.dtype):
         return _upsample_conv_xla(x, kernel)
     return lax.platform_dependent(x, kernel, cpu=_native_upsample_conv, default=_upsample_conv_xla)
