@@ -34,6 +34,34 @@ class Mutation(NamedTuple):
 
 MUTATIONS = (
     Mutation(
+        "quantizer's nearest code ignores the codebook norms",
+        "vqgan_flax/models/quantizers.py",
+        "        + jnp.sum(codebook**2, axis=1)[None, :]",
+        "        + 0.0 * jnp.sum(codebook**2, axis=1)[None, :]",
+        "tests/test_fixture_parity.py::test_taming_fixture_parity",
+    ),
+    Mutation(
+        "taming key mapping leaves block indices unmapped",
+        "vqgan_flax/conversion/taming.py",
+        '            parts[i] = _LEVEL_ITEM.sub(r"\\1.\\2", part)',
+        "            parts[i] = part",
+        "tests/test_convert_checkpoint.py::test_key_mapping_both_ways",
+    ),
+    Mutation(
+        "decoder runs its levels lowest resolution last",
+        "vqgan_flax/models/blocks.py",
+        "        for level in reversed(self.up):",
+        "        for level in self.up:",
+        "tests/test_fixture_parity.py::test_taming_fixture_parity",
+    ),
+    Mutation(
+        "C++ GroupNorm divides the variance by N - 1",
+        "vqgan_flax/kernels/csrc/group_norm.cc",
+        "      const float rstd = 1.0f / std::sqrt(float(s / double(rows * per_group)) + epsilon);",
+        "      const float rstd = 1.0f / std::sqrt(float(s / double(rows * per_group - 1)) + epsilon);",
+        "tests/test_cpu_kernels.py::test_group_norm_matches_flax",
+    ),
+    Mutation(
         "GroupNorm arithmetic in bf16 (XLA path)",
         "vqgan_flax/kernels/cpu.py",
         "grouped = x.astype(jnp.float32).reshape(n, h, w, groups, c // groups)",
