@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,10 +15,11 @@ import pytest
 from PIL import Image
 from utils import FIXTURES, assert_close
 
-from vqgan_flax import FlaxVQGANModel, VQGANConfig
+from vqgan_flax import FlaxVQGANModel, VQGANConfig, VQGANImageProcessor
 from vqgan_flax.conversion import CheckpointError, config_from_lwm, load_lwm_checkpoint
 from vqgan_flax.data import parallel as P
-from vqgan_flax.data.distributed import encode_dataset, load_image, merge_token_shards
+from vqgan_flax.data.distributed import encode_dataset, merge_token_shards
+from vqgan_flax.data.image_io import load_image
 from vqgan_flax.vqgan import VQGAN
 
 BATCH_SIZES = [1, 7, 8, 13]
@@ -266,6 +268,30 @@ def test_two_processes_encode_like_one(tmp_path):
     np.testing.assert_array_equal(merged, single)
     with pytest.raises(ValueError, match=r"item 5 \(.*05.png\): "):
         encode_dataset(items, model, str(tmp_path / "strict"), image_size=16, strict=True)
+
+
+def test_encode_dataset_honours_a_zero_to_one_model(tiny, tmp_path):
+    """The model folder owns the pixel range: a [0, 1] model (its preprocessor_config.json) gets
+    [0, 1] pixels from encode_dataset, as from the processor itself, not taming's [-1, 1]."""
+    folder = tmp_path / "zero_one"
+    shutil.copytree(tiny, folder)
+    processor = VQGANImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                                    pixel_range=[0.0, 1.0])  # fmt: skip
+    processor.save_pretrained(folder)
+    model = FlaxVQGANModel.from_pretrained(folder)
+    rng = np.random.default_rng(4)
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(paths[-1])
+    encode_dataset(paths, model, str(tmp_path / "out"), barrier=False)
+    tokens = merge_token_shards(tmp_path / "out")
+    pixels = processor([Image.open(p) for p in paths], return_tensors="np")["pixel_values"]
+    assert 0.0 <= pixels.min() and pixels.max() <= 1.0
+    grid = model.config.latent_shape(16, 16)
+    np.testing.assert_array_equal(tokens, np.asarray(model.encode(pixels).indices).reshape(3, *grid))
+    minus_one = np.asarray(model.encode(pixels * 2 - 1).indices).reshape(3, *grid)
+    assert not np.array_equal(tokens, minus_one), "the test cannot tell the two ranges apart"
 
 
 def test_merge_detects_missing_items(tmp_path):

@@ -59,29 +59,17 @@ def image_processor(args: argparse.Namespace, model: Any) -> Any:
     in the Hub snapshot, or beside an LWM pickle) where there is one, else the model's resolution
     and taming's [-1, 1]; then ``--size`` and ``--pixel-range`` override. Every image the commands
     read or write goes through it (geometry, value range, and back to uint8)."""
-    from ..data.processing import VQGANImageProcessor
-    from ..hub.resolve import PROCESSOR_NAME
+    from ..data.processing import processor_for_model
 
-    path = model.source.file(PROCESSOR_NAME) if model.source is not None else None
-    if path is None:
-        edge = model.config.resolution
-        processor = VQGANImageProcessor(size={"shortest_edge": edge}, crop_size={"height": edge, "width": edge})
-    else:
-        try:
-            processor = VQGANImageProcessor.from_json_file(path)
-        except (OSError, ValueError, TypeError) as err:
-            raise ValueError(f"{path}: not a usable image processor config ({type(err).__name__}: {err})") from None
-    if getattr(args, "size", None):
-        processor.do_resize = processor.do_center_crop = True
-        processor.size = {"shortest_edge": args.size}
-        processor.crop_size = {"height": args.size, "width": args.size}
+    processor = processor_for_model(model, getattr(args, "size", None))
     if getattr(args, "pixel_range", None):
         low, high = args.pixel_range
         if not low < high:
             raise ValueError(f"--pixel-range {low} {high}: LOW must be below HIGH")
         processor.pixel_range = [float(low), float(high)]
     if processor.output_size is None:
-        raise ValueError(f"{path}: do_center_crop is off; the command line needs one image size (give --size)")
+        where = model.source.name if model.source is not None else "the model's image processor"
+        raise ValueError(f"{where}: do_center_crop is off; the command line needs one image size (give --size)")
     return processor
 
 

@@ -22,10 +22,22 @@ from jax.experimental import multihost_utils
 
 from ..hub.modeling import FlaxVQGANPreTrainedModel
 from ..utils.files import atomic_write
-from .image_io import load_image
+from .image_io import open_rgb
 from .parallel import pmap_encode, replicate_params
+from .processing import VQGANImageProcessor, processor_for_model
 
 SHARD_PATTERN = "tokens-{process:05d}-of-{count:05d}.npz"
+
+
+def _load_for(processor: VQGANImageProcessor, item: Any, size: int) -> np.ndarray:
+    """One item as the model's pixels: a path or a uint8 array through ``processor``; a float
+    array is taken as pixels already in the model's range."""
+    if isinstance(item, np.ndarray) and item.dtype != np.uint8:
+        if item.shape[:2] != (size, size):
+            raise ValueError(f"array: shape {item.shape}, expected {size}x{size}")
+        return item.astype(np.float32)
+    image = item if isinstance(item, np.ndarray) else open_rgb(item)
+    return processor.to_pixel_values(np.asarray(processor.resize_crop(image), np.uint8))
 
 
 def encode_dataset(
@@ -43,12 +55,16 @@ def encode_dataset(
     returns its shard file (``tokens-PPPPP-of-NNNNN.npz``: ``item_ids``, ``indices`` (n, h, w),
     ``num_items``, and the ``skipped_ids`` / ``skipped_errors`` of items that could not be read).
 
-    An unreadable item is skipped and recorded (``strict``: raises ``ValueError`` naming its
+    Images go through the model's own image processor ([`data.processing.processor_for_model`]:
+    its resize, crop and pixel range, e.g. [0, 1]); ``image_size`` overrides the size; arrays
+    given as items are uint8 images, or float pixels already in the model's range. ``load`` replaces
+    all of that. An unreadable item is skipped and recorded (``strict``: raises ``ValueError`` naming its
     position). With ``barrier`` every process waits for the others once its shard is written, so
     that process 0 may merge right after; a process that died is then reported by name.
     """
-    image_size = image_size or model.config.resolution
-    load = load or (lambda item: load_image(item, image_size))
+    processor = processor_for_model(model, image_size)
+    image_size = processor.output_size[0] if processor.output_size else model.config.resolution
+    load = load or (lambda item: _load_for(processor, item, image_size))
     process, count = jax.process_index(), jax.process_count()
     devices = jax.local_devices()
     params = model.params if params is None else params

@@ -120,3 +120,28 @@ def _resize_crop(image: Any, edge: int, height: Optional[int], width: Optional[i
 
 
 __all__: Tuple[str, ...] = ("VQGANImageProcessor",)
+
+
+def processor_for_model(model: Any, size: Optional[int] = None) -> VQGANImageProcessor:
+    """The image processor a model's folder owns: its ``preprocessor_config.json`` (beside the
+    weights, in the Hub snapshot, or beside an LWM pickle) where there is one, else the model's
+    resolution and taming's [-1, 1]; ``size`` overrides the resize and crop. Every path that turns
+    images into a model's pixels (the command line, ``data.distributed``) asks here, so a [0, 1]
+    model gets [0, 1] pixels everywhere."""
+    from ..hub.resolve import PROCESSOR_NAME
+
+    source = getattr(model, "source", None)
+    path = source.file(PROCESSOR_NAME) if source is not None else None
+    if path is None:
+        edge = model.config.resolution
+        processor = VQGANImageProcessor(size={"shortest_edge": edge}, crop_size={"height": edge, "width": edge})
+    else:
+        try:
+            processor = VQGANImageProcessor.from_json_file(path)
+        except (OSError, ValueError, TypeError) as err:
+            raise ValueError(f"{path}: not a usable image processor config ({type(err).__name__}: {err})") from None
+    if size:
+        processor.do_resize = processor.do_center_crop = True
+        processor.size = {"shortest_edge": int(size)}
+        processor.crop_size = {"height": int(size), "width": int(size)}
+    return processor
