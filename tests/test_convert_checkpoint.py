@@ -234,6 +234,23 @@ def test_export_to_taming_returns_state(tmp_path):
         export_to_taming(FIXTURES / "vqganjax" / "checkpoint", tmp_path / "w.bin")
 
 
+def test_export_of_params_in_hand_equals_export_of_their_folder(tmp_path):
+    from vqgan_flax.conversion import export_params_to_taming
+
+    model = FlaxVQGANModel.from_pretrained(FIXTURES / "vqganjax" / "checkpoint")
+    state = export_params_to_taming(model.config, model.params, tmp_path / "a.safetensors", "in hand")
+    folder = export_to_taming(FIXTURES / "vqganjax" / "checkpoint", tmp_path / "b.safetensors")
+    assert sorted(state) == sorted(folder)
+    for key in state:
+        np.testing.assert_array_equal(state[key], folder[key], err_msg=key)
+    broken = dict(model.params)
+    broken.pop("quant_conv")
+    with pytest.raises(
+        ConversionError, match="(?s)in hand does not match the architecture.*missing keys: quant_conv/bias"
+    ):
+        export_params_to_taming(model.config, broken, tmp_path / "c.safetensors", "in hand")
+
+
 def test_export_refuses_a_model_taming_cannot_compute(tmp_path):
     config = VQGANConfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], z_channels=8, embed_dim=4,
                          n_embed=16, resolution=16, norm_num_groups=8)  # fmt: skip

@@ -20,6 +20,7 @@ from .lwm import config_from_lwm, load_lwm_checkpoint, lwm_params_to_flax
 from .taming import (
     convert_state_dict,
     convert_taming_checkpoint,
+    export_params_to_taming,
     export_to_taming,
     flax_key_to_taming,
     flax_to_taming,
@@ -35,6 +36,7 @@ __all__ = [
     "config_from_lwm",
     "convert_state_dict",
     "convert_taming_checkpoint",
+    "export_params_to_taming",
     "export_to_taming",
     "extract_state_dict",
     "flax_key_to_taming",

@@ -161,21 +161,31 @@ def convert_taming_checkpoint(
     return dropped
 
 
-def export_to_taming(model_dir: PathLike, output: PathLike) -> Dict[str, np.ndarray]:
-    """Write a local model folder's weights as a taming state dict: ``.safetensors``, or
-    ``.pt``/``.pth``/``.ckpt`` (those need torch; ``.ckpt`` nests it under ``state_dict`` like
-    Lightning). Every parameter of the folder's architecture must be there with its shape."""
+def export_to_taming(model: PathLike, output: PathLike) -> Dict[str, np.ndarray]:
+    """Write a local model folder's weights (or an LWM params pickle's) as a taming state dict:
+    ``.safetensors``, or ``.pt``/``.pth``/``.ckpt`` (those need torch; ``.ckpt`` nests it under
+    ``state_dict`` like Lightning). Every parameter of the architecture must be there with its shape."""
+    from .lwm import load_lwm_checkpoint
+
+    model = os.fspath(model)
+    if os.path.isfile(model):
+        config, params = load_lwm_checkpoint(model)
+    else:
+        config, params = VQGANConfig.from_pretrained(model), read_folder_weights(model)
+    return export_params_to_taming(config, params, output, model)
+
+
+def export_params_to_taming(config: VQGANConfig, params: Dict, output: PathLike, source: str) -> Dict[str, np.ndarray]:
+    """[`export_to_taming`] for parameters in hand: checked against ``config`` (keys, shapes,
+    finite floating weights, taming's 32 GroupNorm groups), converted and written to ``output``."""
     from flax.traverse_util import flatten_dict, unflatten_dict
 
-    model_dir = os.fspath(model_dir)
-    config = VQGANConfig.from_pretrained(model_dir)
     if config.norm_num_groups != 32:
         # taming's Normalize has 32 groups, fixed: the weights would load and compute something else.
         raise ConversionError(
-            f"{model_dir}: norm_num_groups={config.norm_num_groups}; taming's GroupNorm always has 32 groups"
+            f"{source}: norm_num_groups={config.norm_num_groups}; taming's GroupNorm always has 32 groups"
         )
-    params = read_folder_weights(model_dir)
-    flat = flatten_dict(params)
+    flat = flatten_dict(dict(params))
     if len(flat) and all(k[0] == "vqgan" for k in flat):  # transformers' base_model_prefix
         flat = {k[1:]: v for k, v in flat.items()}
     expected = expected_param_shapes(config)
@@ -185,12 +195,12 @@ def export_to_taming(model_dir: PathLike, output: PathLike) -> Dict[str, np.ndar
     missing = [f"{'/'.join(p)} {s}" for p, s in expected.items() if p not in flat]
     unexpected = [f"{'/'.join(p)} {tuple(v.shape)}" for p, v in flat.items() if p not in expected]
     mismatched = [
-        f"{'/'.join(p)}: folder {tuple(v.shape)}, config expects {expected[p]}"
+        f"{'/'.join(p)}: weights {tuple(v.shape)}, config expects {expected[p]}"
         for p, v in flat.items()
         if p in expected and tuple(v.shape) != expected[p]
     ]
-    raise_on_mismatch(model_dir, describe_architecture(config), missing, unexpected, mismatched)
-    check_weights({"/".join(k): v for k, v in flat.items()}, model_dir)
+    raise_on_mismatch(source, describe_architecture(config), missing, unexpected, mismatched)
+    check_weights({"/".join(k): v for k, v in flat.items()}, source)
     state = flax_to_taming(unflatten_dict(flat))
     output = os.fspath(output)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
