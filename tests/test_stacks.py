@@ -22,14 +22,16 @@ from flax.traverse_util import flatten_dict
 
 import vqgan_flax
 from vqgan_flax import FlaxHubModel, FlaxVQGANModel, FlaxVQGANPreTrainedModel, VQGANConfig, VQGANImageProcessor
-from vqgan_flax.hub.base import _transformers_flax_base
+from vqgan_flax.hub.base import _transformers_flax_base, pretrained_base
+from vqgan_flax.hub.modeling import FlaxVQGANMixin
+from vqgan_flax.models.module import FlaxVQGANModule
 
 ROOT = pathlib.Path(__file__).parent.parent
 TRANSFORMERS_FLAX = _transformers_flax_base()
 OTHER_PYTHON = os.environ.get("VQGAN_FLAX_OTHER_PYTHON")
 CONFIG_FIELDS = [name for name in inspect.signature(VQGANConfig.__init__).parameters if name not in ("self", "kwargs")]
 
-# Run by another interpreter (the other stack) or with another base (VQGAN_FLAX_BASE=hub), with
+# Run by another interpreter (the other stack), with
 # a JSON list of jobs: ["save", FOLDER, SEED, FORMAT] writes a random tiny model; ["dump", FOLDER,
 # OUT.npz] loads a folder and records its parameters and its outputs on fixed inputs as that stack
 # sees them; the config fields of each dumped folder are printed as JSON.
@@ -57,11 +59,10 @@ print(json.dumps(configs))
 """
 
 
-def _helper(python: str, jobs: list, env: dict | None = None) -> dict:
+def _helper(python: str, jobs: list) -> dict:
     result = subprocess.run(
         [python, "-c", HELPER, json.dumps(jobs), json.dumps(CONFIG_FIELDS)],
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=600,
@@ -86,7 +87,7 @@ def _assert_same_model(folder: pathlib.Path, there_npz: pathlib.Path, there_conf
     assert np.mean(np.asarray(out.indices) == there["@indices"]) >= 0.99
 
 
-def _round_trips(tmp_path: pathlib.Path, python: str, env: dict | None = None) -> None:
+def _round_trips(tmp_path: pathlib.Path, python: str) -> None:
     """Folders (safetensors and msgpack) written there load here bit-identically, and vice versa."""
     formats = ("safetensors", "msgpack")
     jobs = [["save", str(tmp_path / f"there-{fmt}"), 3, fmt] for fmt in formats]
@@ -96,50 +97,57 @@ def _round_trips(tmp_path: pathlib.Path, python: str, env: dict | None = None) -
             tmp_path / f"here-{fmt}", safe_serialization=fmt == "safetensors"
         )
         jobs.append(["dump", str(tmp_path / f"here-{fmt}"), str(tmp_path / f"here-{fmt}.npz")])
-    configs = _helper(python, jobs, env)
+    configs = _helper(python, jobs)
     for origin in ("there", "here"):
         for fmt in formats:
             folder = tmp_path / f"{origin}-{fmt}"
             _assert_same_model(folder, tmp_path / f"{origin}-{fmt}.npz", configs[str(folder)])
 
 
+class HubVQGANModel(FlaxVQGANMixin, FlaxHubModel):
+    """The VQGAN on our own base, wherever transformers' is installed too."""
+
+    module_class = FlaxVQGANModule
+
+
 def test_base_follows_the_installed_transformers():
     import transformers
 
-    base = FlaxVQGANPreTrainedModel.__mro__[1]
+    base = pretrained_base()
+    assert FlaxVQGANPreTrainedModel.__mro__[1:3] == (FlaxVQGANMixin, base)
     if transformers.__version__.startswith("4."):
         assert base is TRANSFORMERS_FLAX and base.__module__ == "transformers.modeling_flax_utils"
     else:
         assert base is FlaxHubModel and TRANSFORMERS_FLAX is None
     # The same public surface on either base.
     surface = "from_pretrained save_pretrained push_to_hub params init_weights to_bf16 to_fp16 to_fp32"
-    for name in (surface + " num_parameters params_shape_tree required_params load_flax_weights").split():
-        assert hasattr(FlaxVQGANModel, name), name
+    for cls in (FlaxVQGANModel, HubVQGANModel):
+        for name in (surface + " num_parameters params_shape_tree required_params load_flax_weights").split():
+            assert hasattr(cls, name), (cls, name)
     model = FlaxVQGANModel(VQGANConfig.from_preset("tiny"), _do_init=False)
     assert model.num_parameters() == sum(int(np.prod(s.shape)) for s in jax.tree.leaves(model.params_shape_tree))
 
 
-def test_base_can_be_forced_and_bad_values_are_refused():
-    def run(value: str) -> subprocess.CompletedProcess:
-        code = "import vqgan_flax; print(vqgan_flax.FlaxVQGANPreTrainedModel.__mro__[1].__name__)"
-        env = {**os.environ, "VQGAN_FLAX_BASE": value}
-        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-
-    assert run("hub").stdout.strip() == "FlaxHubModel"
-    bad = run("pytorch")
-    assert bad.returncode != 0 and "VQGAN_FLAX_BASE='pytorch': expected 'auto', 'transformers' or 'hub'" in bad.stderr
-    forced = run("transformers")
-    if TRANSFORMERS_FLAX is None:
-        assert forced.returncode != 0 and "has no Flax models (removed in 5.0)" in forced.stderr
-    else:
-        assert forced.stdout.strip() == "FlaxPreTrainedModel"
-
-
-@pytest.mark.skipif(TRANSFORMERS_FLAX is None, reason="one base only: this transformers has no Flax classes")
-def test_folders_travel_between_transformers_base_and_ours(tmp_path):
-    """On the legacy stack, in one environment: transformers' base (here) and ours (a subprocess
-    with VQGAN_FLAX_BASE=hub) read each other's folders bit-identically."""
-    _round_trips(tmp_path, sys.executable, env={"VQGAN_FLAX_BASE": "hub"})
+@pytest.mark.parametrize("fmt", ["safetensors", "msgpack"])
+def test_folders_travel_between_the_two_bases(tmp_path, fmt):
+    """In one environment, the model on the installed base and the model on ours (the same class
+    on the legacy stack is transformers' base) read each other's folders bit-identically."""
+    config = VQGANConfig.from_preset("tiny", n_embed=48)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+    for writer, reader in ((FlaxVQGANModel, HubVQGANModel), (HubVQGANModel, FlaxVQGANModel)):
+        folder = tmp_path / f"{writer.__name__}-{fmt}"
+        written = writer(config, seed=3)
+        written.save_pretrained(folder, safe_serialization=fmt == "safetensors")
+        read = reader.from_pretrained(folder)
+        assert type(read) is reader and {k: getattr(read.config, k) for k in CONFIG_FIELDS} == {
+            k: getattr(written.config, k) for k in CONFIG_FIELDS
+        }
+        ours, theirs = flatten_dict(read.params), flatten_dict(written.params)
+        assert sorted(ours) == sorted(theirs)
+        for key in ours:
+            assert ours[key].dtype == theirs[key].dtype, key
+            np.testing.assert_array_equal(np.asarray(ours[key]), np.asarray(theirs[key]), err_msg=str(key))
+        np.testing.assert_array_equal(np.asarray(read(x).reconstruction), np.asarray(written(x).reconstruction))
 
 
 @pytest.mark.skipif(not OTHER_PYTHON, reason="VQGAN_FLAX_OTHER_PYTHON (the other stack's python) is not set")

@@ -9,12 +9,13 @@ transformers 4.x (``config.json``, ``flax_model.msgpack`` [+ shards and index] o
 ``model.safetensors`` with ``{"format": "flax"}``), so a folder saved on one stack loads
 bit-identically on the other.
 
-``VQGAN_FLAX_BASE=hub`` selects ``FlaxHubModel`` even where transformers has Flax classes
-(``transformers`` forces transformers' base; unset or ``auto`` picks as above).
+Both bases load through [`read_checkpoint`] (file lookup, config, weight reading), so a model
+loads the same files the same way whichever base it stands on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from ..utils.weights import SAFE_WEIGHTS_NAME, read_weights, weight_files, write_weights
-from .resolve import resolve_model
+from .resolve import ModelSource, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -170,71 +171,20 @@ class FlaxHubModel:
         pretrained_model_name_or_path: Union[str, os.PathLike],
         dtype: jnp.dtype = jnp.float32,
         *model_args: Any,
-        config: Any = None,
-        cache_dir: Optional[Union[str, os.PathLike]] = None,
         ignore_mismatched_sizes: bool = False,
-        force_download: bool = False,
-        local_files_only: bool = False,
-        token: Optional[Union[str, bool]] = None,
-        revision: str = "main",
         **kwargs: Any,
     ) -> Any:
         """Load a model from a local folder, a weights file or a Hub repo id (cached by
         ``huggingface_hub``; ``HF_HUB_OFFLINE=1`` reads the cache only). Returns the model, or
         ``(model, params)`` with ``_do_init=False`` (params kept on the host CPU)."""
-        subfolder = kwargs.pop("subfolder", "") or ""
         do_init = kwargs.pop("_do_init", True)
-        kwargs.pop("_commit_hash", None)
-        for name in _IGNORED_KWARGS:
-            kwargs.pop(name, None)
-        if kwargs.pop("from_pt", False):
-            raise ValueError("from_pt=True needs PyTorch; convert taming checkpoints with `vqgan-flax convert`")
-        if kwargs.pop("use_auth_token", None) is not None:
-            raise TypeError("use_auth_token was removed: pass token=...")
         name_or_path = os.fspath(pretrained_model_name_or_path)
-        if os.path.isfile(os.path.join(subfolder, name_or_path)):  # a weights file itself
-            files = [os.path.join(subfolder, name_or_path)]
-            filename, folder = os.path.basename(files[0]), os.path.dirname(files[0])
-        else:
-            source = resolve_model(
-                name_or_path,
-                subfolder,
-                revision=revision,
-                cache_dir=cache_dir,
-                token=token,
-                local_files_only=local_files_only,
-                force_download=force_download,
-                needs_config=not isinstance(config, cls.config_class),
-            )
-            folder = source.folder
-            files, filename = weight_files(folder)
-        if not isinstance(config, cls.config_class):
-            config, model_kwargs = cls.config_class.from_pretrained(
-                folder if config is None else config, return_unused_kwargs=True, **kwargs
-            )
-        else:
-            model_kwargs = dict(kwargs)
-        if filename == SAFE_WEIGHTS_NAME:
-            from safetensors import safe_open
-
-            with safe_open(files[0], framework="flax") as f:
-                weights_format = (f.metadata() or {}).get("format")
-            if weights_format != "flax":
-                raise OSError(
-                    f"{files[0]}: safetensors format {weights_format!r}, expected 'flax' (PyTorch weights: "
-                    "convert them with `vqgan-flax convert`)"
-                )
-        model = cast(Any, cls)(config, *model_args, dtype=dtype, _do_init=do_init, **model_kwargs)  # a subclass
-        state = cls.load_flax_sharded_weights(files) if len(files) > 1 else cls.load_flax_weights(files[0])
-        state = flax.core.unfreeze(state)
+        checkpoint = read_checkpoint(cls, name_or_path, **kwargs)
+        model = cast(Any, cls)(
+            checkpoint.config, *model_args, dtype=dtype, _do_init=do_init, **checkpoint.model_kwargs
+        )  # a subclass
         expected = flatten_dict(flax.core.unfreeze(model.params_shape_tree))
-        prefix = cls.base_model_prefix
-        top_level = {key[0] for key in expected}
-        if prefix and prefix not in top_level and prefix in state:
-            state = state[prefix]
-        elif prefix and prefix in top_level and prefix not in state:
-            state = {prefix: state}
-        state = flatten_dict(state)
+        state = flatten_dict(strip_prefix(checkpoint.state, cls.base_model_prefix, {key[0] for key in expected}))
         missing = model.required_params - set(state)
         unexpected = set(state) - model.required_params
         for key, value in list(state.items()):
@@ -263,8 +213,7 @@ class FlaxHubModel:
                 state.update({key: random_state[key] for key in missing})
             model.params = unflatten_dict({key: jnp.asarray(value) for key, value in state.items()})
             return model
-        host = jax.local_devices(backend="cpu")[0]
-        return model, unflatten_dict({key: jax.device_put(value, host) for key, value in state.items()})
+        return model, on_host(unflatten_dict(state))
 
     def save_pretrained(
         self,
@@ -342,6 +291,99 @@ class FlaxHubModel:
             )
 
 
+@dataclasses.dataclass
+class Checkpoint:
+    """What a ``from_pretrained`` call read before building the model: the config, the keyword
+    arguments left for the model's constructor, the stored parameter tree (as saved, prefix
+    included) and where it came from (None for a weights file named directly)."""
+
+    config: Any
+    model_kwargs: dict
+    state: dict
+    source: Optional[ModelSource]
+
+
+def read_checkpoint(
+    cls: Any,
+    name_or_path: str,
+    *,
+    config: Any = None,
+    subfolder: str = "",
+    cache_dir: Optional[Union[str, os.PathLike]] = None,
+    force_download: bool = False,
+    local_files_only: bool = False,
+    token: Optional[Union[str, bool]] = None,
+    revision: Optional[str] = None,
+    **kwargs: Any,
+) -> Checkpoint:
+    """The config and weights ``cls.from_pretrained(name_or_path, **kwargs)`` loads, on either base:
+    a folder or Hub id (resolved by [`resolve_model`]) or a weights file; ``config`` (a
+    ``cls.config_class``, or a path to read one from) replaces the folder's ``config.json``;
+    the remaining ``kwargs`` override config fields, and those the config does not know are
+    returned for the model's constructor. Weights are read with ``cls.load_flax_weights`` /
+    ``load_flax_sharded_weights``, so a subclass's reader applies."""
+    subfolder = subfolder or ""
+    kwargs.pop("_commit_hash", None)
+    for name in _IGNORED_KWARGS:
+        kwargs.pop(name, None)
+    if kwargs.pop("from_pt", False):
+        raise ValueError("from_pt=True needs PyTorch; convert taming checkpoints with `vqgan-flax convert`")
+    if kwargs.pop("use_auth_token", None) is not None:
+        raise TypeError("use_auth_token was removed: pass token=...")
+    source: Optional[ModelSource] = None
+    if os.path.isfile(os.path.join(subfolder, name_or_path)):  # a weights file itself
+        files = [os.path.join(subfolder, name_or_path)]
+        filename, folder = os.path.basename(files[0]), os.path.dirname(files[0])
+    else:
+        source = resolve_model(
+            name_or_path,
+            subfolder,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            force_download=force_download,
+            needs_config=not isinstance(config, cls.config_class),
+        )
+        folder = source.folder
+        files, filename = weight_files(folder)
+    if not isinstance(config, cls.config_class):
+        config, model_kwargs = cls.config_class.from_pretrained(
+            folder if config is None else config, return_unused_kwargs=True, **kwargs
+        )
+    else:
+        model_kwargs = dict(kwargs)
+    if filename == SAFE_WEIGHTS_NAME:
+        from safetensors import safe_open
+
+        with safe_open(files[0], framework="flax") as f:
+            weights_format = (f.metadata() or {}).get("format")
+        if weights_format != "flax":
+            raise OSError(
+                f"{files[0]}: safetensors format {weights_format!r}, expected 'flax' (PyTorch weights: "
+                "convert them with `vqgan-flax convert`)"
+            )
+    state = cls.load_flax_sharded_weights(files) if len(files) > 1 else cls.load_flax_weights(files[0])
+    return Checkpoint(config, model_kwargs, flax.core.unfreeze(state), source)
+
+
+def strip_prefix(state: dict, prefix: str, top_level: set) -> dict:
+    """``state`` with the model's top-level names: transformers saves a head model's base under
+    ``prefix`` (e.g. ``vqgan``); a base model reads that subtree, a head model wraps a bare one."""
+    if prefix and prefix not in top_level and prefix in state:
+        return state[prefix]
+    if prefix and prefix in top_level and prefix not in state:
+        return {prefix: state}
+    return state
+
+
+def on_host(params: dict) -> dict:
+    """``params`` on the host CPU: what ``from_pretrained(..., _do_init=False)`` returns, so a
+    caller shards or places them itself without a copy on the default device first."""
+    host = jax.local_devices(backend="cpu")[0]
+    return jax.tree.map(lambda value: jax.device_put(value, host), params)
+
+
 def _transformers_flax_base() -> Optional[type]:
     """transformers' ``FlaxPreTrainedModel``, or None where the installed transformers lacks it."""
     try:
@@ -354,22 +396,12 @@ def _transformers_flax_base() -> Optional[type]:
     return FlaxPreTrainedModel
 
 
-def select_base() -> type:
-    """The base class chosen by ``VQGAN_FLAX_BASE`` (``auto``, ``transformers`` or ``hub``)."""
-    choice = os.environ.get("VQGAN_FLAX_BASE", "auto").strip().lower() or "auto"
-    if choice not in ("auto", "transformers", "hub"):
-        raise ValueError(f"VQGAN_FLAX_BASE={choice!r}: expected 'auto', 'transformers' or 'hub'")
-    if choice == "hub":
-        return FlaxHubModel
-    base = _transformers_flax_base()
-    if base is None and choice == "transformers":
-        import transformers
-
-        raise ImportError(
-            f"VQGAN_FLAX_BASE=transformers, but transformers {transformers.__version__} has no Flax models "
-            "(removed in 5.0); unset it to use vqgan-flax's own base"
-        )
-    return base or FlaxHubModel
+def pretrained_base() -> type:
+    """The base under ``FlaxVQGANPreTrainedModel``: transformers' ``FlaxPreTrainedModel`` where the
+    installed transformers has it (so ``isinstance`` checks and pipelines of transformers 4 see a
+    transformers model), else ``FlaxHubModel``. Decided by what is installed, nothing else; a
+    model on the other base is ``FlaxVQGANMixin`` over it (see ``hub.modeling``)."""
+    return _transformers_flax_base() or FlaxHubModel
 
 
-__all__ = ["FlaxHubModel", "select_base"]
+__all__ = ["Checkpoint", "FlaxHubModel", "on_host", "pretrained_base", "read_checkpoint", "strip_prefix"]

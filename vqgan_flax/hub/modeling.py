@@ -7,12 +7,11 @@ method and option, per-image micro-batching on CPU, bf16 weights cast once).
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
 import math
 import os
 import warnings
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Iterator, Optional, Sequence, Tuple
 
 import flax
 import jax
@@ -28,16 +27,36 @@ from ..models.input_checks import check_indices, check_pixels
 from ..models.module import FlaxVQGANModule, torch_style_init
 from ..models.outputs import VQGANEncoderOutput, VQGANOutput
 from ..utils.files import honour_umask
-from .base import select_base
+from .base import on_host, pretrained_base, read_checkpoint
 from .compiled import CompiledCache
-from .resolve import SAFE_WEIGHTS_NAME, ModelSource, hub_kwargs_of, resolve_model
+from .resolve import SAFE_WEIGHTS_NAME, ModelSource
 
-__all__ = ["FlaxVQGANModel", "FlaxVQGANPreTrainedModel", "VQModel"]
+__all__ = ["FlaxVQGANMixin", "FlaxVQGANModel", "FlaxVQGANPreTrainedModel", "VQModel"]
 
 
-# Flat keys of the weights the running from_pretrained read, before the base drops those the model
-# does not use (transformers only logs a warning about them).
-_LOADED_KEYS: contextvars.ContextVar = contextvars.ContextVar("vqgan_flax_loaded_keys", default=None)
+class ParamsMismatch(ValueError):
+    """Given parameters that are not those of the model's module (missing, unused or misshapen)."""
+
+
+def params_mismatch(expected: dict, given: dict) -> Optional[str]:
+    """What keeps ``given`` (flat parameter paths → arrays) from being the parameters of a module
+    whose parameters have the ``expected`` shapes (flat paths → shape structs), or None."""
+    missing = sorted("/".join(k) for k in set(expected) - set(given))
+    if missing:
+        return f"the checkpoint lacks {len(missing)} of the model's {len(expected)} parameters, e.g. {missing[:5]}"
+    unused = sorted("/".join(k) for k in set(given) - set(expected))
+    if unused:
+        return (
+            f"the config leaves {len(unused)} checkpoint weights unused, e.g. {unused[:5]}: it does not "
+            "describe this checkpoint (attention, levels or blocks differ?)"
+        )
+    for key in sorted(expected):
+        if tuple(np.shape(given[key])) != tuple(expected[key].shape):
+            return (
+                f"weight {'/'.join(key)} has shape {tuple(np.shape(given[key]))} in the checkpoint but "
+                f"{tuple(expected[key].shape)} in the model"
+            )
+    return None
 
 
 def _params_beside(array: jax.Array, params: Any) -> Any:
@@ -68,14 +87,11 @@ def _quiet_transformers_deprecation() -> Iterator[None]:
         flax_logger.setLevel(level)
 
 
-# The base is chosen when this module loads (transformers' Flax base where it exists): a type checker
-# cannot follow that, hence the ignore.
-class FlaxVQGANPreTrainedModel(select_base()):  # type: ignore[misc]
-    """Weight loading/saving and the ``params=...`` calling convention of transformers' Flax models.
-
-    The base is transformers' ``FlaxPreTrainedModel`` where the installed transformers has it (4.x)
-    and our ``FlaxHubModel`` otherwise (transformers 5 removed its Flax classes): same methods,
-    same files (see ``base.py``).
+class FlaxVQGANMixin:
+    """Everything the VQGAN adds to its base: loading with checks, the compiled runtime, and the
+    ``params=...`` calling convention. [`FlaxVQGANPreTrainedModel`] is this mixin over the base
+    that ``hub.base.pretrained_base`` picks; ``class M(FlaxVQGANMixin, FlaxHubModel)`` is the same
+    model on our own base wherever transformers' is installed (the tests compare the two).
 
     The public methods are compiled with ``jax.jit`` on first use (per input shape and option),
     so eager calls are fast; they also work inside a caller's own ``jit``/``pmap``.
@@ -85,6 +101,13 @@ class FlaxVQGANPreTrainedModel(select_base()):  # type: ignore[misc]
     base_model_prefix = "vqgan"
     main_input_name = "pixel_values"
     module_class: Any = None  # the flax.linen.Module subclass to build
+    # Provided by the base (both bases have them); declared for the type checker.
+    config: Any
+    module: Any
+    params: Any
+    params_shape_tree: Any
+    required_params: set
+    dtype: Any
 
     def __init__(
         self,
@@ -93,8 +116,14 @@ class FlaxVQGANPreTrainedModel(select_base()):  # type: ignore[misc]
         seed: int = 0,
         dtype: jnp.dtype = jnp.float32,
         _do_init: bool = True,
+        params: Optional[dict] = None,
         **kwargs: Any,
     ) -> None:
+        """``params``: the weights to start from (checked against the module's parameter shapes;
+        no random ones are drawn); default: random weights drawn like a fresh PyTorch taming model.
+        ``dtype``: the compute dtype (``float32`` or ``bfloat16``, see ``models.blocks``)."""
+        if params is not None and not _do_init:
+            raise ValueError("params= needs _do_init=True: a model built with _do_init=False holds no params")
         if input_shape is None:
             # The parameter shapes do not depend on the image size: initialise on the smallest
             # image that survives all downsamplings, which is much faster than `resolution`.
@@ -105,8 +134,14 @@ class FlaxVQGANPreTrainedModel(select_base()):  # type: ignore[misc]
         self.compiled = CompiledCache()
         self.source: Optional[ModelSource] = None  # where from_pretrained found it (hub.ModelSource)
         module = self.module_class(config=config, dtype=dtype, **kwargs)
-        with _quiet_transformers_deprecation():
-            super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
+        self._initial_params = params  # read once by init_weights, below the base's __init__
+        try:
+            with _quiet_transformers_deprecation():
+                super().__init__(  # type: ignore[call-arg]
+                    config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init
+                )
+        finally:
+            self._initial_params = None
 
     def num_parameters(self, params: Optional[dict] = None) -> int:
         """Number of parameter values (of ``params``, else of the model's parameter shapes)."""
@@ -115,7 +150,8 @@ class FlaxVQGANPreTrainedModel(select_base()):  # type: ignore[misc]
 
     def init_weights(self, rng: jax.Array, input_shape: Tuple[int, ...], params: Optional[dict] = None) -> dict:
         """Random parameters drawn like a freshly built PyTorch taming model; entries of ``params``
-        (e.g. loaded ones) take precedence.
+        (e.g. loaded ones) take precedence. While the constructor runs with ``params=``, those
+        are checked and returned instead, and nothing random is drawn.
 
         Compiling ``module.init`` costs seconds even for tiny models (one RNG program per
         parameter); here the shapes come from tracing and all values from a single uniform draw.
@@ -123,8 +159,14 @@ class FlaxVQGANPreTrainedModel(select_base()):  # type: ignore[misc]
         shapes = jax.eval_shape(
             self.module.init, {"params": rng, "dropout": rng, "gumbel": rng}, jnp.zeros(input_shape, jnp.float32)
         )["params"]
+        if self._initial_params is not None:
+            given = flatten_dict(flax.core.unfreeze(self._initial_params))
+            problem = params_mismatch(flatten_dict(flax.core.unfreeze(shapes)), given)
+            if problem:
+                raise ParamsMismatch(problem)
+            return unflatten_dict({key: jnp.asarray(value) for key, value in given.items()})  # default device
         if isinstance(rng, jax.core.Tracer):
-            # Under transformers' jax.eval_shape (``_do_init=False``) only the shapes matter.
+            # Under the base's jax.eval_shape (``_do_init=False``) only the shapes matter.
             random_params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         else:
             random_params = torch_style_init(shapes, rng, self.config)
@@ -139,15 +181,12 @@ class FlaxVQGANPreTrainedModel(select_base()):  # type: ignore[misc]
         """Read a msgpack/safetensors file; squeeze the (1, 1, 1, C) GroupNorm parameters that
         older vqgan-jax checkpoints store, with one warning."""
         try:
-            state = super().load_flax_weights(resolved_archive_file)
+            state = super().load_flax_weights(resolved_archive_file)  # type: ignore[misc]
         except Exception as err:  # truncated/empty files give raw msgpack/safetensors errors
             if resolved_archive_file in str(err):
                 raise
             raise OSError(f"{resolved_archive_file}: unreadable weights ({type(err).__name__}: {err})") from None
         flat = flatten_dict(state)
-        loaded = _LOADED_KEYS.get()
-        if loaded is not None:
-            loaded.update(flat)
         squeezed = 0
         for key, value in flat.items():
             if key[-1] in ("scale", "bias") and value.ndim == 4 and value.shape[:3] == (1, 1, 1):
@@ -162,82 +201,65 @@ class FlaxVQGANPreTrainedModel(select_base()):  # type: ignore[misc]
         return unflatten_dict(flat)
 
     @classmethod
-    def load_flax_sharded_weights(cls, shard_files: list) -> dict:
-        """Merged msgpack shards (see [`load_flax_weights`]); their keys are recorded like one file's."""
-        state = super().load_flax_sharded_weights(shard_files)
-        loaded = _LOADED_KEYS.get()
-        if loaded is not None:
-            loaded.update(flatten_dict(flax.core.unfreeze(state)))
-        return state
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: Any, dtype: jnp.dtype = jnp.float32, *model_args: Any, **kwargs: Any
+    ) -> Any:
         """transformers' ``from_pretrained`` with these differences: a checkpoint lacking
         parameters is an error (a VQGAN with random layers silently produces garbage), so is one
-        holding weights the config leaves unused (e.g. a config without attention), or
-        non-floating or non-finite weights; a local path that is not a model folder is reported
-        as such (no Hub retries); no random initialisation is computed only to be overwritten.
+        holding weights the config leaves unused (e.g. a config without attention), one of
+        another shape, or non-floating or non-finite weights; a local path that is not a model
+        folder is reported as such (no Hub retries); no random initialisation is computed only
+        to be overwritten. An LWM params pickle (a file) loads too.
 
         A Hub id (``org/name``) is resolved by [`hub.resolve_model`] (``revision``, ``subfolder``,
         ``cache_dir``, ``token``, ``local_files_only`` / ``HF_HUB_OFFLINE``, ``force_download``) to
         a folder of the Hub cache, which then loads like any local folder; ``model.source`` says
-        where the model came from (for a Hub id, the commit it resolved to)."""
+        where the model came from (for a Hub id, the commit it resolved to).
+
+        Both bases load here, through ``hub.base.read_checkpoint``: the same files are read the
+        same way on transformers 4 and 5."""
         do_init = kwargs.pop("_do_init", True)
+        kwargs.pop("ignore_mismatched_sizes", None)  # a misshapen weight is an error here, always
         name = os.fspath(pretrained_model_name_or_path)
         if os.path.isfile(name):
-            return cls._from_lwm_pickle(name, kwargs.pop("lwm_config", None), kwargs.get("dtype"), do_init)
-        source = resolve_model(name, needs_config=kwargs.get("config") is None, **hub_kwargs_of(kwargs))
-        recording = _LOADED_KEYS.set(set())
-        try:
-            model, params = super().from_pretrained(source.folder, *model_args, _do_init=False, **kwargs)
-            loaded = _LOADED_KEYS.get()
-        finally:
-            _LOADED_KEYS.reset(recording)
-        model.source = source
-        if source.commit:
-            model.config._commit_hash = source.commit
-        flat = flatten_dict(flax.core.unfreeze(params))
-        missing = model.required_params - set(flat)
-        if missing:
-            names = sorted("/".join(k) for k in missing)
-            raise ValueError(
-                f"{name}: checkpoint lacks {len(names)} of the model's {len(model.required_params)} parameters, "
-                f"e.g. {names[:5]}"
+            config, state = load_lwm_checkpoint(name, kwargs.pop("lwm_config", None))
+            source: Optional[ModelSource] = ModelSource(name, os.path.dirname(os.path.abspath(name)))
+            model_kwargs: dict = {}
+        else:
+            checkpoint = read_checkpoint(cls, name, **kwargs)
+            config, state, source, model_kwargs = (
+                checkpoint.config,
+                checkpoint.state,
+                checkpoint.source,
+                checkpoint.model_kwargs,
             )
-        prefix = cls.base_model_prefix
-        read = {k[1:] if k[0] == prefix else k for k in loaded or ()}
-        unused = sorted("/".join(k) for k in read - model.required_params)
-        if unused:
-            raise ValueError(
-                f"{name}: the config leaves {len(unused)} checkpoint weights unused, e.g. {unused[:5]}: it does not "
-                "describe this checkpoint (attention, levels or blocks differ?)"
-            )
+            if cls.base_model_prefix in state:  # saved by a head model: its base's weights
+                state = {
+                    **{k: v for k, v in state.items() if k != cls.base_model_prefix},
+                    **state[cls.base_model_prefix],
+                }
+        flat = flatten_dict(state)
         check_weights({"/".join(k): v for k, v in flat.items()}, name)
-        if not do_init:
-            return model, params
-        model._is_initialized = True
-        model.params = jax.tree.map(jnp.asarray, params)  # onto the default device
-        return model
-
-    @classmethod
-    def _from_lwm_pickle(cls, path: str, lwm_config: Optional[Dict[str, Any]], dtype: Any, do_init: bool):
-        """An LWM params pickle (LWM's ``vqgan`` file), its config from an LWM ``config.json``
-        beside it, ``lwm_config``, or LWM's published defaults; checked like any checkpoint."""
-        config, params = load_lwm_checkpoint(path, lwm_config)
-        model = cls(config, dtype=dtype if dtype is not None else jnp.float32, _do_init=False)
-        model.source = ModelSource(path, os.path.dirname(os.path.abspath(path)))
-        if not do_init:
-            return model, params
-        model._is_initialized = True
-        model.params = jax.tree.map(jnp.asarray, params)
-        return model
+        build: Any = cls  # transformers-style positional model_args go before the keywords
+        try:
+            if do_init:
+                model = build(config, *model_args, dtype=dtype, params=state, **model_kwargs)
+            else:
+                model = build(config, *model_args, dtype=dtype, _do_init=False, **model_kwargs)
+                problem = params_mismatch(flatten_dict(flax.core.unfreeze(model.params_shape_tree)), flat)
+                if problem:
+                    raise ParamsMismatch(problem)
+        except ParamsMismatch as err:
+            raise ParamsMismatch(f"{name}: {err}") from None
+        model.source = source
+        return model if do_init else (model, on_host(state))
 
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> None:
         """transformers' ``save_pretrained``; a ``save_directory`` that is a file is an error on
         both bases (transformers 4 only logs one and writes nothing); the files honour the umask."""
         if os.path.isfile(save_directory):
             raise NotADirectoryError(f"save_pretrained: {os.fspath(save_directory)} is a file, not a directory")
-        super().save_pretrained(save_directory, *args, **kwargs)
+        super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]
         weights = os.path.join(save_directory, SAFE_WEIGHTS_NAME)
         if os.path.isfile(weights):  # transformers 4 writes it with safetensors' save_file: 0600
             honour_umask(weights)
@@ -416,6 +438,17 @@ class FlaxVQGANPreTrainedModel(select_base()):  # type: ignore[misc]
         rngs = self._rngs(dropout_rng, gumbel_rng)
         traced = {"temperature": self._temperature(temperature)}
         return self._run("__call__", pixel_values, params, rngs, traced, micro_batch_size, train=train)
+
+
+# The base is chosen when this module loads (transformers' Flax base where it exists): a type checker
+# cannot follow that, hence the ignore.
+class FlaxVQGANPreTrainedModel(FlaxVQGANMixin, pretrained_base()):  # type: ignore[misc]
+    """Weight loading/saving and the ``params=...`` calling convention of transformers' Flax models.
+
+    The base is transformers' ``FlaxPreTrainedModel`` where the installed transformers has it (4.x)
+    and our ``FlaxHubModel`` otherwise (transformers 5 removed its Flax classes): same methods,
+    same files (see ``base.py``).
+    """
 
 
 class FlaxVQGANModel(FlaxVQGANPreTrainedModel):

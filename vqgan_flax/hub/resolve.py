@@ -188,13 +188,4 @@ def resolve_model(
     return ModelSource(name, folder, hub_id=name, revision=revision, commit=commit or commit_of(weights))
 
 
-def hub_kwargs_of(kwargs: dict) -> dict:
-    """Pop the keyword arguments of [`resolve_model`] that transformers' ``from_pretrained`` takes."""
-    taken = {}
-    for key in ("subfolder", "revision", "cache_dir", "token", "local_files_only", "force_download"):
-        if key in kwargs:
-            taken[key] = kwargs.pop(key)
-    return taken
-
-
 __all__ = ["ModelSource", "commit_of", "is_hub_id", "local_path_problem", "resolve_model"]
