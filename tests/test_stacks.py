@@ -31,10 +31,10 @@ TRANSFORMERS_FLAX = _transformers_flax_base()
 OTHER_PYTHON = os.environ.get("VQGAN_FLAX_OTHER_PYTHON")
 CONFIG_FIELDS = [name for name in inspect.signature(VQGANConfig.__init__).parameters if name not in ("self", "kwargs")]
 
-# Run by another interpreter (the other stack), with
-# a JSON list of jobs: ["save", FOLDER, SEED, FORMAT] writes a random tiny model; ["dump", FOLDER,
-# OUT.npz] loads a folder and records its parameters and its outputs on fixed inputs as that stack
-# sees them; the config fields of each dumped folder are printed as JSON.
+# Run by another interpreter (the other stack), with a JSON list of jobs: ["save", FOLDER, SEED,
+# FORMAT] writes a random tiny model; ["dump", FOLDER, OUT.npz] loads a folder and records its
+# parameters and its outputs on fixed inputs as that stack sees them; the config fields of each
+# dumped folder are printed as JSON.
 HELPER = r"""
 import json, sys
 import numpy as np

@@ -233,7 +233,9 @@ class FlaxVQGANMixin:
                 checkpoint.source,
                 checkpoint.model_kwargs,
             )
-            if cls.base_model_prefix in state:  # saved by a head model: its base's weights
+            # Saved by a head model: its base's weights. Unlike base.strip_prefix (transformers'
+            # rule, which drops the rest), weights beside the prefix stay and are refused as unused.
+            if cls.base_model_prefix in state:
                 state = {
                     **{k: v for k, v in state.items() if k != cls.base_model_prefix},
                     **state[cls.base_model_prefix],
