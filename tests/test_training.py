@@ -395,3 +395,33 @@ def test_fit_stops_on_its_time_budget_and_resumes(tmp_path):
     assert [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()] == [1]
     resumed = trainer.fit(_data(), output_dir=str(tmp_path), progress=False)
     assert int(resumed.step) == 6
+
+
+def test_equal_plans_share_one_compiled_step():
+    """The numbers of a run (loss weights, disc_start, EMA decay, restart period, seed) are
+    arguments of the compiled step, not constants in it: a trainer that changes only them runs the
+    program already compiled, and still follows its own numbers."""
+    from vqgan_flax.train.step import compiled_train_step, step_arguments
+
+    batch = jnp.asarray(_data().batch(0, 8))
+    first = _trainer(disc_start=0, ema_decay=0.5)
+    first_metrics = first.train_step(first.init_state(), batch)[1]
+    compiled = compiled_train_step._cache_size()
+    second = _trainer(disc_start=5, ema_decay=0.9, codebook_weight=3.0, disc_weight=0.3, seed=4)
+    assert second.plan == first.plan
+    state, metrics = second.train_step(second.init_state(), batch)
+    assert compiled_train_step._cache_size() == compiled
+    assert float(first_metrics["disc_factor"]) == 1.0 and float(metrics["disc_factor"]) == 0.0  # disc_start 5
+    assert float(metrics["loss"]) == pytest.approx(float(metrics["nll_loss"] + 3.0 * metrics["quant_loss"]), rel=1e-6)
+    start = jax.device_get(second.init_state().params)
+    expected = jax.tree.map(lambda s, p: 0.9 * s + 0.1 * p, start, jax.device_get(state.params))
+    for a, b in zip(jax.tree.leaves(jax.device_get(state.ema_params)), jax.tree.leaves(expected)):
+        assert_close(a, b, "ema", atol=1e-6)
+    # What changes the program makes a new plan: a term switched on, another schedule, another model.
+    assert _trainer(chroma_weight=1.0).plan != first.plan and _trainer(schedule="cosine").plan != first.plan
+    assert _trainer(learning_rate=2e-3).plan != first.plan
+    assert _trainer(steps=9).plan == _trainer(steps=4).plan  # a constant rate does not read the length
+    with pytest.raises(ValueError, match="codebook_weight must be a non-negative number; got -1.0"):
+        step_arguments(TrainingConfig(codebook_weight=-1.0))
+    with pytest.raises(ValueError, match="disc_weight must be a non-negative number; got nan"):
+        _trainer(disc_weight=float("nan"))

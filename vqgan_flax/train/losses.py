@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from ..evaluation.metrics import CBCR_FROM_RGB, _gaussian_filter, _ssim_map
 
@@ -65,7 +66,7 @@ def generator_adversarial_loss(logits_fake: jax.Array) -> jax.Array:
     return -jnp.mean(logits_fake)
 
 
-def adopt_weight(weight: float, step: jax.Array, threshold: int) -> jax.Array:
+def adopt_weight(weight: ArrayLike, step: jax.Array, threshold: ArrayLike) -> jax.Array:
     """``weight`` from step ``threshold`` on (taming's ``disc_start``), 0 before."""
     return jnp.where(step >= threshold, weight, 0.0)
 
@@ -75,9 +76,9 @@ def reconstruction_loss(
     reconstructions: jax.Array,
     kind: str = "l1",
     perceptual: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
-    perceptual_weight: float = 1.0,
-    chroma_weight: float = 0.0,
-    ssim_weight: float = 0.0,
+    perceptual_weight: ArrayLike = 1.0,
+    chroma_weight: ArrayLike = 0.0,
+    ssim_weight: ArrayLike = 0.0,
 ) -> jax.Array:
     """taming's ``nll_loss``: mean of |x - x̂| (or (x - x̂)²) plus the weighted perceptual distance.
 
@@ -87,6 +88,10 @@ def reconstruction_loss(
     ``ssim_weight`` > 0 (not in taming) adds that multiple of each image's 1 - SSIM
     ([`structural_similarity`]): a pixel distance is lowest for a blurred guess at fine texture,
     which SSIM's contrast and structure terms score low.
+
+    A weight that is a Python number 0 leaves its term out of the program; an array weight (a traced
+    one, as the trainer passes) keeps the term in whatever its value, so one compiled step serves
+    every value.
     """
     diff = inputs.astype(jnp.float32) - reconstructions.astype(jnp.float32)
     if kind == "l1":
@@ -96,17 +101,22 @@ def reconstruction_loss(
     else:
         raise ValueError(f"unknown reconstruction loss {kind!r}; expected 'l1' or 'l2'")
     per_pixel = distance(diff)
-    if chroma_weight:
+    if _included(chroma_weight):
         chroma = distance(diff @ jnp.asarray(CBCR_FROM_RGB.T, jnp.float32))
         # Broadcast over the 3 RGB entries: the mean below adds chroma_weight x the chroma planes' mean.
         per_pixel = per_pixel + chroma_weight * jnp.mean(chroma, axis=-1, keepdims=True)
-    if perceptual is not None and perceptual_weight > 0:
+    if perceptual is not None and _included(perceptual_weight):
         # LPIPS gives one distance per image, broadcast over its pixels as in taming.
         per_pixel = per_pixel + perceptual_weight * perceptual(inputs, reconstructions).reshape(-1, 1, 1, 1)
-    if ssim_weight:
+    if _included(ssim_weight):
         dissimilarity = 1.0 - structural_similarity(inputs, reconstructions)
         per_pixel = per_pixel + ssim_weight * dissimilarity.reshape(-1, 1, 1, 1)
     return jnp.mean(per_pixel)
+
+
+def _included(weight: Any) -> bool:
+    """Whether a weighted term is computed: always for an array, else when the number is not 0."""
+    return not isinstance(weight, (int, float)) or weight != 0
 
 
 def structural_similarity(inputs: jax.Array, reconstructions: jax.Array) -> jax.Array:
@@ -154,7 +164,7 @@ def block_colour(pixels: jax.Array, rows: int, cols: int) -> jax.Array:
     return blocks @ jnp.asarray(YCBCR_FROM_RGB.T)
 
 
-def adaptive_weight(nll_grad: Any, g_grad: Any, disc_weight: float = 1.0, max_weight: float = 1e4) -> jax.Array:
+def adaptive_weight(nll_grad: Any, g_grad: Any, disc_weight: ArrayLike = 1.0, max_weight: float = 1e4) -> jax.Array:
     """taming's adaptive GAN weight: ‖∇nll‖ / (‖∇g‖ + 1e-4) at the decoder's last layer, clipped
     to [0, 1e4] and scaled by ``disc_weight``; no gradient flows through it."""
     weight = jnp.linalg.norm(nll_grad) / (jnp.linalg.norm(g_grad) + 1e-4)

@@ -1,6 +1,7 @@
 """Training and fine-tuning a VQGAN as taming does: Adam(β=(0.5, 0.9)) for the autoencoder and
 a PatchGAN discriminator, L1 (+ optional LPIPS) reconstruction, codebook terms, hinge GAN loss
-with taming's adaptive weight from ``disc_start`` on; data-parallel over all devices.
+with taming's adaptive weight from ``disc_start`` on; data-parallel over all devices. The train
+step itself is in ``step``; this module holds the crops, the trainer and its loop.
 """
 
 from __future__ import annotations
@@ -8,45 +9,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import serialization
 
 from ..data.image_io import list_images, to_rgb
 from ..data.parallel import make_mesh
 from ..hub.modeling import FlaxVQGANModel
-from ..models.outputs import VQGANOutput
 from .config import TrainingConfig
-from .losses import (
-    NLayerDiscriminator,
-    adaptive_weight,
-    adopt_weight,
-    codebook_usage,
-    colour_anchor_loss,
-    generator_adversarial_loss,
-    hinge_d_loss,
-    reconstruction_loss,
-    vanilla_d_loss,
-)
-from .lpips import LPIPS
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a step changes; serialised as one msgpack for exact resumption."""
-
-    step: jax.Array
-    params: Any
-    disc_params: Any
-    opt_state: Any
-    disc_opt_state: Any
-    code_counts: jax.Array
-    ema_params: Any = None
+from .step import StepPlan, TrainState, compiled_train_step, learning_rate_schedule, step_arguments
 
 
 class ImageCrops:
@@ -160,16 +134,6 @@ def patch_grid_size(image_size: int, num_layers: int) -> int:
     return size - 2  # two 4x4 stride-1 convs with pad 1 each remove one pixel
 
 
-def learning_rate_schedule(config: TrainingConfig) -> optax.Schedule:
-    """The autoencoder's learning rate per step (see ``TrainingConfig.schedule``)."""
-    if config.schedule == "constant":
-        return optax.constant_schedule(config.learning_rate)
-    return optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, max(config.warmup_steps, 1), max(config.steps, config.warmup_steps + 1),
-        end_value=0.1 * config.learning_rate,
-    )  # fmt: skip
-
-
 class VQGANTrainer:
     """Jit-compiled taming-style training of a [`FlaxVQGANModel`] (from scratch or fine-tuning).
 
@@ -189,6 +153,8 @@ class VQGANTrainer:
     ) -> None:
         if config.disc_loss not in ("hinge", "vanilla"):
             raise ValueError(f"unknown disc_loss {config.disc_loss!r}; expected 'hinge' or 'vanilla'")
+        if config.schedule not in ("constant", "cosine"):
+            raise ValueError(f"unknown schedule {config.schedule!r}; expected 'constant' or 'cosine'")
         patches = patch_grid_size(config.crop_size, config.disc_num_layers)
         if patches < 1:
             raise ValueError(
@@ -203,16 +169,18 @@ class VQGANTrainer:
         self.model = model
         self.config = config
         self.mesh = mesh or make_mesh()
-        self.discriminator = NLayerDiscriminator(config.disc_ndf, config.disc_num_layers)
         self.lpips_params = lpips_params
-        if config.schedule not in ("constant", "cosine"):
-            raise ValueError(f"unknown schedule {config.schedule!r}; expected 'constant' or 'cosine'")
-        self.optimizer = optax.adam(learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2)
-        self.disc_optimizer = optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2)
+        self.plan = StepPlan.of(model, config, perceptual=lpips_params is not None)
+        self.discriminator = self.plan.discriminator
+        self.optimizer, self.disc_optimizer = self.plan.optimizers()
+        self._arguments = step_arguments(config)
         data = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(self.mesh.axis_names[0]))
         self._data_sharding = data
         self._replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        self.train_step = jax.jit(self._train_step, donate_argnums=0)
+
+    def train_step(self, state: TrainState, batch: jax.Array) -> Tuple[TrainState, Dict[str, jax.Array]]:
+        """One step: the new state (``state``'s buffers are donated) and the step's metrics."""
+        return compiled_train_step(self.plan, self._arguments, state, batch, self.lpips_params)
 
     def init_state(self, params: Optional[Dict] = None) -> TrainState:
         """A fresh state from ``params`` (default: the model's), a new discriminator and optimisers."""
@@ -234,120 +202,10 @@ class VQGANTrainer:
         )
         return jax.device_put(state, self._replicated)
 
-    def _perceptual(self):
-        if self.lpips_params is None:
-            return None
-        lpips, weights = LPIPS(), self.lpips_params
-        return lambda a, b: lpips.apply({"params": weights}, a, b)
-
-    def _train_step(self, state: TrainState, batch: jax.Array):
-        cfg = self.config
-        rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), state.step)
-        dropout_rng, gumbel_rng = jax.random.split(rng)
-        factor = adopt_weight(cfg.disc_factor, state.step, cfg.disc_start)
-        perceptual = self._perceptual()
-
-        def generator_terms(params):
-            variables, rngs = {"params": params}, {"dropout": dropout_rng, "gumbel": gumbel_rng}
-            module = self.model.module
-            if cfg.quantize_after:
-                encoded = module.apply(variables, batch, train=True, rngs=rngs, method="encode")
-                states = jnp.where(state.step < cfg.quantize_after, encoded.latents, encoded.quant_states)
-                decoded = module.apply(variables, states, train=True, rngs=rngs, method="decode")
-                out = VQGANOutput(
-                    decoded, encoded.indices, encoded.quant_states, encoded.latents, encoded.loss, encoded.logits
-                )
-            else:
-                out = module.apply(variables, batch, train=True, rngs=rngs)
-            nll = reconstruction_loss(
-                batch, out.reconstruction, cfg.reconstruction_loss, perceptual, cfg.perceptual_weight,
-                cfg.chroma_weight, cfg.ssim_weight,
-            )  # fmt: skip
-            logits_fake = self.discriminator.apply({"params": state.disc_params}, out.reconstruction)
-            anchor = colour_anchor_loss(batch, out.latents) if cfg.colour_anchor_weight else jnp.zeros(())
-            return (nll, generator_adversarial_loss(logits_fake), out.loss, anchor), out
-
-        if not self.uses_discriminator:
-            # Reconstruction and codebook terms only: one backward pass, the discriminator untouched.
-            def plain_terms(params):
-                (nll, _, q_loss, anchor), out = generator_terms(params)
-                total = nll + cfg.codebook_weight * q_loss + cfg.colour_anchor_weight * anchor
-                return total, (nll, q_loss, anchor, out)
-
-            (_, (nll, q_loss, anchor, out)), grads = jax.value_and_grad(plain_terms, has_aux=True)(state.params)
-            zero = jnp.zeros((), jnp.float32)
-            g_loss = d_weight = d_loss = logits_real = logits_fake = zero
-            disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
-        else:
-            (nll, g_loss, q_loss, anchor), backward, out = jax.vjp(generator_terms, state.params, has_aux=True)
-            weight = lambda w: jnp.asarray(w, jnp.float32)  # noqa: E731
-            zero = weight(0.0)
-            (nll_grads,) = backward((weight(1.0), zero, weight(cfg.codebook_weight), weight(cfg.colour_anchor_weight)))
-            (g_grads,) = backward((zero, weight(1.0), zero, zero))
-            last = lambda tree: tree["decoder"]["conv_out"]["kernel"]  # noqa: E731
-            d_weight = adaptive_weight(last(nll_grads), last(g_grads), cfg.disc_weight)
-            grads = jax.tree.map(lambda a, b: a + d_weight * factor * b, nll_grads, g_grads)
-            disc_params, disc_opt_state, d_loss, logits_real, logits_fake = self._disc_step(
-                state, batch, jax.lax.stop_gradient(out.reconstruction), factor
-            )
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-
-        code_counts = state.code_counts + jnp.bincount(out.indices.reshape(-1), length=self.model.config.n_embed)
-        if cfg.codebook_restart_every and self.model.config.quantizer == "vq":
-            params, code_counts = self._restart_dead_codes(params, code_counts, out.latents, state.step + 1, rng)
-        ema = state.ema_params
-        if cfg.ema_decay:
-            decay = float(cfg.ema_decay)
-            ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
-        metrics = {
-            "loss": nll + d_weight * factor * g_loss + cfg.codebook_weight * q_loss + cfg.colour_anchor_weight * anchor,
-            "nll_loss": nll,
-            "quant_loss": q_loss,
-            "colour_anchor_loss": anchor,
-            "g_loss": g_loss,
-            "d_weight": jnp.where(factor > 0, d_weight, 0.0),  # not computed before disc_start
-            "disc_factor": factor,
-            "disc_loss": d_loss,
-            "logits_real": logits_real,
-            "logits_fake": logits_fake,
-            **codebook_usage(out.indices, self.model.config.n_embed),
-        }
-        new_state = TrainState(state.step + 1, params, disc_params, opt_state, disc_opt_state, code_counts, ema)
-        return new_state, metrics
-
-    def _disc_step(self, state: TrainState, batch: jax.Array, fake: jax.Array, factor: jax.Array):
-        """One discriminator update on real ``batch`` against the (detached) reconstructions."""
-        d_loss_fn = hinge_d_loss if self.config.disc_loss == "hinge" else vanilla_d_loss
-
-        def disc_objective(disc_params):
-            logits_real = self.discriminator.apply({"params": disc_params}, batch)
-            logits_fake = self.discriminator.apply({"params": disc_params}, fake)
-            return factor * d_loss_fn(logits_real, logits_fake), (logits_real.mean(), logits_fake.mean())
-
-        (d_loss, (logits_real, logits_fake)), d_grads = jax.value_and_grad(disc_objective, has_aux=True)(
-            state.disc_params
-        )
-        d_updates, disc_opt_state = self.disc_optimizer.update(d_grads, state.disc_opt_state, state.disc_params)
-        return optax.apply_updates(state.disc_params, d_updates), disc_opt_state, d_loss, logits_real, logits_fake
-
     @property
     def uses_discriminator(self) -> bool:
         """False when ``disc_weight`` or ``disc_factor`` is 0: the GAN terms are skipped entirely."""
-        return self.config.disc_weight > 0 and self.config.disc_factor > 0
-
-    def _restart_dead_codes(self, params: Any, counts: jax.Array, latents: jax.Array, step: jax.Array, rng: jax.Array):
-        """At every ``codebook_restart_every``-th step, move unused codes onto random latents."""
-        flat = jax.lax.stop_gradient(latents).reshape(-1, latents.shape[-1]).astype(jnp.float32)
-        picks = jax.random.randint(jax.random.fold_in(rng, 7), (counts.shape[0],), 0, flat.shape[0])
-        restart = (step % int(self.config.codebook_restart_every or 1)) == 0  # only called when it is set
-        if self.config.codebook_restart_until is not None:
-            restart = restart & (step <= self.config.codebook_restart_until)
-        dead = restart & (counts == 0)
-        codebook = params["quantize"]["embedding"]["embedding"]
-        new_codebook = jnp.where(dead[:, None], flat[picks].astype(codebook.dtype), codebook)
-        params = {**params, "quantize": {"embedding": {"embedding": new_codebook}}}
-        return params, jnp.where(restart, 0, counts)
+        return self.plan.gan
 
     def shard(self, batch: np.ndarray) -> jax.Array:
         """Put a global batch on the mesh, split over its data axis."""
@@ -431,3 +289,9 @@ class VQGANTrainer:
         if bar is not None:
             bar.close()
         return state
+
+
+__all__ = [
+    "ImageCrops", "StepPlan", "TrainState", "TrainingConfig", "VQGANTrainer", "learning_rate_schedule",
+    "patch_grid_size",
+]  # fmt: skip
