@@ -8,6 +8,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from utils import assert_close, random_lpips_state_dict
 
@@ -419,8 +420,15 @@ def test_equal_plans_share_one_compiled_step():
         assert_close(a, b, "ema", atol=1e-6)
     # What changes the program makes a new plan: a term switched on, another schedule, another model.
     assert _trainer(chroma_weight=1.0).plan != first.plan and _trainer(schedule="cosine").plan != first.plan
-    assert _trainer(learning_rate=2e-3).plan != first.plan
-    assert _trainer(steps=9).plan == _trainer(steps=4).plan  # a constant rate does not read the length
+    assert _trainer(learning_rate=2e-3, steps=9, ema_decay=0.1).plan == first.plan
+    assert _trainer(schedule="cosine", steps=9, warmup_steps=2).plan == _trainer(schedule="cosine").plan
+    # The optimisers keep optax.adam's states, so train states saved before still restore.
+    for ours, theirs in (
+        (first.optimizer, optax.adam(optax.constant_schedule(1e-3), b1=0.5, b2=0.9)),
+        (first.disc_optimizer, optax.adam(1e-3)),
+    ):
+        params = first.init_state().params
+        assert jax.tree.structure(ours.init(params)) == jax.tree.structure(theirs.init(params))
     with pytest.raises(ValueError, match="codebook_weight must be a non-negative number; got -1.0"):
         step_arguments(TrainingConfig(codebook_weight=-1.0))
     with pytest.raises(ValueError, match="disc_weight must be a non-negative number; got nan"):

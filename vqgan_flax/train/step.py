@@ -1,7 +1,7 @@
 """The train step: one pure function of (plan, numbers, state, batch, LPIPS params), jit-compiled
-once per [`StepPlan`]. The plan holds what shapes the program (model, discriminator, optimisers,
-which loss terms exist); the numbers (loss weights, ``disc_start``, EMA decay, restart period,
-seed) are traced arguments, so changing one does not compile again.
+once per [`StepPlan`]. The plan holds what shapes the program (model, discriminator, schedule,
+which loss terms exist); the numbers (loss weights, ``disc_start``, learning rate, warm-up and run
+length, EMA decay, restart period, seed) are traced arguments, so changing one does not compile again.
 
 May import: models, hub (for the model type), the other training modules.
 """
@@ -15,6 +15,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 from ..hub.modeling import FlaxVQGANModel
 from ..models.outputs import VQGANOutput
@@ -46,14 +47,23 @@ class TrainState:
     ema_params: Any = None
 
 
+def warmup_cosine_rate(count: ArrayLike, peak: ArrayLike, warmup_steps: ArrayLike, steps: ArrayLike) -> jax.Array:
+    """Linear warm-up from 0 to ``peak`` over ``warmup_steps`` (at least 1), then a cosine decay to
+    10 % of ``peak`` at ``steps`` (optax's ``warmup_cosine_decay_schedule``); every argument may be
+    traced, so the rate and the run's length are numbers of the compiled step, not constants."""
+    count = jnp.asarray(count, jnp.float32)
+    warm = jnp.maximum(jnp.asarray(warmup_steps, jnp.float32), 1.0)
+    length = jnp.maximum(jnp.asarray(steps, jnp.float32), jnp.asarray(warmup_steps, jnp.float32) + 1.0) - warm
+    rising = peak * jnp.minimum(count, warm) / warm
+    cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.clip(count - warm, 0.0, length) / length))
+    return jnp.where(count < warm, rising, peak * (0.9 * cosine + 0.1))
+
+
 def learning_rate_schedule(config: TrainingConfig) -> optax.Schedule:
     """The autoencoder's learning rate per step (see ``TrainingConfig.schedule``)."""
     if config.schedule == "constant":
         return optax.constant_schedule(config.learning_rate)
-    return optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, max(config.warmup_steps, 1), max(config.steps, config.warmup_steps + 1),
-        end_value=0.1 * config.learning_rate,
-    )  # fmt: skip
+    return lambda count: warmup_cosine_rate(count, config.learning_rate, config.warmup_steps, config.steps)
 
 
 _INT32_MAX = 2**31 - 1  # the step counter is int32: a threshold past it is never reached
@@ -72,17 +82,20 @@ class _ByConfig:
 
 @dataclasses.dataclass(frozen=True)
 class StepPlan:
-    """What shapes the train step's program: the model, the discriminator, the optimisers and which
-    loss terms exist. The numbers that do not change the program (loss weights, ``disc_start``,
-    the EMA decay, the restart period, the seed) are arguments of the step ([`step_arguments`]), so
-    trainers with equal plans share one compiled step: a sweep over loss weights, a resumed run or
-    a second trainer in the same process does not compile again."""
+    """What shapes the train step's program: the model, the discriminator, the schedule's kind and
+    which loss terms exist. The numbers that do not change the program (loss weights,
+    ``disc_start``, the learning rate and the run's length, the EMA decay, the restart period, the
+    seed) are arguments of the step ([`step_arguments`]), so trainers with equal plans share one
+    compiled step: a sweep over loss weights, a resumed run or a second trainer in the same process
+    does not compile again."""
 
     model: _ByConfig
     discriminator: NLayerDiscriminator
     disc_loss: str
     reconstruction_loss: str
-    optimizer: Tuple[str, float, int, int, float, float]  # schedule, rate, warm-up, steps, b1, b2
+    schedule: str
+    adam_b1: float
+    adam_b2: float
     gan: bool
     perceptual: bool
     chroma: bool
@@ -95,7 +108,6 @@ class StepPlan:
     @classmethod
     def of(cls, model: FlaxVQGANModel, config: TrainingConfig, perceptual: bool) -> StepPlan:
         """The plan of training ``model`` with ``config`` (``perceptual``: LPIPS params are given)."""
-        cosine = config.schedule == "cosine"  # a constant rate ignores warm-up and length
         dtypes = f"{jnp.dtype(model.module.dtype).name}|{jnp.dtype(model.module.param_dtype).name}"
         key = f"{model.config.to_json_string()}|{dtypes}"
         return cls(
@@ -103,14 +115,9 @@ class StepPlan:
             discriminator=NLayerDiscriminator(config.disc_ndf, config.disc_num_layers),
             disc_loss=config.disc_loss,
             reconstruction_loss=config.reconstruction_loss,
-            optimizer=(
-                config.schedule,
-                float(config.learning_rate),
-                config.warmup_steps if cosine else 0,
-                config.steps if cosine else 0,
-                float(config.adam_b1),
-                float(config.adam_b2),
-            ),
+            schedule=config.schedule,
+            adam_b1=float(config.adam_b1),
+            adam_b2=float(config.adam_b2),
             gan=config.disc_weight > 0 and config.disc_factor > 0,
             perceptual=perceptual and config.perceptual_weight > 0,
             chroma=config.chroma_weight > 0,
@@ -121,11 +128,20 @@ class StepPlan:
             ema=bool(config.ema_decay),
         )
 
-    def optimizers(self) -> Tuple[optax.GradientTransformation, optax.GradientTransformation]:
-        """Adam for the autoencoder (with its schedule) and for the discriminator (constant rate)."""
-        schedule, rate, warmup, steps, b1, b2 = self.optimizer
-        config = TrainingConfig(learning_rate=rate, schedule=schedule, warmup_steps=warmup, steps=steps)
-        return optax.adam(learning_rate_schedule(config), b1=b1, b2=b2), optax.adam(rate, b1=b1, b2=b2)
+    def optimizers(
+        self, numbers: Dict[str, jax.Array]
+    ) -> Tuple[optax.GradientTransformation, optax.GradientTransformation]:
+        """Adam for the autoencoder (with its schedule) and for the discriminator (constant rate),
+        reading the rate and the run's length from ``numbers``: optax's ``adam`` chain, so the
+        optimiser states (and saved train states) are the ones ``optax.adam`` keeps."""
+        rate = numbers["learning_rate"]
+        if self.schedule == "cosine":
+            schedule = lambda count: warmup_cosine_rate(count, rate, numbers["warmup_steps"], numbers["steps"])  # noqa: E731
+        else:
+            schedule = lambda count: rate  # noqa: E731
+        adam = lambda: optax.scale_by_adam(b1=self.adam_b1, b2=self.adam_b2)  # noqa: E731
+        autoencoder = optax.chain(adam(), optax.scale_by_schedule(lambda count: -schedule(count)))
+        return autoencoder, optax.chain(adam(), optax.scale(-rate))
 
 
 def step_arguments(config: TrainingConfig) -> Dict[str, jax.Array]:
@@ -140,6 +156,9 @@ def step_arguments(config: TrainingConfig) -> Dict[str, jax.Array]:
     return {
         **{name: as_float(getattr(config, name)) for name in _WEIGHTS},
         "key": jax.random.PRNGKey(config.seed),
+        "learning_rate": as_float(config.learning_rate),
+        "warmup_steps": as_step(config.warmup_steps),
+        "steps": as_step(config.steps),
         "disc_start": as_step(config.disc_start),
         "quantize_after": as_step(config.quantize_after),
         "ema_decay": as_float(config.ema_decay or 0.0),
@@ -200,9 +219,9 @@ def _train_step(
         d_weight = adaptive_weight(last(nll_grads), last(g_grads), numbers["disc_weight"])
         grads = jax.tree.map(lambda a, b: a + d_weight * factor * b, nll_grads, g_grads)
         disc_params, disc_opt_state, d_loss, logits_real, logits_fake = _disc_step(
-            plan, state, batch, jax.lax.stop_gradient(out.reconstruction), factor
+            plan, numbers, state, batch, jax.lax.stop_gradient(out.reconstruction), factor
         )
-    optimizer, _ = plan.optimizers()
+    optimizer, _ = plan.optimizers(numbers)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 
@@ -230,7 +249,9 @@ def _train_step(
     return new_state, metrics
 
 
-def _disc_step(plan: StepPlan, state: TrainState, batch: jax.Array, fake: jax.Array, factor: jax.Array):
+def _disc_step(
+    plan: StepPlan, numbers: Dict[str, jax.Array], state: TrainState, batch: jax.Array, fake: jax.Array, factor
+):
     """One discriminator update on real ``batch`` against the (detached) reconstructions."""
     d_loss_fn = hinge_d_loss if plan.disc_loss == "hinge" else vanilla_d_loss
     discriminator = plan.discriminator
@@ -241,7 +262,7 @@ def _disc_step(plan: StepPlan, state: TrainState, batch: jax.Array, fake: jax.Ar
         return factor * d_loss_fn(logits_real, logits_fake), (logits_real.mean(), logits_fake.mean())
 
     (d_loss, (logits_real, logits_fake)), d_grads = jax.value_and_grad(disc_objective, has_aux=True)(state.disc_params)
-    _, disc_optimizer = plan.optimizers()
+    _, disc_optimizer = plan.optimizers(numbers)
     d_updates, disc_opt_state = disc_optimizer.update(d_grads, state.disc_opt_state, state.disc_params)
     return optax.apply_updates(state.disc_params, d_updates), disc_opt_state, d_loss, logits_real, logits_fake
 

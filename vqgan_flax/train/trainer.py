@@ -172,8 +172,8 @@ class VQGANTrainer:
         self.lpips_params = lpips_params
         self.plan = StepPlan.of(model, config, perceptual=lpips_params is not None)
         self.discriminator = self.plan.discriminator
-        self.optimizer, self.disc_optimizer = self.plan.optimizers()
         self._arguments = step_arguments(config)
+        self.optimizer, self.disc_optimizer = self.plan.optimizers(self._arguments)
         data = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(self.mesh.axis_names[0]))
         self._data_sharding = data
         self._replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
