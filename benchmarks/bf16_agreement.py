@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import jax.numpy as jnp
 import numpy as np
 
+from vqgan_flax import DEFAULT_MODEL, FlaxVQGANModel, VQGANConfig
+from vqgan_flax.data.image_io import list_images, load_image
+from vqgan_flax.evaluation import provenance
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-
-import provenance  # noqa: E402
-
-from vqgan_flax import DEFAULT_MODEL, FlaxVQGANModel, VQGANConfig  # noqa: E402
-from vqgan_flax.data.image_io import list_images, load_image  # noqa: E402
 
 
 def index_agreement(model_f32: FlaxVQGANModel, model_bf16: FlaxVQGANModel, pixels: np.ndarray) -> float:

@@ -31,11 +31,10 @@ import tarfile
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from vqgan_flax.evaluation import provenance
+from vqgan_flax.evaluation.provenance import current_rss_mb, peak_rss_mb
 
-import provenance  # noqa: E402
-from provenance import current_rss_mb, peak_rss_mb  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODES = ("model", "files", "tar")
 

@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import jax
 import numpy as np
 
+from vqgan_flax import DEFAULT_MODEL, FlaxVQGANModel
+from vqgan_flax.evaluation import provenance
+from vqgan_flax.models.input_checks import check_indices, check_pixels
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-
-import provenance  # noqa: E402
-
-from vqgan_flax import DEFAULT_MODEL, FlaxVQGANModel  # noqa: E402
-from vqgan_flax.models.input_checks import check_indices, check_pixels  # noqa: E402
 
 
 def _seconds(fn) -> float:

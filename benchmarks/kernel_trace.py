@@ -21,8 +21,9 @@ import json
 import os
 import tempfile
 
-import provenance
 from run import jax_calls, torch_calls
+
+from vqgan_flax.evaluation import provenance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = (  # first match wins; names are cuDNN/cuBLAS kernels, XLA fusions, Triton/ATen kernels

@@ -19,16 +19,15 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import run_in_fresh_process
 
-import provenance  # noqa: E402
-from provenance import peak_rss_mb  # noqa: E402
-from run import run_in_fresh_process  # noqa: E402
+from vqgan_flax.evaluation import provenance
+from vqgan_flax.evaluation.provenance import peak_rss_mb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def worker_decode(tokens_side: int) -> dict:

@@ -24,18 +24,17 @@ import argparse
 import collections
 import json
 import os
-import sys
+
+from harness import run_in_fresh_process, timed
+
+from vqgan_flax.evaluation import provenance
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-import provenance  # noqa: E402
-from run import _timed, run_in_fresh_process  # noqa: E402
 
 
 def _median_seconds(fn, repeats: int) -> float:
     fn()  # warm-up: compilation
-    return _timed(fn, repeats)
+    return timed(fn, repeats)
 
 
 def op_census(preset: str, size: int) -> dict:

@@ -10,7 +10,7 @@
     python benchmarks/op_profile.py --precision bfloat16 --json benchmarks/results/op_profile_bf16.json
     python benchmarks/report.py --write-docs                              # docs/performance.md
 
-Every record names the commit it ran on (``provenance.py``); a record from a dirty checkout or
+Every record names the commit it ran on (``vqgan_flax/evaluation/provenance.py``); a record from a dirty checkout or
 from a commit that is not in this checkout's history is refused. Verdicts are computed from the
 numbers; a ratio whose range over rounds crosses 1.0 is flagged as within noise.
 """
@@ -23,13 +23,11 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 from typing import Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+from vqgan_flax.evaluation.provenance import ROOT, describe
 
-from provenance import ROOT, describe  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 RESULTS = os.path.join(HERE, "results")
 PAGE = os.path.join(ROOT, "docs", "performance.md")
@@ -108,7 +106,7 @@ def speed_rows(record: dict) -> list:
 
 
 def _order(system: str) -> int:
-    from run import SYSTEMS
+    from harness import SYSTEMS
 
     return SYSTEMS.index(system) if system in SYSTEMS else len(SYSTEMS)
 

@@ -2,7 +2,7 @@
 
     python benchmarks/run.py                                    # f16-1024 at 256², batch 1 and 8, all systems, 3 rounds
     python benchmarks/run.py --systems jax-float32 torch-compile-float32 --batch-sizes 1
-    python benchmarks/run.py --json benchmarks/results/cpu.json # from a clean checkout (see provenance.py)
+    python benchmarks/run.py --json benchmarks/results/cpu.json # from a clean checkout (see evaluation/provenance.py)
 
 Systems, each measurement in a fresh process (JAX's thread pool slows PyTorch in one process):
   jax-float32, jax-bfloat16     ``FlaxVQGANModel.encode`` / ``decode_code`` as a user calls them
@@ -38,41 +38,17 @@ import argparse
 import json
 import math
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Optional
 
-import provenance
-from provenance import peak_rss_mb
+from harness import SYSTEMS, TORCH_SYSTEMS, precision, run_in_fresh_process, timed
+
+from vqgan_flax.evaluation import provenance
+from vqgan_flax.evaluation.provenance import peak_rss_mb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TORCH_SYSTEMS = {  # name: (compiled, channels_last, autocast bf16)
-    "torch-eager-float32": (False, False, False),
-    "torch-eager-float32-cl": (False, True, False),
-    "torch-eager-bfloat16": (False, False, True),
-    "torch-eager-bfloat16-cl": (False, True, True),
-    "torch-compile-float32": (True, True, False),
-    "torch-compile-bfloat16": (True, True, True),
-}
-# jax-*: on CPU the kernels of vqgan_flax/kernels/cpu.py where they build, as users get by
-# default; jax-xla-*: XLA's own ops (VQGAN_FLAX_CPU_KERNELS=off), what other CPUs get.
-SYSTEMS = ("jax-float32", "jax-bfloat16", "jax-xla-float32", "jax-xla-bfloat16", *TORCH_SYSTEMS)
-
-
-def precision(system: str) -> str:
-    return "bfloat16" if "bfloat16" in system else "float32"
-
-
-def _timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _measure_pair(encode, decode, repeats: int, batch: int) -> dict:
@@ -88,8 +64,8 @@ def _measure_pair(encode, decode, repeats: int, batch: int) -> dict:
     out["first_decode_s"] = time.perf_counter() - start
     for _ in range(out["warmup_calls"] - 1):
         encode(), decode(indices)
-    out["encode_s"] = _timed(encode, repeats)
-    out["decode_s"] = _timed(lambda: decode(indices), repeats)
+    out["encode_s"] = timed(encode, repeats)
+    out["decode_s"] = timed(lambda: decode(indices), repeats)
     return out
 
 
@@ -187,15 +163,6 @@ def worker_torch(system: str, batch: int, size: int, preset: str, repeats: int, 
     if device == "cuda":
         result["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
-
-
-def run_in_fresh_process(script: str, worker_args: list, label: str, env: dict | None = None) -> dict:
-    """Run ``script --worker ...`` in a new Python process; return the JSON object it prints last."""
-    proc = subprocess.run([sys.executable, os.path.abspath(script), "--worker", *worker_args],
-                          capture_output=True, text=True, cwd=ROOT, env=env)  # fmt: skip
-    if proc.returncode != 0:
-        raise SystemExit(f"benchmark worker {label} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:

@@ -28,18 +28,14 @@ import sys
 import time
 
 import numpy as np
+import train_default_model as recipe
+
+from vqgan_flax import FlaxVQGANModel, VQGANConfig
+from vqgan_flax.evaluation import metrics, provenance, sample_data
+from vqgan_flax.train import losses
+from vqgan_flax.train import trainer as training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-
-import provenance  # noqa: E402
-import train_default_model as recipe  # noqa: E402
-
-from vqgan_flax import FlaxVQGANModel, VQGANConfig  # noqa: E402
-from vqgan_flax.evaluation import metrics, sample_data  # noqa: E402
-from vqgan_flax.train import losses  # noqa: E402
-from vqgan_flax.train import trainer as training  # noqa: E402
 
 # The training crops: the default recipe's augmentations plus random channel permutations and tints.
 CROPS = dict(min_scale=0.4, colour_jitter=0.1, tint=0.15, channel_shuffle=True)

@@ -18,14 +18,11 @@ import sys
 import time
 from typing import Dict, List
 
+from vqgan_flax import DEFAULT_MODEL, FlaxVQGANModel
+from vqgan_flax.evaluation import compare as evaluation
+from vqgan_flax.evaluation import provenance, sample_data
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-
-import provenance  # noqa: E402
-
-from vqgan_flax import DEFAULT_MODEL, FlaxVQGANModel  # noqa: E402
-from vqgan_flax.evaluation import compare as evaluation  # noqa: E402
-from vqgan_flax.evaluation import sample_data  # noqa: E402
 
 SPLITS = ("validation", "test", "unseen")
 RECORD = os.path.join(DEFAULT_MODEL, "evaluation.json")  # the shipped model's numbers

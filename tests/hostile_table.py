@@ -35,14 +35,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from vqgan_flax.evaluation import provenance
+
 HERE = pathlib.Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures"
 OUTCOMES = ("ok", "crash", "garbage", "traceback", "unclear")
 
-# Imports the package from the tree under test, ahead of any editable install of another tree.
+# Imports the package from the tree under test (first on PYTHONPATH, see run_case), ahead of any
+# editable install of another tree.
 BOOT = """import sys
 sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
-sys.path.insert(0, {tree!r})
 import vqgan_flax
 assert vqgan_flax.__file__.startswith({tree!r}), vqgan_flax.__file__
 """
@@ -327,6 +329,7 @@ def cases() -> List[Case]:
 def run_case(case: Case, tree: str, d: pathlib.Path) -> Tuple[str, str, int]:
     script = BOOT.format(tree=tree) + case.code.replace("{d}", str(d))
     env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_DISABLE_PROGRESS_BARS="1", VQGAN_FLAX_CACHE_DIR="")
+    env["PYTHONPATH"] = os.pathsep.join([tree, *filter(None, [os.environ.get("PYTHONPATH")])])
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen([sys.executable, "-c", script], stdout=out, stderr=err, env=env, cwd=d)
         deadline = time.monotonic() + case.timeout_s
@@ -374,13 +377,15 @@ def tree_commit(tree: str) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", action="append", help="source tree(s) to test (default: this checkout)")
-    parser.add_argument("--json", help="write the outcomes here")
+    parser.add_argument("--json", help="write the outcomes here (needs a clean checkout, as every record)")
+    parser.add_argument("--allow-dirty", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-k", help="only cases whose name contains this")
     parser.add_argument("--make-inputs", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.make_inputs:
         make_inputs(pathlib.Path(args.make_inputs))
         return 0
+    provenance.check_can_record(args.json, args.allow_dirty)
     trees = [str(pathlib.Path(t).resolve()) for t in (args.tree or [HERE.parent])]
     table = [c for c in cases() if not args.k or args.k in c.name]
     with tempfile.TemporaryDirectory() as work:
@@ -400,9 +405,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print()
     print(summary(results))
     if args.json:
-        record = {"harness": "tests/hostile_table.py", "command": " ".join(sys.argv), "python": sys.version.split()[0],
+        # The header names this harness's commit, hash and machine; each tree row names the commit tested.
+        record = {**provenance.provenance(__file__, argv), "harness": "tests/hostile_table.py",
                   "trees": list(results.values())}  # fmt: skip
-        pathlib.Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+        provenance.write_record(args.json, record)
     return 0
 
 

@@ -1,6 +1,7 @@
 """The package's parts keep to what their ``__init__`` docstrings say: each part imports only the
 parts its "May import:" line names (function-level imports included), the parts form no cycle,
-no module passes 500 lines, and nothing edits ``sys.path``."""
+no module passes 500 lines, and nothing edits ``sys.path`` (package, benchmarks, scripts, examples or
+tests); the benchmark harnesses import each other without a cycle."""
 
 from __future__ import annotations
 
@@ -116,3 +117,41 @@ def test_modules_stay_small_and_leave_sys_path_alone():
         lines = text.count("\n")
         assert lines <= 500, f"{path.relative_to(PACKAGE.parent)}: {lines} lines (at most 500)"
         assert "sys.path" not in text, f"{path.relative_to(PACKAGE.parent)} edits sys.path"
+
+
+def _python_files_outside_the_package() -> list:
+    root = PACKAGE.parent
+    return sorted(
+        p for folder in ("benchmarks", "scripts", "examples", "tests", "ci") for p in (root / folder).rglob("*.py")
+    )
+
+
+def test_benchmarks_scripts_and_tests_leave_sys_path_alone():
+    """They find each other through pytest's ``pythonpath`` and the folder a script runs from."""
+    itself = pathlib.Path(__file__).resolve()
+    edits = re.compile(r"sys\.path\s*(\.(insert|append|extend)\b|\[|\+?=)")
+    for path in _python_files_outside_the_package():
+        if path.resolve() != itself:
+            assert not edits.search(path.read_text()), f"{path.relative_to(PACKAGE.parent)} edits sys.path"
+
+
+def test_benchmark_harnesses_import_each_other_without_a_cycle():
+    folder = PACKAGE.parent / "benchmarks"
+    names = {p.stem for p in folder.glob("*.py")}
+    graph = {}
+    for path in folder.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        found = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        found |= {
+            n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level
+        }
+        graph[path.stem] = found & names - {path.stem}
+    assert graph["report"] and graph["run"], graph  # the checker sees function-level imports: both import something
+
+    def visit(name: str, path: tuple) -> None:
+        assert name not in path, f"benchmarks import in a circle: {' -> '.join((*path, name))}"
+        for other in sorted(graph[name]):
+            visit(other, (*path, name))
+
+    for name in sorted(graph):
+        visit(name, ())

@@ -1,4 +1,5 @@
-"""benchmarks/report.py and provenance.py on made-up records: refusals, ratios, verdicts, noise flags."""
+"""benchmarks/report.py and vqgan_flax.evaluation.provenance on made-up records: refusals, ratios,
+verdicts, noise flags."""
 
 from __future__ import annotations
 
@@ -7,13 +8,12 @@ import subprocess
 import sys
 
 import pytest
+import report
 from utils import FIXTURES
 
-ROOT = FIXTURES.parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from vqgan_flax.evaluation import provenance
 
-import provenance  # noqa: E402
-import report  # noqa: E402
+ROOT = FIXTURES.parent.parent
 
 HEAD = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
@@ -103,7 +103,6 @@ def test_memory_verdict_fails_for_an_encoder_that_holds_its_pixels():
         {"case": "encode 8 images", "images": 8, "seconds": 1.0, "peak_rss_mb": 700.0},
         {"case": "encode 512 images", "images": 512, "seconds": 1.0, "peak_rss_mb": 700.0 + 0.75 * 504},
     ]
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from memory import streaming
 
     record = {"rows": rows, "streaming": streaming(rows)}

@@ -59,7 +59,6 @@ def test_benchmark_harness_runs(tmp_path):
     assert measured == [(r, s) for r in (0, 1) for s in systems]  # interleaved, rounds repeated
     assert all(m["encode_s"] > 0 and m["decode_s"] > 0 and m["peak_rss_mb"] > 0 for m in record["measurements"])
     assert all(m["per_image_loop"] for m in record["measurements"])  # batch 2 on CPU: both sides loop
-    sys.path.insert(0, str(root / "benchmarks"))
     import report
 
     ours = next(r for r in report.speed_rows(record) if r["system"] == "jax-float32")
@@ -142,7 +141,7 @@ def test_tokenize_benchmark_runs(tmp_path):
 
 
 def _assert_provenance(record: dict, script: str) -> None:
-    """The header every results file carries (benchmarks/provenance.py)."""
+    """The header every results file carries (vqgan_flax/evaluation/provenance.py)."""
     assert len(record["commit"]) == 40 and isinstance(record["dirty"], bool) and len(record["harness_sha256"]) == 16
     assert record["command"].startswith(f"python benchmarks/{script} ") and "--json" in record["command"]
     assert record["cpu"]["model"] and record["cpu"]["cores"] >= 1 and "jax" in record["versions"]

@@ -492,3 +492,18 @@ def test_converter_output_naming_a_file_is_an_error(tmp_path, capsys):
     assert existing.read_bytes() == b"keep me"
     with pytest.raises(NotADirectoryError):
         FlaxVQGANModel(VQGANConfig.from_preset("tiny"), _do_init=False).save_pretrained(existing, params={})
+
+
+def test_hostile_table_records_its_provenance(tmp_path):
+    """tests/hostile_table.py (the adversarial pass as a table): one case per process against this
+    checkout, and its record carries the header every results file has (commit, harness hash, date)."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    out = tmp_path / "hostile.json"
+    result = subprocess.run([sys.executable, "tests/hostile_table.py", "-k", "truncated msgpack", "--json", str(out),
+                             "--allow-dirty"], cwd=root, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert len(record["commit"]) == 40 and len(record["harness_sha256"]) == 16 and record["date"].endswith("Z")
+    assert record["command"].startswith("python tests/hostile_table.py -k 'truncated msgpack'")
+    [tree] = record["trees"]
+    assert [(row["case"], row["outcome"]) for row in tree["cases"]] == [("truncated msgpack", "ok")]

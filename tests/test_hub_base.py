@@ -213,12 +213,12 @@ def test_offline_environment_reads_only_the_cache(tmp_path):
     FlaxToyModel(ToyConfig(), seed=1).save_pretrained(tmp_path / "main", safe_serialization=True)
     cache = fake_hub_cache(tmp_path / "cache", "acme/toy", {"main": tmp_path / "main"})
     script = (
-        "import sys; sys.path.insert(0, 'tests')\n"
         "from test_hub_base import FlaxToyModel\n"
         f"print(FlaxToyModel.from_pretrained('acme/toy', cache_dir={str(cache)!r}).params['head']['kernel'].shape)\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
     root = pathlib.Path(__file__).parent.parent
+    tests = os.pathsep.join([str(root / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9", "PYTHONPATH": tests}
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=300
     )

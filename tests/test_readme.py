@@ -126,7 +126,6 @@ def test_readme_is_a_landing_page():
 
 def test_performance_page_is_generated_from_the_results():
     """docs/performance.md holds exactly what benchmarks/report.py makes of the results."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import report
 
     section = report.section()

@@ -1,5 +1,7 @@
-"""Where a benchmark number came from: the commit, the harness, the command, the packages and
-the machine, recorded in every results file by the harness that wrote it.
+"""Where a published number came from: the commit, the harness, the command, the packages and
+the machine, recorded in every results file by the harness that wrote it (``benchmarks/``, the
+default model's evaluation and training scripts). It describes a checkout: run from an installed
+wheel, git finds no tree and a record counts as dirty.
 
 A results file is only written from a clean checkout (tracked files unchanged), so its commit
 field names exactly the code that ran; ``--allow-dirty`` writes anyway and says so in the record,
@@ -22,7 +24,7 @@ import subprocess
 import sys
 from typing import Iterable, Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 _STARTED: Optional[tuple] = None  # tree_state() when check_can_record ran: the code that is measured
 PACKAGES = ("jax", "jaxlib", "flax", "numpy", "transformers", "huggingface_hub", "torch", "pillow", "pyarrow")
 
@@ -95,8 +97,7 @@ def provenance(script: str, argv: Optional[list] = None, extra_harness: Iterable
     Python and package versions, CPU (model, cores, ISA) and GPU, date and time (UTC). The commit
     and dirtiness are the tree's when ``check_can_record`` ran, where it did."""
     commit, dirty = _STARTED or tree_state()
-    here = os.path.dirname(os.path.abspath(__file__))
-    harness = [os.path.abspath(script), os.path.join(here, "provenance.py"), *extra_harness]
+    harness = [os.path.abspath(script), os.path.abspath(__file__), *extra_harness]
     return {
         "commit": commit,
         "dirty": dirty,
@@ -153,17 +154,17 @@ def write_record(path: str, record: dict) -> None:
     os.replace(tmp, path)
 
 
-def isa_summary(flags: list) -> str:
+def isa_summary(flags: Iterable[str]) -> str:
     """The instruction sets that decide our kernels' speed, from a record's full flag list: AMX
     (bf16 matrix tiles), AVX-512 with or without bf16, else AVX2 (the full list stays in the record)."""
-    flags = set(flags)
-    if "amx_bf16" in flags:
+    present = set(flags)
+    if "amx_bf16" in present:
         return "AMX, AVX-512 bf16"
-    if "avx512_bf16" in flags:
+    if "avx512_bf16" in present:
         return "AVX-512 bf16, no AMX"
-    if "avx512f" in flags:
+    if "avx512f" in present:
         return "AVX-512, no bf16"
-    return "AVX2" if "avx2" in flags else "no AVX"
+    return "AVX2" if "avx2" in present else "no AVX"
 
 
 def describe(record: dict) -> str:
