@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 from vqgan_flax import DEFAULT_MODEL, FlaxVQGANModel
 from vqgan_flax.evaluation import compare as evaluation
@@ -31,15 +31,21 @@ START, END = "<!-- evaluation:start -->", "<!-- evaluation:end -->"
 CROP, CROPS_PER_IMAGE, WHOLE = 128, 8, 256
 
 
-def evaluate(model: FlaxVQGANModel, seed: int = 0, per_image: bool = False) -> Dict[str, object]:
-    """Every split's crops and whole images: ours, k-means and JPEG at the model's rate (with
-    ``per_image``, also a row per image, to see which photograph a split's mean hides)."""
+def evaluate(
+    model: FlaxVQGANModel, seed: int = 0, per_image: bool = False, splits: Sequence[str] = SPLITS
+) -> Dict[str, object]:
+    """Each split's crops and whole images: ours, k-means and JPEG at the model's rate (with
+    ``per_image``, also a row per image, to see which photograph a split's mean hides). The record
+    holds every split; ``splits`` narrows a check to some of them."""
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown or not splits:
+        raise ValueError(f"splits {list(splits)}: each must be one of {list(SPLITS)}, at least one")
     factor = model.config.downsampling_factor
     began = time.time()
     centroids = evaluation.fit_patch_kmeans(sample_data.split_images("train"), factor, model.config.n_embed, seed=seed)
     rows = {}
     crops_label, whole_label = f"{CROPS_PER_IMAGE} crops {CROP}²", f"whole at {WHOLE}²"
-    for split in SPLITS:
+    for split in splits:
         images = sample_data.split_images(split)
         crops, wholes = evaluation.fixed_crops(images, CROP, CROPS_PER_IMAGE), evaluation.whole_images(images, WHOLE)
         names = sample_data.SPLIT[split] if per_image else ()
@@ -54,7 +60,7 @@ def evaluate(model: FlaxVQGANModel, seed: int = 0, per_image: bool = False) -> D
         "rate_bpp": evaluation.vq_bits_per_pixel(factor, model.config.n_embed),
         "downsampling": factor,
         "n_embed": model.config.n_embed,
-        "splits": {split: list(sample_data.SPLIT[split]) for split in ("train", *SPLITS)},
+        "splits": {split: list(sample_data.SPLIT[split]) for split in ("train", *splits)},
         "rows": rows,
         "seconds": round(time.time() - began, 1),
     }

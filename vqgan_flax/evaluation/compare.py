@@ -81,8 +81,9 @@ def fit_patch_kmeans(
     for _ in range(iterations):
         labels = _assign(points, centroids)
         counts = np.bincount(labels, minlength=n_codes)
-        sums = np.zeros_like(centroids)
-        np.add.at(sums, labels, points)
+        # Per-code sums a column at a time: bincount accumulates in float64, in one pass per
+        # column, where np.add.at's unbuffered scatter dominated the whole evaluation.
+        sums = np.stack([np.bincount(labels, weights=column, minlength=n_codes) for column in points.T], axis=1)
         filled = counts > 0
         centroids[filled] = sums[filled] / counts[filled, None]
         if not filled.all():
