@@ -20,7 +20,7 @@ from safetensors.numpy import save_file
 from transformers import PretrainedConfig
 from utils import fake_hub_cache
 
-from vqgan_flax.hub.base import FlaxHubModel, _transformers_flax_base
+from vqgan_flax.hub.base import FlaxHubModel, _transformers_flax_base, on_host, read_checkpoint, strip_prefix
 from vqgan_flax.utils.weights import shard_params
 
 TRANSFORMERS_FLAX = _transformers_flax_base()
@@ -281,3 +281,40 @@ def test_same_shards_as_transformers(toy):
     # first shard; we do not.
     ours, theirs = shard_params(toy.params, 20), flax_shard_checkpoint(toy.params, 20)
     assert len(ours[0]) == len(theirs[0]) - 1 and not next(iter(theirs[0].values()))
+
+
+def test_read_checkpoint_returns_config_leftover_kwargs_and_the_stored_tree(toy, tmp_path):
+    """What from_pretrained reads before building a model: config fields overridden by keyword,
+    the keywords the config does not know left for the constructor, the tree as stored."""
+    toy.save_pretrained(tmp_path, safe_serialization=True)
+    checkpoint = read_checkpoint(FlaxToyModel, str(tmp_path), features=7, seed=3)
+    assert isinstance(checkpoint.config, ToyConfig) and checkpoint.config.features == 7
+    assert checkpoint.model_kwargs == {"seed": 3}
+    assert checkpoint.source is not None and pathlib.Path(checkpoint.source.folder) == tmp_path
+    _tree_equal(checkpoint.state, toy.params)
+    # A weights file named directly: its folder's config, no source.
+    direct = read_checkpoint(FlaxToyModel, str(tmp_path / "model.safetensors"), config=ToyConfig(features=5))
+    assert direct.source is None and direct.config.features == 5
+    _tree_equal(direct.state, toy.params)
+    with pytest.raises(ValueError, match="from_pt=True needs PyTorch"):
+        read_checkpoint(FlaxToyModel, str(tmp_path), from_pt=True)
+    with pytest.raises(TypeError, match="use_auth_token was removed"):
+        read_checkpoint(FlaxToyModel, str(tmp_path), use_auth_token="x")
+    save_file({"head.kernel": np.zeros((5, 3), np.float32)}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(OSError, match=r"model\.safetensors: safetensors format 'pt', expected 'flax'"):
+        read_checkpoint(FlaxToyModel, str(tmp_path))
+
+
+def test_strip_prefix_reads_a_head_models_base_and_wraps_a_bare_one():
+    inner = {"body": {"kernel": 1}, "head": {"kernel": 2}}
+    assert strip_prefix({"toy": inner}, "toy", {"body", "head"}) is inner  # a base model reads the subtree
+    assert strip_prefix(inner, "toy", {"toy", "lm_head"}) == {"toy": inner}  # a head model wraps a bare base
+    assert strip_prefix(inner, "toy", {"body", "head"}) is inner  # already the model's own names
+    assert strip_prefix({"toy": inner}, "", {"toy"}) == {"toy": inner}  # no prefix: nothing to do
+
+
+def test_on_host_places_every_leaf_on_the_cpu_unchanged(toy):
+    host = on_host(toy.params)
+    leaves = jax.tree.leaves(host)
+    assert leaves and all(leaf.devices() == {jax.local_devices(backend="cpu")[0]} for leaf in leaves)
+    _tree_equal(host, toy.params)
