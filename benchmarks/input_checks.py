@@ -11,7 +11,6 @@ median(call) with the min and max of the per-round ratios. Target: under 2 %.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import jax
@@ -20,8 +19,6 @@ import numpy as np
 from vqgan_flax import DEFAULT_MODEL, FlaxVQGANModel
 from vqgan_flax.evaluation import provenance
 from vqgan_flax.models.input_checks import check_indices, check_pixels
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _seconds(fn) -> float:

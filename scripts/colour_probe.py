@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -34,8 +33,6 @@ from vqgan_flax import FlaxVQGANModel, VQGANConfig
 from vqgan_flax.evaluation import metrics, provenance, sample_data
 from vqgan_flax.train import losses
 from vqgan_flax.train import trainer as training
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The training crops: the default recipe's augmentations plus random channel permutations and tints.
 CROPS = dict(min_scale=0.4, colour_jitter=0.1, tint=0.15, channel_shuffle=True)
