@@ -40,6 +40,21 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def compile_caches(scratch: str) -> tuple:
+    """``(env, inherited)``: the environment for a run's worker processes, with one inductor and one
+    JAX compilation cache for the whole run under ``scratch`` (the first worker of a system pays
+    the cold compile, later ones start warm, as a user's second process would). Cache folders the
+    caller names (``TORCHINDUCTOR_CACHE_DIR``, ``JAX_COMPILATION_CACHE_DIR``) are kept, and listed in
+    ``inherited`` for the record, since then even the first worker may start warm."""
+    env, inherited = dict(os.environ), []
+    for name, folder in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("JAX_COMPILATION_CACHE_DIR", "jax")):
+        if env.get(name):
+            inherited.append(name)
+        else:
+            env[name] = os.path.join(scratch, folder)
+    return env, inherited
+
+
 def run_in_fresh_process(script: str, worker_args: list, label: str, env: dict | None = None) -> dict:
     """Run ``script --worker ...`` in a new Python process; return the JSON object it prints last."""
     proc = subprocess.run([sys.executable, os.path.abspath(script), "--worker", *worker_args],

@@ -24,8 +24,9 @@ import argparse
 import collections
 import json
 import os
+import tempfile
 
-from harness import run_in_fresh_process, timed
+from harness import compile_caches, run_in_fresh_process, timed
 
 from vqgan_flax.evaluation import provenance
 
@@ -99,17 +100,17 @@ def time_ops_jax(ops: list, repeats: int, precision: str) -> list:
         x = jnp.asarray(np.random.default_rng(0).standard_normal((1, h, w, c_in)), dtype)
         if kind == "conv":
             pad = ((0, 1), (0, 1)) if stride == 2 else ((kernel // 2, kernel // 2),) * 2
-            module = _conv(c_out, kernel, dtype, jnp.float32, strides=(stride, stride), padding=pad)
+            module = _conv(c_out, kernel, dtype=dtype, param_dtype=jnp.float32, strides=(stride, stride), padding=pad)
             params = module.init(jax.random.key(0), x)
             fn = jax.jit(lambda p, x, m=module: m.apply(p, x))
         elif kind == "upconv":
-            module = UpsampleConv(c_out, dtype)
+            module = UpsampleConv(c_out, dtype=dtype)
             params = module.init(jax.random.key(0), x)
             fn = jax.jit(lambda p, x, m=module: m.apply(p, x))
         else:
             module = GroupNorm()
             params = module.init(jax.random.key(0), x)
-            fn = jax.jit(lambda p, x, m=module: m.apply(p, x, dtype, swish=True))
+            fn = jax.jit(lambda p, x, m=module: m.apply(p, x, out_dtype=dtype, swish=True))
         seconds.append(_median_seconds(lambda: fn(params, x).block_until_ready(), repeats))  # noqa: B023
     return seconds
 
@@ -167,20 +168,23 @@ def main() -> None:
               "benchmark": "op_profile", "preset": args.preset, "size": args.size, "repeats": args.repeats,
               "precision": args.precision}  # fmt: skip
     common = ["--preset", args.preset, "--size", str(args.size), "--repeats", str(args.repeats)]
-    census = run_in_fresh_process(__file__, ["census", *common], "census")
-    ops = sorted({tuple(op) for counts in census.values() for op, _ in counts})
-    timings = {}
-    for framework in ("jax", "torch"):
-        worker = [framework, *common, "--precision", args.precision, "--ops", json.dumps(ops)]
-        found = run_in_fresh_process(__file__, worker, f"{framework} ops")
-        timings[framework] = dict(zip(ops, found))
-    # The whole calls, batch 1, for the "rest": run.py's workers (ours; torch.compile channels_last).
-    whole = {}
+    timings, whole = {}, {}
     ours, theirs = f"jax-{args.precision}", f"torch-compile-{args.precision}"
-    for system in (ours, theirs):
-        row = run_in_fresh_process(os.path.join(HERE, "run.py"), [system, "--batch", "1", *common], system)
-        whole[system] = {"encode": row["encode_s"], "decode": row["decode_s"]}
-        record[f"{system}_kernels"] = row.get("kernels")
+    # Compilation is excluded from every time (a warm-up call first), so a cache changes none of
+    # them; it only spares a second compile of what run.py's workers compiled before.
+    with tempfile.TemporaryDirectory() as cache:
+        env, record["compile_caches_inherited"] = compile_caches(cache)
+        census = run_in_fresh_process(__file__, ["census", *common], "census", env)
+        ops = sorted({tuple(op) for counts in census.values() for op, _ in counts})
+        for framework in ("jax", "torch"):
+            worker = [framework, *common, "--precision", args.precision, "--ops", json.dumps(ops)]
+            found = run_in_fresh_process(__file__, worker, f"{framework} ops", env)
+            timings[framework] = dict(zip(ops, found))
+        # The whole calls, batch 1, for the "rest": run.py's workers (ours; torch.compile channels_last).
+        for system in (ours, theirs):
+            row = run_in_fresh_process(os.path.join(HERE, "run.py"), [system, "--batch", "1", *common], system, env)
+            whole[system] = {"encode": row["encode_s"], "decode": row["decode_s"]}
+            record[f"{system}_kernels"] = row.get("kernels")
     classes = []
     for call in ("encode", "decode"):
         totals = collections.defaultdict(lambda: {"count": 0, "jax_s": 0.0, "torch_s": 0.0})

@@ -71,8 +71,8 @@ MUTATIONS = (
     Mutation(
         "encoder.conv_out in bf16",
         "vqgan_flax/models/blocks.py",
-        "self.conv_out = _conv(out_channels, 3, jnp.float32, self.param_dtype)",
-        "self.conv_out = _conv(out_channels, 3, self.dtype, self.param_dtype)",
+        "self.conv_out = _conv(out_channels, 3, dtype=jnp.float32, param_dtype=self.param_dtype)",
+        "self.conv_out = _conv(out_channels, 3, dtype=self.dtype, param_dtype=self.param_dtype)",
         "tests/test_modeling.py::test_bf16_program_keeps_convs_in_bf16_and_statistics_in_float32",
     ),
     Mutation(

@@ -252,3 +252,21 @@ def test_a_tie_between_round_winners_goes_to_the_lower_median():
     measurements = [{"system": s, "batch": 1, "decode_s": t} for s, ts in times.items() for t in ts]
     assert report._usual_winner(["torch-a", "torch-b", "torch-c"], measurements, 1, "decode") == "torch-c"
     assert report._usual_winner(["torch-a", "torch-b", "torch-b"], measurements, 1, "decode") == "torch-b"
+
+
+def test_compile_caches_are_one_per_run_unless_the_caller_names_them(monkeypatch, tmp_path):
+    import harness
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")  # set but empty: not a folder, not kept
+    env, inherited = harness.compile_caches(str(tmp_path))
+    assert inherited == [] and env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "jax")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/inductor")
+    env, inherited = harness.compile_caches(str(tmp_path))
+    assert inherited == ["TORCHINDUCTOR_CACHE_DIR"] and env["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/inductor"
+    # the table says so, since round 0's first call may then be warm
+    record = _speed_record([(1.0, 1.0)], {"torch-compile-float32": [(1.0, 1.0)]})
+    assert "(enc / dec) |" in report.speed_table(record)
+    record["compile_caches_inherited"] = inherited
+    assert "(enc / dec, caller's compile caches) |" in report.speed_table(record)

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 
 import pytest
 from utils import FIXTURES, same_output
+
+
+@pytest.fixture(scope="session")
+def compile_caches(tmp_path_factory) -> dict:
+    """The environment for the harnesses: one inductor and JAX compile cache for the whole session,
+    xdist workers included (their base folders share a parent), which the harnesses keep
+    (``harness.compile_caches``). The speed harness and the float32 op profile compile the same
+    tiny model at 16² on the torch side; whichever runs second starts warm."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(shared / "inductor"),
+            "JAX_COMPILATION_CACHE_DIR": str(shared / "jax")}  # fmt: skip
 
 
 def test_parity_demo(tmp_path):
@@ -41,20 +54,23 @@ def test_parity_demo(tmp_path):
 
 
 @pytest.mark.torch
-def test_benchmark_harness_runs(tmp_path):
+def test_benchmark_harness_runs(tmp_path, compile_caches):
     """The speed harness itself (tiny model, two rounds): every system measured in every round, the
-    record carries its provenance, and the report's ratios follow from the measured seconds."""
+    record carries its provenance and names the caller's compile caches, and the report's ratios
+    follow from the measured seconds."""
     root = FIXTURES.parent.parent
     out = tmp_path / "bench.json"
     systems = ["jax-float32", "torch-eager-float32", "torch-compile-float32"]
     result = subprocess.run(
         [sys.executable, str(root / "benchmarks" / "run.py"), "--systems", *systems, "--batch-sizes", "2",
-         "--size", "32", "--preset", "tiny", "--repeats", "1", "--rounds", "2", "--json", str(out), "--allow-dirty"],
-        cwd=root, capture_output=True, text=True, timeout=900,
+         "--size", "16", "--preset", "tiny", "--repeats", "1", "--rounds", "2", "--json", str(out), "--allow-dirty"],
+        cwd=root, capture_output=True, text=True, timeout=900, env=compile_caches,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads(out.read_text())
     _assert_provenance(record, "run.py")
+    assert record["compile_caches_inherited"] == ["TORCHINDUCTOR_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR"]
+    assert "first call s (enc / dec, caller's compile caches)" in result.stdout
     measured = [(m["round"], m["system"]) for m in record["measurements"]]
     assert measured == [(r, s) for r in (0, 1) for s in systems]  # interleaved, rounds repeated
     assert all(m["encode_s"] > 0 and m["decode_s"] > 0 and m["peak_rss_mb"] > 0 for m in record["measurements"])
@@ -69,8 +85,9 @@ def test_benchmark_harness_runs(tmp_path):
     assert "| jax-float32 (per image) | 2 |" in result.stdout
 
 
-def _run_script(root, *argv):
-    result = subprocess.run([sys.executable, *map(str, argv)], cwd=root, capture_output=True, text=True, timeout=600)
+def _run_script(root, *argv, env=None):
+    result = subprocess.run([sys.executable, *map(str, argv)], cwd=root, capture_output=True, text=True, timeout=600,
+                            env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
@@ -150,7 +167,7 @@ def _assert_provenance(record: dict, script: str) -> None:
 
 @pytest.mark.torch
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_op_profile_runs(tmp_path, precision):
+def test_op_profile_runs(tmp_path, precision, compile_caches):
     """The per-op-class profile (tiny model): its census counts every conv and GroupNorm of the model
     once, and each class has a time on both sides."""
     from flax.traverse_util import flatten_dict
@@ -160,9 +177,10 @@ def test_op_profile_runs(tmp_path, precision):
     root = FIXTURES.parent.parent
     out = tmp_path / "ops.json"
     _run_script(root, root / "benchmarks" / "op_profile.py", "--preset", "tiny", "--size", "16", "--repeats", "1",
-                "--precision", precision, "--json", out, "--allow-dirty")  # fmt: skip
+                "--precision", precision, "--json", out, "--allow-dirty", env=compile_caches)  # fmt: skip
     record = json.loads(out.read_text())
     _assert_provenance(record, "op_profile.py")
+    assert record["compile_caches_inherited"] == ["TORCHINDUCTOR_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR"]
     assert record["precision"] == precision and record[f"jax-{precision}_kernels"] in ("native", "xla")
     params = flatten_dict(FlaxVQGANModel(VQGANConfig.from_preset("tiny"), seed=0).params)
     convs = sum(k[-1] == "kernel" and v.ndim == 4 for k, v in params.items())

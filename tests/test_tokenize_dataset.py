@@ -194,6 +194,38 @@ def test_an_interrupted_run_resumes_and_every_item_is_written_once(model, folder
         ShardedTokenWriter(str(tmp_path), "jsonl", metadata)
 
 
+def test_shards_go_only_into_a_new_empty_or_token_folder(tmp_path, capsys):
+    """A folder holding the user's own files, or shards whose metadata is gone, is refused (by the
+    writer and, before any work, by the CLI) instead of being written into and mixed."""
+    from vqgan_flax.data.writers import check_token_folder
+
+    metadata = {"model": "m", "grid": [2, 2], "image_size": 16, "pixel_range": [-1, 1], "n_embed": 32}
+    check_token_folder(str(tmp_path / "new"))  # missing: fine
+    (tmp_path / "empty" / ".vqgan_flax").mkdir(parents=True)
+    check_token_folder(str(tmp_path / "empty"))  # only the info folder: another process is writing it
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(photos / "a.png")
+    (photos / "b.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"photos: holds a.png \(and 1 more\) but is no token folder"):
+        ShardedTokenWriter(str(photos), "parquet", metadata)
+    assert sorted(os.listdir(photos)) == ["a.png", "b.txt"]  # nothing written
+    writer = ShardedTokenWriter(str(tmp_path / "tokens"), "jsonl", metadata, rows_per_shard=1)
+    writer.add("k", np.zeros((1, 2, 2), np.int32))
+    writer.close()
+    ShardedTokenWriter(str(tmp_path / "tokens"), "jsonl", metadata).close()  # ours: resumes
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    for shard in (tmp_path / "tokens").glob("part-*"):
+        (copied / shard.name).write_bytes(shard.read_bytes())  # the shards without .vqgan_flax/
+    with pytest.raises(ValueError, match=r"copied: holds part-000-00000.jsonl but is no token folder"):
+        ShardedTokenWriter(str(copied), "jsonl", metadata)
+    # the CLI refuses before it loads a model (there is none) or creates anything
+    code, _, err = _run(capsys, "encode", photos, "--out", photos, "--model", tmp_path / "nowhere")
+    assert code == 1 and f"--out {photos}: holds a.png (and 1 more) but is no token folder" in err
+    assert sorted(os.listdir(photos)) == ["a.png", "b.txt"]
+
+
 def test_bad_items_are_skipped_and_listed_or_fatal_with_strict(tiny, folder, tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()

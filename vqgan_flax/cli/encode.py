@@ -95,6 +95,12 @@ def _check_format(args: argparse.Namespace) -> None:
             check_output_file(args.out)
     else:
         check_output_folder(args.out)
+        from ..data.writers import check_token_folder
+
+        try:
+            check_token_folder(args.out)
+        except ValueError as err:
+            raise ValueError(f"--out {err}") from None
 
 
 def cmd_encode(args: argparse.Namespace) -> None:

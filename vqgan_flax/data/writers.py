@@ -73,12 +73,29 @@ def remove_shards(folder: str) -> int:
     return removed
 
 
+def check_token_folder(folder: str) -> None:
+    """Refuse a folder that holds anything but a token dataset of ours: shards go only into a new or
+    empty folder, or one whose ``.vqgan_flax/metadata.json`` says how its shards were made (so they
+    are never mixed with a user's own files, nor with shards of unknown settings)."""
+    if not os.path.isdir(folder) or os.path.exists(os.path.join(folder, METADATA_FILE)):
+        return
+    # INFO_DIR alone: another process of the same run is about to write the metadata.
+    foreign = sorted(name for name in os.listdir(folder) if name != INFO_DIR)
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise ValueError(
+            f"{folder}: holds {foreign[0]}{more} but is no token folder (no {METADATA_FILE}); "
+            "give a new or empty folder"
+        )
+
+
 class ShardedTokenWriter:
     """Rows → ``folder/part-PPP-NNNNN.{parquet,jsonl}``, ``rows_per_shard`` rows each.
 
     ``done`` holds the keys of every shard already in the folder (from any process); the caller
-    skips them. Shards made with other settings (``metadata.json`` disagrees on the model, image
-    size, pixel range or grid) are refused rather than mixed.
+    skips them. A folder holding other files is refused ([`check_token_folder`]); shards made with
+    other settings (``metadata.json`` disagrees on the model, image size, pixel range or grid) are
+    refused rather than mixed.
     """
 
     def __init__(
@@ -92,6 +109,7 @@ class ShardedTokenWriter:
         self.rows_per_shard, self.process = rows_per_shard, process
         self._rows: List[Dict[str, Any]] = []
         self.written = 0
+        check_token_folder(folder)
         self._check_metadata()
         self.done: Set[str] = set()
         numbers = [-1]

@@ -47,7 +47,7 @@ class GroupNorm(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, out_dtype: Optional[jnp.dtype] = None, swish: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, out_dtype: Optional[jnp.dtype] = None, swish: bool = False) -> jax.Array:
         """Normalise NHWC ``x``; the result is ``out_dtype`` (float32 when not given)."""
         out_dtype = jnp.float32 if out_dtype is None else out_dtype
         channels = x.shape[-1]
@@ -56,7 +56,12 @@ class GroupNorm(nn.Module):
         return group_norm(x, scale, bias, self.num_groups, self.epsilon, out_dtype, swish)
 
 
-def _group_norm(param_dtype: jnp.dtype, groups: int = 32) -> GroupNorm:
+def _dtypes(module: nn.Module) -> Dict[str, Any]:
+    """A block's compute and parameter dtypes, as the keywords its sub-blocks take."""
+    return {"dtype": module.dtype, "param_dtype": module.param_dtype}
+
+
+def _group_norm(groups: int = 32, *, param_dtype: jnp.dtype) -> GroupNorm:
     return GroupNorm(num_groups=groups, param_dtype=param_dtype)
 
 
@@ -83,7 +88,7 @@ class Conv(nn.Module):
         return conv2d(hidden_states, kernel, bias, self.strides, self.padding, residual)
 
 
-def _conv(features: int, kernel: int, dtype: jnp.dtype, param_dtype: jnp.dtype, **kwargs: Any) -> Conv:
+def _conv(features: int, kernel: int, *, dtype: jnp.dtype, param_dtype: jnp.dtype, **kwargs: Any) -> Conv:
     # taming's 3x3 convs pad 1 on every side ("SAME" equals that for odd kernels at stride 1).
     pad = (kernel - 1) // 2
     kwargs.setdefault("padding", ((pad, pad), (pad, pad)))
@@ -134,7 +139,7 @@ class Upsample(nn.Module):
 
     def setup(self) -> None:
         if self.with_conv:
-            self.conv = UpsampleConv(self.in_channels, self.dtype, self.param_dtype)
+            self.conv = UpsampleConv(self.in_channels, **_dtypes(self))
 
     def __call__(self, hidden_states: jax.Array) -> jax.Array:
         if self.with_conv:
@@ -156,7 +161,7 @@ class Downsample(nn.Module):
             # taming pads only bottom/right by one, then a VALID stride-2 conv ("SAME" would pad
             # differently and shift every output pixel); the conv pads so, without a padded copy.
             pad = ((0, 1), (0, 1))
-            self.conv = _conv(self.in_channels, 3, self.dtype, self.param_dtype, strides=(2, 2), padding=pad)
+            self.conv = _conv(self.in_channels, 3, **_dtypes(self), strides=(2, 2), padding=pad)
 
     def __call__(self, hidden_states: jax.Array) -> jax.Array:
         if self.with_conv:
@@ -176,19 +181,19 @@ class ResnetBlock(nn.Module):
 
     def setup(self) -> None:
         out_channels = self.out_channels or self.in_channels
-        self.norm1 = _group_norm(self.param_dtype, self.norm_groups)
-        self.conv1 = _conv(out_channels, 3, self.dtype, self.param_dtype)
-        self.norm2 = _group_norm(self.param_dtype, self.norm_groups)
+        self.norm1 = _group_norm(self.norm_groups, param_dtype=self.param_dtype)
+        self.conv1 = _conv(out_channels, 3, **_dtypes(self))
+        self.norm2 = _group_norm(self.norm_groups, param_dtype=self.param_dtype)
         self.dropout_layer = nn.Dropout(self.dropout)
-        self.conv2 = _conv(out_channels, 3, self.dtype, self.param_dtype)
+        self.conv2 = _conv(out_channels, 3, **_dtypes(self))
         if out_channels != self.in_channels:
-            self.nin_shortcut = _conv(out_channels, 1, self.dtype, self.param_dtype)
+            self.nin_shortcut = _conv(out_channels, 1, **_dtypes(self))
 
     def __call__(self, hidden_states: jax.Array, deterministic: bool = True) -> jax.Array:
         residual = hidden_states
-        hidden_states = self.norm1(hidden_states, self.dtype, swish=True)
+        hidden_states = self.norm1(hidden_states, out_dtype=self.dtype, swish=True)
         hidden_states = self.conv1(hidden_states)
-        hidden_states = self.norm2(hidden_states, self.dtype, swish=True)
+        hidden_states = self.norm2(hidden_states, out_dtype=self.dtype, swish=True)
         hidden_states = self.dropout_layer(hidden_states, deterministic=deterministic)
         if (self.out_channels or self.in_channels) != self.in_channels:
             residual = self.nin_shortcut(residual)
@@ -204,15 +209,15 @@ class AttnBlock(nn.Module):
     norm_groups: int = 32  # taming: 32; VQGANConfig.norm_num_groups
 
     def setup(self) -> None:
-        self.norm = _group_norm(self.param_dtype, self.norm_groups)
-        self.q = _conv(self.in_channels, 1, self.dtype, self.param_dtype)
-        self.k = _conv(self.in_channels, 1, self.dtype, self.param_dtype)
-        self.v = _conv(self.in_channels, 1, self.dtype, self.param_dtype)
-        self.proj_out = _conv(self.in_channels, 1, self.dtype, self.param_dtype)
+        self.norm = _group_norm(self.norm_groups, param_dtype=self.param_dtype)
+        self.q = _conv(self.in_channels, 1, **_dtypes(self))
+        self.k = _conv(self.in_channels, 1, **_dtypes(self))
+        self.v = _conv(self.in_channels, 1, **_dtypes(self))
+        self.proj_out = _conv(self.in_channels, 1, **_dtypes(self))
 
     def __call__(self, hidden_states: jax.Array) -> jax.Array:
         batch, height, width, channels = hidden_states.shape
-        normed = self.norm(hidden_states, self.dtype)
+        normed = self.norm(hidden_states, out_dtype=self.dtype)
         query, key, value = (
             layer(normed).reshape(batch, height * width, channels) for layer in (self.q, self.k, self.v)
         )
@@ -240,15 +245,15 @@ class DownsamplingBlock(nn.Module):
         blocks, attns = [], []
         for _ in range(cfg.num_res_blocks):
             blocks.append(
-                ResnetBlock(block_in, block_out, cfg.dropout, self.dtype, self.param_dtype, cfg.norm_num_groups)
+                ResnetBlock(block_in, block_out, cfg.dropout, **_dtypes(self), norm_groups=cfg.norm_num_groups)
             )
             block_in = block_out
             if cfg.attention_at_level(self.block_idx):
-                attns.append(AttnBlock(block_in, self.dtype, self.param_dtype, cfg.norm_num_groups))
+                attns.append(AttnBlock(block_in, **_dtypes(self), norm_groups=cfg.norm_num_groups))
         self.block = blocks
         self.attn = attns
         if self.block_idx != cfg.num_resolutions - 1:
-            self.downsample = Downsample(block_in, cfg.resamp_with_conv, self.dtype, self.param_dtype)
+            self.downsample = Downsample(block_in, cfg.resamp_with_conv, **_dtypes(self))
 
     def __call__(self, hidden_states: jax.Array, deterministic: bool = True) -> jax.Array:
         for i, block in enumerate(self.block):
@@ -277,15 +282,15 @@ class UpsamplingBlock(nn.Module):
         blocks, attns = [], []
         for _ in range(cfg.num_res_blocks + 1):
             blocks.append(
-                ResnetBlock(block_in, block_out, cfg.dropout, self.dtype, self.param_dtype, cfg.norm_num_groups)
+                ResnetBlock(block_in, block_out, cfg.dropout, **_dtypes(self), norm_groups=cfg.norm_num_groups)
             )
             block_in = block_out
             if cfg.attention_at_level(self.block_idx):
-                attns.append(AttnBlock(block_in, self.dtype, self.param_dtype, cfg.norm_num_groups))
+                attns.append(AttnBlock(block_in, **_dtypes(self), norm_groups=cfg.norm_num_groups))
         self.block = blocks
         self.attn = attns
         if self.block_idx != 0:
-            self.upsample = Upsample(block_in, cfg.resamp_with_conv, self.dtype, self.param_dtype)
+            self.upsample = Upsample(block_in, cfg.resamp_with_conv, **_dtypes(self))
 
     def __call__(self, hidden_states: jax.Array, deterministic: bool = True) -> jax.Array:
         for i, block in enumerate(self.block):
@@ -309,12 +314,12 @@ class MidBlock(nn.Module):
 
     def setup(self) -> None:
         self.block_1 = ResnetBlock(
-            self.channels, self.channels, self.dropout, self.dtype, self.param_dtype, self.norm_groups
+            self.channels, self.channels, self.dropout, **_dtypes(self), norm_groups=self.norm_groups
         )
         if self.use_attention:
-            self.attn_1 = AttnBlock(self.channels, self.dtype, self.param_dtype, self.norm_groups)
+            self.attn_1 = AttnBlock(self.channels, **_dtypes(self), norm_groups=self.norm_groups)
         self.block_2 = ResnetBlock(
-            self.channels, self.channels, self.dropout, self.dtype, self.param_dtype, self.norm_groups
+            self.channels, self.channels, self.dropout, **_dtypes(self), norm_groups=self.norm_groups
         )
 
     def __call__(self, hidden_states: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -333,24 +338,28 @@ class Encoder(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        self.conv_in = _conv(cfg.ch, 3, self.dtype, self.param_dtype)
-        self.down = [DownsamplingBlock(cfg, i, self.dtype, self.param_dtype) for i in range(cfg.num_resolutions)]
+        self.conv_in = _conv(cfg.ch, 3, **_dtypes(self))
+        self.down = [DownsamplingBlock(cfg, i, **_dtypes(self)) for i in range(cfg.num_resolutions)]
         block_in = cfg.ch * cfg.ch_mult[-1]
         self.mid = MidBlock(
-            block_in, cfg.dropout, cfg.mid_block_attention, self.dtype, self.param_dtype, cfg.norm_num_groups
+            block_in,
+            cfg.dropout,
+            cfg.mid_block_attention,
+            **_dtypes(self),
+            norm_groups=cfg.norm_num_groups,
         )
-        self.norm_out = _group_norm(self.param_dtype, cfg.norm_num_groups)
+        self.norm_out = _group_norm(cfg.norm_num_groups, param_dtype=self.param_dtype)
         out_channels = 2 * cfg.z_channels if cfg.double_z else cfg.z_channels
         # The latents decide the codes: the last conv (cheap, at token resolution) stays float32
         # in every dtype, which raised bf16's index agreement with float32 from 93% to 95%.
-        self.conv_out = _conv(out_channels, 3, jnp.float32, self.param_dtype)
+        self.conv_out = _conv(out_channels, 3, dtype=jnp.float32, param_dtype=self.param_dtype)
 
     def __call__(self, pixel_values: jax.Array, deterministic: bool = True) -> jax.Array:
         hidden_states = self.conv_in(pixel_values.astype(self.dtype))
         for level in self.down:
             hidden_states = level(hidden_states, deterministic=deterministic)
         hidden_states = self.mid(hidden_states, deterministic=deterministic)
-        hidden_states = self.norm_out(hidden_states, jnp.float32, swish=True)
+        hidden_states = self.norm_out(hidden_states, out_dtype=jnp.float32, swish=True)
         return self.conv_out(hidden_states)
 
 
@@ -364,14 +373,18 @@ class Decoder(nn.Module):
     def setup(self) -> None:
         cfg = self.config
         block_in = cfg.ch * cfg.ch_mult[-1]
-        self.conv_in = _conv(block_in, 3, self.dtype, self.param_dtype)
+        self.conv_in = _conv(block_in, 3, **_dtypes(self))
         self.mid = MidBlock(
-            block_in, cfg.dropout, cfg.mid_block_attention, self.dtype, self.param_dtype, cfg.norm_num_groups
+            block_in,
+            cfg.dropout,
+            cfg.mid_block_attention,
+            **_dtypes(self),
+            norm_groups=cfg.norm_num_groups,
         )
         # up_0 is the highest resolution, as taming's decoder.up[0]; they run in reverse order.
-        self.up = [UpsamplingBlock(cfg, i, self.dtype, self.param_dtype) for i in range(cfg.num_resolutions)]
-        self.norm_out = _group_norm(self.param_dtype, cfg.norm_num_groups)
-        self.conv_out = _conv(cfg.out_ch, 3, self.dtype, self.param_dtype)
+        self.up = [UpsamplingBlock(cfg, i, **_dtypes(self)) for i in range(cfg.num_resolutions)]
+        self.norm_out = _group_norm(cfg.norm_num_groups, param_dtype=self.param_dtype)
+        self.conv_out = _conv(cfg.out_ch, 3, **_dtypes(self))
 
     def __call__(self, hidden_states: jax.Array, deterministic: bool = True) -> jax.Array:
         hidden_states = self.conv_in(hidden_states.astype(self.dtype))
@@ -381,7 +394,7 @@ class Decoder(nn.Module):
         if self.config.give_pre_end:
             if self.is_initializing():
                 # taming still owns norm_out/conv_out; create them so state dicts map one to one.
-                self.conv_out(self.norm_out(hidden_states, self.dtype, swish=True))
+                self.conv_out(self.norm_out(hidden_states, out_dtype=self.dtype, swish=True))
             return hidden_states
-        hidden_states = self.norm_out(hidden_states, self.dtype, swish=True)
+        hidden_states = self.norm_out(hidden_states, out_dtype=self.dtype, swish=True)
         return self.conv_out(hidden_states)

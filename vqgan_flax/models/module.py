@@ -34,10 +34,12 @@ class FlaxVQGANModule(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        self.encoder = Encoder(cfg, self.dtype, self.param_dtype)
-        self.decoder = Decoder(cfg, self.dtype, self.param_dtype)
-        self.quant_conv = _conv(cfg.embed_dim, 1, jnp.float32, self.param_dtype)  # float32: see Encoder.conv_out
-        self.post_quant_conv = _conv(cfg.z_channels, 1, self.dtype, self.param_dtype)
+        self.encoder = Encoder(cfg, dtype=self.dtype, param_dtype=self.param_dtype)
+        self.decoder = Decoder(cfg, dtype=self.dtype, param_dtype=self.param_dtype)
+        self.quant_conv = _conv(
+            cfg.embed_dim, 1, dtype=jnp.float32, param_dtype=self.param_dtype
+        )  # float32: see Encoder.conv_out
+        self.post_quant_conv = _conv(cfg.z_channels, 1, dtype=self.dtype, param_dtype=self.param_dtype)
         self.quantize: Union[GumbelQuantizer, VectorQuantizer]
         if cfg.quantizer == "gumbel":
             self.quantize = GumbelQuantizer(
@@ -50,7 +52,7 @@ class FlaxVQGANModule(nn.Module):
             )
         else:
             self.quantize = VectorQuantizer(
-                cfg.n_embed, cfg.embed_dim, cfg.beta, cfg.legacy_loss, self.dtype, self.param_dtype
+                cfg.n_embed, cfg.embed_dim, cfg.beta, cfg.legacy_loss, dtype=self.dtype, param_dtype=self.param_dtype
             )
 
     def _quantize(self, latents: jax.Array, train: bool, temperature: Optional[float]) -> QuantizerOutput:
