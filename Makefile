@@ -9,9 +9,10 @@ CURRENT_VENV ?= .venv-current
 LEGACY_PY := $(LEGACY_VENV)/bin/python
 CURRENT_PY := $(CURRENT_VENV)/bin/python
 PIP_QUIET := --quiet --disable-pip-version-check
-# taming's reference modules for the parity tests; --no-deps: its declared dependencies pull a
-# torchvision that does not import beside torch 2.13.
-TAMING := taming-transformers-rom1504==0.0.6
+# taming's reference modules for the parity tests, and the Lightning its VQModel subclasses (for
+# scripts/make_taming_fixtures.py --check); --no-deps: taming's declared dependencies pull a
+# torchvision that does not import beside torch 2.13, Lightning's would re-resolve torch.
+TAMING := taming-transformers-rom1504==0.0.6 pytorch-lightning==2.6.6 lightning-utilities==0.15.3 torchmetrics==1.9.0
 LINT_PATHS := vqgan_flax tests examples benchmarks scripts ci
 
 .PHONY: setup setup-test demo test test-legacy test-current lint clean

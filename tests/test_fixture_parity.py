@@ -78,3 +78,29 @@ def test_vqganjax_config_loads_unchanged():
     assert model.config.num_resolutions == 3
     assert model.config.ch_mult == [1, 2, 2]
     assert model.config.quantizer == "vq"
+
+
+@pytest.mark.torch
+def test_taming_fixtures_come_from_the_committed_generator():
+    """scripts/make_taming_fixtures.py --check remakes every taming case with taming's own VQModel /
+    GumbelVQ: weights, inputs and indices bit for bit, the float outputs to float32 rounding."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    try:
+        import pytorch_lightning  # noqa: F401  (taming's VQModel subclasses its LightningModule)
+        import taming
+    except ImportError as error:
+        if os.environ.get("VQGAN_FLAX_REQUIRE_TORCH") == "1":
+            pytest.fail(f"VQGAN_FLAX_REQUIRE_TORCH=1 but the generator's reference does not import: {error}")
+        pytest.skip(f"needs taming and pytorch-lightning ({error})")
+    root = FIXTURES.parent.parent
+    package = pathlib.Path(taming.__file__).parent
+    result = subprocess.run([sys.executable, "scripts/make_taming_fixtures.py", "--taming", str(package), "--check"],
+                            cwd=root, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("taming_")]
+    assert [line.split(":")[0] for line in lines] == list(TAMING_CASES)
+    assert all("weights, inputs and indices bit for bit" in line for line in lines), lines

@@ -49,7 +49,7 @@ def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
             elif name.startswith(("quantize.embedding", "quantize.embed.")):
                 param.copy_(noise)
             elif name.endswith("weight") and name.startswith(near_quantizer):
-                param.copy_(noise / np.sqrt(param[0].numel()))
+                param.copy_(noise * (1 / np.sqrt(param[0].numel())))  # times, as the fixtures were made
             elif name.endswith("weight"):
                 param.copy_(0.05 * noise)
             else:
