@@ -271,3 +271,15 @@ def test_colour_probe_scores_each_step(capsys):
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["variant"] == "anchor"
     with pytest.raises(SystemExit, match="--steps and --every must be positive; got 0 and 50"):
         script.main(["--steps", "0"])
+
+
+def test_colour_probe_variants_train_with_different_settings():
+    """Each variant is its own recipe, whatever the training script's defaults are (when the shipped
+    recipe became the anchor at lr 2e-4, three variants had silently become one)."""
+    script = _script("colour_probe")
+    configs = {name: script.recipe.training_config(150, **v) for name, v in script.VARIANTS.items()}
+    assert len({repr(c) for c in configs.values()}) == len(configs)
+    previous = configs["previous"]
+    assert (previous.learning_rate, previous.colour_anchor_weight) == (1e-3, 0.0)
+    shipped = script.recipe.training_config(150)
+    assert repr(configs["anchor-lr2e-4"]) == repr(shipped)
