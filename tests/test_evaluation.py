@@ -118,3 +118,22 @@ def test_sample_data_refusals(monkeypatch):
     monkeypatch.setattr(sample_data.importlib, "import_module", without_sklearn)
     with pytest.raises(ImportError, match="'china' ships with scikit-learn: pip install scikit-learn"):
         sample_data.image_path("china")
+
+
+def test_model_codec_codes_in_the_pixel_range_of_the_model_folder(tmp_path):
+    """A [0, 1] model is evaluated on [0, 1] pixels, and its outputs read back from [0, 1]."""
+    from vqgan_flax import VQGANImageProcessor
+
+    images = evaluation.fixed_crops([sample_data.load_image("coffee")], 16, 2)
+    config = VQGANConfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], z_channels=8, embed_dim=4,
+                         n_embed=16, resolution=16)  # fmt: skip
+    FlaxVQGANModel(config, seed=0).save_pretrained(tmp_path)
+    taming_range = evaluation.model_codec(FlaxVQGANModel.from_pretrained(tmp_path))(images)
+    VQGANImageProcessor(pixel_range=(0.0, 1.0), size={"shortest_edge": 16},
+                        crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path)  # fmt: skip
+    model = FlaxVQGANModel.from_pretrained(tmp_path)
+    coded = evaluation.model_codec(model)(images)
+    pixels = np.stack(images).astype(np.float32) / 255.0
+    want = np.clip(np.round(np.asarray(model(pixels).reconstruction) * 255.0), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(np.stack(coded), want)
+    assert not np.array_equal(np.stack(coded), np.stack(taming_range))  # the range did change what is coded

@@ -97,3 +97,23 @@ def test_save_and_load(tmp_path):
     assert loaded.size == {"shortest_edge": 64} and loaded.pixel_range == [0.0, 1.0]
     with pytest.raises(ValueError, match="array images must be uint8"):
         loaded(np.zeros((4, 4, 3), np.float32))
+
+
+def test_processor_for_model_reads_the_folder_then_the_overrides(tmp_path):
+    from vqgan_flax import FlaxVQGANModel, VQGANConfig
+    from vqgan_flax.data.processing import processor_for_model
+
+    config = VQGANConfig.from_preset("tiny")
+    bare = processor_for_model(FlaxVQGANModel(config, seed=0))  # no folder: the resolution and taming's range
+    assert bare.output_size == (config.resolution, config.resolution) and bare.pixel_range == [-1.0, 1.0]
+    FlaxVQGANModel(config, seed=0).save_pretrained(tmp_path)
+    VQGANImageProcessor(pixel_range=(0, 1), crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    model = FlaxVQGANModel.from_pretrained(tmp_path)
+    owned = processor_for_model(model)
+    assert owned.pixel_range == [0.0, 1.0] and owned.output_size == (32, 32)
+    resized = processor_for_model(model, 48, pixel_range=(-1, 1))
+    assert resized.output_size == (48, 48) and resized.pixel_range == [-1.0, 1.0]
+    assert processor_for_model(model).pixel_range == [0.0, 1.0]  # an override changes no later processor
+    for bad in ([1.0, -1.0], [0.0, 0.0], [float("nan"), float("nan")]):
+        with pytest.raises(ValueError, match=r"pixel_range must be \(low, high\) with low < high"):
+            processor_for_model(model, pixel_range=bad)

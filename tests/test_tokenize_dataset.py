@@ -569,3 +569,20 @@ def test_two_processes_one_killed_and_restarted_give_what_one_process_gives(tiny
     assert list(two["key"]) == [f"{i:02d}.png" for i in range(48)] == list(one["key"])  # each exactly once
     for a, b in zip(two["tokens"], one["tokens"]):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_decode_refuses_a_recorded_pixel_range_that_is_no_range(tiny, folder, tmp_path, capsys):
+    """Tokens are decoded in the range they were made with; a recorded range that is no range
+    ([nan, nan], [0, 0], [1, -1]) is refused naming the file, not turned into black or inverted PNGs."""
+    code, _, _ = _run(capsys, "encode", folder / "0.png", "--out", tmp_path / "t.npz", "--model", tiny, "--quiet")
+    assert code == 0
+    stored = dict(np.load(tmp_path / "t.npz"))
+    for bad in ([np.nan, np.nan], [0.0, 0.0], [1.0, -1.0]):
+        np.savez(tmp_path / "bad.npz", **{**stored, "pixel_range": np.asarray(bad)})
+        code, _, err = _run(capsys, "decode", tmp_path / "bad.npz", "--out", tmp_path / "png", "--model", tiny)
+        assert code == 1 and f"{tmp_path / 'bad.npz'}: recorded pixel_range" in err, err
+        assert not (tmp_path / "png").exists()
+    # --pixel-range given: the user's range is used instead
+    code, _, err = _run(capsys, "decode", tmp_path / "bad.npz", "--out", tmp_path / "png", "--model", tiny,
+                        "--pixel-range", "-1", "1", "--quiet")  # fmt: skip
+    assert code == 0 and len(list((tmp_path / "png").iterdir())) == 1, err

@@ -54,19 +54,18 @@ def model_name(args: argparse.Namespace) -> str:
     return os.path.abspath(model) if os.path.exists(model) else model
 
 
-def image_processor(args: argparse.Namespace, model: Any) -> Any:
+def image_processor(args: argparse.Namespace, model: Any, recorded_range: Optional[Sequence[float]] = None) -> Any:
     """The model's ``VQGANImageProcessor``: its ``preprocessor_config.json`` (beside the weights,
     in the Hub snapshot, or beside an LWM pickle) where there is one, else the model's resolution
-    and taming's [-1, 1]; then ``--size`` and ``--pixel-range`` override. Every image the commands
-    read or write goes through it (geometry, value range, and back to uint8)."""
+    and taming's [-1, 1]; then ``--size`` and ``--pixel-range`` override (else ``recorded_range``,
+    the range a token file was made with). Every image the commands read or write goes through it
+    (geometry, value range, and back to uint8)."""
     from ..data.processing import processor_for_model
 
-    processor = processor_for_model(model, getattr(args, "size", None))
-    if getattr(args, "pixel_range", None):
-        low, high = args.pixel_range
-        if not low < high:
-            raise ValueError(f"--pixel-range {low} {high}: LOW must be below HIGH")
-        processor.pixel_range = [float(low), float(high)]
+    given = getattr(args, "pixel_range", None)
+    if given and not given[0] < given[1]:
+        raise ValueError(f"--pixel-range {given[0]} {given[1]}: LOW must be below HIGH")
+    processor = processor_for_model(model, getattr(args, "size", None), given or recorded_range)
     if processor.output_size is None:
         where = model.source.name if model.source is not None else "the model's image processor"
         raise ValueError(f"{where}: do_center_crop is off; the command line needs one image size (give --size)")

@@ -87,10 +87,11 @@ def cmd_decode(args: argparse.Namespace) -> None:
     check_output_folder(args.out)
     source = open_tokens(args.tokens)
     model = _decode_model(args, source)
-    processor = image_processor(args, model)
-    recorded_range = source.metadata.get("pixel_range")
-    if recorded_range and not args.pixel_range:  # as the tokens were made, whatever the folder says now
-        processor.pixel_range = [float(v) for v in recorded_range]
+    # As the tokens were made, whatever the folder says now.
+    recorded = source.metadata.get("pixel_range") or None
+    if recorded is not None and not args.pixel_range and not (len(recorded) == 2 and recorded[0] < recorded[1]):
+        raise ValueError(f"{args.tokens}: recorded pixel_range {recorded} is not (low, high) with low < high")
+    processor = image_processor(args, model, recorded)
     _check_made_by(args, source, model)
     for key, grid in source.rows():  # every row checked before anything is written
         check_token_range(grid, model.config.n_embed, f"{args.tokens}: {key}")

@@ -122,12 +122,15 @@ def _resize_crop(image: Any, edge: int, height: Optional[int], width: Optional[i
 __all__: Tuple[str, ...] = ("VQGANImageProcessor",)
 
 
-def processor_for_model(model: Any, size: Optional[int] = None) -> VQGANImageProcessor:
+def processor_for_model(
+    model: Any, size: Optional[int] = None, pixel_range: Optional[Sequence[float]] = None
+) -> VQGANImageProcessor:
     """The image processor a model's folder owns: its ``preprocessor_config.json`` (beside the
     weights, in the Hub snapshot, or beside an LWM pickle) where there is one, else the model's
-    resolution and taming's [-1, 1]; ``size`` overrides the resize and crop. Every path that turns
-    images into a model's pixels (the command line, ``data.distributed``) asks here, so a [0, 1]
-    model gets [0, 1] pixels everywhere."""
+    resolution and taming's [-1, 1]; ``size`` overrides the resize and crop, ``pixel_range`` the
+    range (``--pixel-range``, or the range a token file was made with). Every path that turns
+    images into a model's pixels and back (the command line, ``data.distributed``, ``evaluation``)
+    asks here, so a [0, 1] model gets [0, 1] pixels everywhere."""
     from ..hub.resolve import PROCESSOR_NAME
 
     source = getattr(model, "source", None)
@@ -144,4 +147,9 @@ def processor_for_model(model: Any, size: Optional[int] = None) -> VQGANImagePro
         processor.do_resize = processor.do_center_crop = True
         processor.size = {"shortest_edge": int(size)}
         processor.crop_size = {"height": int(size), "width": int(size)}
+    if pixel_range is not None:
+        low, high = (float(v) for v in pixel_range)
+        if not low < high:  # NaN included
+            raise ValueError(f"pixel_range must be (low, high) with low < high; got {list(pixel_range)!r}")
+        processor.pixel_range = [low, high]
     return processor

@@ -158,14 +158,17 @@ def score(originals: Sequence[np.ndarray], coded: Sequence[np.ndarray]) -> Dict[
 
 
 def model_codec(model, batch_size: int = 8) -> Callable[[Sequence[np.ndarray]], List[np.ndarray]]:
-    """A function coding same-sized uint8 images through ``model`` (encode, quantize, decode)."""
-    from ..data.image_io import to_uint8
+    """A function coding same-sized uint8 images through ``model`` (encode, quantize, decode), in
+    the pixel range its folder's image processor names ([`data.processing.processor_for_model`])."""
+    from ..data.processing import processor_for_model
+
+    processor = processor_for_model(model)
 
     def code(images: Sequence[np.ndarray]) -> List[np.ndarray]:
         out: List[np.ndarray] = []
         for i in range(0, len(images), batch_size):
-            pixels = np.stack(images[i : i + batch_size]).astype(np.float32) / 127.5 - 1.0
-            out.extend(to_uint8(np.asarray(model(pixels).reconstruction)))
+            pixels = processor.to_pixel_values(np.stack(images[i : i + batch_size]))
+            out.extend(processor.postprocess(np.asarray(model(pixels).reconstruction)))
         return out
 
     return code
