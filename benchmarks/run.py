@@ -55,8 +55,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _measure_pair(encode, decode, repeats: int, batch: int) -> dict:
     """The first call (compilation) timed alone, then warm-up calls until three images have run
-    (torch.compile's and oneDNN's second and third calls were still slow in an earlier run of
-    this harness: 2.0 s against 0.9 s eager at batch 1), then ``repeats`` timed calls."""
+    (torch.compile's and oneDNN's second and third calls were still slower than eager in an earlier
+    run of this harness), then ``repeats`` timed calls."""
     out = {"warmup_calls": max(1, math.ceil(3 / batch))}
     start = time.perf_counter()
     indices = encode()
