@@ -239,7 +239,7 @@ def test_bf16_program_keeps_convs_in_bf16_and_statistics_in_float32():
     kernels = [k for k, v in flatten_dict(model.params).items() if k[-1] == "kernel" and v.ndim == 4]
     encoder = sum(k[0] == "encoder" for k in kernels)
     # In traced order: the encoder's convs in bf16 except its last, which with quant_conv decides the
-    # codes and stays float32 (blocks.Encoder); then post_quant_conv and the decoder in bf16.
+    # codes and stays float32 (blocks.FLOAT32_CONVS); then post_quant_conv and the decoder in bf16.
     bf16, f32 = ("bfloat16", "bfloat16"), ("float32", "float32")
     expected = [bf16] * (encoder - 1) + [f32, f32] + [bf16] * (len(kernels) - encoder - 1)
     assert by_kind["conv_general_dilated"] == expected
@@ -267,11 +267,26 @@ def test_bf16_program_keeps_convs_in_bf16_and_statistics_in_float32():
 
 def test_bf16_model_casts_its_conv_weights_once_with_the_same_results():
     """A bf16 model called without ``params`` uses a cached copy of its weights with each conv's
-    kernel and bias already in that conv's compute dtype (conv_compute_dtypes): bit-identical
-    results to casting inside the call, rebuilt when ``model.params`` is replaced."""
+    kernel and bias already in that conv's compute dtype (blocks.conv_compute_dtype, the one place
+    the precision is declared; checked here against the dtypes the traced convs really compute in):
+    bit-identical results to casting inside the call, rebuilt when ``model.params`` is replaced."""
+    import flax.linen as nn
     from flax.traverse_util import flatten_dict
 
-    from vqgan_flax.models.blocks import conv_compute_dtypes
+    from vqgan_flax.models.blocks import Conv, UpsampleConv, conv_compute_dtype
+
+    def conv_compute_dtypes(module, params, *args):
+        dtypes = {}
+
+        def record(next_fun, call_args, call_kwargs, context):
+            conv = context.module
+            if context.method_name == "__call__" and isinstance(conv, (Conv, UpsampleConv, nn.Conv)):
+                dtypes[tuple(conv.path)] = jnp.dtype(conv.dtype or conv.param_dtype)
+            return next_fun(*call_args, **call_kwargs)
+
+        with nn.intercept_methods(record):
+            jax.eval_shape(lambda p, *a: module.apply({"params": p}, *a), params, *args)
+        return dtypes
 
     config = VQGANConfig.from_preset("tiny")
     model = FlaxVQGANModel(config, dtype=jnp.bfloat16)
@@ -284,6 +299,7 @@ def test_bf16_model_casts_its_conv_weights_once_with_the_same_results():
     conv_paths = {k[:-1] for k, v in flatten_dict(model.params).items() if k[-1] == "kernel"}
     assert set(dtypes) == conv_paths
     assert {k for k, d in dtypes.items() if d == jnp.float32} == {("encoder", "conv_out"), ("quant_conv",)}
+    assert all(conv_compute_dtype(path, model.dtype) == dtype for path, dtype in dtypes.items())
     cached = model.encode(x)
     inside = model.encode(x, params=model.params)  # float32 weights, cast inside the program
     assert np.array_equal(np.asarray(cached.indices), np.asarray(inside.indices))

@@ -21,7 +21,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.typing import ArrayLike
 
 from ..conversion import check_weights, load_lwm_checkpoint
-from ..models.blocks import conv_compute_dtypes
+from ..models.blocks import conv_compute_dtype
 from ..models.configuration import VQGANConfig
 from ..models.input_checks import check_indices, check_pixels
 from ..models.module import FlaxVQGANModule, torch_style_init
@@ -335,14 +335,15 @@ class FlaxVQGANMixin:
         cached = getattr(self, "_cast_params", None)
         if cached is not None and cached[0] is params:
             return cached[1]
-        side = self.config.downsampling_factor
-        sample = jax.ShapeDtypeStruct((1, side, side, self.config.in_channels), jnp.float32)
-        dtypes = conv_compute_dtypes(self.module, params, sample)
+        # A conv is a parameter folder with a kernel (GroupNorms have scale and bias, the codebook an
+        # embedding); its kernel and bias take the dtype blocks.conv_compute_dtype declares.
+        convs = {k[:-1] for k in flatten_dict(flax.core.unfreeze(params)) if k[-1] == "kernel"}
 
         def cast(path: tuple, leaf: jax.Array) -> jax.Array:
             names = tuple(str(getattr(p, "key", p)) for p in path)
-            dtype = dtypes.get(names[:-1])
-            return leaf.astype(dtype) if dtype is not None and names[-1] in ("kernel", "bias") else leaf
+            if names[:-1] in convs and names[-1] in ("kernel", "bias"):
+                return leaf.astype(conv_compute_dtype(names[:-1], self.dtype))
+            return leaf
 
         # Called inside a caller's jit, the cast would be traced; the cache must hold arrays.
         with jax.ensure_compile_time_eval():

@@ -17,6 +17,7 @@ from ..kernels.cpu import conv2d, group_norm, upsample_conv
 from .configuration import VQGANConfig
 
 __all__ = [
+    "FLOAT32_CONVS",
     "AttnBlock",
     "Conv",
     "Decoder",
@@ -29,7 +30,7 @@ __all__ = [
     "Upsample",
     "UpsampleConv",
     "UpsamplingBlock",
-    "conv_compute_dtypes",
+    "conv_compute_dtype",
 ]
 
 
@@ -112,21 +113,19 @@ class UpsampleConv(nn.Module):
         return upsample_conv(hidden_states, kernel) + bias
 
 
-def conv_compute_dtypes(module: nn.Module, params: Any, *args: Any, **kwargs: Any) -> Dict[Tuple[str, ...], jnp.dtype]:
-    """The dtype each convolution of ``module.apply({"params": params}, *args, **kwargs)`` computes
-    in, keyed by its parameter path (``("encoder", "conv_in")``). Found by tracing the call with
-    ``jax.eval_shape`` (nothing is computed; ``params`` and ``args`` may be shape structs)."""
-    dtypes = {}
+# The model's precision, decided here once: every convolution computes in the model's dtype except
+# these, which stay float32 in every dtype. The latents decide the codes, and the last encoder conv
+# and quant_conv are cheap (token resolution); float32 there keeps a bf16 model's codes closer to
+# the float32 model's (benchmarks/bf16_agreement.py measures how close). GroupNorm statistics,
+# softmax and the codebook distances are float32 everywhere (GroupNorm, AttnBlock, the
+# quantizers); a GroupNorm's output takes the dtype of the conv it feeds.
+FLOAT32_CONVS = frozenset({("encoder", "conv_out"), ("quant_conv",)})
 
-    def record(next_fun: Any, call_args: tuple, call_kwargs: dict, context: Any) -> Any:
-        conv = context.module
-        if context.method_name == "__call__" and isinstance(conv, (Conv, UpsampleConv, nn.Conv)):
-            dtypes[tuple(conv.path)] = jnp.dtype(conv.dtype or conv.param_dtype)
-        return next_fun(*call_args, **call_kwargs)
 
-    with nn.intercept_methods(record):
-        jax.eval_shape(lambda p, *a: module.apply({"params": p}, *a, **kwargs), params, *args)
-    return dtypes
+def conv_compute_dtype(path: Tuple[str, ...], dtype: Any) -> jnp.dtype:
+    """The dtype the convolution at parameter path ``path`` (``("encoder", "conv_in")``) computes in,
+    in a model of compute dtype ``dtype``: what the blocks build and the bf16 weight cache casts to."""
+    return jnp.dtype(jnp.float32 if tuple(path) in FLOAT32_CONVS else dtype)
 
 
 class Upsample(nn.Module):
@@ -350,16 +349,15 @@ class Encoder(nn.Module):
         )
         self.norm_out = _group_norm(cfg.norm_num_groups, param_dtype=self.param_dtype)
         out_channels = 2 * cfg.z_channels if cfg.double_z else cfg.z_channels
-        # The latents decide the codes: the last conv (cheap, at token resolution) stays float32
-        # in every dtype, which raised bf16's index agreement with float32 from 93% to 95%.
-        self.conv_out = _conv(out_channels, 3, dtype=jnp.float32, param_dtype=self.param_dtype)
+        out_dtype = conv_compute_dtype(("encoder", "conv_out"), self.dtype)  # float32: FLOAT32_CONVS
+        self.conv_out = _conv(out_channels, 3, dtype=out_dtype, param_dtype=self.param_dtype)
 
     def __call__(self, pixel_values: jax.Array, deterministic: bool = True) -> jax.Array:
         hidden_states = self.conv_in(pixel_values.astype(self.dtype))
         for level in self.down:
             hidden_states = level(hidden_states, deterministic=deterministic)
         hidden_states = self.mid(hidden_states, deterministic=deterministic)
-        hidden_states = self.norm_out(hidden_states, out_dtype=jnp.float32, swish=True)
+        hidden_states = self.norm_out(hidden_states, out_dtype=self.conv_out.dtype, swish=True)
         return self.conv_out(hidden_states)
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from .blocks import Decoder, Encoder, _conv
+from .blocks import Decoder, Encoder, _conv, conv_compute_dtype
 from .configuration import VQGANConfig
 from .outputs import VQGANEncoderOutput, VQGANOutput, indices_to_grid
 from .quantizers import GumbelQuantizer, QuantizerOutput, VectorQuantizer
@@ -36,9 +36,8 @@ class FlaxVQGANModule(nn.Module):
         cfg = self.config
         self.encoder = Encoder(cfg, dtype=self.dtype, param_dtype=self.param_dtype)
         self.decoder = Decoder(cfg, dtype=self.dtype, param_dtype=self.param_dtype)
-        self.quant_conv = _conv(
-            cfg.embed_dim, 1, dtype=jnp.float32, param_dtype=self.param_dtype
-        )  # float32: see Encoder.conv_out
+        quant_dtype = conv_compute_dtype(("quant_conv",), self.dtype)  # float32: blocks.FLOAT32_CONVS
+        self.quant_conv = _conv(cfg.embed_dim, 1, dtype=quant_dtype, param_dtype=self.param_dtype)
         self.post_quant_conv = _conv(cfg.z_channels, 1, dtype=self.dtype, param_dtype=self.param_dtype)
         self.quantize: Union[GumbelQuantizer, VectorQuantizer]
         if cfg.quantizer == "gumbel":
