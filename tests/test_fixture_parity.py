@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from utils import FIXTURES, TAMING_CASES, assert_close, nchw_to_nhwc
+from utils import FIXTURES, TAMING_CASES, assert_close, nchw_to_nhwc, require_torch_reference
 
 from vqgan_flax import FlaxVQGANModel
 from vqgan_flax.cli.convert import main as convert_main
@@ -84,18 +84,13 @@ def test_vqganjax_config_loads_unchanged():
 def test_taming_fixtures_come_from_the_committed_generator():
     """scripts/make_taming_fixtures.py --check remakes every taming case with taming's own VQModel /
     GumbelVQ: weights, inputs and indices bit for bit, the float outputs to float32 rounding."""
-    import os
     import pathlib
     import subprocess
     import sys
 
-    try:
-        import pytorch_lightning  # noqa: F401  (taming's VQModel subclasses its LightningModule)
-        import taming
-    except ImportError as error:
-        if os.environ.get("VQGAN_FLAX_REQUIRE_TORCH") == "1":
-            pytest.fail(f"VQGAN_FLAX_REQUIRE_TORCH=1 but the generator's reference does not import: {error}")
-        pytest.skip(f"needs taming and pytorch-lightning ({error})")
+    require_torch_reference("pytorch_lightning")  # taming's VQModel subclasses its LightningModule
+    import taming
+
     root = FIXTURES.parent.parent
     package = pathlib.Path(taming.__file__).parent
     result = subprocess.run([sys.executable, "scripts/make_taming_fixtures.py", "--taming", str(package), "--check"],

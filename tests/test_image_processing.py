@@ -117,3 +117,14 @@ def test_processor_for_model_reads_the_folder_then_the_overrides(tmp_path):
     for bad in ([1.0, -1.0], [0.0, 0.0], [float("nan"), float("nan")]):
         with pytest.raises(ValueError, match=r"pixel_range must be \(low, high\) with low < high"):
             processor_for_model(model, pixel_range=bad)
+        with pytest.raises(ValueError, match=r"pixel_range must be \(low, high\) with low < high"):
+            VQGANImageProcessor(pixel_range=bad)  # the constructor applies the same rule
+
+
+def test_checked_pixel_range_names_what_it_checks():
+    from vqgan_flax.data.processing import checked_pixel_range
+
+    assert checked_pixel_range((0, 1)) == [0.0, 1.0] and checked_pixel_range(["-1", 1.0]) == [-1.0, 1.0]
+    for bad in ([1, 0], [0.5], [0, 1, 2], ["a", 1], [float("nan"), 1.0]):
+        with pytest.raises(ValueError, match=r"^t.npz: recorded pixel_range must be \(low, high\) with low < high"):
+            checked_pixel_range(bad, "t.npz: recorded pixel_range")

@@ -582,6 +582,9 @@ def test_decode_refuses_a_recorded_pixel_range_that_is_no_range(tiny, folder, tm
         code, _, err = _run(capsys, "decode", tmp_path / "bad.npz", "--out", tmp_path / "png", "--model", tiny)
         assert code == 1 and f"{tmp_path / 'bad.npz'}: recorded pixel_range" in err, err
         assert not (tmp_path / "png").exists()
+    code, _, err = _run(capsys, "decode", tmp_path / "bad.npz", "--out", tmp_path / "png", "--model", tiny,
+                        "--pixel-range", "1", "0")  # fmt: skip
+    assert code == 1 and "--pixel-range LOW HIGH must be (low, high) with low < high; got [1.0, 0.0]" in err, err
     # --pixel-range given: the user's range is used instead
     code, _, err = _run(capsys, "decode", tmp_path / "bad.npz", "--out", tmp_path / "png", "--model", tiny,
                         "--pixel-range", "-1", "1", "--quiet")  # fmt: skip

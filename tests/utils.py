@@ -75,13 +75,16 @@ def random_lpips_state_dict(seed: int = 0) -> dict:
     return state
 
 
-def require_torch_reference() -> None:
-    """Skip the calling test (or module) when torch or taming's modules do not import; with
-    ``VQGAN_FLAX_REQUIRE_TORCH=1`` (the legacy stack in CI, where they are installed) fail instead,
-    so a broken install never hides behind a skip."""
+def require_torch_reference(*also: str) -> None:
+    """Skip the calling test (or module) when torch or taming's modules (or the modules named in
+    ``also``) do not import; with ``VQGAN_FLAX_REQUIRE_TORCH=1`` (the legacy stack in CI, where they
+    are installed) fail instead, so a broken install never hides behind a skip."""
     try:
         import taming.modules.diffusionmodules.model  # noqa: F401
         import torch
+
+        for name in also:
+            importlib.import_module(name)
     except ImportError as error:
         if os.environ.get("VQGAN_FLAX_REQUIRE_TORCH") == "1":
             pytest.fail(f"VQGAN_FLAX_REQUIRE_TORCH=1 but the PyTorch reference does not import: {error}", pytrace=False)

@@ -60,11 +60,10 @@ def image_processor(args: argparse.Namespace, model: Any, recorded_range: Option
     and taming's [-1, 1]; then ``--size`` and ``--pixel-range`` override (else ``recorded_range``,
     the range a token file was made with). Every image the commands read or write goes through it
     (geometry, value range, and back to uint8)."""
-    from ..data.processing import processor_for_model
+    from ..data.processing import checked_pixel_range, processor_for_model
 
     given = getattr(args, "pixel_range", None)
-    if given and not given[0] < given[1]:
-        raise ValueError(f"--pixel-range {given[0]} {given[1]}: LOW must be below HIGH")
+    given = checked_pixel_range(given, "--pixel-range LOW HIGH") if given else None
     processor = processor_for_model(model, getattr(args, "size", None), given or recorded_range)
     if processor.output_size is None:
         where = model.source.name if model.source is not None else "the model's image processor"

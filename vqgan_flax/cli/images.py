@@ -87,10 +87,12 @@ def cmd_decode(args: argparse.Namespace) -> None:
     check_output_folder(args.out)
     source = open_tokens(args.tokens)
     model = _decode_model(args, source)
+    from ..data.processing import checked_pixel_range
+
     # As the tokens were made, whatever the folder says now.
     recorded = source.metadata.get("pixel_range") or None
-    if recorded is not None and not args.pixel_range and not (len(recorded) == 2 and recorded[0] < recorded[1]):
-        raise ValueError(f"{args.tokens}: recorded pixel_range {recorded} is not (low, high) with low < high")
+    if recorded is not None and not args.pixel_range:
+        recorded = checked_pixel_range(recorded, f"{args.tokens}: recorded pixel_range")
     processor = image_processor(args, model, recorded)
     _check_made_by(args, source, model)
     for key, grid in source.rows():  # every row checked before anything is written

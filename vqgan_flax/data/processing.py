@@ -45,9 +45,7 @@ class VQGANImageProcessor(BaseImageProcessor):
         self.size = dict(size or {"shortest_edge": 256})
         self.do_center_crop = do_center_crop
         self.crop_size = dict(crop_size or {"height": 256, "width": 256})
-        if len(pixel_range) != 2 or pixel_range[0] >= pixel_range[1]:
-            raise ValueError(f"pixel_range must be (low, high) with low < high; got {pixel_range!r}")
-        self.pixel_range = [float(v) for v in pixel_range]
+        self.pixel_range = checked_pixel_range(pixel_range)
 
     def _to_pil(self, image: Any):
         from PIL import Image
@@ -122,6 +120,18 @@ def _resize_crop(image: Any, edge: int, height: Optional[int], width: Optional[i
 __all__: Tuple[str, ...] = ("VQGANImageProcessor",)
 
 
+def checked_pixel_range(values: Sequence[float], what: str = "pixel_range") -> List[float]:
+    """``values`` as ``[low, high]`` floats; refused, naming ``what`` (a file's field, an option),
+    unless they are two numbers with low < high (NaN fails the comparison, so it is refused too)."""
+    try:
+        low, high = (float(v) for v in values)
+    except (TypeError, ValueError):
+        low = high = float("nan")
+    if not low < high:
+        raise ValueError(f"{what} must be (low, high) with low < high; got {list(values)!r}")
+    return [low, high]
+
+
 def processor_for_model(
     model: Any, size: Optional[int] = None, pixel_range: Optional[Sequence[float]] = None
 ) -> VQGANImageProcessor:
@@ -148,8 +158,5 @@ def processor_for_model(
         processor.size = {"shortest_edge": int(size)}
         processor.crop_size = {"height": int(size), "width": int(size)}
     if pixel_range is not None:
-        low, high = (float(v) for v in pixel_range)
-        if not low < high:  # NaN included
-            raise ValueError(f"pixel_range must be (low, high) with low < high; got {list(pixel_range)!r}")
-        processor.pixel_range = [low, high]
+        processor.pixel_range = checked_pixel_range(pixel_range)
     return processor
