@@ -18,10 +18,11 @@ def compile_caches(tmp_path_factory) -> dict:
     xdist workers included (their base folders share a parent), which the harnesses keep
     (``harness.compile_caches``). The speed harness and the float32 op profile compile the same
     tiny model at 16² on the torch side; whichever runs second starts warm."""
+    import harness
+
     base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    return {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(shared / "inductor"),
-            "JAX_COMPILATION_CACHE_DIR": str(shared / "jax")}  # fmt: skip
+    env, _ = harness.compile_caches(str(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base))
+    return env
 
 
 def test_parity_demo(tmp_path):
