@@ -94,14 +94,14 @@ def made_by(path: pathlib.Path) -> dict:
         digest.update(str(file.relative_to(path)).encode() + b"\0" + file.read_bytes())
     # A commit only for a checkout of taming itself (not for a repository the package sits inside).
     top = subprocess.run(["git", "-C", str(path), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
-    git = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True)
-    if top.returncode != 0 or pathlib.Path(top.stdout.strip()).resolve() not in (path.resolve(), path.resolve().parent):
-        git.returncode = 1
+    commit = None
+    if top.returncode == 0 and pathlib.Path(top.stdout.strip()).resolve() in (path.resolve(), path.resolve().parent):
+        commit = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     version = None
     for info in path.parent.glob("taming_transformers*.dist-info"):
         version = info.name.removesuffix(".dist-info")
-    return {"taming": str(path), "commit": git.stdout.strip() if git.returncode == 0 else None,
-            "package": version, "sources_sha256": digest.hexdigest()[:16]}  # fmt: skip
+    return {"taming": str(path), "commit": commit.strip() if commit else None, "package": version,
+            "sources_sha256": digest.hexdigest()[:16]}  # fmt: skip
 
 
 def model_yaml(case: str) -> dict:
