@@ -119,6 +119,7 @@ def make_case(case: str, out: pathlib.Path) -> None:
     import yaml
     from safetensors.torch import save_file
 
+    from vqgan_flax.testing.fixtures import uniform_inputs
     from vqgan_flax.testing.taming_reference import randomize_
 
     kind, seed, _, _, shape, with_safetensors = CASES[case]
@@ -126,7 +127,7 @@ def make_case(case: str, out: pathlib.Path) -> None:
     target = importlib.import_module("taming.models.vqgan")
     model = randomize_(getattr(target, kind)(**config["model"]["params"]), seed)
     torch.use_deterministic_algorithms(True)
-    pixels = np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
+    (pixels,) = uniform_inputs(seed, shape)
     with torch.no_grad():
         z = model.quant_conv(model.encoder(torch.from_numpy(pixels)))
         if kind == "GumbelVQ":  # the noise-free path (taming draws Gumbel noise even in eval mode)
@@ -181,23 +182,9 @@ def compare(made: pathlib.Path, committed: pathlib.Path) -> tuple:
     import torch
     import yaml
 
-    problems, largest = [], 0.0
-    for name in ("inputs.npz", "expected.npz"):
-        mine, theirs = np.load(made / name), np.load(committed / name)
-        if sorted(mine.files) != sorted(theirs.files):
-            problems.append(f"{name}: arrays {sorted(mine.files)} against {sorted(theirs.files)}")
-        for key in [k for k in theirs.files if k in mine.files]:
-            a, b = mine[key], theirs[key]
-            if a.dtype != b.dtype or a.shape != b.shape:
-                problems.append(f"{name}[{key}]: {a.dtype} {a.shape} against {b.dtype} {b.shape}")
-            elif name == "inputs.npz" or a.dtype.kind != "f":
-                if not np.array_equal(a, b):
-                    problems.append(f"{name}[{key}] differs (bit for bit expected)")
-            else:
-                difference = float(np.abs(a.astype(np.float64) - b).max())
-                largest = max(largest, difference)
-                if difference > FLOAT_ATOL:
-                    problems.append(f"{name}[{key}] differs by {difference:.2e} (> {FLOAT_ATOL:g})")
+    from vqgan_flax.testing.fixtures import compare_case_arrays
+
+    problems, largest = compare_case_arrays(made, committed, FLOAT_ATOL)
     if yaml.safe_load((made / "model.yaml").read_text()) != yaml.safe_load((committed / "model.yaml").read_text()):
         problems.append("model.yaml says something else")
     mine = torch.load(made / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]

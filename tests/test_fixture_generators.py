@@ -1,0 +1,187 @@
+"""The fixtures in tests/fixtures follow their generators: the weight and input rules (checked here
+without the reference code), the comparison the generators' ``--check`` applies, and, where the
+vqgan-jax and LWM checkouts are given, a full remake with those projects' code."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax.serialization import msgpack_restore
+from flax.traverse_util import flatten_dict
+from utils import FIXTURES, load_script
+
+from vqgan_flax.testing.fixtures import (
+    compare_arrays,
+    compare_case_arrays,
+    compare_trees,
+    draw_flax_params,
+    reference_source,
+    uniform_inputs,
+)
+
+ROOT = FIXTURES.parent.parent
+RECORD = ROOT / "benchmarks" / "results" / "fixture_check.json"
+DRAWN_WITH_JAX = "0.10.2"  # the legacy stack's, which made the fixtures
+
+
+def _committed_weights(case: str) -> dict:
+    if case == "lwm":
+        return flatten_dict(pickle.loads((FIXTURES / "lwm" / "vqgan").read_bytes()))  # our own committed file
+    return flatten_dict(msgpack_restore((FIXTURES / case / "checkpoint" / "flax_model.msgpack").read_bytes()))
+
+
+@pytest.mark.parametrize(("case", "seed", "codebook"), [("vqganjax", 3, "embedding"), ("lwm", 4, "embeddings")])
+def test_flax_fixture_weights_are_the_documented_draw(case, seed, codebook):
+    """Every committed weight is draw_flax_params' value bit for bit (one key per leaf in sorted
+    order, the README's scale per role): change a scale or the key order and this fails."""
+    committed = _committed_weights(case)
+    drawn = draw_flax_params({path: value.shape for path, value in committed.items()}, seed, codebook)
+    if jax.__version__ == DRAWN_WITH_JAX:
+        assert compare_trees(drawn, committed, case) == []
+    for path, value in committed.items():  # later jax rounds normal()'s inverse erf differently in the last bit
+        np.testing.assert_allclose(drawn[path], value, rtol=1e-5, atol=0, err_msg="/".join(path))
+
+
+def test_old_layout_holds_the_same_draw_with_groupnorm_reshaped():
+    new, old = _committed_weights("vqganjax"), _committed_weights("vqganjax_old_layout")
+    reshaped = [path for path in old if old[path].shape != new[path].shape]
+    assert len(reshaped) == 66 and all(old[path].shape == (1, 1, 1, new[path].shape[0]) for path in reshaped)
+    assert compare_trees({path: value.reshape(new[path].shape) for path, value in old.items()}, new, "old") == []
+
+
+def test_fixture_inputs_are_the_documented_draw():
+    (pixels,) = uniform_inputs(3, (2, 32, 32, 3))
+    np.testing.assert_array_equal(pixels, np.load(FIXTURES / "vqganjax" / "inputs.npz")["pixel_values"])
+    image, video = uniform_inputs(4, (2, 32, 32, 3), (1, 2, 32, 32, 3))  # one generator, one after the other
+    lwm = np.load(FIXTURES / "lwm" / "inputs.npz")
+    np.testing.assert_array_equal(image, lwm["image"])
+    np.testing.assert_array_equal(video, lwm["video"])
+    (taming,) = uniform_inputs(0, (2, 3, 32, 32))
+    np.testing.assert_array_equal(taming, np.load(FIXTURES / "taming_vq" / "inputs.npz")["pixel_values"])
+
+
+def test_draw_refuses_a_leaf_without_a_rule():
+    with pytest.raises(ValueError, match=r"encoder/alpha: no drawing rule for a leaf named 'alpha'"):
+        draw_flax_params({("encoder", "alpha"): (3,)}, 0, codebook="embedding")
+
+
+def test_compare_case_arrays_names_what_differs(tmp_path):
+    made = tmp_path / "made"
+    shutil.copytree(FIXTURES / "vqganjax", made, ignore=shutil.ignore_patterns("checkpoint"))
+    assert compare_case_arrays(made, FIXTURES / "vqganjax", 1e-5) == ([], 0.0)
+    expected = dict(np.load(made / "expected.npz"))
+    expected["decoded"] = expected["decoded"] + np.float32(2e-5)  # beyond the tolerance
+    expected["reconstruction"] = expected["reconstruction"] + np.float32(5e-6)  # within it: reported, not refused
+    expected["indices"] = expected["indices"].copy()
+    expected["indices"][0, 0] += 1
+    del expected["z"]
+    np.savez(made / "expected.npz", **expected)
+    pixels = np.load(made / "inputs.npz")["pixel_values"].copy()
+    pixels[0, 0, 0, 0] = np.nextafter(pixels[0, 0, 0, 0], np.float32(2))  # one ulp: inputs must be exact
+    np.savez(made / "inputs.npz", pixel_values=pixels)
+    problems, largest = compare_case_arrays(made, FIXTURES / "vqganjax", 1e-5)
+    assert problems[0] == "inputs.npz[pixel_values] differs (bit for bit expected)"
+    assert any(p.startswith("expected.npz: arrays [") for p in problems)
+    assert any(p.startswith("expected.npz[decoded] differs by 2.0") for p in problems)
+    assert "expected.npz[indices] differs (bit for bit expected)" in problems
+    assert not any(p.startswith("expected.npz[reconstruction]") for p in problems) and 4e-6 < largest < 2.5e-5
+    np.savez(made / "inputs.npz", pixel_values=pixels.astype(np.float64))
+    assert compare_arrays(made / "inputs.npz", FIXTURES / "vqganjax" / "inputs.npz", None)[0] == [
+        "inputs.npz[pixel_values]: float64 (2, 32, 32, 3) against float32 (2, 32, 32, 3)"
+    ]
+
+
+def test_compare_trees_names_the_leaf():
+    tree = {("a", "kernel"): np.zeros((2, 2), np.float32), ("a", "bias"): np.zeros(2, np.float32)}
+    assert compare_trees(dict(tree), tree, "w") == []
+    changed = {("a", "kernel"): np.ones((2, 2), np.float32), ("b", "bias"): np.zeros(2, np.float32)}
+    assert compare_trees(changed, tree, "w") == [
+        "w: a/bias missing",
+        "w: b/bias not in the committed tree",
+        "w: a/kernel differs (float32 (2, 2) against float32 (2, 2))",
+    ]
+
+
+def test_reference_source_names_a_checkout_commit_only_at_its_top(tmp_path):
+    checkout = tmp_path / "reference"
+    (checkout / "pkg").mkdir(parents=True)
+    (checkout / "pkg" / "model.py").write_text("x = 1\n")
+    git = ["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "reference"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    source = reference_source(checkout, [checkout / "pkg" / "model.py"])
+    assert source["commit"] == head and len(source["sources_sha256"]) == 16
+    inside = reference_source(checkout / "pkg", [checkout / "pkg" / "model.py"])
+    assert inside["commit"] is None and inside["sources_sha256"] != source["sources_sha256"]  # other relative name
+    (checkout / "pkg" / "model.py").write_text("x = 2\n")
+    assert reference_source(checkout, [checkout / "pkg" / "model.py"])["sources_sha256"] != source["sources_sha256"]
+
+
+def test_flax_generator_refuses_a_folder_that_is_not_the_reference(tmp_path):
+    script = load_script("make_flax_fixtures")
+    with pytest.raises(SystemExit, match=r"--vqgan-jax .*: no vqgan_jax/modeling_flax_vqgan.py there"):
+        script.import_vqgan_jax(tmp_path)
+    with pytest.raises(SystemExit, match=r"--lwm .*: no lwm/vqgan.py there"):
+        script.import_lwm(tmp_path)
+
+
+def test_fixture_check_record_is_clean_and_names_the_references():
+    """The committed --check record: from a clean tree, every case without a problem, and the
+    reference commits the fixtures README names."""
+    record = json.loads(RECORD.read_text())
+    assert record["dirty"] is False and len(record["commit"]) == 40
+    assert record["command"].startswith("python scripts/make_flax_fixtures.py")
+    assert {case: result["problems"] for case, result in record["cases"].items()} == {
+        "vqganjax": [],
+        "vqganjax_old_layout": [],
+        "lwm": [],
+    }
+    readme = (FIXTURES / "README.md").read_text()
+    for reference in ("vqgan-jax", "lwm"):
+        assert record["references"][reference]["commit"][:12] in readme, reference
+
+
+@pytest.mark.skipif(
+    not (os.environ.get("VQGAN_FLAX_VQGANJAX_CHECKOUT") and os.environ.get("VQGAN_FLAX_LWM_CHECKOUT")),
+    reason="needs checkouts of vqgan-jax and LWM (VQGAN_FLAX_VQGANJAX_CHECKOUT, VQGAN_FLAX_LWM_CHECKOUT): "
+    "neither project is on PyPI",
+)
+def test_flax_fixtures_come_from_the_committed_generator():
+    """scripts/make_flax_fixtures.py --check remakes every vqgan-jax and LWM case with their code."""
+    pytest.importorskip("ml_collections", reason="LWM's model file imports ml_collections")
+    argv = ["--vqgan-jax", os.environ["VQGAN_FLAX_VQGANJAX_CHECKOUT"], "--lwm", os.environ["VQGAN_FLAX_LWM_CHECKOUT"]]
+    result = subprocess.run([sys.executable, "scripts/make_flax_fixtures.py", *argv, "--check"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.split(":")[0] in ("vqganjax", "vqganjax_old_layout",
+                                                                                    "lwm")]  # fmt: skip
+    assert len(lines) == 3 and all("bit for bit" in line for line in lines), lines
+
+
+def test_flax_generator_check_fails_on_a_changed_fixture(tmp_path):
+    """compare_case, the generator's own comparison, refuses a committed case whose weight, config or
+    output changed (the remade case here is the committed one, so only the change can differ)."""
+    script = load_script("make_flax_fixtures")
+    for case in ("vqganjax", "lwm"):
+        assert script.compare_case(case, FIXTURES / case, FIXTURES / case) == ([], 0.0)
+    changed = tmp_path / "lwm"
+    shutil.copytree(FIXTURES / "lwm", changed)
+    tree = pickle.loads((changed / "vqgan").read_bytes())
+    tree["quantize"]["embeddings"] = tree["quantize"]["embeddings"].copy()
+    tree["quantize"]["embeddings"][0, 0] += 1
+    (changed / "vqgan").write_bytes(pickle.dumps(tree))
+    config = json.loads((changed / "config.json").read_text())
+    (changed / "config.json").write_text(json.dumps({**config, "z_channels": 4}))
+    problems, _ = script.compare_case("lwm", changed, FIXTURES / "lwm")
+    assert problems == ["lwm/vqgan: quantize/embeddings differs (float32 (64, 8) against float32 (64, 8))",
+                        "lwm/config.json says something else"]  # fmt: skip

@@ -1,0 +1,115 @@
+"""The rules behind ``tests/fixtures``: how their random Flax weights are drawn, how a remade case is
+compared with the committed one, and how a reference checkout is named in a record.
+
+The fixture generators in ``scripts/`` run other projects' code (taming, vqgan-jax, LWM) to make
+the fixtures; what they share — the weight rule of ``tests/fixtures/README.md`` and the comparison
+their ``--check`` applies — lives here, so that a test can hold the committed weights to the rule
+without the reference code. May import: numpy, jax (nothing of the package).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import subprocess
+from typing import Iterable, Mapping, Optional
+
+import numpy as np
+
+# The 1x1 convolutions next to the quantizer are drawn at N(0, 1) / sqrt(fan_in), not 0.05 N(0, 1),
+# so that the latents spread over the codebook (see tests/fixtures/README.md).
+NEAR_QUANTIZER = ("quant_conv", "post_quant_conv")
+
+
+def draw_flax_params(shapes: Mapping[tuple, tuple], seed: int, codebook: str) -> dict:
+    """Random weights for a Flax parameter tree given flat (``path tuple -> shape``): one
+    ``jax.random`` key per leaf, split from ``PRNGKey(seed)`` in sorted path order, and the scale of
+    ``tests/fixtures/README.md`` by the leaf's role (``codebook`` is the codebook leaf's name).
+    Returns ``path tuple -> float32 numpy array``."""
+    import jax
+    import jax.numpy as jnp
+
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(shapes))
+    drawn = {}
+    for key, path in zip(keys, sorted(shapes)):
+        unit = jax.random.normal(key, tuple(shapes[path]), jnp.float32)
+        leaf, owner = path[-1], path[-2] if len(path) > 1 else ""
+        if leaf == codebook:
+            value = unit
+        elif leaf == "scale":
+            value = 1 + 0.1 * unit
+        elif leaf == "bias" and "norm" in owner.lower():
+            value = 0.1 * unit
+        elif leaf == "bias":
+            value = 0.02 * unit
+        elif leaf == "kernel" and path[0] in NEAR_QUANTIZER:
+            value = unit / np.sqrt(np.prod(shapes[path][:-1]))
+        elif leaf == "kernel":
+            value = 0.05 * unit
+        else:
+            raise ValueError(f"{'/'.join(path)}: no drawing rule for a leaf named {leaf!r}")
+        drawn[path] = np.asarray(value, np.float32)
+    return drawn
+
+
+def uniform_inputs(seed: int, *shapes: tuple) -> list:
+    """The fixtures' inputs: float32 arrays uniform in [-1, 1], drawn one after another from
+    ``numpy.random.default_rng(seed)``."""
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(-1, 1, shape).astype(np.float32) for shape in shapes]
+
+
+def compare_case_arrays(made: pathlib.Path, committed: pathlib.Path, float_atol: float) -> tuple:
+    """``(problems, largest float difference)`` between a remade case folder and the committed one:
+    ``inputs.npz`` bit for bit, ``expected.npz`` as ``compare_arrays`` holds it."""
+    problems, _ = compare_arrays(made / "inputs.npz", committed / "inputs.npz", float_atol=None)
+    more, largest = compare_arrays(made / "expected.npz", committed / "expected.npz", float_atol)
+    return problems + more, largest
+
+
+def compare_arrays(made: pathlib.Path, committed: pathlib.Path, float_atol: Optional[float]) -> tuple:
+    """``(problems, largest float difference)`` between two ``.npz`` files: the same array names,
+    dtypes and shapes; integer arrays bit for bit, float arrays within ``float_atol`` (``None``:
+    bit for bit too). Each problem names the file and the array."""
+    problems, largest = [], 0.0
+    mine, theirs = np.load(made), np.load(committed)
+    if sorted(mine.files) != sorted(theirs.files):
+        problems.append(f"{committed.name}: arrays {sorted(mine.files)} against {sorted(theirs.files)}")
+    for key in [k for k in theirs.files if k in mine.files]:
+        a, b = mine[key], theirs[key]
+        if a.dtype != b.dtype or a.shape != b.shape:
+            problems.append(f"{committed.name}[{key}]: {a.dtype} {a.shape} against {b.dtype} {b.shape}")
+        elif float_atol is None or a.dtype.kind != "f":
+            if not np.array_equal(a, b):
+                problems.append(f"{committed.name}[{key}] differs (bit for bit expected)")
+        else:
+            difference = float(np.abs(a.astype(np.float64) - b).max())
+            largest = max(largest, difference)
+            if difference > float_atol:
+                problems.append(f"{committed.name}[{key}] differs by {difference:.2e} (> {float_atol:g})")
+    return problems, largest
+
+
+def compare_trees(made: Mapping[tuple, np.ndarray], committed: Mapping[tuple, np.ndarray], what: str) -> list:
+    """Problems between two flat parameter trees that must agree bit for bit (names, shapes, values)."""
+    problems = [f"{what}: {'/'.join(p)} missing" for p in sorted(set(committed) - set(made))]
+    problems += [f"{what}: {'/'.join(p)} not in the committed tree" for p in sorted(set(made) - set(committed))]
+    for path in sorted(set(made) & set(committed)):
+        a, b = np.asarray(made[path]), np.asarray(committed[path])
+        if a.dtype != b.dtype or a.shape != b.shape or not np.array_equal(a, b):
+            problems.append(f"{what}: {'/'.join(path)} differs ({a.dtype} {a.shape} against {b.dtype} {b.shape})")
+    return problems
+
+
+def reference_source(checkout: pathlib.Path, files: Iterable[pathlib.Path]) -> dict:
+    """What names a reference run: its folder, its git commit (only when ``checkout`` is the top of
+    a git work tree, not a folder inside another repository) and a hash of the files that ran."""
+    digest = hashlib.sha256()
+    for file in sorted(files):
+        digest.update(str(file.relative_to(checkout)).encode() + b"\0" + file.read_bytes())
+    top = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    commit = None
+    if top.returncode == 0 and pathlib.Path(top.stdout.strip()).resolve() == checkout.resolve():
+        head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
+        commit = head.stdout.strip() or None
+    return {"path": str(checkout), "commit": commit, "sources_sha256": digest.hexdigest()[:16]}
