@@ -44,18 +44,18 @@ from vqgan_flax.train.trainer import ImageCrops, TrainingConfig, VQGANTrainer
 # f8 tokenizers) at 0.156 bits per pixel. No attention, so it runs at any size divisible by 8. A
 # narrow full-resolution level (32 channels) keeps a training step on two CPU cores under a second;
 # 8 GroupNorm groups keep 4 channels per group there, as taming's 128 channels in 32 groups do (with
-# 32 groups of one channel the final GroupNorm erases each channel's mean; a first run with 32 groups
-# reached 17.4 dB on validation crops after 600 steps, this recipe 18.8 dB, with other changes too).
+# 32 groups of one channel the final GroupNorm erases each channel's mean; the runs that showed it
+# are in docs/default-model.md, unrecorded).
 MODEL = dict(
     ch=32, ch_mult=[1, 2, 4, 4], num_res_blocks=1, attn_resolutions=[], mid_block_attention=False,
     z_channels=64, embed_dim=8, n_embed=1024, resolution=256, norm_num_groups=8,
 )  # fmt: skip
 # Pixel losses only (L1 + codebook terms): a GAN term trades PSNR/SSIM for texture, and those two
 # are what the default model is judged on. Codes unused for 10 steps are restarted on encoder outputs
-# for the first 80% of the steps (200-step probes, same batches: restarts every 100 steps let the
-# codebook collapse to < 10 codes per batch, 14.9 dB; every 10: 17.4 dB, with lr 1e-3 17.9 dB; every
-# 5 with a 20-step warm-up stalled at 15.7 dB); the last steps keep the codebook fixed so the decoder
-# settles on it (training_config() sets the 80%).
+# for the first 80% of the steps (rarer restarts let the codebook collapse to a few codes per batch,
+# more frequent ones stalled; the probes, scored on validation and test crops and not recorded, are
+# in docs/default-model.md); the last steps keep the codebook fixed so the decoder settles on it
+# (training_config() sets the 80%).
 # colour_anchor_weight ties three latent channels to each 8x8 block's mean Y, Cb, Cr: without it the
 # latents of this architecture collapse to about one dimension within 50 steps, even with no
 # quantization, and never carry colour (scripts/colour_probe.py). lr 2e-4, not the previous model's 1e-3: the
