@@ -119,7 +119,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as err:  # one readable line, unless --debug
         if args.debug:
             raise
-        print(f"vqgan-flax {args.command}: error: {err}", file=sys.stderr)
+        print(f"vqgan-flax {args.command}: error: {str(err) or type(err).__name__}", file=sys.stderr)
         return 1
     return 0
 

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         config = _config_from_args(args)
         dropped = convert_taming_checkpoint(args.checkpoint, args.output, config, args.weights_format)
     except (CheckpointError, ConversionError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {str(err) or type(err).__name__}", file=sys.stderr)
         return 1
     print(f"dropped {dropped} loss.* entries (discriminator/LPIPS); wrote {args.output} ({args.weights_format})")
     return 0

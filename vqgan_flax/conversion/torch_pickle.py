@@ -22,9 +22,10 @@ import math
 import operator
 import os
 import pickle
+import struct
 import zipfile
 import zlib
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -94,12 +95,18 @@ def _inert_class(module: str, name: str) -> type:
 
 
 class _Storage:
-    """A tensor storage read from the archive. Only ``persistent_load`` makes these, so a pickle
-    cannot hand ``_rebuild_tensor`` a buffer of its own making."""
+    """A token for a tensor storage read from the archive. Only ``persistent_load`` makes these, and
+    the bytes stay with the unpickler that read them (looked up by the token's identity), so a
+    pickle can neither hand the tensor rebuilder a buffer of its own making nor replace a storage's
+    contents (``BUILD`` on a token is refused)."""
 
-    def __init__(self, key: str, data: np.ndarray) -> None:
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
         self.key = key
-        self.data = data
+
+    def __setstate__(self, state: Any) -> None:
+        raise CheckpointError(f"storage {self.key}: the pickle tries to set a storage's state")
 
 
 def _index(value: Any, what: str) -> int:
@@ -122,38 +129,6 @@ class _StorageType:
         self.dtype = np.dtype(_STORAGE_DTYPES[name])
 
 
-def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *unused: Any) -> np.ndarray:
-    """torch._utils._rebuild_tensor_v2, producing an owned numpy array; the view is checked to lie
-    inside the storage before numpy reads it (``as_strided`` itself checks nothing)."""
-    if not isinstance(storage, _Storage):
-        raise CheckpointError(f"a tensor's storage is a {type(storage).__name__}, not a storage of the archive")
-    what = f"tensor on storage {storage.key}"
-    if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)) or len(size) != len(stride):
-        raise CheckpointError(f"{what}: size {size!r} and stride {stride!r} must be sequences of one length")
-    offset = _index(offset, f"{what}: offset")
-    size = tuple(_index(n, f"{what}: size") for n in size)
-    stride = tuple(_index(n, f"{what}: stride") for n in stride)
-    data = storage.data
-    count = math.prod(size)
-    if count > data.size:
-        # Also refuses stride-0 expansions: weights are never expanded views, and a few bytes
-        # must not be able to ask for gigabytes.
-        raise CheckpointError(f"{what}: size {size} has {count} elements, its storage holds {data.size}")
-    if count == 0:
-        return np.zeros(size, data.dtype)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-    if last >= data.size:
-        raise CheckpointError(
-            f"{what}: offset {offset}, size {size} and stride {stride} reach element {last}, "
-            f"past the storage's {data.size} elements"
-        )
-    itemsize = data.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(
-        data[offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
-    )
-    return np.array(view)
-
-
 def _rebuild_parameter(data: np.ndarray, *unused: Any) -> np.ndarray:
     return data
 
@@ -166,32 +141,33 @@ def _numpy_dtype(spec: Any, *args: Any) -> np.dtype:
     return dtype
 
 
+class _NdarrayClass:
+    """``numpy.ndarray`` as a pickle names it: only an argument of ``_reconstruct``. Called, the
+    real class would hand back uninitialised memory of any size the pickle asks for."""
+
+    def __call__(self, *args: Any) -> None:
+        raise CheckpointError("refusing to call numpy.ndarray (it would return uninitialised memory)")
+
+
+_NDARRAY = _NdarrayClass()
+
+
 def _numpy_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     # numpy pickles an array as an empty one (shape (0,)) filled in by ndarray.__setstate__,
     # which checks the data's length against the shape; a non-empty start would allocate
     # whatever the file asks for.
-    if subtype is not np.ndarray:
+    if subtype is not _NDARRAY:
         raise CheckpointError(f"refusing to rebuild an array of type {subtype!r}")
     if not isinstance(shape, (tuple, list)) or any(_index(n, "array shape") for n in shape):
         raise CheckpointError(f"refusing to rebuild an array of initial shape {shape!r} (numpy pickles (0,))")
     return np.ndarray.__new__(np.ndarray, tuple(shape), dtype)
 
 
-def _numpy_scalar(dtype: np.dtype, data: bytes) -> np.ndarray:
-    return np.frombuffer(data, dtype=_numpy_dtype(dtype.str))[0]
-
-
-def _latin1_bytes(text: Any, encoding: str = "latin1") -> bytes:
-    """``_codecs.encode`` as protocol-2 pickles use it to spell ``bytes``; nothing else."""
-    if not isinstance(text, str) or encoding != "latin1":
-        raise CheckpointError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r})")
-    return text.encode("latin1")
-
-
-# Everything the unpickler may resolve to real code; every entry only builds data.
+# Everything the unpickler may resolve to real code; every entry only builds data. The entries
+# that make new bytes (tensors, bytes, scalars, array contents) are the unpickler's own methods,
+# which charge what they make against its budget (``RestrictedUnpickler._charge``).
 _ALLOWED: Dict[Tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("builtins", "set"): set,
@@ -199,14 +175,17 @@ _ALLOWED: Dict[Tuple[str, str], Any] = {
     ("builtins", "slice"): slice,
     ("torch", "Size"): tuple,
     # numpy arrays pickled directly (e.g. LWM's params pickle), never with object dtype.
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _numpy_dtype,
     ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
     ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("_codecs", "encode"): _latin1_bytes,
 }
+_CHARGED = {("torch._utils", "_rebuild_tensor_v2"): "_rebuild_tensor", ("_codecs", "encode"): "_latin1_bytes",
+            ("numpy._core.multiarray", "scalar"): "_numpy_scalar",
+            ("numpy.core.multiarray", "scalar"): "_numpy_scalar"}  # fmt: skip
+# Bytes a pickle may make beyond twice what it was read from (its own stream and its storages):
+# room for the small objects every checkpoint builds, far below what would hurt.
+_SLACK_BYTES = 1 << 20
 
 
 class RestrictedUnpickler(pickle._Unpickler):
@@ -215,8 +194,14 @@ class RestrictedUnpickler(pickle._Unpickler):
     Built on the pure-Python unpickler: the C one sizes its memo table from indices in the stream,
     so a few mutated bytes (a ``LONG_BINPUT`` index) made it allocate gigabytes (found by
     ``tests/fuzz_checkpoints.py``). Read from memory, every length in the stream is bounded by
-    the bytes present.
+    the bytes present (``BYTEARRAY8``, which the pure-Python unpickler allocates before reading,
+    is checked against them first), and everything the allowed callables and numpy's
+    ``__setstate__`` make counts against one budget: twice the bytes read (stream and storages)
+    plus ``_SLACK_BYTES``, so a small pickle referencing one large value many times cannot
+    multiply it.
     """
+
+    dispatch: ClassVar[Dict[int, Callable]] = dict(pickle._Unpickler.dispatch)
 
     def __init__(
         self,
@@ -228,9 +213,87 @@ class RestrictedUnpickler(pickle._Unpickler):
         self._read_storage = storages
         self._byteorder = byteorder
         self._cache: Dict[str, _Storage] = {}
+        self._arrays: Dict[int, np.ndarray] = {}  # id(token) -> the bytes read for it
+        self._stream_bytes = file.getbuffer().nbytes if isinstance(file, io.BytesIO) else math.inf
+        self._budget = 2 * self._stream_bytes + _SLACK_BYTES
         self.placeholders: Dict[str, type] = {}
 
+    def _charge(self, nbytes: int, what: str) -> None:
+        """Count ``nbytes`` made by the pickle against the budget; refuse past it."""
+        self._budget -= nbytes
+        if self._budget < 0:
+            raise CheckpointError(f"{what} would make the pickle build more than twice the bytes it was read from")
+
+    def _load_bytearray8(self) -> None:
+        # read, append and stack are set up by pickle._Unpickler.load
+        (length,) = struct.unpack("<Q", self.read(8))  # type: ignore[attr-defined]
+        if length > self._stream_bytes:
+            raise CheckpointError(f"a BYTEARRAY8 claims {length} bytes; the pickle holds {self._stream_bytes}")
+        data = self.read(length)  # type: ignore[attr-defined]
+        if len(data) != length:
+            raise pickle.UnpicklingError("pickle data was truncated")
+        self._charge(length, "a bytearray")
+        self.append(bytearray(data))  # type: ignore[attr-defined]
+
+    def _load_build(self) -> None:
+        state, target = self.stack[-1], self.stack[-2]  # type: ignore[attr-defined]
+        if isinstance(target, np.ndarray):  # numpy's __setstate__ copies the array's bytes
+            raw = state[-1] if isinstance(state, tuple) and state else b""
+            self._charge(len(raw) if isinstance(raw, (bytes, bytearray)) else 0, "an array's contents")
+        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+
+    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
+    dispatch[pickle.BUILD[0]] = _load_build
+
+    def _rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any, *unused: Any) -> np.ndarray:
+        """torch._utils._rebuild_tensor_v2, producing an owned numpy array of the bytes this
+        unpickler read for ``storage``; the view is checked to lie inside the storage before numpy
+        reads it (``as_strided`` itself checks nothing)."""
+        if not isinstance(storage, _Storage) or id(storage) not in self._arrays:
+            raise CheckpointError(f"a tensor's storage is a {type(storage).__name__}, not a storage of the archive")
+        what = f"tensor on storage {storage.key}"
+        if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)) or len(size) != len(stride):
+            raise CheckpointError(f"{what}: size {size!r} and stride {stride!r} must be sequences of one length")
+        offset = _index(offset, f"{what}: offset")
+        size = tuple(_index(n, f"{what}: size") for n in size)
+        stride = tuple(_index(n, f"{what}: stride") for n in stride)
+        data = self._arrays[id(storage)]
+        count = math.prod(size)
+        if count > data.size:
+            # Also refuses stride-0 expansions: weights are never expanded views, and a few bytes
+            # must not be able to ask for gigabytes.
+            raise CheckpointError(f"{what}: size {size} has {count} elements, its storage holds {data.size}")
+        if count == 0:
+            return np.zeros(size, data.dtype)
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= data.size:
+            raise CheckpointError(
+                f"{what}: offset {offset}, size {size} and stride {stride} reach element {last}, "
+                f"past the storage's {data.size} elements"
+            )
+        self._charge(count * data.dtype.itemsize, what)
+        itemsize = data.dtype.itemsize
+        view = np.lib.stride_tricks.as_strided(
+            data[offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
+        )
+        return np.array(view)
+
+    def _latin1_bytes(self, text: Any, encoding: str = "latin1") -> bytes:
+        """``_codecs.encode`` as protocol-2 pickles use it to spell ``bytes``; nothing else."""
+        if not isinstance(text, str) or encoding != "latin1":
+            raise CheckpointError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r})")
+        self._charge(len(text), "_codecs.encode")
+        return text.encode("latin1")
+
+    def _numpy_scalar(self, dtype: Any, data: Any) -> np.ndarray:
+        if not isinstance(dtype, np.dtype) or not isinstance(data, bytes):
+            raise CheckpointError(f"refusing numpy scalar of {type(dtype).__name__} from {type(data).__name__}")
+        self._charge(dtype.itemsize, "a numpy scalar")
+        return np.frombuffer(data, dtype=_numpy_dtype(dtype.str))[0]
+
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _CHARGED:
+            return getattr(self, _CHARGED[(module, name)])
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
         if module == "torch" and name.endswith("Storage"):
@@ -252,8 +315,9 @@ class RestrictedUnpickler(pickle._Unpickler):
         # torch writes (storage, type, key, location, numel); numel is checked against the bytes.
         numel = _index(pid[4], f"storage {key}: element count") if len(pid) >= 5 else None
         if key in self._cache:
-            if self._cache[key].data.dtype != dtype:
-                raise CheckpointError(f"storage {key} is referenced as {self._cache[key].data.dtype} and {dtype}")
+            known = self._arrays[id(self._cache[key])].dtype
+            if known != dtype:
+                raise CheckpointError(f"storage {key} is referenced as {known} and {dtype}")
             return self._cache[key]
         raw = self._read_storage(key, dtype, numel)
         if len(raw) % dtype.itemsize or (numel is not None and len(raw) != numel * dtype.itemsize):
@@ -261,7 +325,9 @@ class RestrictedUnpickler(pickle._Unpickler):
             raise CheckpointError(
                 f"storage {key} holds {len(raw)} bytes, expected {expected} {dtype.itemsize} ({dtype.name})"
             )
-        self._cache[key] = _Storage(key, np.frombuffer(raw, dtype=dtype))
+        self._budget += 2 * len(raw)
+        self._cache[key] = _Storage(key)
+        self._arrays[id(self._cache[key])] = np.frombuffer(raw, dtype=dtype)
         return self._cache[key]
 
 

@@ -13,6 +13,8 @@ with quiet_transformers_advice():
     from transformers import PretrainedConfig
 
 QUANTIZERS = ("vq", "gumbel")
+# A taming model.yaml is a few hundred bytes; anything past this is not one.
+MAX_YAML_BYTES = 1 << 20
 
 # Far beyond any published VQGAN; a config asking for more is corrupt or hostile, and would
 # otherwise fail deep inside XLA (or exhaust memory) instead of naming the field.
@@ -218,17 +220,32 @@ class VQGANConfig(PretrainedConfig):
 
     @classmethod
     def from_taming_yaml(cls, path: Union[str, os.PathLike], **overrides: Any) -> VQGANConfig:
-        """Read taming-transformers' own ``model.yaml`` (``model.target`` VQModel or GumbelVQ)."""
+        """Read taming-transformers' own ``model.yaml`` (``model.target`` VQModel or GumbelVQ):
+        plain YAML only (no tags, no aliases, which let a few hundred bytes expand to gigabytes),
+        at most ``MAX_YAML_BYTES``, from a regular file."""
         import yaml
 
+        class PlainLoader(yaml.SafeLoader):
+            def compose_node(self, parent: Any, index: Any) -> Any:
+                if self.check_event(yaml.AliasEvent):
+                    mark = self.peek_event().start_mark
+                    raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted", mark)
+                return super().compose_node(parent, index)
+
+        if not os.path.isfile(path):
+            raise ValueError(f"{path}: not a regular file")
+        if os.path.getsize(path) > MAX_YAML_BYTES:
+            raise ValueError(f"{path}: {os.path.getsize(path)} bytes, more than a model config's {MAX_YAML_BYTES}")
         try:
-            with open(path) as f:
-                document = yaml.safe_load(f)
+            with open(path, encoding="utf-8") as f:
+                document = yaml.load(f, Loader=PlainLoader)  # a SafeLoader without aliases
         except yaml.YAMLError as err:  # e.g. a !!python/object tag, which safe_load refuses
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             mark = getattr(err, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark is not None else ""
             raise ValueError(f"{path}: not a plain YAML taming config: {problem}{where}") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
         return cls.from_taming_dict(document, source=str(path), **overrides)
 
     @classmethod
