@@ -90,11 +90,20 @@ def test_round_trip_is_bit_identical(toy, tmp_path, safe):
 
 
 def test_saving_again_replaces_the_other_format(toy, tmp_path):
+    """Loading prefers msgpack, so a stale msgpack beside new safetensors would win (transformers
+    only removes files of the format being written): a save removes our other weight files, by
+    name, and keeps everything else of the folder."""
+    toy.save_pretrained(tmp_path, safe_serialization=False, max_shard_size=60)  # sharded msgpack
+    (tmp_path / "README.md").write_text("my notes")
+    (tmp_path / "model.ckpt").write_bytes(b"the user's checkpoint")  # transformers 4 deletes model*
+    newer = jax.tree.map(lambda x: x + 1, toy.params)
+    toy.save_pretrained(tmp_path, params=newer, safe_serialization=True)
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "config.json", "model.ckpt", "model.safetensors"]
+    assert (tmp_path / "model.ckpt").read_bytes() == b"the user's checkpoint"
+    _tree_equal(FlaxToyModel.from_pretrained(tmp_path).params, newer)
     toy.save_pretrained(tmp_path, safe_serialization=False)
-    toy.save_pretrained(tmp_path, safe_serialization=True)
-    # Loading prefers msgpack, so a stale msgpack beside new safetensors would win: transformers
-    # only removes files of the format being written, and so do we. Both stay, both are current.
-    assert sorted(os.listdir(tmp_path)) == ["config.json", "flax_model.msgpack", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "config.json", "flax_model.msgpack", "model.ckpt"]
+    _tree_equal(FlaxToyModel.from_pretrained(tmp_path).params, toy.params)
 
 
 def test_sharded_msgpack(toy, tmp_path):

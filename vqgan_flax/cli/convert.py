@@ -84,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.lwm:
             from ..hub.modeling import FlaxVQGANModel
+            from ..utils.transaction import check_apart
 
+            check_apart(args.lwm, args.output, "convert")
             model = FlaxVQGANModel.from_pretrained(args.lwm)
             model.save_pretrained(args.output, safe_serialization=args.weights_format == "safetensors")
             print(f"wrote {args.output} ({args.weights_format}) from the LWM pickle {args.lwm}")

@@ -14,8 +14,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..models.configuration import VQGANConfig
-from ..utils.files import honour_umask
-from ..utils.weights import read_folder_weights, write_weights
+from ..utils.files import atomic_write
+from ..utils.transaction import check_apart
+from ..utils.weights import read_folder_weights, save_model_folder
 from .common import (
     ConversionError,
     check_weights,
@@ -147,17 +148,13 @@ def convert_taming_checkpoint(
     ``loss.*`` entries."""
     if weights_format not in ("safetensors", "msgpack"):
         raise ValueError(f"unknown weights format {weights_format!r}; expected 'safetensors' or 'msgpack'")
+    check_apart(checkpoint, output_dir, "convert")
     expected = expected_param_shapes(config)
     state_dict = load_state_dict(checkpoint, max_bytes=checkpoint_read_limit(expected))
     source = os.fspath(checkpoint)
     params, dropped = convert_state_dict(state_dict, expected, source, describe_architecture(config))
-    output_dir = os.fspath(output_dir)
-    if os.path.isfile(output_dir):
-        raise NotADirectoryError(f"{output_dir} is a file, not a directory")
-    os.makedirs(output_dir, exist_ok=True)
     config.architectures = ["VQGANModel"]  # what save_pretrained records (transformers drops "Flax")
-    config.save_pretrained(output_dir)
-    write_weights(output_dir, params, safe_serialization=weights_format == "safetensors")
+    save_model_folder(os.fspath(output_dir), config.save_pretrained, params, weights_format == "safetensors")
     return dropped
 
 
@@ -168,6 +165,7 @@ def export_to_taming(model: PathLike, output: PathLike) -> Dict[str, np.ndarray]
     from .lwm import load_lwm_checkpoint
 
     model = os.fspath(model)
+    check_apart(model, output, "export to taming")
     if os.path.isfile(model):
         config, params = load_lwm_checkpoint(model)
     else:
@@ -203,19 +201,21 @@ def export_params_to_taming(config: VQGANConfig, params: Dict, output: PathLike,
     check_weights({"/".join(k): v for k, v in flat.items()}, source)
     state = flax_to_taming(unflatten_dict(flat))
     output = os.fspath(output)
+    if os.path.lexists(output) and not os.path.isfile(output):
+        raise ConversionError(f"{output}: exists and is not a regular file")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     if output.endswith(".safetensors"):
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
-        save_file(state, output, metadata={"format": "pt"})
-        honour_umask(output)  # save_file makes it 0600
+        data = save(state, metadata={"format": "pt"})
+        atomic_write(output, lambda f: f.write(data))
     elif output.endswith((".pt", ".pth", ".ckpt")):
         try:
             import torch
         except ImportError:
             raise ConversionError(f"{output}: writing .pt/.pth/.ckpt needs torch; use a .safetensors name") from None
         tensors = {k: torch.from_numpy(v) for k, v in state.items()}
-        torch.save({"state_dict": tensors} if output.endswith(".ckpt") else tensors, output)
+        atomic_write(output, lambda f: torch.save({"state_dict": tensors} if output.endswith(".ckpt") else tensors, f))
     else:
         raise ConversionError(f"{output}: unknown extension; use .safetensors, .pt, .pth or .ckpt")
     return state

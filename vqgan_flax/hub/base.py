@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from ..utils.weights import SAFE_WEIGHTS_NAME, read_weights, weight_files, write_weights
+from ..utils.weights import SAFE_WEIGHTS_NAME, read_weights, save_model_folder, weight_files
 from .resolve import ModelSource, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -225,44 +225,8 @@ class FlaxHubModel:
         safe_serialization: bool = False,
         **kwargs: Any,
     ) -> None:
-        """Write ``config.json`` and the weights (``model.safetensors`` with
-        ``safe_serialization=True``, else ``flax_model.msgpack``, sharded above ``max_shard_size``);
-        ``push_to_hub=True`` then uploads the folder (``repo_id=``, ``commit_message=``, ``private=``)."""
-        save_directory = os.path.abspath(os.fspath(save_directory))
-        if os.path.isfile(save_directory):
-            raise NotADirectoryError(f"save_pretrained: {save_directory} is a file, not a directory")
-        os.makedirs(save_directory, exist_ok=True)
-        params = self.params if params is None else params
-        self.config.architectures = [type(self).__name__[4:]]  # transformers' convention: drop "Flax"
-        self.config.save_pretrained(save_directory)
-        write_weights(save_directory, params, safe_serialization, max_shard_size)
-        if push_to_hub:
-            repo_id = kwargs.pop("repo_id", os.path.basename(save_directory))
-            self._upload_folder(save_directory, repo_id, token=token, **kwargs)
-
-    @staticmethod
-    def _upload_folder(
-        folder: str,
-        repo_id: str,
-        token: Optional[Union[str, bool]] = None,
-        commit_message: Optional[str] = None,
-        commit_description: Optional[str] = None,
-        private: Optional[bool] = None,
-        create_pr: bool = False,
-        revision: Optional[str] = None,
-    ) -> Any:
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            commit_message=commit_message or "Upload model",
-            commit_description=commit_description,
-            create_pr=create_pr,
-            revision=revision,
-        )
+        """[`save_model`]: ``config.json`` and the weights, whole or not at all."""
+        save_model(self, save_directory, params, push_to_hub, max_shard_size, token, safe_serialization, **kwargs)
 
     def push_to_hub(
         self,
@@ -286,9 +250,61 @@ class FlaxHubModel:
             self.save_pretrained(
                 folder, params=params, max_shard_size=max_shard_size, safe_serialization=safe_serialization
             )
-            return self._upload_folder(
+            return upload_folder(
                 folder, repo_id, token, commit_message, commit_description, private, create_pr, revision
             )
+
+
+def save_model(
+    model: Any,
+    save_directory: Union[str, os.PathLike],
+    params: Optional[dict] = None,
+    push_to_hub: bool = False,
+    max_shard_size: Union[int, str] = "10GB",
+    token: Optional[Union[str, bool]] = None,
+    safe_serialization: bool = False,
+    **kwargs: Any,
+) -> None:
+    """``save_pretrained`` on either base: ``config.json`` and the weights (``model.safetensors``
+    with ``safe_serialization=True``, else ``flax_model.msgpack``, sharded above
+    ``max_shard_size``), swapped in whole (``utils.weights.save_model_folder``: a killed save
+    leaves the previous model, only weight files of ours are removed, by name);
+    ``push_to_hub=True`` then uploads the folder (``repo_id=``, ``commit_message=``, ``private=``)."""
+    save_directory = os.path.abspath(os.fspath(save_directory))
+    params = model.params if params is None else params
+    model.config.architectures = [type(model).__name__[4:]]  # transformers' convention: drop "Flax"
+    try:
+        save_model_folder(save_directory, model.config.save_pretrained, params, safe_serialization, max_shard_size)
+    except OSError as err:
+        raise type(err)(f"save_pretrained: {err}") from None
+    if push_to_hub:
+        repo_id = kwargs.pop("repo_id", os.path.basename(save_directory))
+        upload_folder(save_directory, repo_id, token=token, **kwargs)
+
+
+def upload_folder(
+    folder: str,
+    repo_id: str,
+    token: Optional[Union[str, bool]] = None,
+    commit_message: Optional[str] = None,
+    commit_description: Optional[str] = None,
+    private: Optional[bool] = None,
+    create_pr: bool = False,
+    revision: Optional[str] = None,
+) -> Any:
+    """Upload ``folder`` to the Hub repo ``repo_id`` (created if needed)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        commit_message=commit_message or "Upload model",
+        commit_description=commit_description,
+        create_pr=create_pr,
+        revision=revision,
+    )
 
 
 @dataclasses.dataclass
@@ -346,7 +362,7 @@ def read_checkpoint(
             needs_config=not isinstance(config, cls.config_class),
         )
         folder = source.folder
-        files, filename = weight_files(folder)
+        files, filename = weight_files(folder, single_set=source.hub_id is None)
     if not isinstance(config, cls.config_class):
         config, model_kwargs = cls.config_class.from_pretrained(
             folder if config is None else config, return_unused_kwargs=True, **kwargs

@@ -26,10 +26,9 @@ from ..models.configuration import VQGANConfig
 from ..models.input_checks import check_indices, check_pixels
 from ..models.module import FlaxVQGANModule, torch_style_init
 from ..models.outputs import VQGANEncoderOutput, VQGANOutput
-from ..utils.files import honour_umask
-from .base import on_host, pretrained_base, read_checkpoint
+from .base import on_host, pretrained_base, read_checkpoint, save_model
 from .compiled import CompiledCache
-from .resolve import SAFE_WEIGHTS_NAME, ModelSource
+from .resolve import ModelSource
 
 __all__ = ["FlaxVQGANMixin", "FlaxVQGANModel", "FlaxVQGANPreTrainedModel", "VQModel"]
 
@@ -257,14 +256,11 @@ class FlaxVQGANMixin:
         return model if do_init else (model, on_host(state))
 
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> None:
-        """transformers' ``save_pretrained``; a ``save_directory`` that is a file is an error on
-        both bases (transformers 4 only logs one and writes nothing); the files honour the umask."""
-        if os.path.isfile(save_directory):
-            raise NotADirectoryError(f"save_pretrained: {os.fspath(save_directory)} is a file, not a directory")
-        super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]
-        weights = os.path.join(save_directory, SAFE_WEIGHTS_NAME)
-        if os.path.isfile(weights):  # transformers 4 writes it with safetensors' save_file: 0600
-            honour_umask(weights)
+        """transformers' ``save_pretrained`` (same arguments, same files) on both bases, by
+        [`hub.base.save_model`]: written whole into a fresh folder and swapped in, where
+        transformers 4's would delete every ``model*`` file of the folder (a user's ``model.ckpt``
+        included) and rewrite the weights in place; the files honour the umask."""
+        save_model(self, save_directory, *args, **kwargs)
 
     @staticmethod
     def default_micro_batch_size(array: Any) -> Optional[int]:

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional, Tuple, Union
+import re
+from typing import Callable, Optional, Tuple, Union
 
 import flax
 from flax.serialization import msgpack_restore, to_bytes
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from .files import honour_umask
+from .transaction import replace_folder
 
 FLAX_WEIGHTS_NAME = "flax_model.msgpack"
 FLAX_WEIGHTS_INDEX_NAME = "flax_model.msgpack.index.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
+_SHARD_NAME = re.compile(r"flax_model-\d{5}-of-\d{5}\.msgpack")
 # In transformers' order of preference.
 WEIGHTS_CANDIDATES = (FLAX_WEIGHTS_NAME, FLAX_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME)
 
@@ -110,12 +113,19 @@ def read_folder_weights(folder: str) -> dict:
     return unflatten_dict(flat)
 
 
-def weight_files(folder: str) -> Tuple[list, str]:
+def weight_files(folder: str, single_set: bool = True) -> Tuple[list, str]:
     """The weight files to read in ``folder`` (several for a sharded msgpack checkpoint) and the
-    name of the one found (in transformers' order of preference)."""
+    name of the one found (in transformers' order of preference). With ``single_set`` (a folder
+    the user controls) a second set of Flax weights, or shards the index does not name, is refused
+    instead of one being chosen: they are what two saves in different formats or an interrupted
+    one leave, and which one is current cannot be told."""
     found = next((n for n in WEIGHTS_CANDIDATES if os.path.isfile(os.path.join(folder, n))), None)
     if found is None:
         raise OSError(no_weights_message(folder))
+    others = [n for n in WEIGHTS_CANDIDATES if n != found and is_flax_weights(os.path.join(folder, n))]
+    if single_set and others:
+        raise OSError(f"folder {folder} holds two sets of weights, {found} and {others[0]}; "
+                      "remove the one that is not the model")  # fmt: skip
     if found != FLAX_WEIGHTS_INDEX_NAME:
         return [os.path.join(folder, found)], found
     index_file = os.path.join(folder, found)
@@ -123,38 +133,73 @@ def weight_files(folder: str) -> Tuple[list, str]:
     missing = [n for n in shard_names if not os.path.isfile(os.path.join(folder, n))]
     if missing:
         raise OSError(f"{index_file}: lists {missing[0]}, which is missing")
+    stray = sorted(n for n in os.listdir(folder) if _SHARD_NAME.fullmatch(n) and n not in shard_names)
+    if single_set and stray:
+        raise OSError(f"{index_file}: {stray[0]} is a shard the index does not name (left by another save?)")
     return [os.path.join(folder, n) for n in shard_names], found
 
 
 def write_weights(
     folder: str, params: dict, safe_serialization: bool = False, max_shard_size: Union[int, str] = "10GB"
 ) -> None:
-    """Write ``params`` into ``folder``: ``model.safetensors`` with ``safe_serialization`` (when
-    it fits one shard), else ``flax_model.msgpack``, sharded above ``max_shard_size``; weight files
-    of an earlier save that this one does not rewrite are removed."""
-    save_directory = folder
+    """Write ``params`` into the (new, empty) ``folder``: ``model.safetensors`` with
+    ``safe_serialization`` (when it fits one shard), else ``flax_model.msgpack``, sharded above
+    ``max_shard_size``. [`save_model_folder`] puts a whole save in place."""
     shards, index = shard_params(params, max_shard_size)
-    weights_name = SAFE_WEIGHTS_NAME if safe_serialization and index is None else FLAX_WEIGHTS_NAME
-    stem = os.path.splitext(weights_name)[0]
-    for filename in os.listdir(save_directory):  # weights left from an earlier save
-        path = os.path.join(save_directory, filename)
-        if filename.startswith(stem) and os.path.isfile(path) and filename not in shards:
-            os.remove(path)
     if index is None and safe_serialization:
         from safetensors.flax import save_file
 
         flat = flatten_dict(flax.core.unfreeze(params), sep=".")
-        save_file(flat, os.path.join(save_directory, SAFE_WEIGHTS_NAME), metadata={"format": "flax"})
-        honour_umask(os.path.join(save_directory, SAFE_WEIGHTS_NAME))  # save_file makes it 0600
+        save_file(flat, os.path.join(folder, SAFE_WEIGHTS_NAME), metadata={"format": "flax"})
+        honour_umask(os.path.join(folder, SAFE_WEIGHTS_NAME))  # save_file makes it 0600
     elif index is None:
-        with open(os.path.join(save_directory, FLAX_WEIGHTS_NAME), "wb") as f:
+        with open(os.path.join(folder, FLAX_WEIGHTS_NAME), "wb") as f:
             f.write(to_bytes(params))
     else:
-        with open(os.path.join(save_directory, FLAX_WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
-            f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
         for filename, shard in shards.items():
-            with open(os.path.join(save_directory, filename), "wb") as f:
+            with open(os.path.join(folder, filename), "wb") as f:
                 f.write(to_bytes(unflatten_dict(shard, sep="/")))
+        with open(os.path.join(folder, FLAX_WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
+            f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def is_flax_weights(path: str) -> bool:
+    """Whether ``path`` is one of our weight files by name (msgpack, its index and shards, or a
+    ``model.safetensors`` whose metadata says ``flax``: a PyTorch one of that name is not ours)."""
+    name = os.path.basename(path)
+    if name in (FLAX_WEIGHTS_NAME, FLAX_WEIGHTS_INDEX_NAME) or _SHARD_NAME.fullmatch(name):
+        return os.path.isfile(path)
+    if name != SAFE_WEIGHTS_NAME or not os.path.isfile(path):
+        return False
+    return _safetensors_format(path) == "flax"
+
+
+def _safetensors_format(path: str) -> Optional[str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            return (f.metadata() or {}).get("format")
+    except Exception:  # unreadable: not a format we can name
+        return None
+
+
+def save_model_folder(
+    folder: str,
+    write_config: Callable[[str], None],
+    params: dict,
+    safe_serialization: bool = False,
+    max_shard_size: Union[int, str] = "10GB",
+) -> None:
+    """One save of a model folder, whole or not at all (``utils.transaction.replace_folder``):
+    ``write_config(folder)`` and the weights; weight files of an earlier save in another format
+    are removed by name, every other file of ``folder`` is kept."""
+
+    def write(fresh: str) -> None:
+        write_config(fresh)
+        write_weights(fresh, params, safe_serialization, max_shard_size)
+
+    replace_folder(folder, write, supersedes=is_flax_weights)
 
 
 __all__ = [
@@ -162,9 +207,11 @@ __all__ = [
     "FLAX_WEIGHTS_NAME",
     "SAFE_WEIGHTS_NAME",
     "WEIGHTS_CANDIDATES",
+    "is_flax_weights",
     "no_weights_message",
     "read_folder_weights",
     "read_weights",
+    "save_model_folder",
     "shard_names_of",
     "shard_params",
     "weight_files",
