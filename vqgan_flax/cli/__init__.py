@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("decode", help="tokens.npz → PNG images")
     p.add_argument("tokens", help="a token .npz, or a folder of parquet/jsonl token shards")
     p.add_argument("--out", required=True, help="folder for the PNG images")
+    p.add_argument("--max-tokens-per-frame", type=POSITIVE_INT,
+                   help="refuse larger grids (default: 16 times the model's own grid, 4 times its side)")  # fmt: skip
     add_model_options(p)
     p.set_defaults(func=images.cmd_decode)
 

@@ -167,8 +167,21 @@ def prepare_output_folder(path: str) -> None:
 
 
 def save_png_under(folder: str, name: str, image: np.ndarray) -> None:
+    """Write ``folder/name`` (``name`` a checked key); a subfolder that is a symlink to elsewhere
+    is refused before anything is created through it, and so is an existing entry that is not a
+    regular file (a FIFO, a device, a symlink): outputs never land outside ``folder`` or replace
+    something that is not ours."""
     path = os.path.join(folder, *name.split("/"))
+    os.makedirs(folder, exist_ok=True)
+    root, existing = os.path.realpath(folder), os.path.dirname(path)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    inside = os.path.realpath(existing)
+    if inside != root and not inside.startswith(root.rstrip(os.sep) + os.sep):
+        raise ValueError(f"--out {folder}: {name!r} would be written through a symlink to outside it")
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
+        raise ValueError(f"--out {folder}: {name!r} exists and is not a regular file; not replacing it")
     save_png(path, image)
 
 

@@ -9,7 +9,7 @@ from typing import Any, List, Tuple
 
 import numpy as np
 
-from ..data.image_io import find_images, open_rgb, output_names
+from ..data.image_io import check_output_layout, find_images, open_rgb, output_names
 from ..utils.files import atomic_write
 from .common import (
     Runner,
@@ -46,7 +46,11 @@ def _decode_model(args: argparse.Namespace, source: Any):
 
     recorded = recorded_model(source)
     if args.model is None and recorded:
-        # The tokens mean something only to the model that made them.
+        # The tokens mean something only to the model that made them; the record is untrusted
+        # input: it may name a model folder or a Hub id, never a file to be read whole.
+        if os.path.lexists(recorded[0]) and not os.path.isdir(recorded[0]):
+            raise ValueError(f"{args.tokens}: its recorded model {recorded[0]!r} is a file, not a model folder or "
+                             "Hub id; give --model")  # fmt: skip
         args.model, revision = recorded
         args.revision = args.revision or revision
         try:
@@ -95,11 +99,22 @@ def cmd_decode(args: argparse.Namespace) -> None:
         recorded = checked_pixel_range(recorded, f"{args.tokens}: recorded pixel_range")
     processor = image_processor(args, model, recorded)
     _check_made_by(args, source, model)
+    native = max(1, model.config.resolution // model.config.downsampling_factor) ** 2
+    limit = args.max_tokens_per_frame or 16 * native
+    frames = []
     for key, grid in source.rows():  # every row checked before anything is written
         check_token_range(grid, model.config.n_embed, f"{args.tokens}: {key}")
+        if grid.shape[1] * grid.shape[2] > limit:
+            raise ValueError(f"{args.tokens}: {key}: a {grid.shape[1]}x{grid.shape[2]} grid, more than "
+                             f"{limit} tokens a frame for this model (--max-tokens-per-frame)")  # fmt: skip
+        frames.append(len(grid))
+    names = output_names(source.keys)
+    written = []  # every file the run will write: a video's frames as NAME/0000.png, ...
+    for name, count in zip(names, frames):
+        written += [f"{os.path.splitext(name)[0]}/{k:04d}.png" for k in range(count)] if count > 1 else [name]
+    check_output_layout(written, args.tokens)
     prepare_output_folder(args.out)
     runner = Runner(model, args.replicate, args.batch_size, processor)
-    names = output_names(source.keys)
     pending: List[Tuple[str, np.ndarray]] = []  # images of one grid shape, decoded together
     counts = {"images": 0, "videos": 0}
 

@@ -164,4 +164,21 @@ def output_names(keys: Sequence[str], suffix: str = ".png") -> List[str]:
         if name.casefold() in seen:
             raise ValueError(f"inputs {seen[name.casefold()]!r} and {key!r} would both be written as {name!r}")
         seen[name.casefold()] = key
+    check_output_layout(names, "inputs")
     return names
+
+
+def check_output_layout(paths: Sequence[str], what: str) -> None:
+    """Refuse output paths (relative, ``/``-separated) that repeat, or where one file would be
+    another's folder (``a.png`` and ``a.png/b.png``), up to case: one of the two would be lost."""
+    files: Dict[str, str] = {}
+    for path in paths:
+        if path.casefold() in files:
+            raise ValueError(f"{what}: {files[path.casefold()]!r} and {path!r} would be written to one file")
+        files[path.casefold()] = path
+    for path in paths:
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth]).casefold()
+            if folder in files:
+                raise ValueError(f"{what}: {files[folder]!r} would be written as a file and as the folder of {path!r}")

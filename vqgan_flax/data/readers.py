@@ -1,6 +1,10 @@
 """Reading tokens back: an ``.npz`` from ``vqgan-flax encode``, or a folder of its parquet / JSONL
-shards. Everything read is checked before it is used: keys must be relative paths of plain names
-(they become output file names), grids must match their token counts, tokens must be integers.
+shards. Token files are untrusted input, checked before they are used: keys must be relative paths
+of plain names (they become output file names), grid sizes whole numbers matching their token
+counts, tokens integers within int32 on the stored dtype (before any cast could wrap them), and
+every size is bounded before it is allocated: a grid's tokens per frame, a row's tokens, a JSONL
+line, an npz member's inflated size (read from its header, never by inflating it), the tokens a
+parquet row group holds.
 """
 
 from __future__ import annotations
@@ -14,10 +18,21 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from .image_io import check_key
-from .writers import METADATA_FILE, NPZ_STRINGS, SHARD_NAME
+from .writers import METADATA_FILE, NPZ_STRINGS, ROW_GROUP_TOKENS, SHARD_NAME
 
 # A token grid larger than this (per frame) is no grid a VQGAN made: 4096² pixels at factor 4.
 MAX_GRID_TOKENS = 1 << 20
+MAX_FRAMES = 1 << 16
+# Tokens in one row (all its frames): 64 MiB as int32, 4096 frames of 64 x 64.
+MAX_ROW_TOKENS = 1 << 24
+# A JSONL line of MAX_ROW_TOKENS tokens is about this long; a longer one is not ours.
+MAX_JSONL_LINE_BYTES = 8 * MAX_ROW_TOKENS
+# The tokens of one parquet row group, decoded at once by pyarrow (our writer keeps groups at
+# ROW_GROUP_TOKENS; older shards of 10,000 rows hold up to 4096 tokens a row); and the inflated
+# size of one npz member (use parquet shards for more).
+MAX_ROW_GROUP_TOKENS = 4 * ROW_GROUP_TOKENS
+MAX_NPZ_MEMBER_BYTES = 1 << 31
+_INT32_MAX = np.iinfo(np.int32).max
 
 
 @dataclass
@@ -32,33 +47,48 @@ class TokenSource:
     rows: Callable[[], Iterator[Tuple[str, np.ndarray]]]
 
 
+def _whole(value: Any, name: str, where: str) -> int:
+    """A grid size as stored: an integer (not a bool, not a float like 4.9 or 1e400)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{where}: {name} must be an integer; got {type(value).__name__} {value!r:.40}")
+    return int(value)
+
+
 def _grid(where: str, tokens: Any, frames: Any, height: Any, width: Any) -> np.ndarray:
-    try:
-        frames, height, width = int(frames), int(height), int(width)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: frames/height/width must be integers") from None
-    if min(frames, height, width) < 1 or height * width > MAX_GRID_TOKENS or frames > 1 << 16:
+    frames, height, width = (_whole(v, n, where) for v, n in ((frames, "frames"), (height, "height"), (width, "width")))
+    if min(frames, height, width) < 1 or height * width > MAX_GRID_TOKENS or frames > MAX_FRAMES:
         raise ValueError(f"{where}: grid {frames}x{height}x{width} is not a token grid")
-    array = np.asarray(tokens)
+    if frames * height * width > MAX_ROW_TOKENS:
+        raise ValueError(f"{where}: {frames}x{height}x{width} tokens, more than a row's {MAX_ROW_TOKENS}")
+    count = len(tokens) if isinstance(tokens, list) else np.size(tokens)
+    if count != frames * height * width:
+        raise ValueError(f"{where}: {count} tokens for a {frames}x{height}x{width} grid")
+    try:
+        array = np.asarray(tokens)
+    except (ValueError, TypeError, OverflowError):
+        raise ValueError(f"{where}: tokens must be a flat list of integers") from None
+    if isinstance(tokens, list) and array.ndim != 1:
+        raise ValueError(f"{where}: tokens must be a flat list of integers")
     if array.dtype.kind not in "iu":
         raise ValueError(f"{where}: tokens must be integers; got {array.dtype}")
-    if array.size != frames * height * width:
-        raise ValueError(f"{where}: {array.size} tokens for a {frames}x{height}x{width} grid")
+    check_int32(array, where)
     return array.astype(np.int32).reshape(frames, height, width)
+
+
+def check_int32(tokens: np.ndarray, where: str) -> None:
+    """Tokens as stored must fit int32 (a cast would wrap 2**32 + 5 to a valid code 5)."""
+    if tokens.size and (tokens.min() < 0 or tokens.max() > _INT32_MAX):
+        bad = tokens.min() if tokens.min() < 0 else tokens.max()
+        raise ValueError(f"{where}: token {int(bad)} is not a codebook index (0 to {_INT32_MAX})")
 
 
 def read_npz(path: str) -> TokenSource:
     """A token file (``tokens`` (N, h, w) or (N, frames, h, w), ``keys``, ``model``, ...)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            record = {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except Exception as err:
-        raise ValueError(f"{path}: not a token file ({type(err).__name__}: {err})") from None
+    record: Dict[str, Any] = _load_npz(path)
     tokens = record.get("tokens")
     if tokens is None or tokens.ndim not in (3, 4) or tokens.dtype.kind not in "iu":
         raise ValueError(f"{path}: expected an integer 'tokens' array of shape (N, h, w) or (N, frames, h, w)")
+    check_int32(tokens, f"{path}: tokens")
     for name in NPZ_STRINGS:
         if name in record and (record[name].shape != () or record[name].dtype.kind != "U"):
             raise ValueError(f"{path}: '{name}' must be one string; got {record[name].dtype} {record[name].shape}")
@@ -76,6 +106,53 @@ def read_npz(path: str) -> TokenSource:
         metadata["pixel_range"] = [float(v) for v in np.asarray(record["pixel_range"]).reshape(-1)[:2]]
     grids = tokens if tokens.ndim == 4 else tokens[:, None]
     return TokenSource(path, metadata, keys, lambda: iter(zip(keys, grids.astype(np.int32))))
+
+
+def _load_npz(path: str) -> Dict[str, np.ndarray]:
+    """The arrays of an ``.npz``, each member's shape and dtype read from its header and checked
+    before its data is inflated (``np.load`` inflates a member whole before anything can look)."""
+    import zipfile
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    record = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                name = info.filename.removesuffix(".npy")
+                if info.file_size > MAX_NPZ_MEMBER_BYTES:
+                    raise ValueError(f"{path}: {name} inflates to {info.file_size} bytes, more than an npz token "
+                                     f"file's {MAX_NPZ_MEMBER_BYTES} (write parquet shards for more)")  # fmt: skip
+                with archive.open(info) as member:
+                    record[name] = _npy_member(member, info.file_size, f"{path}: {name}")
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as err:
+        raise ValueError(f"{path}: not a token file ({type(err).__name__}: {err})") from None
+    return record
+
+
+def _npy_member(member: Any, declared: int, where: str) -> np.ndarray:
+    """One ``.npy`` member: header first (shape, dtype; no objects, token grids bounded), then
+    exactly the bytes the header promises, never more than the zip entry declares."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(member)
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = read_header(member)
+    except ValueError as err:
+        raise ValueError(f"{where}: not an array ({err})") from None
+    if dtype.hasobject:
+        raise ValueError(f"{where}: holds Python objects")
+    if where.endswith(": tokens") and len(shape) in (3, 4):
+        per_row = int(np.prod(shape[1:], dtype=np.int64))
+        if shape[-1] * shape[-2] > MAX_GRID_TOKENS or per_row > MAX_ROW_TOKENS:
+            raise ValueError(f"{where}: grids of shape {tuple(shape[1:])} are not token grids")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes > declared:
+        raise ValueError(f"{where}: its header promises {nbytes} bytes, the member holds at most {declared}")
+    data = member.read(nbytes)
+    if len(data) != nbytes:
+        raise ValueError(f"{where}: {len(data)} bytes of data, its header promises {nbytes}")
+    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
 
 
 def _version_1_keys(record: dict, count: int) -> List[str]:
@@ -149,29 +226,62 @@ def _parquet_rows(shard: str, keys_only: bool = False) -> Iterator[Tuple[str, An
 
     columns = ["key"] if keys_only else ["key", "tokens", "frames", "height", "width"]
     try:
-        batches = pq.ParquetFile(shard).iter_batches(batch_size=256, columns=columns)
+        parquet = pq.ParquetFile(shard)
+        _check_row_groups(shard, parquet)
         row = 0
-        for batch in batches:
-            data = batch.to_pydict()
-            for i, key in enumerate(data["key"]):
+        for batch in parquet.iter_batches(batch_size=256, columns=columns):
+            data = {name: batch.column(name) for name in columns}
+            lengths: Any = None
+            flat: Any = None
+            offsets: Any = None
+            if not keys_only:
+                tokens = data["tokens"]
+                offsets = tokens.offsets.to_numpy(zero_copy_only=False)
+                lengths = np.diff(offsets)
+                flat = tokens.values.to_numpy(zero_copy_only=False)
+            for i in range(batch.num_rows):
                 where = f"{shard}: row {row}"
+                key = data["key"][i].as_py()
                 key = check_key(key if isinstance(key, str) else "", where)
                 if keys_only:
                     yield key, None
                 else:
-                    grid = (data["tokens"][i], data["frames"][i], data["height"][i], data["width"][i])
-                    yield key, _grid(where, *grid)
+                    if lengths[i] > MAX_ROW_TOKENS:
+                        raise ValueError(f"{where}: {lengths[i]} tokens, more than a row's {MAX_ROW_TOKENS}")
+                    sizes = (data[name][i].as_py() for name in ("frames", "height", "width"))
+                    yield key, _grid(where, flat[offsets[i] : offsets[i + 1]], *sizes)
                 row += 1
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, AttributeError) as err:
         if isinstance(err, ValueError) and str(err).startswith(shard):
             raise
         raise ValueError(f"{shard}: unreadable token shard ({type(err).__name__}: {err})") from None
 
 
+def _check_row_groups(shard: str, parquet: Any) -> None:
+    """pyarrow decodes a row group's column whole: refuse, from the file's metadata, a group whose
+    tokens would be more than ``MAX_ROW_GROUP_TOKENS`` (a few kilobytes of repeated zeros can
+    claim gigabytes)."""
+    metadata = parquet.metadata
+    names = [metadata.schema.column(j).path for j in range(metadata.num_columns)]
+    column = next((j for j, name in enumerate(names) if name.split(".")[0] == "tokens"), None)
+    for group in range(metadata.num_row_groups if column is not None else 0):
+        values = metadata.row_group(group).column(column).num_values
+        if values > MAX_ROW_GROUP_TOKENS:
+            raise ValueError(f"{shard}: row group {group} holds {values} tokens, more than "
+                             f"{MAX_ROW_GROUP_TOKENS} (re-encode with a smaller --shard-size)")  # fmt: skip
+
+
 def _jsonl_rows(shard: str, keys_only: bool = False) -> Iterator[Tuple[str, Any]]:
     with open(shard, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+        number = 0
+        while True:
+            line = f.readline(MAX_JSONL_LINE_BYTES + 1)
+            if not line:
+                return
+            number += 1
             where = f"{shard}: line {number}"
+            if len(line) > MAX_JSONL_LINE_BYTES:
+                raise ValueError(f"{where}: longer than a token record's {MAX_JSONL_LINE_BYTES} characters")
             if not line.strip():
                 continue
             try:
@@ -181,6 +291,8 @@ def _jsonl_rows(shard: str, keys_only: bool = False) -> Iterator[Tuple[str, Any]
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(f"{where}: not a token record ({type(err).__name__}: {err})") from None
             key = check_key(key if isinstance(key, str) else "", where)
+            if grid is not None and not isinstance(grid[0], list):
+                raise ValueError(f"{where}: vision must be a list of tokens; got {type(grid[0]).__name__}")
             yield key, None if grid is None else _grid(where, *grid)
 
 

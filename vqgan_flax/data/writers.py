@@ -30,6 +30,7 @@ METADATA_FILE = os.path.join(INFO_DIR, "metadata.json")
 # The string fields of an .npz token file's metadata (0-d string arrays).
 NPZ_STRINGS = ("model", "model_digest", "hub_id", "revision", "commit", "dtype")
 SHARD_NAME = re.compile(r"^part-(\d{3,})-(\d{5,})\.(parquet|jsonl)$")
+ROW_GROUP_TOKENS = 1 << 24
 
 
 def parquet_schema(metadata: Dict[str, Any]) -> Any:
@@ -196,7 +197,9 @@ class ShardedTokenWriter:
             pa.array(shapes[:, 2]),
             pa.array([r["caption"] for r in rows], pa.string()),
         ]
-        pq.write_table(pa.Table.from_arrays(columns, schema=schema), f)
+        # Row groups of at most ROW_GROUP_TOKENS tokens: a reader decodes a group's column whole.
+        rows_per_group = max(1, ROW_GROUP_TOKENS // max(1, int(sizes.max())))
+        pq.write_table(pa.Table.from_arrays(columns, schema=schema), f, row_group_size=rows_per_group)
 
     def close(self) -> None:
         self.flush()
