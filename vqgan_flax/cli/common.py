@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..data.image_io import save_png
+from ..utils.files import check_replaceable
 
 # 2: adds 'keys' (input-relative names); 3: the model by content (hub.identity.token_settings).
 # Versions 1 and 2 are still read.
@@ -131,9 +132,14 @@ def progress_bar(total: Optional[int], desc: str, enabled: bool) -> Any:
 
 
 def check_output_file(path: str) -> None:
-    """Refuse an ``--out`` file that cannot be written, before any work is done."""
-    if os.path.isdir(path):
+    """Refuse an ``--out`` file that cannot be written, or that is a device, FIFO or symlink (it
+    would be replaced by a file), before any work is done."""
+    if os.path.isdir(path) and not os.path.islink(path):
         raise IsADirectoryError(f"--out {path}: is a folder; give a file name")
+    try:
+        check_replaceable(path)
+    except ValueError as err:
+        raise ValueError(f"--out {err}") from None
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"--out {path}: folder {folder} does not exist")

@@ -331,6 +331,11 @@ class RestrictedUnpickler(pickle._Unpickler):
         return self._cache[key]
 
 
+def _check_regular(path: str) -> None:
+    if not os.path.isfile(path):  # a FIFO would block the read, a device read forever
+        raise CheckpointError(f"{path}: " + ("not a regular file" if os.path.exists(path) else "no such file"))
+
+
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: float) -> bytes:
     """The bytes of one zip member, refused when its declared size exceeds ``limit`` and never
     more than it declares (a member that inflates past its header is corrupt)."""
@@ -353,8 +358,7 @@ def load_torch_zip(path: PathLike, max_bytes: Optional[int] = None) -> Any:
     zip's own declared sizes) caps the bytes read in total, e.g. at a multiple of the model's size.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such file")
+    _check_regular(path)
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
             f"{path}: not a zip-format torch checkpoint (files from torch < 1.6 must be re-saved with a newer torch)"
@@ -404,8 +408,7 @@ def load_pickle(path: PathLike) -> Any:
     """Load a plain pickle file (e.g. an LWM params dict of numpy arrays) with the allow-list
     unpickler: nothing it references is imported or called."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such file")
+    _check_regular(path)
     with open(path, "rb") as f:
         unpickler = RestrictedUnpickler(io.BytesIO(f.read()))
         try:
@@ -435,8 +438,7 @@ def load_state_dict(path: PathLike, max_bytes: Optional[int] = None) -> Dict[str
     """Read a PyTorch state dict from ``.ckpt``/``.pt``/``.pth`` (no torch needed) or ``.safetensors``;
     ``max_bytes`` caps what a torch zip may make us read (see [`load_torch_zip`])."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such file")
+    _check_regular(path)
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
         from safetensors.numpy import load_file

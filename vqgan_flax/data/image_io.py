@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..utils.files import atomic_write
+from ..utils.files import NotRegularFileError, atomic_write, open_regular
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
@@ -21,9 +21,14 @@ def to_rgb(image: Any) -> Any:
 
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # Pillow's convert("RGB") clips these at 255; scale the full 16-bit range instead.
-        values = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8))
+        # Pillow's convert("RGB") clips these at 255; scale the full 16-bit range instead, in
+        # integers (round(v / 257) is (v + 128) // 257: 257 is odd, so no value is a tie).
+        values = np.asarray(image)
+        scaled = np.empty(values.shape, np.uint8)
+        for top in range(0, values.shape[0], 1024):  # rows at a time: no full-size int64 copy
+            rows = values[top : top + 1024].astype(np.int64)
+            scaled[top : top + 1024] = np.clip((rows + 128) // 257, 0, 255)
+        image = Image.fromarray(scaled)
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -62,17 +67,48 @@ def resize_and_center_crop(image: Any, size: int, crop: int, crop_width: Optiona
     return image.crop((left, top, left + width, top + height))
 
 
+# What decoding one image may cost, from its header: the decoded pixels at the mode's depth plus
+# the 8-bit RGB (and RGBA, for transparency) images made from them. A 12000 x 12000 16-bit PNG of
+# 280 KB would cost 1.4 GB; a 8K RGB photograph costs 0.4 GB.
+MAX_DECODE_BYTES = 1 << 30
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3,
+                    "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}  # fmt: skip
+
+
+def decode_cost(image: Any) -> int:
+    """Bytes [`to_rgb`] needs for an opened (not yet decoded) PIL image: its pixels at the mode's
+    depth (4 bytes for 32-bit and unknown modes) plus 8 per pixel for the RGB(A) images made."""
+    return image.width * image.height * (_BYTES_PER_PIXEL.get(image.mode, 4) + 8)
+
+
+def decode_rgb(image: Any, where: str) -> Any:
+    """[`to_rgb`] on an opened image whose decode fits ``MAX_DECODE_BYTES`` (checked from the
+    header, before the pixels are decoded)."""
+    cost = decode_cost(image)
+    if cost > MAX_DECODE_BYTES:
+        raise ValueError(f"{where}: a {image.width}x{image.height} {image.mode} image needs {cost >> 20} MiB "
+                         f"to decode, more than {MAX_DECODE_BYTES >> 20} MiB")  # fmt: skip
+    return to_rgb(image)
+
+
 def open_rgb(path: Any) -> Any:
-    """An image file → decoded RGB PIL image ([`to_rgb`]); an unreadable file is a ``ValueError``
-    naming it (Pillow's messages for truncated or corrupt files often omit the file)."""
+    """An image file → decoded RGB PIL image ([`decode_rgb`]); an unreadable file is a ``ValueError``
+    naming it (Pillow's messages for truncated or corrupt files often omit the file), and so is a
+    path that is not a regular file (a FIFO would block the read forever)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            return to_rgb(image)
+        with open_regular(path) as f, Image.open(f) as image:
+            return decode_rgb(image, str(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except NotRegularFileError:
+        raise
+    except ValueError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import io
-import itertools
 import os
 import re
 import tarfile
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 from ..utils.extras import require
-from .image_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, find_images, open_rgb, to_rgb
+from .image_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_rgb, find_images, open_rgb, to_rgb
 
 # A sample member larger than this is refused, not read: a crafted tar header can claim any size.
 MAX_MEMBER_BYTES = 256 << 20
@@ -36,12 +35,13 @@ class Item:
     video: bool = False
 
 
-def _open_image(data: bytes) -> Any:
-    """Encoded image bytes → RGB PIL image, decoded now (a truncated file fails here)."""
+def _open_image(data: bytes, where: str = "image") -> Any:
+    """Encoded image bytes → RGB PIL image, decoded now (a truncated file fails here), within the
+    decode budget ([`decode_rgb`])."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
-        return to_rgb(image)
+        return decode_rgb(image, where)
 
 
 def file_items(paths: Sequence[str], media: str = "image", frame_stride: int = 1) -> Iterator[Item]:
@@ -150,26 +150,51 @@ def _tar_samples(shards: List[str], extensions: Sequence[str]) -> Iterator[Item]
             yield Item(f"{name}/<unreadable>", _raiser(ValueError(f"{shard}: not a tar file ({err})")), origin=shard)
             continue
         with archive:
-            for key, members in itertools.groupby(_members(archive, shard), key=lambda m: m[0]):
-                yield _sample(f"{name}/{key}", list(members), extensions, f"{shard}:{key}")
+            for key, members in _samples(archive, shard, extensions):
+                yield _sample(f"{name}/{key}", members, extensions, f"{shard}:{key}")
 
 
-def _members(archive: tarfile.TarFile, shard: str) -> Iterator[tuple]:
-    """``(sample key, extension, bytes or the error)`` per regular member, in archive order. A
-    shard cut short or corrupt ends with one ``<unreadable>`` entry: what came before stands."""
+def _samples(archive: tarfile.TarFile, shard: str, extensions: Sequence[str]) -> Iterator[tuple]:
+    """``(sample key, [(extension, bytes or the error)])`` per sample, members in archive order.
+    Only what a sample is used for is read — its first image member and its first ``.txt`` — so a
+    sample of a thousand members costs one image, whatever the shard's compression; the others
+    are skipped unread (their extensions are kept, a few, for the error message). A shard cut
+    short or corrupt ends with one ``<unreadable>`` sample: what came before stands."""
+    key: Optional[str] = None
+    members: List[tuple] = []
     try:
         for member in archive:
             if not member.isfile():
                 continue
-            key, extension = _sample_key(member.name)
+            sample, extension = _sample_key(member.name)
+            if sample != key:
+                if key is not None:
+                    yield key, members
+                key, members = sample, []
+            have = {ext for ext, data in members if data is not None}
+            wanted = (extension in extensions and not have & set(extensions)) or (
+                extension == "txt" and "txt" not in have
+            )
+            if not wanted:
+                if len(members) < 16:
+                    members.append((extension, None))
+                continue
             if member.size > MAX_MEMBER_BYTES:
-                error = ValueError(f"{shard}: member {member.name} is {member.size} bytes, over the limit")
-                yield key, extension, error
+                members.append(
+                    (extension, ValueError(f"{shard}: member {member.name} is {member.size} bytes, over the limit"))
+                )
                 continue
             handle = archive.extractfile(member)
-            yield key, extension, handle.read() if handle else b""
+            members.append((extension, handle.read() if handle else b""))
     except (tarfile.TarError, OSError, EOFError) as err:
-        yield "<unreadable>", "", ValueError(f"{shard}: corrupt or cut short ({type(err).__name__}: {err})")
+        if key is not None and members:  # what was read of the sample the error cut
+            yield key, members
+        key, members = (
+            "<unreadable>",
+            [("", ValueError(f"{shard}: corrupt or cut short ({type(err).__name__}: {err})"))],
+        )
+    if key is not None:
+        yield key, members
 
 
 def _raiser(error: Exception) -> Callable[[], Any]:
@@ -180,17 +205,17 @@ def _raiser(error: Exception) -> Callable[[], Any]:
 
 
 def _sample(key: str, members: List[tuple], extensions: Sequence[str], origin: str) -> Item:
-    text = next((data for _, ext, data in members if ext == "txt" and isinstance(data, bytes)), None)
+    text = next((data for ext, data in members if ext == "txt" and isinstance(data, bytes)), None)
     caption = text.decode("utf-8", "replace") if text is not None else None
-    for _, extension, data in members:
-        if extension in extensions:
+    for extension, data in members:
+        if extension in extensions and data is not None:
             if isinstance(data, Exception):
                 return Item(key, _raiser(data), caption, origin)
-            return Item(key, functools.partial(_open_image, data), caption, origin)
-    error = next((data for _, ext, data in members if ext == "" and isinstance(data, Exception)), None)
+            return Item(key, functools.partial(_open_image, data, origin), caption, origin)
+    error = next((data for ext, data in members if ext == "" and isinstance(data, Exception)), None)
     if error is not None:
         return Item(key, _raiser(error), caption, origin)
-    found = sorted({ext for _, ext, _ in members})
+    found = sorted({ext for ext, _ in members})
     return Item(key, _raiser(ValueError(f"sample {key} has no image member (found {found})")), caption, origin)
 
 

@@ -60,11 +60,63 @@ def lwm_record(key: str, tokens: np.ndarray, caption: Optional[str]) -> Dict[str
     return record
 
 
+def lock_token_folder(folder: str, process: int) -> Any:
+    """Take the advisory lock of ``folder`` for process index ``process`` (``fcntl.flock`` on
+    ``.vqgan_flax/lock-PPP``, released when the returned file is closed or the process ends, a
+    SIGKILL included); a second run on the same folder and index is refused naming the holder's
+    process id, instead of both writing and one losing its rows. Within one process the newest
+    writer takes the lock over: an earlier one there was interrupted (a notebook cell stopped)."""
+    import fcntl
+
+    os.makedirs(os.path.join(folder, INFO_DIR), exist_ok=True)
+    path = os.path.join(folder, INFO_DIR, f"lock-{process:03d}")
+    earlier = _HELD.pop(os.path.realpath(path), None)
+    if earlier is not None:
+        earlier.close()
+    handle = open(path, "a+", encoding="utf-8")  # held open: the open file is the lock
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise RuntimeError(f"{folder}: another run (process id {holder}) is writing it as process "
+                           f"index {process}; wait for it or give another --out") from None  # fmt: skip
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _HELD[os.path.realpath(path)] = handle
+    return handle
+
+
+_HELD: Dict[str, Any] = {}  # lock file -> the open file holding it, in this process
+
+
+def _locked_by_another(folder: str) -> Optional[str]:
+    """The lock file of ``folder`` that a running process holds, if any."""
+    import fcntl
+
+    for path in sorted(glob.glob(os.path.join(folder, INFO_DIR, "lock-*"))):
+        earlier = _HELD.pop(os.path.realpath(path), None)  # this process's own: interrupted
+        if earlier is not None:
+            earlier.close()
+        with open(path, "a+", encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return path
+    return None
+
+
 def remove_shards(folder: str) -> int:
     """Delete what a sharded run wrote in ``folder`` (its ``part-*`` shards and ``.vqgan_flax/``),
-    nothing else; returns the number of shards removed."""
+    nothing else; returns the number of shards removed. Refused while a run holds its lock."""
     import shutil
 
+    held = _locked_by_another(folder)
+    if held:
+        raise RuntimeError(f"{folder}: a running encode holds {held}; not removing its shards")
     removed = 0
     for path in glob.glob(os.path.join(folder, "part-*")):
         if SHARD_NAME.match(os.path.basename(path)) and os.path.isfile(path):
@@ -111,6 +163,15 @@ class ShardedTokenWriter:
         self._rows: List[Dict[str, Any]] = []
         self.written = 0
         check_token_folder(folder)
+        self._lock = lock_token_folder(folder, process)
+        try:
+            self._start(fmt, process)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _start(self, fmt: str, process: int) -> None:
+        folder = self.folder
         self._check_metadata()
         self.done: Set[str] = set()
         numbers = [-1]
@@ -202,7 +263,11 @@ class ShardedTokenWriter:
         pq.write_table(pa.Table.from_arrays(columns, schema=schema), f, row_group_size=rows_per_group)
 
     def close(self) -> None:
-        self.flush()
+        """Write what is queued and release the folder's lock."""
+        try:
+            self.flush()
+        finally:
+            self._lock.close()
 
 
 class NpzTokenWriter:

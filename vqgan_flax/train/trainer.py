@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from ..data.image_io import list_images, to_rgb
+from ..data.image_io import list_images, open_rgb
 from ..data.parallel import make_mesh
 from ..hub.modeling import FlaxVQGANModel
 from .config import TrainingConfig
@@ -48,7 +48,6 @@ class ImageCrops:
         tint: float = 0.0,
         channel_shuffle: bool = False,
     ) -> None:
-        from PIL import Image
 
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer; got {seed!r}")  # numpy's rng needs one
@@ -69,12 +68,11 @@ class ImageCrops:
             if isinstance(item, np.ndarray):
                 array = item
             else:
-                with Image.open(item) as image:
-                    image = to_rgb(image)
-                    if min(image.size) < crop_size:  # upscale small images so a crop fits
-                        scale = crop_size / min(image.size)
-                        image = image.resize((round(image.width * scale + 0.5), round(image.height * scale + 0.5)))
-                    array = np.asarray(image)
+                image = open_rgb(item)  # regular files only, within the decode budget
+                if min(image.size) < crop_size:  # upscale small images so a crop fits
+                    scale = crop_size / min(image.size)
+                    image = image.resize((round(image.width * scale + 0.5), round(image.height * scale + 0.5)))
+                array = np.asarray(image)
             if array.ndim != 3 or min(array.shape[:2]) < crop_size:
                 raise ValueError(f"image of shape {array.shape} cannot give {crop_size}x{crop_size} crops")
             self.images.append(array)

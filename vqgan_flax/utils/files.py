@@ -1,13 +1,52 @@
-"""Writing files safely: whole or not at all (a temporary file renamed into place), with the
-permissions a plain ``open`` would give."""
+"""Files from outside handled safely: inputs opened only when they are regular files (a FIFO
+would block forever, a device read forever), outputs written whole or not at all (a temporary
+file renamed into place) with the permissions a plain ``open`` would give, never replacing
+something that is not a regular file."""
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
-from typing import Any, Callable
+from typing import IO, Any, Callable, Union
 
-__all__ = ["atomic_write", "honour_umask"]
+__all__ = ["NotRegularFileError", "atomic_write", "check_replaceable", "honour_umask", "open_regular"]
+
+
+class NotRegularFileError(ValueError):
+    """A path that names a FIFO, a device, a socket or a folder where a regular file is needed."""
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def open_regular(path: Union[str, os.PathLike]) -> IO[bytes]:
+    """Open ``path`` for reading if, symlinks followed, it is a regular file. The open itself does
+    not block (``O_NONBLOCK``: a FIFO with no writer would otherwise hang it, Ctrl-C included);
+    what it opened is checked with ``fstat`` before a byte is read."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(f"{os.fspath(path)}: {_kind(mode)}, not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_replaceable(path: str) -> None:
+    """Refuse to replace ``path`` when it exists and is not a regular file (a device, a FIFO, a
+    folder) or is a symlink: an output never replaces ``/dev/null`` or a link with a file."""
+    if os.path.islink(path):
+        raise NotRegularFileError(f"{path}: a symlink; not replacing it with a file")
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise NotRegularFileError(f"{path}: {_kind(os.stat(path).st_mode)}; not replacing it with a file")
 
 
 def honour_umask(path: str) -> None:
@@ -25,6 +64,7 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
     The temporary name is hidden and ends in ``.partial``, so what a killed process leaves behind
     is never taken for an image by a later run ([`list_images`] skips it); the result gets the
     permissions the umask allows (``mkstemp`` alone would leave every output at 0600)."""
+    check_replaceable(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".partial")
     try:

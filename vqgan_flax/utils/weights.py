@@ -14,7 +14,7 @@ import flax
 from flax.serialization import msgpack_restore, to_bytes
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from .files import honour_umask
+from .files import honour_umask, open_regular
 from .transaction import replace_folder
 
 FLAX_WEIGHTS_NAME = "flax_model.msgpack"
@@ -89,12 +89,13 @@ def shard_params(params: dict, max_shard_size: Union[int, str] = "10GB") -> Tupl
 
 def read_weights(path: str) -> dict:
     """The nested parameter dict stored in a ``.safetensors`` or msgpack file."""
+    open_regular(path).close()  # a FIFO, a device or a symlink to one is refused before a read
     try:
         if path.endswith(".safetensors"):
             from safetensors.flax import load_file
 
             return unflatten_dict(load_file(path), sep=".")
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             data = f.read()
         return msgpack_restore(data)
     except Exception as error:
@@ -132,7 +133,8 @@ def weight_files(folder: str, single_set: bool = True) -> Tuple[list, str]:
     shard_names = shard_names_of(index_file)
     missing = [n for n in shard_names if not os.path.isfile(os.path.join(folder, n))]
     if missing:
-        raise OSError(f"{index_file}: lists {missing[0]}, which is missing")
+        what = "not a regular file" if os.path.exists(os.path.join(folder, missing[0])) else "missing"
+        raise OSError(f"{index_file}: lists {missing[0]}, which is {what}")
     stray = sorted(n for n in os.listdir(folder) if _SHARD_NAME.fullmatch(n) and n not in shard_names)
     if single_set and stray:
         raise OSError(f"{index_file}: {stray[0]} is a shard the index does not name (left by another save?)")
