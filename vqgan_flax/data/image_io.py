@@ -108,7 +108,8 @@ def open_rgb(path: Any) -> Any:
         if str(err).startswith(str(path)):
             raise
         raise ValueError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+    except (OSError, SyntaxError, TypeError, IndexError, KeyError, Image.DecompressionBombError) as err:
+        # Pillow's decoders raise these on corrupt headers (TIFF tags, GIF tables).
         raise ValueError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
 
 

@@ -40,12 +40,27 @@ class VQGANImageProcessor(BaseImageProcessor):
         pixel_range: Sequence[float] = (-1.0, 1.0),
         **kwargs: Any,
     ) -> None:
+        shadowing = sorted(k for k in kwargs if callable(getattr(type(self), k, None)))
+        if shadowing:  # a config key named like a method would replace it on the instance
+            raise ValueError(f"{shadowing[0]}: not a setting (it names a method of the processor)")
         super().__init__(**kwargs)
-        self.do_resize = do_resize
-        self.size = dict(size or {"shortest_edge": 256})
-        self.do_center_crop = do_center_crop
-        self.crop_size = dict(crop_size or {"height": 256, "width": 256})
+        self.do_resize = _flag(do_resize, "do_resize")
+        self.size = _sizes(size or {"shortest_edge": 256}, "size", ("shortest_edge",))
+        self.do_center_crop = _flag(do_center_crop, "do_center_crop")
+        self.crop_size = _sizes(crop_size or {"height": 256, "width": 256}, "crop_size", ("height", "width"))
         self.pixel_range = checked_pixel_range(pixel_range)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """transformers' ``from_pretrained``; a setting or file it refuses is named with the folder
+        (``FOLDER: preprocessor_config.json: size: ...``)."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except (ValueError, TypeError) as err:
+            where = str(pretrained_model_name_or_path)
+            if where in str(err):
+                raise
+            raise ValueError(f"{where}: preprocessor_config.json: {err}") from None
 
     def _to_pil(self, image: Any):
         from PIL import Image
@@ -100,6 +115,25 @@ class VQGANImageProcessor(BaseImageProcessor):
 
             return [Image.fromarray(image) for image in images]
         raise ValueError(f"output_type must be 'np' or 'pil'; got {output_type!r}")
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A yes/no setting must be a bool: the string "no" would otherwise be taken as true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be true or false; got {type(value).__name__} {value!r:.40}")
+    return bool(value)
+
+
+def _sizes(value: Any, name: str, keys: Tuple[str, ...]) -> Dict[str, int]:
+    """``{"shortest_edge": n}`` or ``{"height": h, "width": w}``: exactly those keys, positive
+    integers no larger than an image we would make (65536)."""
+    if not isinstance(value, dict) or set(value) != set(keys):
+        raise ValueError(f"{name} must be {{{', '.join(repr(k) + ': int' for k in keys)}}}; got {value!r:.80}")
+    for key in keys:
+        number = value[key]
+        if isinstance(number, bool) or not isinstance(number, (int, np.integer)) or not 1 <= number <= 1 << 16:
+            raise ValueError(f"{name}[{key!r}] must be an integer in [1, 65536]; got {number!r:.40}")
+    return {key: int(value[key]) for key in keys}
 
 
 def _resize_crop(image: Any, edge: int, height: Optional[int], width: Optional[int]) -> Any:

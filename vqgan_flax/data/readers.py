@@ -112,6 +112,7 @@ def _load_npz(path: str) -> Dict[str, np.ndarray]:
     """The arrays of an ``.npz``, each member's shape and dtype read from its header and checked
     before its data is inflated (``np.load`` inflates a member whole before anything can look)."""
     import zipfile
+    import zlib
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
@@ -125,7 +126,11 @@ def _load_npz(path: str) -> Dict[str, np.ndarray]:
                                      f"file's {MAX_NPZ_MEMBER_BYTES} (write parquet shards for more)")  # fmt: skip
                 with archive.open(info) as member:
                     record[name] = _npy_member(member, info.file_size, f"{path}: {name}")
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as err:
+    except ValueError as err:
+        if str(err).startswith(path):
+            raise
+        raise ValueError(f"{path}: not a token file ({type(err).__name__}: {err})") from None
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError) as err:
         raise ValueError(f"{path}: not a token file ({type(err).__name__}: {err})") from None
     return record
 
@@ -275,7 +280,10 @@ def _jsonl_rows(shard: str, keys_only: bool = False) -> Iterator[Tuple[str, Any]
     with open(shard, encoding="utf-8") as f:
         number = 0
         while True:
-            line = f.readline(MAX_JSONL_LINE_BYTES + 1)
+            try:
+                line = f.readline(MAX_JSONL_LINE_BYTES + 1)
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{shard}: line {number + 1}: not UTF-8 text ({err.reason})") from None
             if not line:
                 return
             number += 1

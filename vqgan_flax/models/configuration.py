@@ -212,6 +212,18 @@ class VQGANConfig(PretrainedConfig):
         return self.resolution // 2**level in self.attn_resolutions
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """transformers' ``from_pretrained``; a field it refuses is named with the folder
+        (``FOLDER: config.json: ch=-1 must be ...``)."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except (ValueError, TypeError) as err:
+            where = str(pretrained_model_name_or_path)
+            if where in str(err):
+                raise
+            raise ValueError(f"{where}: config.json: {err}") from None
+
+    @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> VQGANConfig:
         """A config for a published taming architecture: one of ``PRESETS`` (``f16-1024``, ...)."""
         if name not in PRESETS:
@@ -246,7 +258,12 @@ class VQGANConfig(PretrainedConfig):
             raise ValueError(f"{path}: not a plain YAML taming config: {problem}{where}") from None
         except UnicodeDecodeError as err:
             raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
-        return cls.from_taming_dict(document, source=str(path), **overrides)
+        try:
+            return cls.from_taming_dict(document, source=str(path), **overrides)
+        except (ValueError, TypeError) as err:
+            if str(path) in str(err):
+                raise
+            raise ValueError(f"{path}: {err}") from None
 
     @classmethod
     def from_taming_dict(cls, document: Dict[str, Any], source: str = "<dict>", **overrides: Any) -> VQGANConfig:
