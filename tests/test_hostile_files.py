@@ -190,3 +190,53 @@ def test_a_second_run_on_one_output_folder_is_refused_naming_the_holder(tmp_path
     again = ShardedTokenWriter(str(folder), "jsonl", {"model": "m"})
     assert again.done == {"a.png"}
     again.close()
+
+
+def _encode_peak_mb(inputs, out, tiny) -> tuple:
+    """Exit status and peak resident memory (MiB) of ``vqgan-flax encode`` in its own process."""
+    script = textwrap.dedent("""
+        import resource, sys
+        from vqgan_flax.cli import main
+        code = main(sys.argv[1:])
+        print(code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    """)
+    argv = ["encode", *map(str, inputs), "--out", str(out), "--format", "jsonl", "--model", tiny, "--quiet",
+            "--size", "16", "--workers", "2"]  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=300)
+    code, peak = result.stdout.split()[-2:]
+    return int(code), float(peak)
+
+
+def test_encode_memory_stays_within_the_documented_bound_on_the_worst_inputs(tiny, tmp_path):
+    """docs/reliability.md: encode's peak memory is its baseline (the model, its compiled programs)
+    plus at most workers x MAX_DECODE_BYTES for decoding. Fed the worst inputs of the adversarial
+    pass — a 12000 x 12000 16-bit PNG (refused from its header) and two 6000 x 6000 photographs
+    that are decoded, with 2 workers — it stays inside it; a tar sample followed by 1 GiB of members
+    of the same sample (a few MB compressed) costs what the sample alone costs."""
+    small = tmp_path / "small"
+    small.mkdir()
+    _png(small / "a.png")
+    code, baseline = _encode_peak_mb([small], tmp_path / "out-small", tiny)
+    assert code == 0
+    worst = tmp_path / "worst"
+    worst.mkdir()
+    Image.fromarray(np.zeros((12000, 12000), np.uint16)).save(worst / "deep.png")
+    gradient = np.broadcast_to(np.arange(6000, dtype=np.uint8)[None, :, None], (6000, 6000, 3))
+    for name in ("big1.png", "big2.png"):
+        Image.fromarray(np.ascontiguousarray(gradient)).save(worst / name)
+    code, peak = _encode_peak_mb([worst], tmp_path / "out-worst", tiny)
+    assert code == 0
+    errors = (tmp_path / "out-worst" / ".vqgan_flax" / "errors-000.jsonl").read_text()
+    assert "deep.png: a 12000x12000" in errors and "more than 1024 MiB" in errors
+    assert peak - baseline < 2 * image_io.MAX_DECODE_BYTES / 2**20, (baseline, peak)
+    image = io.BytesIO()
+    _png(image)
+    for name, extra in (("one.tar.gz", 0), ("bomb.tar.gz", 8)):
+        with tarfile.open(tmp_path / name, "w:gz", compresslevel=1) as archive:
+            for data in [image.getvalue()] + [b"\0" * (128 << 20)] * extra:
+                info = tarfile.TarInfo("0001.png")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    code, one = _encode_peak_mb([tmp_path / "one.tar.gz"], tmp_path / "out-one", tiny)
+    code, bomb = _encode_peak_mb([tmp_path / "bomb.tar.gz"], tmp_path / "out-bomb", tiny)
+    assert code == 0 and bomb - one < 100, (one, bomb)
