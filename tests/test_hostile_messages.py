@@ -63,3 +63,20 @@ def test_a_taming_yaml_with_wrong_types_names_the_file(tmp_path):
     (tmp_path / "model.yaml").write_text("model:\n  params:\n    ddconfig: [1, 2]\n    n_embed: 4\n")
     with pytest.raises(ValueError, match=rf"{tmp_path}/model.yaml"):
         VQGANConfig.from_taming_yaml(tmp_path / "model.yaml")
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"\x93\x01\x02\x03", r"holds a list at the top, not a parameter tree"),
+        (b"\x91" * 100_000 + b"\xc0", r"StackError"),
+    ],
+)
+def test_msgpack_weights_that_are_no_tree_name_the_file(tiny, tmp_path, data, message):
+    """A top-level list used to escape as a bare AssertionError; deep nesting names the file."""
+    from vqgan_flax import FlaxVQGANModel
+
+    (tmp_path / "config.json").write_text((__import__("pathlib").Path(tiny) / "config.json").read_text())
+    (tmp_path / "flax_model.msgpack").write_bytes(data)
+    with pytest.raises(OSError, match=rf"{tmp_path}/flax_model.msgpack: .*{message}"):
+        FlaxVQGANModel.from_pretrained(tmp_path)

@@ -185,6 +185,8 @@ class FlaxVQGANMixin:
             if resolved_archive_file in str(err):
                 raise
             raise OSError(f"{resolved_archive_file}: unreadable weights ({type(err).__name__}: {err})") from None
+        if not isinstance(state, dict):  # transformers 4's reader returns whatever the msgpack holds
+            raise OSError(f"{resolved_archive_file}: holds a {type(state).__name__} at the top, not a parameter tree")
         flat = flatten_dict(state)
         squeezed = 0
         for key, value in flat.items():

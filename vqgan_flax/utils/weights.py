@@ -97,12 +97,17 @@ def read_weights(path: str) -> dict:
             return unflatten_dict(load_file(path), sep=".")
         with open_regular(path) as f:
             data = f.read()
-        return msgpack_restore(data)
+        tree = msgpack_restore(data)
     except Exception as error:
         with open(path, "rb") as f:
             if f.read(7) == b"version":
                 raise OSError(f"{path} is a git-lfs pointer, not the weights: run `git lfs pull`") from error
+        if type(error).__name__ == "StackError":
+            raise OSError(f"{path}: nested deeper than any parameter tree (msgpack StackError)") from None
         raise OSError(f"Unable to read Flax weights from {path}: {error}") from error
+    if not isinstance(tree, dict):
+        raise OSError(f"{path}: holds a {type(tree).__name__} at the top, not a parameter tree")
+    return tree
 
 
 def read_folder_weights(folder: str) -> dict:
