@@ -240,3 +240,19 @@ def test_encode_memory_stays_within_the_documented_bound_on_the_worst_inputs(tin
     code, one = _encode_peak_mb([tmp_path / "one.tar.gz"], tmp_path / "out-one", tiny)
     code, bomb = _encode_peak_mb([tmp_path / "bomb.tar.gz"], tmp_path / "out-bomb", tiny)
     assert code == 0 and bomb - one < 100, (one, bomb)
+
+
+def test_a_file_name_that_is_not_utf8_is_rejected_alone(tiny, tmp_path):
+    """Such a name once failed every parquet write of the run; now that item alone is rejected."""
+    from vqgan_flax.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _png(data / "a.png")
+    _png(os.path.join(os.fsencode(data), b"caf\xe9.png"))
+    out = tmp_path / "out"
+    assert main(["encode", str(data), "--out", str(out), "--format", "parquet", "--model", tiny, "--quiet"]) == 0
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out).column("key").to_pylist() == ["a.png"]
+    assert "caf\\\\udce9.png" in (out / ".vqgan_flax" / "errors-000.jsonl").read_text()

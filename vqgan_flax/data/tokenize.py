@@ -131,6 +131,8 @@ def tokenize_items(
                     progress(1)
             elif item.key in seen:
                 fail(item.key, "duplicate key: an earlier item has the same key")
+            elif not _is_utf8(item.key):  # a file name of undecodable bytes: no token file can store it
+                fail(item.key.encode("utf-8", "backslashreplace").decode(), "the name is not UTF-8 text")
             else:
                 seen.add(item.key)
                 yield item
@@ -196,6 +198,14 @@ def errors_jsonl(summary: TokenizeSummary) -> bytes:
     import json
 
     return "".join(json.dumps({"key": k, "error": m}) + "\n" for k, m in summary.errors).encode()
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # surrogates: os.fsdecode's escapes for bytes that are not UTF-8
+        return False
+    return True
 
 
 __all__: Tuple[str, ...] = ("FrameSampling", "TokenizeSummary", "errors_jsonl", "summary_lines", "tokenize_items")
