@@ -196,3 +196,30 @@ def test_outputs_never_go_through_a_symlink_or_replace_a_special_file(tiny, tmp_
     np.savez(tmp_path / "t.npz", tokens=np.zeros((1, 8, 8), np.int32), keys=np.array(["a.png"]))
     code, err = _run(capsys, "decode", tmp_path / "t.npz", "--out", out, "--model", tiny, "--quiet")
     assert code == 1 and "'a.png' exists and is not a regular file; not replacing it" in err
+
+
+def test_a_resumed_run_checks_each_parquet_shard_it_counts_as_done(tmp_path):
+    """Shards copied in from a run with another model carry that model in their own schema: the
+    resumed run refuses them instead of counting their keys as done."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vqgan_flax.data.writers import ShardedTokenWriter
+
+    settings = {"model": "m", "model_digest": "a" * 16, "grid": [8, 8]}
+    for folder, digest in (("mine", "a" * 16), ("theirs", "b" * 16)):
+        writer = ShardedTokenWriter(str(tmp_path / folder), "parquet", {**settings, "model_digest": digest})
+        writer.add("x.png", np.zeros((1, 8, 8), np.int32))
+        writer.close()
+    shutil.copy(tmp_path / "theirs" / "part-000-00000.parquet", tmp_path / "mine" / "part-000-00007.parquet")
+    with pytest.raises(ValueError, match=r"part-000-00007.parquet holds tokens made with model_digest='bbbb"):
+        ShardedTokenWriter(str(tmp_path / "mine"), "parquet", settings)
+    table = pa.table({"key": ["y.png"], "tokens": pa.array([[0] * 64], pa.list_(pa.int32())), "frames": [1],
+                      "height": [8], "width": [8]})  # fmt: skip
+    pq.write_table(table, tmp_path / "mine" / "part-000-00007.parquet")
+    with pytest.raises(ValueError, match=r"part-000-00007.parquet: a shard without its settings"):
+        ShardedTokenWriter(str(tmp_path / "mine"), "parquet", settings)
+    (tmp_path / "mine" / "part-000-00007.parquet").unlink()
+    assert ShardedTokenWriter(str(tmp_path / "mine"), "parquet", settings).done == {"x.png"}

@@ -181,6 +181,7 @@ class ShardedTokenWriter:
                 continue
             if match.group(3) != fmt:
                 raise ValueError(f"{path}: a {match.group(3)} shard in a folder being written as {fmt}")
+            self._check_shard(path)
             self.done.update(self._keys(path))
             if int(match.group(1)) == process:
                 numbers.append(int(match.group(2)))
@@ -205,6 +206,23 @@ class ShardedTokenWriter:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             text = json.dumps(self.metadata, indent=2) + "\n"
             atomic_write(path, lambda f: f.write(text.encode()))
+
+    def _check_shard(self, path: str) -> None:
+        """A parquet shard carries the settings it was made with in its own schema: a resumed run
+        checks each shard, not only ``metadata.json`` (shards copied in from another run would
+        otherwise be counted as done with another model's codes)."""
+        if self.format != "parquet":
+            return
+        import pyarrow.parquet as pq
+
+        try:
+            recorded = (pq.read_schema(path).metadata or {}).get(b"vqgan_flax")
+            made_with = json.loads(recorded) if recorded is not None else None
+        except Exception as err:
+            raise ValueError(f"{path}: unreadable shard ({type(err).__name__}: {err}); move it away") from None
+        if not isinstance(made_with, dict):
+            raise ValueError(f"{path}: a shard without its settings (no vqgan_flax metadata); move it away")
+        check_same_tokens(made_with, self.metadata, path, (*TOKEN_SETTINGS, "format"))
 
     def _keys(self, path: str) -> Iterable[str]:
         try:
