@@ -256,3 +256,16 @@ def test_a_file_name_that_is_not_utf8_is_rejected_alone(tiny, tmp_path):
 
     assert pq.read_table(out).column("key").to_pylist() == ["a.png"]
     assert "caf\\\\udce9.png" in (out / ".vqgan_flax" / "errors-000.jsonl").read_text()
+
+
+def test_float_images_in_zero_one_are_not_encoded_black(tmp_path):
+    values = np.linspace(0, 1, 24 * 20, dtype=np.float32).reshape(24, 20)
+    Image.fromarray(values, mode="F").save(tmp_path / "float.tif")
+    rgb = np.asarray(open_rgb(tmp_path / "float.tif"))
+    np.testing.assert_array_equal(rgb[..., 0], np.round(values * 255).astype(np.uint8))
+    Image.fromarray(values * 200, mode="F").save(tmp_path / "wide.tif")  # values beyond 1: taken as 0..255
+    assert np.asarray(open_rgb(tmp_path / "wide.tif")).max() == 200
+    values[0, 0] = np.nan
+    Image.fromarray(values, mode="F").save(tmp_path / "nan.tif")
+    with pytest.raises(ValueError, match=r"nan.tif: not a readable image \(ValueError: a float image with NaN"):
+        open_rgb(tmp_path / "nan.tif")

@@ -16,7 +16,8 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
 
 def to_rgb(image: Any) -> Any:
     """A PIL image → RGB PIL image: EXIF orientation applied, palette and grayscale expanded,
-    transparency composited on white, 16-bit and 32-bit integer images scaled to 8 bits."""
+    transparency composited on white, 16-bit and 32-bit integer images scaled to 8 bits, float
+    images taken as [0, 1] (or 0..255 where their values are larger)."""
     from PIL import Image, ImageOps
 
     image = ImageOps.exif_transpose(image)
@@ -29,6 +30,14 @@ def to_rgb(image: Any) -> Any:
             rows = values[top : top + 1024].astype(np.int64)
             scaled[top : top + 1024] = np.clip((rows + 128) // 257, 0, 255)
         image = Image.fromarray(scaled)
+    if image.mode == "F":
+        # Float images are [0, 1] by the common convention (convert("RGB") would clip them to
+        # black); a float image with larger values is taken as 0..255. NaN and inf are refused.
+        values = np.asarray(image, np.float32)
+        if not np.isfinite(values).all():
+            raise ValueError("a float image with NaN or infinite pixels")
+        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
+        image = Image.fromarray(np.clip(np.round(values * scale), 0, 255).astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA"):
