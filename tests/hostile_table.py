@@ -1,4 +1,4 @@
-"""The adversarial pass of issue 11 as a table: crafted and broken inputs against one source tree.
+"""The adversarial passes of issues 11 and 32 as a table: crafted and broken inputs against one source tree.
 
     python tests/hostile_table.py                          # this checkout
     python tests/hostile_table.py --tree /tmp/before       # another checkout (e.g. a git worktree)
@@ -33,6 +33,7 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import hostile_table_round3
 import numpy as np
 
 from vqgan_flax.evaluation import provenance
@@ -149,6 +150,7 @@ def make_inputs(d: pathlib.Path) -> None:
     np.savez(d / "oob_tokens.npz", tokens=np.full((1, 8, 8), 32, np.int32))
     np.savez(d / "escaping_keys.npz", tokens=np.zeros((1, 8, 8), np.int32), keys=np.asarray(["../../escaped.png"]))
     (d / "existing_file").write_bytes(b"keep me")
+    hostile_table_round3.make_inputs(d)
 
 
 LOAD = "from vqgan_flax import FlaxVQGANModel\nFlaxVQGANModel.from_pretrained({path!r})\n"
@@ -323,6 +325,7 @@ def cases() -> List[Case]:
             ["existing_file"],
             cli=True,
         ),
+        *hostile_table_round3.cases(Case, cli, LOAD, MODEL),
     ]
 
 
@@ -380,6 +383,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", help="write the outcomes here (needs a clean checkout, as every record)")
     parser.add_argument("--allow-dirty", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-k", help="only cases whose name contains this")
+    parser.add_argument("--category", action="append", help="only cases of this category (repeatable)")
     parser.add_argument("--make-inputs", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.make_inputs:
@@ -387,7 +391,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     provenance.check_can_record(args.json, args.allow_dirty)
     trees = [str(pathlib.Path(t).resolve()) for t in (args.tree or [HERE.parent])]
-    table = [c for c in cases() if not args.k or args.k in c.name]
+    table = [
+        c for c in cases() if (not args.k or args.k in c.name) and (not args.category or c.category in args.category)
+    ]
     with tempfile.TemporaryDirectory() as work:
         results = {}
         for tree in trees:
