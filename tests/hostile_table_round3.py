@@ -19,6 +19,24 @@ import numpy as np
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 
 
+# A re-save killed by SIGKILL after its second shard is written.
+KILLED_SAVE_CHILD = """
+import os, signal, jax
+import vqgan_flax.utils.weights as w
+from vqgan_flax import FlaxVQGANModel
+m = FlaxVQGANModel.from_pretrained('{resaved}')
+calls = []
+original = w.to_bytes
+def killed(tree):
+    calls.append(1)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(tree)
+w.to_bytes = killed
+m.save_pretrained('{resaved}', params=jax.tree.map(lambda x: x + 1, m.params), max_shard_size=20000)
+"""
+
+
 def make_inputs(d: pathlib.Path) -> None:
     """The round's inputs under ``d/r3`` (``d/tiny`` exists: the tiny model)."""
     from crafted_pickles import PickleWriter, write_zip
@@ -97,16 +115,14 @@ def cases(case: Callable, cli: Callable, load: str, model: str) -> List:
     """The round's cases, built with ``hostile_table``'s ``Case`` and ``cli`` helpers."""
     r = "{d}/r3"
     decode = lambda tokens, out: cli("decode", f"{r}/{tokens}", "--out", f"{r}/{out}", "--model", "{d}/tiny", "-q")  # noqa: E731
+    # The killed save runs in a process of its own: a fork of a process running JAX may hang.
     killed_save = (
-        "import os, signal, jax\nimport vqgan_flax.utils.weights as w\nfrom vqgan_flax import FlaxVQGANModel\n"
-        "m = FlaxVQGANModel.from_pretrained('{d}/tiny')\nm.save_pretrained('" + r + "/resaved', max_shard_size=20000)\n"
-        "if os.fork() == 0:\n    calls = []\n    original = w.to_bytes\n"
-        "    w.to_bytes = lambda t: (calls.append(1), len(calls) == 3 and os.kill(os.getpid(), signal.SIGKILL),"
-        " original(t))[2]\n"
-        "    m.save_pretrained('"
-        + r
-        + "/resaved', params=jax.tree.map(lambda x: x + 1, m.params), max_shard_size=20000)\n"
-        "os.wait()\nn = FlaxVQGANModel.from_pretrained('" + r + "/resaved')\n"
+        "import subprocess, jax\nfrom vqgan_flax import FlaxVQGANModel\n"
+        "m = FlaxVQGANModel.from_pretrained('{d}/tiny')\n"
+        f"m.save_pretrained('{r}/resaved', max_shard_size=20000)\n"
+        f"child = {KILLED_SAVE_CHILD.replace('{resaved}', r + '/resaved')!r}\n"
+        "assert subprocess.run([sys.executable, '-c', child]).returncode == -9\n"
+        f"n = FlaxVQGANModel.from_pretrained('{r}/resaved')\n"
         "assert all((a == b).all() for a, b in zip(jax.tree.leaves(n.params), jax.tree.leaves(m.params)))\n"
     )
     locked = (
