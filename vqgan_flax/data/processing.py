@@ -6,6 +6,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..utils.files import errors_naming
 from ..utils.quiet import quiet_transformers_advice
 
 with quiet_transformers_advice():
@@ -54,13 +55,8 @@ class VQGANImageProcessor(BaseImageProcessor):
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
         """transformers' ``from_pretrained``; a setting or file it refuses is named with the folder
         (``FOLDER: preprocessor_config.json: size: ...``)."""
-        try:
+        with errors_naming(str(pretrained_model_name_or_path), "preprocessor_config.json"):
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        except (ValueError, TypeError) as err:
-            where = str(pretrained_model_name_or_path)
-            if where in str(err):
-                raise
-            raise ValueError(f"{where}: preprocessor_config.json: {err}") from None
 
     def _to_pil(self, image: Any):
         from PIL import Image

@@ -215,18 +215,9 @@ class FlaxHubModel:
             return model
         return model, on_host(unflatten_dict(state))
 
-    def save_pretrained(
-        self,
-        save_directory: Union[str, os.PathLike],
-        params: Optional[dict] = None,
-        push_to_hub: bool = False,
-        max_shard_size: Union[int, str] = "10GB",
-        token: Optional[Union[str, bool]] = None,
-        safe_serialization: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        """[`save_model`]: ``config.json`` and the weights, whole or not at all."""
-        save_model(self, save_directory, params, push_to_hub, max_shard_size, token, safe_serialization, **kwargs)
+    def save_pretrained(self, *args: Any, **kwargs: Any) -> None:
+        """[`save_model`]: ``config.json`` and the weights, whole or not at all (same arguments)."""
+        save_model(self, *args, **kwargs)
 
     def push_to_hub(
         self,

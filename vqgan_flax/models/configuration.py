@@ -6,6 +6,7 @@ import copy
 import os
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from ..utils.files import errors_naming
 from ..utils.quiet import quiet_transformers_advice
 from .presets import PRESETS
 
@@ -215,13 +216,8 @@ class VQGANConfig(PretrainedConfig):
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
         """transformers' ``from_pretrained``; a field it refuses is named with the folder
         (``FOLDER: config.json: ch=-1 must be ...``)."""
-        try:
+        with errors_naming(str(pretrained_model_name_or_path), "config.json"):
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        except (ValueError, TypeError) as err:
-            where = str(pretrained_model_name_or_path)
-            if where in str(err):
-                raise
-            raise ValueError(f"{where}: config.json: {err}") from None
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> VQGANConfig:

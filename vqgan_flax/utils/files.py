@@ -5,12 +5,21 @@ something that is not a regular file."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
-from typing import IO, Any, Callable, Union
+from typing import IO, Any, Callable, Iterator, Union
 
-__all__ = ["NotRegularFileError", "atomic_write", "check_replaceable", "honour_umask", "open_regular"]
+__all__ = [
+    "NotRegularFileError",
+    "atomic_write",
+    "check_replaceable",
+    "current_umask",
+    "errors_naming",
+    "honour_umask",
+    "open_regular",
+]
 
 
 class NotRegularFileError(ValueError):
@@ -49,12 +58,29 @@ def check_replaceable(path: str) -> None:
         raise NotRegularFileError(f"{path}: {_kind(os.stat(path).st_mode)}; not replacing it with a file")
 
 
+@contextlib.contextmanager
+def errors_naming(where: str, file: str) -> Iterator[None]:
+    """Re-raise a ``ValueError`` / ``TypeError`` that does not name ``where`` as one line that does:
+    ``WHERE: FILE: message`` (transformers' loaders name neither for a field they refuse)."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        if where in str(err):
+            raise
+        raise ValueError(f"{where}: {file}: {err}") from None
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it; it is set straight back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def honour_umask(path: str) -> None:
     """Give ``path`` the permissions a plain ``open`` would (0666 less the umask): ``mkstemp`` and
     safetensors' ``save_file`` create files readable by their owner only."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    os.chmod(path, 0o666 & ~current_umask())
 
 
 def atomic_write(path: str, write: Callable[[Any], None]) -> None:

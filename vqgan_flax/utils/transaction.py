@@ -24,6 +24,8 @@ import stat
 import tempfile
 from typing import Callable, Union
 
+from .files import current_umask
+
 __all__ = ["MAX_CARRIED", "check_apart", "replace_folder"]
 
 MAX_CARRIED = 10_000
@@ -125,7 +127,7 @@ def replace_folder(
     _remove_abandoned(parent, target)
     fresh = tempfile.mkdtemp(dir=parent, prefix=f"{_partial_prefix(target)}{os.getpid()}-", suffix=".partial")
     try:
-        os.chmod(fresh, 0o777 & ~_umask())
+        os.chmod(fresh, 0o777 & ~current_umask())
         write(fresh)
         if not os.path.isdir(target):
             os.rename(fresh, target)
@@ -148,9 +150,3 @@ def replace_folder(
             fresh = aside
     finally:
         shutil.rmtree(fresh, ignore_errors=True)
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask

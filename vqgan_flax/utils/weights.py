@@ -89,14 +89,14 @@ def shard_params(params: dict, max_shard_size: Union[int, str] = "10GB") -> Tupl
 
 def read_weights(path: str) -> dict:
     """The nested parameter dict stored in a ``.safetensors`` or msgpack file."""
-    open_regular(path).close()  # a FIFO, a device or a symlink to one is refused before a read
+    # A FIFO, a device or a symlink to one is refused before a read.
+    with open_regular(path) as f:
+        data = None if path.endswith(".safetensors") else f.read()
     try:
-        if path.endswith(".safetensors"):
+        if data is None:
             from safetensors.flax import load_file
 
             return unflatten_dict(load_file(path), sep=".")
-        with open_regular(path) as f:
-            data = f.read()
         tree = msgpack_restore(data)
     except Exception as error:
         with open(path, "rb") as f:
