@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
@@ -135,6 +136,33 @@ def test_sixteen_bit_images_scale_as_before():
     expected = np.clip(np.round(values.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
     rgb = np.asarray(image_io.to_rgb(Image.fromarray(values)))
     np.testing.assert_array_equal(rgb[..., 0], expected)
+
+
+def _tiff32(path, values, sample_format):
+    """A baseline one-strip grayscale TIFF of 32-bit integers, written by hand (Pillow writes only
+    signed ones)."""
+    height, width = values.shape
+    data = values.astype("<u4" if sample_format == 1 else "<i4").tobytes()
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 32), (259, 3, 1), (262, 3, 1), (273, 4, 8),
+            (277, 3, 1), (278, 4, height), (279, 4, len(data)), (339, 3, sample_format)]  # fmt: skip
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHI", tag, kind, 1) + struct.pack("<I" if kind == 4 else "<HH", *((v,) if kind == 4 else (v, 0)))
+        for tag, kind, v in tags
+    )
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8 + len(data)) + data + ifd + b"\0\0\0\0")
+
+
+def test_thirty_two_bit_images_scale_by_their_declared_range(tmp_path):
+    """32-bit integer TIFFs are scaled from their own range (they used to be taken as 16-bit, so
+    every value over 65535 was white); signed ones with negative pixels are refused."""
+    top = 2**32 - 1
+    _tiff32(tmp_path / "u32.tif", np.array([[0, 70000, top // 2, top]], np.uint64), 1)
+    assert np.asarray(open_rgb(tmp_path / "u32.tif"))[0, :, 0].tolist() == [0, 0, 127, 255]
+    _tiff32(tmp_path / "i32.tif", np.array([[0, 70000, 2**30, 2**31 - 1]], np.int64), 2)
+    assert np.asarray(open_rgb(tmp_path / "i32.tif"))[0, :, 0].tolist() == [0, 0, 128, 255]
+    _tiff32(tmp_path / "neg.tif", np.array([[0, -5]], np.int64), 2)
+    with pytest.raises(ValueError, match=r"neg.tif: .*negative pixel values"):
+        open_rgb(tmp_path / "neg.tif")
 
 
 def test_a_tar_sample_reads_only_its_first_image_and_caption(tmp_path, monkeypatch):

@@ -80,3 +80,39 @@ def test_msgpack_weights_that_are_no_tree_name_the_file(tiny, tmp_path, data, me
     (tmp_path / "flax_model.msgpack").write_bytes(data)
     with pytest.raises(OSError, match=rf"{tmp_path}/flax_model.msgpack: .*{message}"):
         FlaxVQGANModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (b"[1, 2]", r"config.json: an LWM config: not a JSON object \(a list\)"),
+        (b"{\"hidden_channels\": 8,", r"config.json: an LWM config: not JSON"),
+        (b"\xff\xfe{}", r"config.json: an LWM config: not UTF-8 text"),
+        (b"{\"model_type\": \"vqgan\"}", r"config.json: an LWM config: unknown LWM config fields \['model_type'\]"),
+        (b"{\"channel_mult\": 3}", r"config.json: an LWM config: .*int"),
+    ],
+)
+def test_an_lwm_config_beside_the_pickle_is_named_when_wrong(tmp_path, config, message):
+    """The config.json LWM keeps beside its pickle is read as untrusted: bounded, a regular file, an
+    object of LWM's fields; what is wrong is one line naming it."""
+    from utils import FIXTURES
+
+    from vqgan_flax.conversion import load_lwm_checkpoint
+
+    (tmp_path / "vqgan").write_bytes((FIXTURES / "lwm" / "vqgan").read_bytes())
+    (tmp_path / "config.json").write_bytes(config)
+    with pytest.raises(ValueError, match=message):
+        load_lwm_checkpoint(tmp_path / "vqgan")
+
+
+def test_an_lwm_config_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    import os
+
+    from utils import FIXTURES
+
+    from vqgan_flax.conversion import load_lwm_checkpoint
+
+    (tmp_path / "vqgan").write_bytes((FIXTURES / "lwm" / "vqgan").read_bytes())
+    os.mkfifo(tmp_path / "config.json")
+    with pytest.raises(ValueError, match=r"config.json: a FIFO, not a regular file"):
+        load_lwm_checkpoint(tmp_path / "vqgan")

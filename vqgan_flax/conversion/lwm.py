@@ -7,7 +7,6 @@ them onto our (taming/vqgan-jax) names once, on load.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Dict, Optional, Tuple
@@ -15,6 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from ..models.configuration import VQGANConfig
+from ..utils.files import errors_naming, read_json_object
 from .common import check_weights, describe_architecture, expected_param_shapes, raise_on_mismatch
 from .torch_pickle import CheckpointError, PathLike, load_pickle
 
@@ -173,8 +173,10 @@ def load_lwm_checkpoint(path: PathLike, config: Optional[Dict[str, Any]] = None)
     path = os.fspath(path)
     if config is None:
         config_file = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
-        if os.path.isfile(config_file):
-            with open(config_file) as f:
-                config = json.load(f)
-    vqgan_config = config_from_lwm(config)
+        if os.path.lexists(config_file):
+            config = read_json_object(config_file, "an LWM config")
+        with errors_naming(config_file, "an LWM config"):
+            vqgan_config = config_from_lwm(config)
+    else:
+        vqgan_config = config_from_lwm(config)
     return vqgan_config, lwm_params_to_flax(load_pickle(path), vqgan_config, source=path)

@@ -20,16 +20,10 @@ def to_rgb(image: Any) -> Any:
     images taken as [0, 1] (or 0..255 where their values are larger)."""
     from PIL import Image, ImageOps
 
+    depth = _integer_range(image)  # before exif_transpose, whose copy drops the TIFF tags
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # Pillow's convert("RGB") clips these at 255; scale the full 16-bit range instead, in
-        # integers (round(v / 257) is (v + 128) // 257: 257 is odd, so no value is a tie).
-        values = np.asarray(image)
-        scaled = np.empty(values.shape, np.uint8)
-        for top in range(0, values.shape[0], 1024):  # rows at a time: no full-size int64 copy
-            rows = values[top : top + 1024].astype(np.int64)
-            scaled[top : top + 1024] = np.clip((rows + 128) // 257, 0, 255)
-        image = Image.fromarray(scaled)
+        image = Image.fromarray(_integer_to_uint8(np.asarray(image), *depth))
     if image.mode == "F":
         # Float images are [0, 1] by the common convention (convert("RGB") would clip them to
         # black); a float image with larger values is taken as 0..255. NaN and inf are refused.
@@ -44,6 +38,31 @@ def to_rgb(image: Any) -> Any:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
     return image.convert("RGB")
+
+
+def _integer_range(image: Any) -> Tuple[int, bool]:
+    """The largest value of an integer image's declared range, and whether it is signed: 32-bit
+    TIFFs say theirs (unsigned 2^32-1, signed 2^31-1); every other integer image is 16-bit."""
+    bits = image.tag_v2.get(258, ()) if getattr(image, "format", None) == "TIFF" else ()
+    if 32 not in tuple(bits):
+        return (1 << 16) - 1, False
+    signed = tuple(image.tag_v2.get(339, (1,)))[:1] == (2,)
+    return ((1 << 31) - 1, True) if signed else ((1 << 32) - 1, False)
+
+
+def _integer_to_uint8(values: np.ndarray, top_value: int, signed: bool) -> np.ndarray:
+    """Integer pixels over ``0..top_value`` scaled to 8 bits, rounding to nearest, in integers
+    (top_value / 255 is 257 or 16843009, odd: no value is a tie). Pillow's convert("RGB") would
+    clip at 255 instead. Negative values of a signed image are refused."""
+    if signed and values.size and values.min() < 0:
+        raise ValueError("a signed 32-bit image with negative pixel values")
+    if top_value == (1 << 32) - 1:
+        values = values.view(np.uint32)  # Pillow reads unsigned 32-bit pixels into int32
+    scaled = np.empty(values.shape, np.uint8)
+    for top in range(0, values.shape[0], 1024):  # rows at a time: no full-size int64 copy
+        rows = values[top : top + 1024].astype(np.int64)
+        scaled[top : top + 1024] = np.clip((rows * 255 + top_value // 2) // top_value, 0, 255)
+    return scaled
 
 
 # Above this many pixels, the resized image is never built: the crop is resampled straight from

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ..utils.files import read_json_object
 from .image_io import check_key
 from .writers import METADATA_FILE, NPZ_STRINGS, ROW_GROUP_TOKENS, SHARD_NAME
 
@@ -193,14 +194,8 @@ def _read_shards(folder: str, shards: List[str]) -> TokenSource:
     recorded = os.path.join(folder, METADATA_FILE)
     if kinds == {".parquet"} and len(shards) == 1:
         metadata = _parquet_metadata(shards[0])
-    if not metadata and os.path.isfile(recorded):
-        try:
-            with open(recorded, encoding="utf-8") as f:
-                metadata = json.load(f)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{recorded}: unreadable ({err})") from None
-        if not isinstance(metadata, dict):
-            raise ValueError(f"{recorded}: not a JSON object")
+    if not metadata and os.path.lexists(recorded):
+        metadata = read_json_object(recorded, "the token folder's metadata")
     rows = _parquet_rows if kinds == {".parquet"} else _jsonl_rows
     keys = [key for shard in shards for key, _ in rows(shard, keys_only=True)]
     path = shards[0] if len(shards) == 1 and not os.path.isdir(folder) else folder

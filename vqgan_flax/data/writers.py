@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Set
 import numpy as np
 
 from ..hub.identity import TOKEN_SETTINGS, check_same_tokens
-from ..utils.files import atomic_write
+from ..utils.files import atomic_write, read_json_object
 
 FORMATS = ("npz", "parquet", "jsonl")
 INFO_DIR = ".vqgan_flax"
@@ -193,13 +193,7 @@ class ShardedTokenWriter:
     def _check_metadata(self) -> None:
         path = os.path.join(self.folder, METADATA_FILE)
         if os.path.exists(path):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    existing = json.load(f)
-            except (OSError, ValueError) as err:
-                raise ValueError(f"{path}: unreadable ({err})") from None
-            if not isinstance(existing, dict):
-                raise ValueError(f"{path}: not a JSON object")
+            existing = read_json_object(path, "the token folder's metadata")
             # A resumed run must make the same tokens as the run that wrote the shards already there.
             check_same_tokens(existing, self.metadata, self.folder, (*TOKEN_SETTINGS, "format"))
         else:

@@ -9,7 +9,7 @@ import contextlib
 import os
 import stat
 import tempfile
-from typing import IO, Any, Callable, Iterator, Union
+from typing import IO, Any, Callable, Dict, Iterator, Union
 
 __all__ = [
     "NotRegularFileError",
@@ -19,6 +19,7 @@ __all__ = [
     "errors_naming",
     "honour_umask",
     "open_regular",
+    "read_json_object",
 ]
 
 
@@ -47,6 +48,36 @@ def open_regular(path: Union[str, os.PathLike]) -> IO[bytes]:
     except BaseException:
         os.close(fd)
         raise
+
+
+# A JSON side file (a config, a token folder's metadata, a weight index) larger than this is
+# refused unread: none of ours comes near it, and json.load would hold it all in memory.
+MAX_JSON_BYTES = 16 << 20
+
+
+def read_json_object(path: Union[str, os.PathLike], what: str = "a JSON file") -> Dict[str, Any]:
+    """A JSON object from a regular file of at most ``MAX_JSON_BYTES``; anything else (a FIFO, a
+    huge file, bytes that are not UTF-8, JSON that is not an object) is refused as one
+    ``ValueError`` naming the file."""
+    import json
+
+    name = os.fspath(path)
+    try:
+        with open_regular(path) as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+    except OSError as err:
+        raise ValueError(f"{name}: {what}: unreadable ({err.strerror or err})") from None
+    if len(data) > MAX_JSON_BYTES:
+        raise ValueError(f"{name}: {what} of over {MAX_JSON_BYTES >> 20} MiB; not reading it")
+    try:
+        loaded = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{name}: {what}: not UTF-8 text") from None
+    except ValueError as err:
+        raise ValueError(f"{name}: {what}: not JSON ({err})") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{name}: {what}: not a JSON object (a {type(loaded).__name__})")
+    return loaded
 
 
 def check_replaceable(path: str) -> None:
