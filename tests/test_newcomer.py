@@ -89,7 +89,9 @@ def test_missing_extras_fail_at_once_naming_the_install(photos, tmp_path, capsys
     # Images only: PyAV is not needed, and not asked for.
     assert require("datasets") is None and "datasets" in sys.modules
     monkeypatch.setitem(sys.modules, "datasets", None)
-    code, _, err = run_cli(capsys, "encode", tmp_path / "data.parquet", "--source", "hf", "--out", tmp_path / "h.npz")
+    (tmp_path / "saved").mkdir()  # a saved dataset (parquet files are read without datasets)
+    (tmp_path / "saved" / "state.json").write_text("{}")
+    code, _, err = run_cli(capsys, "encode", tmp_path / "saved", "--source", "hf", "--out", tmp_path / "h.npz")
     assert code == 1 and 'pip install "vqgan-flax[datasets]"' in err, err
 
 

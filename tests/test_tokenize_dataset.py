@@ -272,18 +272,26 @@ def test_npz_to_standard_output(tiny, folder, tmp_path):
     assert not os.path.exists("-")
 
 
-def test_processes_share_a_dataset_by_item_number(model, folder, tmp_path):
+def test_processes_share_a_dataset_by_key_hash(model, folder, tmp_path):
+    from vqgan_flax.data.shards import key_owner
+
     metadata = {"model": "m", "grid": [8, 8], "image_size": 16, "pixel_range": [-1, 1], "n_embed": 32}
     encode = lambda x: np.asarray(model.encode(x).indices).reshape(len(x), 8, 8)  # noqa: E731
+    keys_of = {}
     for index in range(3):
-        writer = ShardedTokenWriter(str(tmp_path), "jsonl", metadata, process=index)
-        summary = tokenize_items(file_items([str(folder)]), encode, writer, 16, process_index=index, process_count=3)
+        writer = ShardedTokenWriter(str(tmp_path), "jsonl", metadata, process=index, process_count=3)
+        loaded = []
+        items = [Item(i.key, lambda i=i: loaded.append(i.key) or i.load(), origin=i.origin)
+                 for i in file_items([str(folder)])]  # fmt: skip
+        summary = tokenize_items(items, encode, writer, 16, process_index=index, process_count=3)
         writer.close()
-        assert summary.encoded == 2
+        keys_of[index] = sorted(loaded)
+        assert summary.encoded == len(loaded) and all(key_owner(k, 3) == index for k in loaded)
     names = sorted(n for n in os.listdir(tmp_path) if n.startswith("part-"))
-    assert names == ["part-000-00000.jsonl", "part-001-00000.jsonl", "part-002-00000.jsonl"]
     keys = [json.loads(line)["key"] for n in names for line in (tmp_path / n).read_text().splitlines()]
     assert sorted(keys) == ["0.png", "1.png", "2.png", "3.png", "4.png", "sub/0.png"]
+    assert sorted(k for ks in keys_of.values() for k in ks) == sorted(keys)  # each loaded by its process only
+    assert [key_owner(k, 3) for k in ["0.png", "3.png", "4.png"]] == [1, 0, 2]  # stable: sha256, not hash()
     with pytest.raises(ValueError, match=r"process_index 3 is not in \[0, 3\)"):
         tokenize_items([], encode, writer, 16, process_index=3, process_count=3)
 
@@ -311,6 +319,9 @@ def test_cli_processes_and_tar_source(tiny, folder, tmp_path, capsys):
                   for line in (out / n).read_text().splitlines())  # fmt: skip
     assert keys == ["s-0.tar/0000", "s-0.tar/0001", "s-0.tar/0002", "s-1.tar/0003", "s-1.tar/0004"]
     code, _, err = _run(capsys, "encode", folder, "--out", tmp_path / "t.npz", "--process-count", 2, "--model", tiny)
+    assert code == 1 and "--process-count needs --process-index too" in err
+    code, _, err = _run(capsys, "encode", folder, "--out", tmp_path / "t.npz", "--process-index", 0,
+                        "--process-count", 2, "--model", tiny)  # fmt: skip
     assert code == 1 and "--process-count > 1 needs a sharded --format" in err
     code, _, err = _run(capsys, "encode", folder, "--out", tmp_path / "o", "--format", "parquet", "--process-index",
                         2, "--process-count", 2)  # fmt: skip

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, formatter_class=HelpFormatter, **kwargs)
 
     encode.add_arguments(command("encode", help="images, videos, shards or a dataset → tokens"))
+    encode.add_verify_arguments(command("verify", help="check a token folder: every process done, each input once"))
 
     p = command("reconstruct", help="images → reconstructions, side-by-side PNGs, PSNR/SSIM")
     p.add_argument("inputs", nargs="+", help="image files or folders")
@@ -113,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .convert import run
 
             return run(args)
-        args.func(args)
+        code = args.func(args)
     except KeyboardInterrupt:
         # Outputs are written atomically: what was finished stays, nothing half-written is left.
         print(f"vqgan-flax {args.command}: interrupted", file=sys.stderr)
@@ -123,7 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"vqgan-flax {args.command}: error: {str(err) or type(err).__name__}", file=sys.stderr)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 __all__ = (

@@ -9,6 +9,7 @@ import re
 import sys
 from typing import Optional, Union
 
+from ..data.shards import LAUNCHER_VARIABLES
 from ..data.writers import FORMATS, INFO_DIR, remove_shards
 from ..utils.files import atomic_write
 from .common import (
@@ -28,10 +29,12 @@ from .common import (
 
 
 def _source_items(args: argparse.Namespace):
-    """The items of ``encode``'s inputs, by ``--source`` (``auto``: ``.tar`` inputs are webdataset
-    shards, a saved dataset folder or ``.parquet`` file is a Hugging Face dataset, anything else
-    image files and folders). Missing inputs are refused here, before the model loads."""
-    from ..data.sources import file_items, hf_items, tar_items
+    """``(source, shards or None, items or None)`` for ``encode``'s inputs, by ``--source``
+    (``auto``: ``.tar`` inputs are webdataset shards, a saved dataset folder or ``.parquet`` file
+    is a Hugging Face dataset, anything else image files and folders). Tar shards and datasets
+    come as input shards (split between processes whole), files as items. Missing inputs are
+    refused here, before the model loads."""
+    from ..data.sources import file_items, hf_shards, tar_shards
 
     source = args.source
     if source == "auto":
@@ -44,14 +47,29 @@ def _source_items(args: argparse.Namespace):
     if source == "tar":
         if args.media == "video":
             raise ValueError("--media video reads video files; tar shards are read as images")
-        return source, tar_items(args.inputs)
+        return source, tar_shards(args.inputs), None
     if source == "hf":
         if len(args.inputs) != 1:
             raise ValueError(f"--source hf takes one dataset; got {len(args.inputs)} inputs")
         if args.media == "video":
             raise ValueError("--media video reads video files; a Hugging Face dataset is read as images")
-        return source, hf_items(args.inputs[0], args.image_column, args.split, args.caption_column)
-    return source, file_items(args.inputs, args.media, args.frame_stride)
+        shards = hf_shards(args.inputs[0], args.image_column, args.split, args.caption_column, args.shard_size)
+        return source, shards, None
+    return source, None, file_items(args.inputs, args.media, args.frame_stride)
+
+
+def _processes(args: argparse.Namespace) -> None:
+    """``--process-index`` / ``--process-count`` where given, else from the launcher's environment
+    ([`data.shards.launcher_process`]); both or neither."""
+    from ..data.shards import launcher_process
+
+    if (args.process_index is None) != (args.process_count is None):
+        given = "--process-index" if args.process_count is None else "--process-count"
+        raise ValueError(f"{given} needs {'--process-count' if given == '--process-index' else '--process-index'} too")
+    if args.process_index is None:
+        args.process_index, args.process_count, args.launcher = launcher_process()
+    else:
+        args.launcher = ""
 
 
 def _looks_like_dataset(path: str) -> bool:
@@ -85,6 +103,7 @@ def output_format(out: str, given: Optional[str]) -> str:
 
 def _check_format(args: argparse.Namespace) -> None:
     """The output format and folder or file, checked before any work (nothing is created yet)."""
+    _processes(args)
     if not 0 <= args.process_index < args.process_count:
         raise ValueError(f"--process-index {args.process_index} is not in [0, --process-count {args.process_count})")
     args.format = output_format(args.out, args.format)
@@ -105,12 +124,12 @@ def _check_format(args: argparse.Namespace) -> None:
 
 def cmd_encode(args: argparse.Namespace) -> None:
     from .. import __version__
-    from ..data.tokenize import FrameSampling, errors_jsonl, summary_lines, tokenize_items
+    from ..data.tokenize import FrameSampling, errors_jsonl, summary_lines, tokenize_items, tokenize_shards
     from ..data.writers import NpzTokenWriter, ShardedTokenWriter
     from ..hub.identity import token_settings
 
     _check_format(args)
-    source, items = _source_items(args)
+    source, shards, items = _source_items(args)
     model = load_model(args)
     processor = image_processor(args, model)
     height, width = processor.output_size
@@ -130,18 +149,30 @@ def cmd_encode(args: argparse.Namespace) -> None:
     if args.format == "npz":
         writer = NpzTokenWriter(args.out, metadata)
     else:
-        writer = ShardedTokenWriter(args.out, args.format, metadata, args.shard_size, process=args.process_index)
+        writer = ShardedTokenWriter(
+            args.out,
+            args.format,
+            metadata,
+            args.shard_size,
+            process=args.process_index,
+            process_count=args.process_count,
+        )
     index, count, total = args.process_index, args.process_count, None
-    if source == "files":  # a known number: partition here, so that the progress bar has a total
-        items = list(items)[index::count]
-        index, count, total = 0, 1, len(items)
+    if items is not None:  # files: a known number, so that the progress bar has a total
+        from ..data.shards import key_owner
+
+        items = [item for item in items if count == 1 or key_owner(item.key, count) == index]
+        total = len(items)
+    sampling = FrameSampling(args.frames, args.frame_stride, args.max_frames)
+    lookahead = None if args.media == "image" else args.workers + 1
+    options = dict(strict=args.strict, workers=args.workers, sampling=sampling, lookahead=lookahead)
+    encode = lambda pixels: runner.encode(pixels, grid)  # noqa: E731
     with progress_bar(total, "encode", not args.quiet) as bar:
-        summary = tokenize_items(
-            items, lambda pixels: runner.encode(pixels, grid), writer, processor, args.batch_size, strict=args.strict,
-            workers=args.workers, process_index=index, process_count=count, progress=bar.update,
-            sampling=FrameSampling(args.frames, args.frame_stride, args.max_frames),
-            lookahead=None if args.media == "image" else args.workers + 1,
-        )  # fmt: skip
+        if items is not None:
+            summary = tokenize_items(items, encode, writer, processor, args.batch_size, progress=bar.update, **options)
+        else:
+            summary = tokenize_shards(shards, encode, writer, processor, args.batch_size, process_index=index,
+                                      process_count=count, progress=bar.update, **options)  # fmt: skip
     where = ""
     if isinstance(writer, ShardedTokenWriter):
         errors_file = os.path.join(args.out, INFO_DIR, f"errors-{writer.process:03d}.jsonl")
@@ -158,6 +189,8 @@ def cmd_encode(args: argparse.Namespace) -> None:
     for line in summary_lines(summary, where):
         print(line, file=sys.stderr)
     done = f" ({summary.already_done} already there from an earlier run)" if summary.already_done else ""
+    if summary.shards_done_before:
+        done += f" ({summary.shards_done_before} of {summary.shards} input shards finished by an earlier run)"
     report = f"wrote {summary.encoded} x {grid[0]}x{grid[1]} tokens to {args.out}{done}"
     print(report, file=sys.stderr if args.out == "-" else sys.stdout)
 
@@ -199,7 +232,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=1024,
         help="videos: more frames than this (after the stride) is an error for that video",
     )
-    p.add_argument("--process-index", type=COUNT, default=0, help="this process's number (many hosts)")
-    p.add_argument("--process-count", type=POSITIVE_INT, default=1, help="processes sharing the inputs")
+    p.add_argument(
+        "--process-index",
+        type=COUNT,
+        help="this process's number among --process-count sharing the inputs: tar shards and dataset files or "
+        "row ranges are split whole (shard j to process j mod count), files by a hash of their key (default: from "
+        + ", ".join(f"{i}/{c}" for i, c, _ in LAUNCHER_VARIABLES)
+        + " where a launcher sets them, else 0 of 1)",
+    )
+    p.add_argument("--process-count", type=POSITIVE_INT, help="processes sharing the inputs (see --process-index)")
     p.add_argument("--overwrite", action="store_true", help="delete the shards already in --out and start over")
     p.set_defaults(func=cmd_encode)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Print [`data.verify.verify_token_folder`]'s report; 1 where it found problems (or, with
+    ``--strict``, unreadable items)."""
+    import json
+
+    from ..data.verify import verify_token_folder
+
+    if not os.path.isdir(args.folder):
+        raise ValueError(f"{args.folder}: no such folder")
+    report = verify_token_folder(args.folder)
+    failed = not report.ok or (args.strict and report.unreadable_items > 0)
+    if args.json:
+        fields = {k: v for k, v in vars(report).items() if k != "settings"}
+        print(json.dumps({**fields, "ok": not failed}, indent=1))
+    else:
+        print("\n".join(report.lines()))
+    return 1 if failed else 0
+
+
+def add_verify_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="a folder of parquet/jsonl token shards written by encode")
+    p.add_argument("--strict", action="store_true", help="items that could not be read fail the check too")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_verify)

@@ -316,3 +316,14 @@ def recorded_model(source: TokenSource) -> Optional[Tuple[str, Optional[str]]]:
         return None
     revision = source.metadata.get("commit") or source.metadata.get("revision")
     return str(model), (str(revision or "") or None)
+
+
+def shard_keys(path: str) -> List[str]:
+    """The keys of one parquet or JSONL token shard, checked as every reader checks them."""
+    rows = _parquet_rows if path.endswith(".parquet") else _jsonl_rows
+    return [key for key, _ in rows(path, keys_only=True)]
+
+
+def shard_settings(path: str) -> Dict[str, Any]:
+    """The settings a parquet shard records in its own schema (``{}`` for JSONL, which has none)."""
+    return _parquet_metadata(path) if path.endswith(".parquet") else {}

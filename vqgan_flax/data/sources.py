@@ -7,6 +7,7 @@ dataset is never held in memory and an unreadable item fails alone.
 from __future__ import annotations
 
 import functools
+import glob
 import io
 import os
 import re
@@ -33,6 +34,16 @@ class Item:
     caption: Optional[str] = None
     origin: str = ""
     video: bool = False
+
+
+@dataclass(frozen=True)
+class InputShard:
+    """A part of a dataset that one process reads whole: ``name`` is unique in the job and stable
+    across runs (it names the shard in completion markers); ``items()`` opens it and streams its
+    items (nothing is opened before the call)."""
+
+    name: str
+    items: Callable[[], Iterator[Item]]
 
 
 def _open_image(data: bytes, where: str = "image") -> Any:
@@ -131,14 +142,22 @@ def tar_items(patterns: Sequence[str], image_extensions: Optional[Sequence[str]]
     shards); its image is the first member with an image extension, its caption a ``.txt``
     member. Links, devices and members over 256 MB are skipped, never followed or read.
     """
+    shards = tar_shards(patterns, image_extensions)
+    return (item for shard in shards for item in shard.items())
+
+
+def tar_shards(patterns: Sequence[str], image_extensions: Optional[Sequence[str]] = None) -> List[InputShard]:
+    """The shards of [`tar_items`] as [`InputShard`]s named by file name, in the order
+    given (patterns expanded); each is opened only when its items are iterated. Missing shards and
+    two shards of one file name (their keys would collide) are refused here."""
     extensions = tuple(e.lstrip(".").lower() for e in (image_extensions or [s[1:] for s in IMAGE_SUFFIXES]))
-    shards = [path for pattern in patterns for path in expand_braces(os.fspath(pattern))]
-    for shard in shards:
-        if not os.path.isfile(shard):
-            raise FileNotFoundError(f"{shard}: no such shard")
-    if len({os.path.basename(s) for s in shards}) != len(shards):
-        raise ValueError(f"shards with the same file name would give the same keys: {shards}")
-    return _tar_samples(shards, extensions)
+    paths = [path for pattern in patterns for path in expand_braces(os.fspath(pattern))]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such shard")
+    if len({os.path.basename(s) for s in paths}) != len(paths):
+        raise ValueError(f"shards with the same file name would give the same keys: {paths}")
+    return [InputShard(os.path.basename(p), functools.partial(_tar_samples, [p], extensions)) for p in paths]
 
 
 def _tar_samples(shards: List[str], extensions: Sequence[str]) -> Iterator[Item]:
@@ -228,19 +247,49 @@ def is_saved_dataset(path: str) -> bool:
 def hf_items(
     path: str, image_column: str = "image", split: Optional[str] = None, caption_column: Optional[str] = None
 ) -> Iterator[Item]:
-    """Rows of a Hugging Face dataset: a folder written by ``save_to_disk`` (``load_from_disk``),
-    or parquet files (``load_dataset("parquet", ...)``). Keys are ``SPLIT/ROW``. The dataset is
-    opened (and its split and columns checked) at the call; rows are read as they are iterated."""
+    """Rows of a Hugging Face dataset: a folder written by ``save_to_disk``, or parquet files (one
+    file, or a folder of them). Keys are ``SPLIT/ROW`` for a saved dataset and ``FILE/ROW`` for
+    parquet (``FILE`` relative to the folder given). Rows are read as they are iterated."""
+    return (item for shard in hf_shards(path, image_column, split, caption_column) for item in shard.items())
+
+
+def hf_shards(
+    path: str,
+    image_column: str = "image",
+    split: Optional[str] = None,
+    caption_column: Optional[str] = None,
+    rows_per_shard: int = 10_000,
+) -> List[InputShard]:
+    """The shards of [`hf_items`]: each parquet file is one (read with pyarrow a few hundred rows
+    at a time, with only the columns used: no ``datasets`` cache is built, and no process reads
+    another's files); a saved dataset is cut into ranges of ``rows_per_shard`` rows
+    (``SPLIT/rows-START``), memory-mapped by ``datasets`` as ``load_from_disk`` does. A saved
+    dataset's split and columns are checked at the call, a parquet file's when it is opened."""
+    if rows_per_shard < 1:
+        raise ValueError(f"rows per shard must be positive; got {rows_per_shard}")
+    if not is_saved_dataset(path):
+        if path.endswith(".parquet") and os.path.isfile(path):
+            files = [(path, os.path.basename(path))]
+        elif os.path.isdir(path):
+            found = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
+            files = [(file, os.path.relpath(file, path).replace(os.sep, "/")) for file in found]
+            if not files:
+                raise FileNotFoundError(f"{path}: no .parquet files in the folder")
+        else:
+            raise FileNotFoundError(f"{path}: not a saved dataset folder or parquet file(s)")
+        columns = (image_column, caption_column)
+        return [InputShard(name, functools.partial(_parquet_rows, file, name, *columns)) for file, name in files]
+    loaded, split = _saved_split(path, split, image_column, caption_column)
+    rows = functools.partial(_hf_rows, loaded, split, image_column, caption_column, path)
+    bounds = [(a, min(a + rows_per_shard, len(loaded))) for a in range(0, len(loaded), rows_per_shard)]
+    return [InputShard(f"{split}/rows-{a:09d}", functools.partial(rows, a, b)) for a, b in bounds]
+
+
+def _saved_split(path: str, split: Optional[str], image_column: str, caption_column: Optional[str]) -> tuple:
     require("datasets")
     import datasets
 
-    if is_saved_dataset(path):
-        loaded = datasets.load_from_disk(path)
-    elif path.endswith(".parquet") or os.path.isdir(path):
-        files = path if path.endswith(".parquet") else os.path.join(path, "**", "*.parquet")
-        loaded = datasets.load_dataset("parquet", data_files=files)
-    else:
-        raise FileNotFoundError(f"{path}: not a saved dataset folder or parquet file(s)")
+    loaded = datasets.load_from_disk(path)
     if isinstance(loaded, datasets.DatasetDict):
         if split is None and len(loaded) != 1:
             raise ValueError(f"{path}: choose a split with --split ({sorted(loaded)})")
@@ -248,21 +297,45 @@ def hf_items(
         if split not in loaded:
             raise ValueError(f"{path}: no split {split!r} ({sorted(loaded)})")
         loaded = loaded[split]
-    split = split or "train"
     for column in filter(None, (image_column, caption_column)):
         if column not in loaded.column_names:
             raise ValueError(f"{path}: no column {column!r} (columns: {loaded.column_names})")
     # Undecoded images: bytes or paths, decoded one at a time by Item.load.
     if isinstance(loaded.features[image_column], datasets.Image):
         loaded = loaded.cast_column(image_column, datasets.Image(decode=False))
-    return _hf_rows(loaded, split, image_column, caption_column, path)
+    return loaded, split or "train"
 
 
-def _hf_rows(loaded: Any, split: str, image_column: str, caption_column: Optional[str], path: str) -> Iterator[Item]:
-    for row, example in enumerate(loaded):
+def _hf_rows(
+    loaded: Any, split: str, image_column: str, caption_column: Optional[str], path: str, start: int, stop: int
+) -> Iterator[Item]:
+    for offset, example in enumerate(loaded.select(range(start, stop))):
+        row = start + offset
         caption = example[caption_column] if caption_column else None
         image = example[image_column]
         yield Item(f"{split}/{row}", functools.partial(_hf_image, image), caption, f"{path}:{split}/{row}")
+
+
+def _parquet_rows(file: str, name: str, image_column: str, caption_column: Optional[str]) -> Iterator[Item]:
+    """The rows of one parquet file of a Hugging Face dataset, streamed by record batch."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(file)
+    except Exception as err:
+        raise ValueError(f"{file}: not a parquet file ({type(err).__name__}: {err})") from None
+    names = table.schema_arrow.names
+    for column in filter(None, (image_column, caption_column)):
+        if column not in names:
+            raise ValueError(f"{file}: no column {column!r} (columns: {names})")
+    columns = [c for c in (image_column, caption_column) if c]
+    row = 0
+    for batch in table.iter_batches(batch_size=256, columns=columns):
+        images = batch.column(image_column).to_pylist()
+        captions = batch.column(caption_column).to_pylist() if caption_column else [None] * len(images)
+        for image, caption in zip(images, captions):
+            yield Item(f"{name}/{row}", functools.partial(_hf_image, image), caption, f"{file}:{row}")
+            row += 1
 
 
 def _hf_image(value: Any) -> Any:

@@ -3,32 +3,36 @@
 Items are loaded by a few threads ahead of the model (Pillow decodes outside the GIL), batched,
 encoded and handed to a writer as they come. An item that cannot be read is skipped and
 reported (``errors``), never fatal unless ``strict``; items the writer already holds (a resumed
-run) are skipped before they are read. Several processes share a dataset by item number:
-process ``i`` of ``n`` takes the items whose position ``p`` has ``p % n == i``, so they need no
-communication and one failing leaves the others' shards intact.
+run) are skipped before they are read. Several processes share a dataset without talking to each
+other ([`data.shards`]): ``tokenize_shards`` gives each process whole input shards (a finished
+one is skipped unopened, and marked finished once its rows are written), ``tokenize_items``
+splits a plain stream of items by a hash of their keys.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
-import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
-from .sources import Item
+from .sources import InputShard, Item
 
 
 @dataclass
 class TokenizeSummary:
     """What a run did: ``encoded`` items written now, ``already_done`` skipped because an earlier
-    run wrote them, and ``errors`` as ``(key, message)`` for the items that could not be read."""
+    run wrote them, and ``errors`` as ``(key, message)`` for the items that could not be read;
+    with input shards, ``shards`` in this process's share and ``shards_done_before`` of them
+    skipped unopened (an earlier run finished them; their items are not counted above)."""
 
     encoded: int = 0
     already_done: int = 0
     errors: List[Tuple[str, str]] = field(default_factory=list)
+    shards: int = 0
+    shards_done_before: int = 0
 
 
 @dataclass(frozen=True)
@@ -63,24 +67,36 @@ def _pixels(item: Item, processor: Any, sampling: FrameSampling) -> np.ndarray:
 
 
 def _loaded(
-    items: Iterable[Item], processor: Any, workers: int, lookahead: int, sampling: FrameSampling
-) -> Iterator[Tuple[Item, Any]]:
-    """``(item, pixels or the exception)`` in input order, at most ``lookahead`` items ahead."""
+    items: Iterable[Any], processor: Any, workers: int, lookahead: int, sampling: FrameSampling
+) -> Iterator[Tuple[Any, Any]]:
+    """``(item, pixels or the exception)`` in input order, at most ``lookahead`` items ahead;
+    anything that is not an [`Item`] (a shard's end) passes through in its place, as ``(it, None)``."""
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-        pending: Deque[Tuple[Item, concurrent.futures.Future]] = collections.deque()
+        pending: Deque[Tuple[Any, Optional[concurrent.futures.Future]]] = collections.deque()
         for item in items:
-            pending.append((item, pool.submit(_pixels, item, processor, sampling)))
+            future = pool.submit(_pixels, item, processor, sampling) if isinstance(item, Item) else None
+            pending.append((item, future))
             if len(pending) >= lookahead:
                 yield _result(*pending.popleft())
         while pending:
             yield _result(*pending.popleft())
 
 
-def _result(item: Item, future: concurrent.futures.Future) -> Tuple[Item, Any]:
+def _result(item: Any, future: Optional[concurrent.futures.Future]) -> Tuple[Any, Any]:
+    if future is None:
+        return item, None
     try:
         return item, future.result()
     except Exception as err:  # any failure to read or decode is the item's, not the run's
         return item, err
+
+
+class _ShardEnd:
+    """Passed along the item stream after a shard's last item: its rows are written, then it is
+    marked finished."""
+
+    def __init__(self, name: str, first_error: int) -> None:
+        self.name, self.first_error = name, first_error
 
 
 def tokenize_items(
@@ -99,7 +115,9 @@ def tokenize_items(
 ) -> TokenizeSummary:
     """Encode ``items`` with ``encode`` ((B, H, W, 3) pixel values → (B, h, w) tokens) and add
     each to ``writer`` (``add(key, tokens (frames, h, w), caption, origin)`` and ``done``; see
-    [`data.writers`]). The caller closes the writer, which writes what is still queued.
+    [`data.writers`]). The caller closes the writer, which writes what is still queued. With
+    ``process_count`` > 1 this process takes the items whose key [`data.shards.key_owner`] gives
+    to ``process_index`` (every process lists every item, none loads another's).
 
     Images are batched ``batch_size`` at a time; a video is encoded on its own, ``batch_size``
     frames at a time, as the LWM wrapper encodes (B, T, H, W, C) (each frame independently), and
@@ -113,74 +131,152 @@ def tokenize_items(
     threads, its ``to_pixel_values`` on each batch. An int ``S`` stands for resize to ``S`` and
     center-crop ``S``², in [-1, 1].
     """
-    if isinstance(processor, int):
-        from .processing import VQGANImageProcessor
+    from .shards import key_owner
 
-        size = {"shortest_edge": processor}
-        processor = VQGANImageProcessor(size=size, crop_size={"height": processor, "width": processor})
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
-    summary = TokenizeSummary()
-    seen = set()
+    run = _Run(encode, writer, processor, batch_size, strict, progress)
+    if process_count > 1:
+        items = (item for item in items if key_owner(item.key, process_count) == process_index)
+    run.feed(items, workers, lookahead, sampling)
+    if hasattr(writer, "finish_process"):
+        writer.finish_process({"split": "key hash", "encoded": run.summary.encoded, "errors": len(run.summary.errors)})
+    return run.summary
 
-    def mine() -> Iterator[Item]:
-        for item in itertools.islice(items, process_index, None, process_count):
-            if item.key in writer.done:
-                summary.already_done += 1
-                if progress:
-                    progress(1)
-            elif item.key in seen:
-                fail(item.key, "duplicate key: an earlier item has the same key")
+
+def tokenize_shards(
+    shards: Sequence[InputShard],
+    encode: Callable[[np.ndarray], np.ndarray],
+    writer: Any,
+    processor: Union[int, Any],
+    batch_size: int = 8,
+    strict: bool = False,
+    workers: int = 4,
+    process_index: int = 0,
+    process_count: int = 1,
+    progress: Optional[Callable[[int], None]] = None,
+    sampling: FrameSampling = FrameSampling(),
+    lookahead: Optional[int] = None,
+) -> TokenizeSummary:
+    """[`tokenize_items`] over whole input shards: process ``process_index`` of ``process_count``
+    reads only the shards [`data.shards.shard_share`] gives it, skips those the writer's markers
+    say are finished without opening them, and marks each shard finished once its rows are
+    written (``writer.finish_shard``), then its share (``writer.finish_process``). A writer
+    without markers (npz) just receives the rows."""
+    from .shards import shard_share, shards_digest
+
+    share = shard_share(shards, process_index, process_count)
+    run = _Run(encode, writer, processor, batch_size, strict, progress)
+    run.summary.shards = len(share)
+    finished = getattr(writer, "finished", set())
+
+    def stream() -> Iterator[Union[Item, _ShardEnd]]:
+        from .manifest import marker_name
+
+        for shard in share:
+            if marker_name(shard.name) in finished:
+                run.summary.shards_done_before += 1
+                continue
+            first_error = len(run.summary.errors)
+            yield from shard.items()
+            yield _ShardEnd(shard.name, first_error)
+
+    run.feed(stream(), workers, lookahead, sampling)
+    if hasattr(writer, "finish_process"):
+        digest = shards_digest([s.name for s in shards])
+        plan = {"split": "shards", "input_shards": len(shards), "shards_digest": digest,
+                "shard_names": [s.name for s in share], "encoded": run.summary.encoded,
+                "errors": len(run.summary.errors)}  # fmt: skip
+        writer.finish_process(plan)
+    return run.summary
+
+
+class _Run:
+    """One tokenizing run: the batch being filled, the keys seen, the summary."""
+
+    def __init__(self, encode: Callable, writer: Any, processor: Any, batch_size: int, strict: bool,
+                 progress: Optional[Callable[[int], None]]) -> None:  # fmt: skip
+        if isinstance(processor, int):
+            from .processing import VQGANImageProcessor
+
+            size = {"shortest_edge": processor}
+            processor = VQGANImageProcessor(size=size, crop_size={"height": processor, "width": processor})
+        self.encode, self.writer, self.processor = encode, writer, processor
+        self.batch_size, self.strict, self.progress = batch_size, strict, progress
+        self.summary = TokenizeSummary()
+        self.seen: Set[str] = set()
+        self.batch: List[Tuple[Item, np.ndarray]] = []
+
+    def _tick(self) -> None:
+        if self.progress:
+            self.progress(1)
+
+    def fail(self, key: str, message: str) -> None:
+        if self.strict:
+            raise ValueError(f"{key}: {message}")
+        self.summary.errors.append((key, message))
+        self._tick()
+
+    def _mine(self, items: Iterable[Union[Item, _ShardEnd]]) -> Iterator[Union[Item, _ShardEnd]]:
+        """The items still to encode (and the shard ends), the others counted or refused."""
+        for item in items:
+            if isinstance(item, _ShardEnd):
+                yield item
+            elif item.key in self.writer.done:
+                self.summary.already_done += 1
+                if hasattr(self.writer, "skipped"):
+                    self.writer.skipped(item.key)
+                self._tick()
+            elif item.key in self.seen:
+                self.fail(item.key, "duplicate key: an earlier item has the same key")
             elif not _is_utf8(item.key):  # a file name of undecodable bytes: no token file can store it
-                fail(item.key.encode("utf-8", "backslashreplace").decode(), "the name is not UTF-8 text")
+                self.fail(item.key.encode("utf-8", "backslashreplace").decode(), "the name is not UTF-8 text")
             else:
-                seen.add(item.key)
+                self.seen.add(item.key)
                 yield item
 
-    def fail(key: str, message: str) -> None:
-        if strict:
-            raise ValueError(f"{key}: {message}")
-        summary.errors.append((key, message))
-        if progress:
-            progress(1)
-
-    batch: List[Tuple[Item, np.ndarray]] = []
-
-    def write(item: Item, tokens: np.ndarray) -> None:
+    def _write(self, item: Item, tokens: np.ndarray) -> None:
         try:
-            writer.add(item.key, tokens, item.caption, item.origin)
+            self.writer.add(item.key, tokens, item.caption, item.origin)
         except ValueError as err:
-            fail(item.key, str(err))
+            self.fail(item.key, str(err))
             return
-        summary.encoded += 1
-        if progress:
-            progress(1)
+        self.summary.encoded += 1
+        self._tick()
 
-    def run_batch() -> None:
-        tokens = np.asarray(encode(processor.to_pixel_values(np.stack([pixels for _, pixels in batch]))))
-        for (item, _), grid in zip(batch, tokens):
-            write(item, grid[None])
-        batch.clear()
+    def _run_batch(self) -> None:
+        if not self.batch:
+            return
+        pixels = self.processor.to_pixel_values(np.stack([pixels for _, pixels in self.batch]))
+        tokens = np.asarray(self.encode(pixels))
+        for (item, _), grid in zip(self.batch, tokens):
+            self._write(item, grid[None])
+        self.batch.clear()
 
-    def run_video(item: Item, frames: np.ndarray) -> None:
+    def _run_video(self, item: Item, frames: np.ndarray) -> None:
+        size = self.batch_size
         chunks = [
-            encode(processor.to_pixel_values(frames[i : i + batch_size])) for i in range(0, len(frames), batch_size)
+            self.encode(self.processor.to_pixel_values(frames[i : i + size])) for i in range(0, len(frames), size)
         ]
-        write(item, np.concatenate([np.asarray(c) for c in chunks]))
+        self._write(item, np.concatenate([np.asarray(c) for c in chunks]))
 
-    for item, pixels in _loaded(mine(), processor, workers, lookahead or 2 * batch_size, sampling):
-        if isinstance(pixels, Exception):
-            fail(item.key, f"{type(pixels).__name__}: {pixels}")
-            continue
-        if item.video:
-            run_video(item, pixels)
-            continue
-        batch.append((item, pixels))
-        if len(batch) == batch_size:
-            run_batch()
-    if batch:
-        run_batch()
-    return summary
+    def feed(self, items: Iterable[Union[Item, _ShardEnd]], workers: int, lookahead: Optional[int],
+             sampling: FrameSampling) -> None:  # fmt: skip
+        ahead = lookahead or 2 * self.batch_size
+        for item, pixels in _loaded(self._mine(items), self.processor, workers, ahead, sampling):
+            if isinstance(item, _ShardEnd):
+                self._run_batch()  # the shard's rows all written before it is marked finished
+                if hasattr(self.writer, "finish_shard"):
+                    self.writer.finish_shard(item.name, self.summary.errors[item.first_error :])
+            elif isinstance(pixels, Exception):
+                self.fail(item.key, f"{type(pixels).__name__}: {pixels}")
+            elif item.video:
+                self._run_video(item, pixels)
+            else:
+                self.batch.append((item, pixels))
+                if len(self.batch) == self.batch_size:
+                    self._run_batch()
+        self._run_batch()
 
 
 def summary_lines(summary: TokenizeSummary, where: str, limit: int = 5) -> List[str]:
@@ -208,4 +304,6 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-__all__: Tuple[str, ...] = ("FrameSampling", "TokenizeSummary", "errors_jsonl", "summary_lines", "tokenize_items")
+__all__: Tuple[str, ...] = (
+    "FrameSampling", "TokenizeSummary", "errors_jsonl", "summary_lines", "tokenize_items", "tokenize_shards",
+)  # fmt: skip

@@ -16,15 +16,16 @@ import glob
 import json
 import os
 import re
-from typing import Any, Dict, Iterable, List, Optional, Set
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
 from ..hub.identity import TOKEN_SETTINGS, check_same_tokens
 from ..utils.files import atomic_write, read_json_object
+from . import manifest
+from .manifest import INFO_DIR
 
 FORMATS = ("npz", "parquet", "jsonl")
-INFO_DIR = ".vqgan_flax"
 METADATA_FILE = os.path.join(INFO_DIR, "metadata.json")
 # A shard's name: part-PROCESS-NUMBER.FORMAT (readers select shards by it too).
 # The string fields of an .npz token file's metadata (0-d string arrays).
@@ -152,16 +153,27 @@ class ShardedTokenWriter:
     """
 
     def __init__(
-        self, folder: str, fmt: str, metadata: Dict[str, Any], rows_per_shard: int = 10_000, process: int = 0
+        self,
+        folder: str,
+        fmt: str,
+        metadata: Dict[str, Any],
+        rows_per_shard: int = 10_000,
+        process: int = 0,
+        process_count: int = 1,
     ) -> None:
         if fmt not in ("parquet", "jsonl"):
             raise ValueError(f"format {fmt!r} is not sharded; use one of parquet, jsonl")
         if rows_per_shard < 1:
             raise ValueError(f"rows_per_shard must be positive; got {rows_per_shard}")
-        self.folder, self.format, self.metadata = folder, fmt, dict(metadata, format=fmt)
-        self.rows_per_shard, self.process = rows_per_shard, process
+        if not 0 <= process < process_count:
+            raise ValueError(f"process {process} is not in [0, {process_count})")
+        self.folder, self.format = folder, fmt
+        self.metadata = dict(metadata, format=fmt, process_count=process_count)
+        self.rows_per_shard, self.process, self.process_count = rows_per_shard, process, process_count
         self._rows: List[Dict[str, Any]] = []
         self.written = 0
+        self._flushed: List[str] = []  # parts written since the last finished input shard
+        self._shard_rows = 0
         check_token_folder(folder)
         self._lock = lock_token_folder(folder, process)
         try:
@@ -171,20 +183,29 @@ class ShardedTokenWriter:
             raise
 
     def _start(self, fmt: str, process: int) -> None:
+        """Read what earlier runs of this process left: its own parts (other processes' are never
+        opened), the markers of finished input shards, and the keys of the parts no marker names
+        (the shard a killed run was in, or a run without input shards) as ``done``."""
         folder = self.folder
         self._check_metadata()
+        self.finished = manifest.finished_shards(folder)
+        claimed = manifest.claimed_up_to(folder, process)
         self.done: Set[str] = set()
+        self._orphans: Dict[str, str] = {}  # key -> the unclaimed part holding it
         numbers = [-1]
-        for path in sorted(glob.glob(os.path.join(folder, "part-*"))):
+        for path in sorted(glob.glob(os.path.join(folder, f"part-{process:03d}-*"))):
             match = SHARD_NAME.match(os.path.basename(path))
-            if not match:
+            if not match or int(match.group(1)) != process:
                 continue
             if match.group(3) != fmt:
                 raise ValueError(f"{path}: a {match.group(3)} shard in a folder being written as {fmt}")
+            numbers.append(int(match.group(2)))
+            if int(match.group(2)) <= claimed:
+                continue
             self._check_shard(path)
-            self.done.update(self._keys(path))
-            if int(match.group(1)) == process:
-                numbers.append(int(match.group(2)))
+            for key in self._keys(path):
+                self._orphans[key] = os.path.basename(path)
+        self.done = set(self._orphans)
         self._next = max(numbers) + 1
         # What a killed run of this process left half-written: never a shard, safe to remove.
         for stale in glob.glob(os.path.join(folder, f".part-{process:03d}-*.partial")):
@@ -196,6 +217,13 @@ class ShardedTokenWriter:
             existing = read_json_object(path, "the token folder's metadata")
             # A resumed run must make the same tokens as the run that wrote the shards already there.
             check_same_tokens(existing, self.metadata, self.folder, (*TOKEN_SETTINGS, "format"))
+            # ... and split the inputs as it did: each process reads only its own parts.
+            recorded = existing.get("process_count", 1)
+            if recorded != self.process_count:
+                raise ValueError(
+                    f"{self.folder}: was written by {recorded} process(es); resume it with --process-count "
+                    f"{recorded}, or give another --out"
+                )
         else:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             text = json.dumps(self.metadata, indent=2) + "\n"
@@ -252,6 +280,35 @@ class ShardedTokenWriter:
             atomic_write(path, lambda f: f.write(lines.encode()))
         self._next += 1
         self.written += len(rows)
+        self._flushed.append(os.path.basename(path))
+        self._shard_rows += len(rows)
+
+    def skipped(self, key: str) -> None:
+        """``key`` (one of ``done``) was met again and skipped: its part belongs to the input shard
+        being read, whose marker will name it."""
+        part = self._orphans.get(key)
+        if part is not None and part not in self._flushed:
+            self._flushed.append(part)
+        self._shard_rows += 1
+
+    def finish_shard(self, name: str, errors: Sequence[Tuple[str, str]] = ()) -> None:
+        """Input shard ``name`` is read to its end: write its rows, then its completion marker
+        (the parts that hold them, their number, the items that could not be read). A rerun skips
+        it without opening it."""
+        self.flush()
+        record = {"shard": name, "process": self.process, "outputs": sorted(self._flushed),
+                  "rows": self._shard_rows, "errors": [list(e) for e in errors]}  # fmt: skip
+        manifest.write_shard_marker(self.folder, record)
+        self.finished.add(manifest.marker_name(name))
+        self._flushed, self._shard_rows = [], 0
+
+    def finish_process(self, plan: Dict[str, Any]) -> None:
+        """This process's share is done: write its marker (``plan``: what it was given, e.g. the
+        number and digest of the job's input shards), and the job's once every process has one."""
+        self.flush()
+        parts = sorted(os.path.basename(p) for p in glob.glob(os.path.join(self.folder, f"part-{self.process:03d}-*")))
+        record = {"process": self.process, "process_count": self.process_count, **plan, "outputs": parts}
+        manifest.write_process_marker(self.folder, record)
 
     def _write_parquet(self, f: Any, rows: List[Dict[str, Any]]) -> None:
         import pyarrow as pa
