@@ -86,10 +86,10 @@ def test_msgpack_weights_that_are_no_tree_name_the_file(tiny, tmp_path, data, me
     "config, message",
     [
         (b"[1, 2]", r"config.json: an LWM config: not a JSON object \(a list\)"),
-        (b"{\"hidden_channels\": 8,", r"config.json: an LWM config: not JSON"),
+        (b'{"hidden_channels": 8,', r"config.json: an LWM config: not JSON"),
         (b"\xff\xfe{}", r"config.json: an LWM config: not UTF-8 text"),
-        (b"{\"model_type\": \"vqgan\"}", r"config.json: an LWM config: unknown LWM config fields \['model_type'\]"),
-        (b"{\"channel_mult\": 3}", r"config.json: an LWM config: .*int"),
+        (b'{"model_type": "vqgan"}', r"config.json: an LWM config: unknown LWM config fields \['model_type'\]"),
+        (b'{"channel_mult": 3}', r"config.json: an LWM config: .*int"),
     ],
 )
 def test_an_lwm_config_beside_the_pickle_is_named_when_wrong(tmp_path, config, message):

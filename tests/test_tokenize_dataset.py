@@ -281,7 +281,7 @@ def test_processes_share_a_dataset_by_key_hash(model, folder, tmp_path):
     for index in range(3):
         writer = ShardedTokenWriter(str(tmp_path), "jsonl", metadata, process=index, process_count=3)
         loaded = []
-        items = [Item(i.key, lambda i=i: loaded.append(i.key) or i.load(), origin=i.origin)
+        items = [Item(i.key, lambda i=i, loaded=loaded: loaded.append(i.key) or i.load(), origin=i.origin)
                  for i in file_items([str(folder)])]  # fmt: skip
         summary = tokenize_items(items, encode, writer, 16, process_index=index, process_count=3)
         writer.close()

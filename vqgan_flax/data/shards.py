@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .sources import InputShard
 
@@ -62,13 +62,13 @@ LAUNCHER_VARIABLES: Tuple[Tuple[str, str, str], ...] = (
 )
 
 
-def launcher_process(environ: Optional[Dict[str, str]] = None) -> Tuple[int, int, str]:
+def launcher_process(environ: Optional[Mapping[str, str]] = None) -> Tuple[int, int, str]:
     """``(index, count, launcher)`` from the first launcher whose variables are set (see
     ``LAUNCHER_VARIABLES``); ``(0, 1, "")`` where none is. A launcher whose variables are half set
     or not numbers is refused naming them, rather than every process doing all the work."""
-    environ = os.environ if environ is None else environ
+    variables: Mapping[str, str] = os.environ if environ is None else environ
     for index_name, count_name, launcher in LAUNCHER_VARIABLES:
-        index_text, count_text = environ.get(index_name), environ.get(count_name)
+        index_text, count_text = variables.get(index_name), variables.get(count_name)
         if index_text is None and count_text is None:
             continue
         if index_text is None or count_text is None:

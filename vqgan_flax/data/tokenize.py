@@ -168,7 +168,7 @@ def tokenize_shards(
     share = shard_share(shards, process_index, process_count)
     run = _Run(encode, writer, processor, batch_size, strict, progress)
     run.summary.shards = len(share)
-    finished = getattr(writer, "finished", set())
+    finished: Set[str] = getattr(writer, "finished", set())
 
     def stream() -> Iterator[Union[Item, _ShardEnd]]:
         from .manifest import marker_name
