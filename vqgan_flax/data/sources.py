@@ -15,6 +15,8 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, List, Optional, Sequence
 
+import numpy as np
+
 from ..utils.extras import require
 from .image_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_rgb, find_images, open_rgb, to_rgb
 
@@ -339,12 +341,28 @@ def _parquet_rows(file: str, name: str, image_column: str, caption_column: Optio
 
 
 def _hf_image(value: Any) -> Any:
+    return image_from_value(value)
+
+
+def image_from_value(value: Any, where: str = "image") -> Any:
+    """An RGB PIL image from what a dataset's image column holds: encoded bytes, Hugging Face's
+    ``{"bytes", "path"}``, a local path, a uint8 array (H, W) or (H, W, 1 | 3 | 4), or a PIL image.
+    Decoding is bounded as for files ([`decode_rgb`]); anything else is refused naming its type."""
+    from PIL import Image
+
     if isinstance(value, dict) and value.get("bytes"):
-        return _open_image(value["bytes"])
+        return _open_image(value["bytes"], where)
     if isinstance(value, dict) and value.get("path"):
         return open_rgb(value["path"])
-    if isinstance(value, (bytes, bytearray)):
-        return _open_image(bytes(value))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _open_image(bytes(value), where)
+    if isinstance(value, str):
+        return open_rgb(value)
     if hasattr(value, "convert"):  # already a PIL image
         return to_rgb(value)
-    raise ValueError(f"cannot read an image from a {type(value).__name__}")
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"{where}: cannot read an image from a {type(value).__name__}")
+    array = value[..., 0] if value.ndim == 3 and value.shape[2] == 1 else value
+    if array.dtype == np.uint8 and (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        return to_rgb(Image.fromarray(array))
+    raise ValueError(f"{where}: an array of {value.dtype} {value.shape}; expected uint8 (H, W) or (H, W, 1|3|4)")

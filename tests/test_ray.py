@@ -1,0 +1,100 @@
+"""Ray Data as the engine (issue 33): ``VQGANTokenizer`` as a plain callable and under
+``map_batches`` on a local Ray cluster gives the tokens ``vqgan-flax encode`` gives."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vqgan_flax.cli import main
+from vqgan_flax.integrations.ray import VQGANTokenizer
+
+
+def _png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (20, 24, 3)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def local_tokens(tiny, tmp_path_factory):
+    """Five images and the tokens ``vqgan-flax encode`` writes for them, by key."""
+    import pandas as pd
+
+    root = tmp_path_factory.mktemp("ray-images")
+    for i in range(5):
+        (root / f"{i}.png").write_bytes(_png(i))
+    assert main(["encode", str(root), "--out", str(root / "tokens"), "--model", tiny, "--quiet"]) == 0
+    frame = pd.read_parquet(root / "tokens")
+    return root, {key: np.asarray(tokens) for key, tokens in zip(frame["key"], frame["tokens"])}
+
+
+def test_the_tokenizer_gives_the_cli_tokens_at_one_batch_shape(tiny, local_tokens, monkeypatch):
+    root, expected = local_tokens
+    tokenizer = VQGANTokenizer(tiny, batch_size=4)
+    shapes = []
+    original = tokenizer.model.encode
+    monkeypatch.setattr(tokenizer.model, "encode", lambda x, **k: shapes.append(x.shape) or original(x, **k))
+    keys = sorted(expected)
+    images = [(root / k).read_bytes() for k in keys]
+    batch = {"key": np.asarray(keys, object), "image": np.asarray(images, object), "label": np.arange(5)}
+    out = tokenizer(batch)
+    assert [tuple(s) for s in shapes] == [(4, 16, 16, 3), (4, 16, 16, 3)]  # 4 + 1 rows, both at 4
+    assert list(out["key"]) == keys and out["label"].tolist() == [0, 1, 2, 3, 4] and "image" not in out
+    for key, tokens in zip(keys, out["tokens"]):
+        np.testing.assert_array_equal(tokens, expected[key])
+    assert out["frames"].tolist() == [1] * 5 and out["height"].tolist() == [8] * 5 and list(out["error"]) == [None] * 5
+    # a row whose image cannot be read: its error, tokens of -1; the others unchanged
+    arrays = np.empty(2, object)
+    arrays[:] = [np.asarray(Image.open(root / keys[0]).convert("RGB")), b"junk"]
+    out = tokenizer({"path": np.asarray(keys[:2], object), "image": arrays})
+    np.testing.assert_array_equal(out["tokens"][0], expected[keys[0]])
+    assert (out["tokens"][1] == -1).all() and "UnidentifiedImageError" in out["error"][1]
+    strict = VQGANTokenizer(tiny, batch_size=2, strict=True)
+    with pytest.raises(ValueError, match=r"1.png: UnidentifiedImageError"):
+        strict({"path": np.asarray(keys[:2], object), "image": arrays})
+
+
+@pytest.mark.parametrize(
+    "kwargs, batch, message",
+    [
+        ({}, {"image": []}, r"no key column: give key_column \(the batch has \['image'\]"),
+        ({"key_column": "id"}, {"image": [], "key": []}, r"no key column 'id' in the batch"),
+        ({}, {"key": []}, r"no image column 'image' in the batch \(columns: \['key'\]\)"),
+        ({"keep_columns": ["label"]}, {"key": [], "image": []}, r"keep_columns names 'label', not a column"),
+        ({}, {"key": [], "image": [], "tokens": []}, r"column 'tokens' would overwrite an output column"),
+    ],
+)
+def test_the_tokenizer_refuses_batches_it_cannot_map(tiny, kwargs, batch, message):
+    with pytest.raises(ValueError, match=message):
+        VQGANTokenizer(tiny, batch_size=2, **kwargs)({k: np.asarray(v, object) for k, v in batch.items()})
+
+
+def test_the_tokenizer_refuses_bad_settings(tiny):
+    with pytest.raises(ValueError, match=r"dtype must be float32 or bfloat16; got 'float16'"):
+        VQGANTokenizer(tiny, dtype="float16")
+    with pytest.raises(ValueError, match=r"batch_size must be a positive integer; got 0"):
+        VQGANTokenizer(tiny, batch_size=0)
+
+
+def test_map_batches_on_a_local_ray_cluster_gives_the_cli_tokens(tiny, local_tokens):
+    ray = pytest.importorskip("ray")
+    root, expected = local_tokens
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        rows = [{"key": k, "image": (root / k).read_bytes(), "label": i} for i, k in enumerate(sorted(expected))]
+        dataset = ray.data.from_items(rows).map_batches(
+            VQGANTokenizer, fn_constructor_kwargs={"model": tiny, "batch_size": 4}, batch_size=4, concurrency=1,
+            batch_format="numpy",
+        )  # fmt: skip
+        out = dataset.take_all()
+    finally:
+        ray.shutdown()
+    assert sorted(row["key"] for row in out) == sorted(expected)
+    for row in out:
+        np.testing.assert_array_equal(row["tokens"], expected[row["key"]])
+        assert row["error"] is None and row["label"] == sorted(expected).index(row["key"])
