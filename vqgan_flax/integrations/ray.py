@@ -108,10 +108,11 @@ class VQGANTokenizer:
                 pixels.append(None)
                 errors.append(f"{type(err).__name__}: {err}")
         tokens = np.full((len(keys), height * width), -1, np.int32)
-        good = [i for i, p in enumerate(pixels) if p is not None]
-        for start in range(0, len(good), self.batch_size):
-            rows = good[start : start + self.batch_size]
-            chunk = np.stack([pixels[i] for i in rows])
+        good = {i: p for i, p in enumerate(pixels) if p is not None}
+        order = list(good)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            chunk = np.stack([good[i] for i in rows])
             tokens[rows] = self._encode_padded(self.processor.to_pixel_values(chunk))
         out = {
             "key": np.asarray(keys, dtype=object),
