@@ -59,12 +59,10 @@ def _run(capsys, *argv):
 
 
 def _opened(monkeypatch):
-    """The tar files opened from now on (by basename)."""
+    """The input shards opened from now on (by file name)."""
     opened = []
-    original = tarfile.open
-    monkeypatch.setattr(
-        tarfile, "open", lambda name, *a, **k: opened.append(os.path.basename(name)) or original(name, *a, **k)
-    )
+    original = sources.open_input
+    monkeypatch.setattr(sources, "open_input", lambda path: opened.append(os.path.basename(path)) or original(path))
     return opened
 
 

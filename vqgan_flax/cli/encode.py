@@ -11,7 +11,6 @@ from typing import Optional, Union
 
 from ..data.shards import LAUNCHER_VARIABLES
 from ..data.writers import FORMATS, INFO_DIR, remove_shards
-from ..utils.files import atomic_write
 from .common import (
     COUNT,
     POSITIVE_INT,
@@ -109,11 +108,18 @@ def _check_format(args: argparse.Namespace) -> None:
     args.format = output_format(args.out, args.format)
     if args.process_count > 1 and args.format == "npz":
         raise ValueError("--process-count > 1 needs a sharded --format (parquet or jsonl): each process writes its own")
+    from ..data.storage import is_remote
+
     if args.format == "npz":
+        if is_remote(args.out):
+            raise ValueError(
+                f"--out {args.out}: npz output is one local file; give a folder for parquet or jsonl shards"
+            )
         if args.out != "-":
             check_output_file(args.out)
     else:
-        check_output_folder(args.out)
+        if not is_remote(args.out):
+            check_output_folder(args.out)
         from ..data.writers import check_token_folder
 
         try:
@@ -124,6 +130,7 @@ def _check_format(args: argparse.Namespace) -> None:
 
 def cmd_encode(args: argparse.Namespace) -> None:
     from .. import __version__
+    from ..data.storage import is_remote
     from ..data.tokenize import FrameSampling, errors_jsonl, summary_lines, tokenize_items, tokenize_shards
     from ..data.writers import NpzTokenWriter, ShardedTokenWriter
     from ..hub.identity import token_settings
@@ -134,7 +141,8 @@ def cmd_encode(args: argparse.Namespace) -> None:
     processor = image_processor(args, model)
     height, width = processor.output_size
     grid = model.config.latent_shape(height, width)
-    if args.format != "npz":  # created only once the inputs and the model are accepted
+    remote = is_remote(args.out)
+    if args.format != "npz" and not remote:  # created only once the inputs and the model are accepted
         prepare_output_folder(args.out)
         if args.overwrite:
             remove_shards(args.out)
@@ -175,12 +183,12 @@ def cmd_encode(args: argparse.Namespace) -> None:
                                       process_count=count, progress=bar.update, **options)  # fmt: skip
     where = ""
     if isinstance(writer, ShardedTokenWriter):
-        errors_file = os.path.join(args.out, INFO_DIR, f"errors-{writer.process:03d}.jsonl")
+        errors_name = f"{INFO_DIR}/errors-{writer.process:03d}.jsonl"
         if summary.errors:
-            atomic_write(errors_file, lambda f: f.write(errors_jsonl(summary)))
-            where = f" (all in {errors_file})"
-        elif os.path.exists(errors_file):
-            os.unlink(errors_file)  # an earlier run's failures: retried, and read this time
+            writer.store.write(errors_name, lambda f: f.write(errors_jsonl(summary)))
+            where = f" (all in {writer.store.path(errors_name)})"
+        elif writer.store.exists(errors_name):
+            writer.store.remove(errors_name)  # an earlier run's failures: retried, and read this time
     if not summary.encoded and not summary.already_done and summary.errors:
         key, message = summary.errors[0]
         count = len(summary.errors)
@@ -196,8 +204,11 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", help="image or video files, folders, .tar shards, or a dataset")
-    p.add_argument("--out", required=True, help="a .npz file (-: standard output), or a folder of shards")
+    inputs = ("image or video files, folders, .tar shards (local, s3://, gs://, https://, hf://, pipe:CMD; "
+              "{000..099} patterns), or a dataset (a folder or URL of parquet files)")  # fmt: skip
+    p.add_argument("inputs", nargs="+", help=inputs)
+    out = "a .npz file (-: standard output), or a folder of shards (local, or s3://, gs://, ... through fsspec)"
+    p.add_argument("--out", required=True, help=out)
     p.add_argument("--size", type=POSITIVE_INT, help="resize (shorter side) and center-crop to this size")
     add_model_options(p)
     p.add_argument(
@@ -250,9 +261,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     ``--strict``, unreadable items)."""
     import json
 
+    from ..data.storage import is_remote
     from ..data.verify import verify_token_folder
 
-    if not os.path.isdir(args.folder):
+    if not is_remote(args.folder) and not os.path.isdir(args.folder):
         raise ValueError(f"{args.folder}: no such folder")
     report = verify_token_folder(args.folder)
     failed = not report.ok or (args.strict and report.unreadable_items > 0)

@@ -9,24 +9,25 @@
 - ``process-PPP.json``: process ``PPP`` finished its share (its process count, the number and
   digest of the job's input shards, its parts); ``complete.json`` once every process has one.
 
-Each record is written whole (a temporary file renamed), after the parts it names.
+Each record is written whole ([`data.storage.Folder`]), after the parts it names, so a folder in
+an object store keeps them as a local one does.
 
-May import: ``utils``.
+May import: ``data.storage``.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
-import os
 from typing import Any, Dict, List, Set
 
-from ..utils.files import atomic_write, read_json_object
+from .storage import Folder
 
 INFO_DIR = ".vqgan_flax"
-DONE_DIR = os.path.join(INFO_DIR, "done")
-COMPLETE_FILE = os.path.join(INFO_DIR, "complete.json")
+DONE_DIR = f"{INFO_DIR}/done"
+COMPLETE_FILE = f"{INFO_DIR}/complete.json"
+# A record larger than this is refused unread (a process record lists its share's shard names).
+MAX_RECORD_BYTES = 64 << 20
 
 
 def marker_name(shard: str) -> str:
@@ -35,72 +36,83 @@ def marker_name(shard: str) -> str:
     return hashlib.sha256(shard.encode("utf-8", "surrogateescape")).hexdigest()[:32] + ".json"
 
 
-def _write(path: str, record: Dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+def read_record(store: Folder, name: str, what: str) -> Dict[str, Any]:
+    """The JSON object in ``name`` of ``store``, refused naming the file when it is not one."""
+    where = store.path(name)
+    try:
+        data = store.read_bytes(name, MAX_RECORD_BYTES)
+        record = json.loads(data.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{where}: {what}: unreadable ({type(err).__name__}: {err})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: {what}: not a JSON object")
+    return record
+
+
+def write_record(store: Folder, name: str, record: Dict[str, Any]) -> None:
     text = json.dumps(record, indent=1) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
+    store.write(name, lambda f: f.write(text.encode()))
 
 
-def finished_shards(folder: str) -> Set[str]:
+def finished_shards(store: Folder) -> Set[str]:
     """The marker names of every finished input shard, any process's (one folder listing)."""
-    done = os.path.join(folder, DONE_DIR)
-    return {name for name in os.listdir(done) if name.endswith(".json")} if os.path.isdir(done) else set()
+    return {name for name in store.listdir(DONE_DIR) if name.endswith(".json")}
 
 
-def write_shard_marker(folder: str, record: Dict[str, Any]) -> None:
+def write_shard_marker(store: Folder, record: Dict[str, Any]) -> None:
     """Record that input shard ``record["shard"]`` is finished, then advance its process's
     progress to the highest part the record names."""
-    _write(os.path.join(folder, DONE_DIR, marker_name(record["shard"])), record)
+    write_record(store, f"{DONE_DIR}/{marker_name(record['shard'])}", record)
     numbers = [int(name.split("-")[2].split(".")[0]) for name in record["outputs"]]
     process = record["process"]
-    if numbers and max(numbers) > claimed_up_to(folder, process):
-        _write(os.path.join(folder, INFO_DIR, f"progress-{process:03d}.json"), {"claimed_up_to": max(numbers)})
+    if numbers and max(numbers) > claimed_up_to(store, process):
+        write_record(store, f"{INFO_DIR}/progress-{process:03d}.json", {"claimed_up_to": max(numbers)})
 
 
-def claimed_up_to(folder: str, process: int) -> int:
+def claimed_up_to(store: Folder, process: int) -> int:
     """The highest part number of ``process`` that a shard marker accounts for (-1: none)."""
-    path = os.path.join(folder, INFO_DIR, f"progress-{process:03d}.json")
-    if not os.path.lexists(path):
+    name = f"{INFO_DIR}/progress-{process:03d}.json"
+    if not store.exists(name):
         return -1
-    value = read_json_object(path, "a progress record").get("claimed_up_to")
+    value = read_record(store, name, "a progress record").get("claimed_up_to")
     if not isinstance(value, int) or isinstance(value, bool) or value < -1:
-        raise ValueError(f"{path}: claimed_up_to must be a part number; got {value!r}")
+        raise ValueError(f"{store.path(name)}: claimed_up_to must be a part number; got {value!r}")
     return value
 
 
-def write_process_marker(folder: str, record: Dict[str, Any]) -> None:
+def write_process_marker(store: Folder, record: Dict[str, Any]) -> None:
     """Record that process ``record["process"]`` finished its share; once every one of the
     ``record["process_count"]`` processes has, write ``complete.json`` (any of them may be the
     last; they write the same record)."""
     count = record["process_count"]
-    _write(os.path.join(folder, INFO_DIR, f"process-{record['process']:03d}.json"), record)
-    markers = process_markers(folder)
+    write_record(store, f"{INFO_DIR}/process-{record['process']:03d}.json", record)
+    markers = process_markers(store)
     if all(p in markers for p in range(count)):
-        rows = {"process_count": count, "processes": list(range(count))}
-        _write(os.path.join(folder, COMPLETE_FILE), rows)
+        write_record(store, COMPLETE_FILE, {"process_count": count, "processes": list(range(count))})
 
 
-def process_markers(folder: str) -> Dict[int, Dict[str, Any]]:
-    """Every ``process-PPP.json`` of ``folder`` by process index."""
+def process_markers(store: Folder) -> Dict[int, Dict[str, Any]]:
+    """Every ``process-PPP.json`` of the folder by process index."""
     found: Dict[int, Dict[str, Any]] = {}
-    for path in sorted(glob.glob(os.path.join(folder, INFO_DIR, "process-*.json"))):
-        number = os.path.basename(path)[len("process-") : -len(".json")]
-        if number.isdigit():
-            found[int(number)] = read_json_object(path, "a process record")
+    for name in store.listdir(INFO_DIR):
+        number = name[len("process-") : -len(".json")]
+        if name.startswith("process-") and name.endswith(".json") and number.isdigit():
+            found[int(number)] = read_record(store, f"{INFO_DIR}/{name}", "a process record")
     return found
 
 
-def shard_markers(folder: str) -> List[Dict[str, Any]]:
+def shard_markers(store: Folder) -> List[Dict[str, Any]]:
     """Every finished input shard's marker, checked to be named for the shard it records."""
     records = []
-    done = os.path.join(folder, DONE_DIR)
-    for name in sorted(finished_shards(folder)):
-        record = read_json_object(os.path.join(done, name), "a shard marker")
+    for name in sorted(finished_shards(store)):
+        record = read_record(store, f"{DONE_DIR}/{name}", "a shard marker")
         if not isinstance(record.get("shard"), str) or marker_name(record["shard"]) != name:
-            raise ValueError(f"{os.path.join(done, name)}: the marker of another shard ({record.get('shard')!r})")
+            raise ValueError(
+                f"{store.path(DONE_DIR + '/' + name)}: the marker of another shard ({record.get('shard')!r})"
+            )
         records.append(record)
     return records
 
 
-__all__ = ("claimed_up_to", "finished_shards", "marker_name", "process_markers", "shard_markers",
-           "write_process_marker", "write_shard_marker")  # fmt: skip
+__all__ = ("claimed_up_to", "finished_shards", "marker_name", "process_markers", "read_record", "shard_markers",
+           "write_process_marker", "write_record", "write_shard_marker")  # fmt: skip

@@ -10,10 +10,11 @@ parquet row group holds.
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -202,12 +203,12 @@ def _read_shards(folder: str, shards: List[str]) -> TokenSource:
     return TokenSource(path, metadata, keys, lambda: (row for shard in shards for row in rows(shard)))
 
 
-def _parquet_metadata(shard: str) -> Dict[str, Any]:
+def _parquet_metadata(shard: str, handle: Optional[IO[bytes]] = None) -> Dict[str, Any]:
     """What ``encode`` recorded in a parquet shard's schema (``{}`` where nothing)."""
     import pyarrow.parquet as pq
 
     try:
-        recorded = (pq.read_schema(shard).metadata or {}).get(b"vqgan_flax")
+        recorded = (pq.read_schema(handle if handle is not None else shard).metadata or {}).get(b"vqgan_flax")
     except Exception as err:
         raise ValueError(f"{shard}: not a parquet file ({type(err).__name__}: {err})") from None
     if recorded is None:
@@ -221,12 +222,12 @@ def _parquet_metadata(shard: str) -> Dict[str, Any]:
     return metadata
 
 
-def _parquet_rows(shard: str, keys_only: bool = False) -> Iterator[Tuple[str, Any]]:
+def _parquet_rows(shard: str, keys_only: bool = False, handle: Optional[IO[bytes]] = None) -> Iterator[Tuple[str, Any]]:
     import pyarrow.parquet as pq
 
     columns = ["key"] if keys_only else ["key", "tokens", "frames", "height", "width"]
     try:
-        parquet = pq.ParquetFile(shard)
+        parquet = pq.ParquetFile(handle if handle is not None else shard)
         _check_row_groups(shard, parquet)
         row = 0
         for batch in parquet.iter_batches(batch_size=256, columns=columns):
@@ -271,8 +272,8 @@ def _check_row_groups(shard: str, parquet: Any) -> None:
                              f"{MAX_ROW_GROUP_TOKENS} (re-encode with a smaller --shard-size)")  # fmt: skip
 
 
-def _jsonl_rows(shard: str, keys_only: bool = False) -> Iterator[Tuple[str, Any]]:
-    with open(shard, encoding="utf-8") as f:
+def _jsonl_rows(shard: str, keys_only: bool = False, handle: Optional[IO[bytes]] = None) -> Iterator[Tuple[str, Any]]:
+    with io.TextIOWrapper(handle, encoding="utf-8") if handle is not None else open(shard, encoding="utf-8") as f:
         number = 0
         while True:
             try:
@@ -318,12 +319,13 @@ def recorded_model(source: TokenSource) -> Optional[Tuple[str, Optional[str]]]:
     return str(model), (str(revision or "") or None)
 
 
-def shard_keys(path: str) -> List[str]:
-    """The keys of one parquet or JSONL token shard, checked as every reader checks them."""
+def shard_keys(path: str, handle: Optional[IO[bytes]] = None) -> List[str]:
+    """The keys of one parquet or JSONL token shard (read from ``handle`` where given: a remote
+    one), checked as every reader checks them."""
     rows = _parquet_rows if path.endswith(".parquet") else _jsonl_rows
-    return [key for key, _ in rows(path, keys_only=True)]
+    return [key for key, _ in rows(path, True, handle)]
 
 
-def shard_settings(path: str) -> Dict[str, Any]:
+def shard_settings(path: str, handle: Optional[IO[bytes]] = None) -> Dict[str, Any]:
     """The settings a parquet shard records in its own schema (``{}`` for JSONL, which has none)."""
-    return _parquet_metadata(path) if path.endswith(".parquet") else {}
+    return _parquet_metadata(path, handle) if path.endswith(".parquet") else {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import gzip
 import io
 import os
 import re
@@ -19,6 +20,7 @@ import numpy as np
 
 from ..utils.extras import require
 from .image_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_rgb, find_images, open_rgb, to_rgb
+from .storage import find_remote, input_name, is_remote, open_input
 
 # A sample member larger than this is refused, not read: a crafted tar header can claim any size.
 MAX_MEMBER_BYTES = 256 << 20
@@ -149,27 +151,38 @@ def tar_items(patterns: Sequence[str], image_extensions: Optional[Sequence[str]]
 
 
 def tar_shards(patterns: Sequence[str], image_extensions: Optional[Sequence[str]] = None) -> List[InputShard]:
-    """The shards of [`tar_items`] as [`InputShard`]s named by file name, in the order
-    given (patterns expanded); each is opened only when its items are iterated. Missing shards and
-    two shards of one file name (their keys would collide) are refused here."""
+    """The shards of [`tar_items`] as [`InputShard`]s named by file name, in the order given
+    (patterns expanded). Local paths, URLs (``s3://``, ``gs://``, ``https://``, ``hf://``: see
+    [`data.storage`]) and ``pipe:CMD``; each is opened only when its items are iterated. Missing
+    local shards and two shards of one file name (their keys would collide) are refused here; a
+    remote shard that cannot be opened stops the run when it is reached, naming it (it is not
+    marked finished, so a rerun tries it again)."""
     extensions = tuple(e.lstrip(".").lower() for e in (image_extensions or [s[1:] for s in IMAGE_SUFFIXES]))
     paths = [path for pattern in patterns for path in expand_braces(os.fspath(pattern))]
     for path in paths:
-        if not os.path.isfile(path):
+        if not is_remote(path) and not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such shard")
-    if len({os.path.basename(s) for s in paths}) != len(paths):
+    names = [input_name(path) for path in paths]
+    if len(set(names)) != len(paths):
         raise ValueError(f"shards with the same file name would give the same keys: {paths}")
-    return [InputShard(os.path.basename(p), functools.partial(_tar_samples, [p], extensions)) for p in paths]
+    return [InputShard(name, functools.partial(_tar_samples, path, extensions)) for name, path in zip(names, paths)]
 
 
-def _tar_samples(shards: List[str], extensions: Sequence[str]) -> Iterator[Item]:
-    for shard in shards:
-        name = os.path.basename(shard)
+def _tar_samples(shard: str, extensions: Sequence[str]) -> Iterator[Item]:
+    name = input_name(shard)
+    try:
+        stream = open_input(shard)
+    except ValueError as err:  # not a regular file: the shard's one unreadable item
+        yield Item(f"{name}/<unreadable>", _raiser(err), origin=shard)
+        return
+    except OSError as err:  # missing, or the network: the run stops, the shard stays unfinished
+        raise OSError(f"{shard}: cannot open the shard ({type(err).__name__}: {err})") from None
+    with stream:
         try:
-            archive = tarfile.open(shard, mode="r|*")
-        except (tarfile.TarError, OSError) as err:
+            archive = tarfile.open(fileobj=stream, mode="r|*")
+        except tarfile.TarError as err:
             yield Item(f"{name}/<unreadable>", _raiser(ValueError(f"{shard}: not a tar file ({err})")), origin=shard)
-            continue
+            return
         with archive:
             for key, members in _samples(archive, shard, extensions):
                 yield _sample(f"{name}/{key}", members, extensions, f"{shard}:{key}")
@@ -207,7 +220,11 @@ def _samples(archive: tarfile.TarFile, shard: str, extensions: Sequence[str]) ->
                 continue
             handle = archive.extractfile(member)
             members.append((extension, handle.read() if handle else b""))
-    except (tarfile.TarError, OSError, EOFError) as err:
+    except gzip.BadGzipFile as err:  # an OSError, but the archive's fault
+        members, key = [("", ValueError(f"{shard}: corrupt or cut short (BadGzipFile: {err})"))], "<unreadable>"
+    except OSError as err:  # reading failed (a disk, the network), not the archive: stop, naming it
+        raise OSError(f"{shard}: reading failed ({type(err).__name__}: {err})") from None
+    except (tarfile.TarError, EOFError) as err:
         if key is not None and members:  # what was read of the sample the error cut
             yield key, members
         key, members = (
@@ -269,7 +286,13 @@ def hf_shards(
     dataset's split and columns are checked at the call, a parquet file's when it is opened."""
     if rows_per_shard < 1:
         raise ValueError(f"rows per shard must be positive; got {rows_per_shard}")
-    if not is_saved_dataset(path):
+    if is_remote(path):
+        found = find_remote(path, ".parquet")
+        if not found:
+            raise FileNotFoundError(f"{path}: no .parquet files there")
+        base = path.rstrip("/") + "/"
+        files = [(url, url[len(base) :] if url.startswith(base) else input_name(url)) for url in found]
+    elif not is_saved_dataset(path):
         if path.endswith(".parquet") and os.path.isfile(path):
             files = [(path, os.path.basename(path))]
         elif os.path.isdir(path):
@@ -279,6 +302,7 @@ def hf_shards(
                 raise FileNotFoundError(f"{path}: no .parquet files in the folder")
         else:
             raise FileNotFoundError(f"{path}: not a saved dataset folder or parquet file(s)")
+    if is_remote(path) or not is_saved_dataset(path):
         columns = (image_column, caption_column)
         return [InputShard(name, functools.partial(_parquet_rows, file, name, *columns)) for file, name in files]
     loaded, split = _saved_split(path, split, image_column, caption_column)
@@ -323,7 +347,9 @@ def _parquet_rows(file: str, name: str, image_column: str, caption_column: Optio
     import pyarrow.parquet as pq
 
     try:
-        table = pq.ParquetFile(file)
+        table = pq.ParquetFile(open_input(file) if is_remote(file) else file)
+    except OSError as err:  # missing, or the network: the run stops, the shard stays unfinished
+        raise OSError(f"{file}: cannot open the shard ({type(err).__name__}: {err})") from None
     except Exception as err:
         raise ValueError(f"{file}: not a parquet file ({type(err).__name__}: {err})") from None
     names = table.schema_arrow.names

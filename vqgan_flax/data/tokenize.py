@@ -73,11 +73,16 @@ def _loaded(
     anything that is not an [`Item`] (a shard's end) passes through in its place, as ``(it, None)``."""
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         pending: Deque[Tuple[Any, Optional[concurrent.futures.Future]]] = collections.deque()
-        for item in items:
-            future = pool.submit(_pixels, item, processor, sampling) if isinstance(item, Item) else None
-            pending.append((item, future))
-            if len(pending) >= lookahead:
+        try:
+            for item in items:
+                future = pool.submit(_pixels, item, processor, sampling) if isinstance(item, Item) else None
+                pending.append((item, future))
+                if len(pending) >= lookahead:
+                    yield _result(*pending.popleft())
+        except Exception:  # the stream failed (a shard that cannot be opened): finish what came before
+            while pending:
                 yield _result(*pending.popleft())
+            raise
         while pending:
             yield _result(*pending.popleft())
 

@@ -3,21 +3,20 @@ process finished its share, every input shard was finished exactly once and its 
 the parts its marker names, no part is unaccounted for, no key appears twice, and every part was
 made with the folder's one model and one set of settings.
 
-May import: ``data.manifest``, ``data.readers``, ``data.writers``, ``data.shards``, ``hub.identity``,
-``utils``.
+May import: ``data.manifest``, ``data.readers``, ``data.writers``, ``data.shards``, ``data.storage``,
+``hub.identity``.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from ..hub.identity import TOKEN_SETTINGS, check_same_tokens
-from ..utils.files import read_json_object
 from . import manifest
 from .readers import shard_keys, shard_settings
 from .shards import key_owner, shards_digest
+from .storage import Folder
 from .writers import METADATA_FILE, SHARD_NAME
 
 # Problems listed in full up to this many; the rest are counted.
@@ -65,8 +64,14 @@ def verify_token_folder(folder: str) -> FolderReport:
     """Check ``folder`` (written by ``vqgan-flax encode`` with parquet or JSONL output) and report;
     reads every part's keys and settings, every marker, never the tokens themselves."""
     report = FolderReport(folder)
+    store = Folder(folder)
+    if not store.exists(METADATA_FILE):
+        report.problems.append(
+            f"{store.path(METADATA_FILE)}: missing (not a token folder written by vqgan-flax encode?)"
+        )
+        return report
     try:
-        metadata = read_json_object(os.path.join(folder, METADATA_FILE), "the token folder's metadata")
+        metadata = manifest.read_record(store, METADATA_FILE, "the token folder's metadata")
     except ValueError as err:
         report.problems.append(f"{err} (not a token folder written by vqgan-flax encode?)")
         return report
@@ -74,10 +79,10 @@ def verify_token_folder(folder: str) -> FolderReport:
     count = metadata.get("process_count", 1)
     report.process_count = count if isinstance(count, int) and count > 0 else 0
     problems = report.problems
-    processes = _processes(folder, report, metadata)
-    rows_of = _parts(folder, report, metadata)
-    if manifest.finished_shards(folder) or any(r.get("split") == "shards" for r in processes.values()):
-        _shards(folder, report, processes, rows_of)
+    processes = _processes(store, report)
+    rows_of = _parts(store, report, metadata)
+    if manifest.finished_shards(store) or any(r.get("split") == "shards" for r in processes.values()):
+        _shards(store, report, processes, rows_of)
     else:
         for part in rows_of:  # a key-hash split: each key in the part of the process it hashes to
             process = int(SHARD_NAME.match(part).group(1))  # type: ignore[union-attr]
@@ -88,9 +93,9 @@ def verify_token_folder(folder: str) -> FolderReport:
     return report
 
 
-def _processes(folder: str, report: FolderReport, metadata: Dict[str, Any]) -> Dict[int, Dict[str, Any]]:
+def _processes(store: Folder, report: FolderReport) -> Dict[int, Dict[str, Any]]:
     try:
-        processes = manifest.process_markers(folder)
+        processes = manifest.process_markers(store)
     except ValueError as err:
         report.problems.append(str(err))
         return {}
@@ -109,29 +114,31 @@ def _processes(folder: str, report: FolderReport, metadata: Dict[str, Any]) -> D
     return processes
 
 
-def _parts(folder: str, report: FolderReport, metadata: Dict[str, Any]) -> Dict[str, List[str]]:
+def _parts(store: Folder, report: FolderReport, metadata: Dict[str, Any]) -> Dict[str, List[str]]:
     """Every part's keys by part name, with duplicates, foreign formats and settings reported."""
     rows_of: Dict[str, List[str]] = {}
     first_part: Dict[str, str] = {}
     duplicates = 0
-    for name in sorted(os.listdir(folder)):
+    for name in store.listdir():
         match = SHARD_NAME.match(name)
         if not match:
             continue
-        path = os.path.join(folder, name)
+        path = store.path(name)
         if match.group(3) != report.format:
             report.problems.append(f"{name}: a {match.group(3)} part in a {report.format} folder")
             continue
         if int(match.group(1)) >= report.process_count:
             report.problems.append(f"{name}: written by process {int(match.group(1))} of {report.process_count}")
         try:
-            settings = shard_settings(path)
+            with store.open(name) as handle:
+                settings = shard_settings(path, handle)
             if settings:
                 check_same_tokens(metadata, settings, name, (*TOKEN_SETTINGS, "format"))
             elif report.format == "parquet":
                 report.problems.append(f"{name}: a part without its settings (no vqgan_flax metadata)")
-            keys = shard_keys(path)
-        except ValueError as err:
+            with store.open(name) as handle:
+                keys = shard_keys(path, handle)
+        except (OSError, ValueError) as err:
             report.problems.append(str(err))
             continue
         rows_of[name] = keys
@@ -148,7 +155,7 @@ def _parts(folder: str, report: FolderReport, metadata: Dict[str, Any]) -> Dict[
     return rows_of
 
 
-def _shards(folder: str, report: FolderReport, processes: Dict[int, Dict[str, Any]], rows_of: Dict[str, Any]) -> None:
+def _shards(store: Folder, report: FolderReport, processes: Dict[int, Dict[str, Any]], rows_of: Dict[str, Any]) -> None:
     """A job of input shards: the shares add up to the job's list, each shard finished once, its
     rows in the parts its marker names, every part named by one marker."""
     problems = report.problems
@@ -157,7 +164,7 @@ def _shards(folder: str, report: FolderReport, processes: Dict[int, Dict[str, An
         problems.append(f"the processes worked on different lists of input shards: {sorted(map(str, plans))}")
     report.input_shards = next(iter(plans))[0] if len(plans) == 1 else None
     try:
-        markers = manifest.shard_markers(folder)
+        markers = manifest.shard_markers(store)
     except ValueError as err:
         problems.append(str(err))
         return

@@ -16,17 +16,18 @@ import glob
 import json
 import os
 import re
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
 from ..hub.identity import TOKEN_SETTINGS, check_same_tokens
-from ..utils.files import atomic_write, read_json_object
+from ..utils.files import atomic_write
 from . import manifest
 from .manifest import INFO_DIR
+from .storage import Folder
 
 FORMATS = ("npz", "parquet", "jsonl")
-METADATA_FILE = os.path.join(INFO_DIR, "metadata.json")
+METADATA_FILE = f"{INFO_DIR}/metadata.json"
 # A shard's name: part-PROCESS-NUMBER.FORMAT (readers select shards by it too).
 # The string fields of an .npz token file's metadata (0-d string arrays).
 NPZ_STRINGS = ("model", "model_digest", "hub_id", "revision", "commit", "dtype")
@@ -113,43 +114,48 @@ def _locked_by_another(folder: str) -> Optional[str]:
 def remove_shards(folder: str) -> int:
     """Delete what a sharded run wrote in ``folder`` (its ``part-*`` shards and ``.vqgan_flax/``),
     nothing else; returns the number of shards removed. Refused while a run holds its lock."""
-    import shutil
-
-    held = _locked_by_another(folder)
+    store = Folder(folder)
+    held = None if store.remote else _locked_by_another(folder)
     if held:
         raise RuntimeError(f"{folder}: a running encode holds {held}; not removing its shards")
     removed = 0
-    for path in glob.glob(os.path.join(folder, "part-*")):
-        if SHARD_NAME.match(os.path.basename(path)) and os.path.isfile(path):
-            os.unlink(path)
+    for name in store.listdir():
+        if SHARD_NAME.match(name) and (store.remote or os.path.isfile(store.path(name))):
+            store.remove(name)
             removed += 1
-    shutil.rmtree(os.path.join(folder, INFO_DIR), ignore_errors=True)
+    store.remove_tree(INFO_DIR)
     return removed
 
 
-def check_token_folder(folder: str) -> None:
+def check_token_folder(folder: Union[str, Folder]) -> None:
     """Refuse a folder that holds anything but a token dataset of ours: shards go only into a new or
     empty folder, or one whose ``.vqgan_flax/metadata.json`` says how its shards were made (so they
     are never mixed with a user's own files, nor with shards of unknown settings)."""
-    if not os.path.isdir(folder) or os.path.exists(os.path.join(folder, METADATA_FILE)):
+    store = folder if isinstance(folder, Folder) else Folder(folder)
+    names = store.listdir()
+    if not names or store.exists(METADATA_FILE):
         return
     # INFO_DIR alone: another process of the same run is about to write the metadata.
-    foreign = sorted(name for name in os.listdir(folder) if name != INFO_DIR)
+    foreign = [name for name in names if name != INFO_DIR]
     if foreign:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
         raise ValueError(
-            f"{folder}: holds {foreign[0]}{more} but is no token folder (no {METADATA_FILE}); "
+            f"{store.root}: holds {foreign[0]}{more} but is no token folder (no {METADATA_FILE}); "
             "give a new or empty folder"
         )
 
 
 class ShardedTokenWriter:
-    """Rows → ``folder/part-PPP-NNNNN.{parquet,jsonl}``, ``rows_per_shard`` rows each.
+    """Rows → ``folder/part-PPP-NNNNN.{parquet,jsonl}``, ``rows_per_shard`` rows each; ``folder``
+    a local path or an object-store URL ([`data.storage.Folder`]).
 
-    ``done`` holds the keys of every shard already in the folder (from any process); the caller
-    skips them. A folder holding other files is refused ([`check_token_folder`]); shards made with
-    other settings (``metadata.json`` disagrees on the model, image size, pixel range or grid) are
-    refused rather than mixed.
+    ``done`` holds the keys this process must not write again: those of its own parts that no
+    input-shard marker accounts for ([`data.manifest`]); the caller skips them. ``finished`` names
+    the markers of the input shards finished by any process. A folder holding other files is
+    refused ([`check_token_folder`]); shards made with other settings (``metadata.json`` or a
+    part's own schema disagrees on the model, image size, pixel range or grid) are refused rather
+    than mixed, and so is another process count than the folder was started with. A local folder
+    is locked per process index ([`lock_token_folder`]); an object store has no locks.
     """
 
     def __init__(
@@ -167,54 +173,57 @@ class ShardedTokenWriter:
             raise ValueError(f"rows_per_shard must be positive; got {rows_per_shard}")
         if not 0 <= process < process_count:
             raise ValueError(f"process {process} is not in [0, {process_count})")
-        self.folder, self.format = folder, fmt
+        self.folder, self.format, self.store = folder, fmt, Folder(folder)
         self.metadata = dict(metadata, format=fmt, process_count=process_count)
         self.rows_per_shard, self.process, self.process_count = rows_per_shard, process, process_count
         self._rows: List[Dict[str, Any]] = []
         self.written = 0
         self._flushed: List[str] = []  # parts written since the last finished input shard
         self._shard_rows = 0
-        check_token_folder(folder)
-        self._lock = lock_token_folder(folder, process)
+        check_token_folder(self.store)
+        self._lock = None if self.store.remote else lock_token_folder(folder, process)
         try:
             self._start(fmt, process)
         except BaseException:
-            self._lock.close()
+            self._unlock()
             raise
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
 
     def _start(self, fmt: str, process: int) -> None:
         """Read what earlier runs of this process left: its own parts (other processes' are never
         opened), the markers of finished input shards, and the keys of the parts no marker names
         (the shard a killed run was in, or a run without input shards) as ``done``."""
-        folder = self.folder
+        store = self.store
         self._check_metadata()
-        self.finished = manifest.finished_shards(folder)
-        claimed = manifest.claimed_up_to(folder, process)
-        self.done: Set[str] = set()
+        self.finished = manifest.finished_shards(store)
+        claimed = manifest.claimed_up_to(store, process)
         self._orphans: Dict[str, str] = {}  # key -> the unclaimed part holding it
         numbers = [-1]
-        for path in sorted(glob.glob(os.path.join(folder, f"part-{process:03d}-*"))):
-            match = SHARD_NAME.match(os.path.basename(path))
+        for name in store.listdir():
+            match = SHARD_NAME.match(name)
             if not match or int(match.group(1)) != process:
                 continue
             if match.group(3) != fmt:
-                raise ValueError(f"{path}: a {match.group(3)} shard in a folder being written as {fmt}")
+                raise ValueError(f"{store.path(name)}: a {match.group(3)} shard in a folder being written as {fmt}")
             numbers.append(int(match.group(2)))
             if int(match.group(2)) <= claimed:
                 continue
-            self._check_shard(path)
-            for key in self._keys(path):
-                self._orphans[key] = os.path.basename(path)
-        self.done = set(self._orphans)
+            self._check_shard(name)
+            for key in self._keys(name):
+                self._orphans[key] = name
+        self.done: Set[str] = set(self._orphans)
         self._next = max(numbers) + 1
         # What a killed run of this process left half-written: never a shard, safe to remove.
-        for stale in glob.glob(os.path.join(folder, f".part-{process:03d}-*.partial")):
+        pattern = os.path.join(glob.escape(self.folder), f".part-{process:03d}-*.partial")
+        for stale in [] if store.remote else glob.glob(pattern):
             os.unlink(stale)
 
     def _check_metadata(self) -> None:
-        path = os.path.join(self.folder, METADATA_FILE)
-        if os.path.exists(path):
-            existing = read_json_object(path, "the token folder's metadata")
+        if self.store.exists(METADATA_FILE):
+            existing = manifest.read_record(self.store, METADATA_FILE, "the token folder's metadata")
             # A resumed run must make the same tokens as the run that wrote the shards already there.
             check_same_tokens(existing, self.metadata, self.folder, (*TOKEN_SETTINGS, "format"))
             # ... and split the inputs as it did: each process reads only its own parts.
@@ -225,11 +234,9 @@ class ShardedTokenWriter:
                     f"{recorded}, or give another --out"
                 )
         else:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            text = json.dumps(self.metadata, indent=2) + "\n"
-            atomic_write(path, lambda f: f.write(text.encode()))
+            manifest.write_record(self.store, METADATA_FILE, self.metadata)
 
-    def _check_shard(self, path: str) -> None:
+    def _check_shard(self, name: str) -> None:
         """A parquet shard carries the settings it was made with in its own schema: a resumed run
         checks each shard, not only ``metadata.json`` (shards copied in from another run would
         otherwise be counted as done with another model's codes)."""
@@ -237,8 +244,10 @@ class ShardedTokenWriter:
             return
         import pyarrow.parquet as pq
 
+        path = self.store.path(name)
         try:
-            recorded = (pq.read_schema(path).metadata or {}).get(b"vqgan_flax")
+            with self.store.open(name) as f:
+                recorded = (pq.read_schema(f).metadata or {}).get(b"vqgan_flax")
             made_with = json.loads(recorded) if recorded is not None else None
         except Exception as err:
             raise ValueError(f"{path}: unreadable shard ({type(err).__name__}: {err}); move it away") from None
@@ -246,16 +255,17 @@ class ShardedTokenWriter:
             raise ValueError(f"{path}: a shard without its settings (no vqgan_flax metadata); move it away")
         check_same_tokens(made_with, self.metadata, path, (*TOKEN_SETTINGS, "format"))
 
-    def _keys(self, path: str) -> Iterable[str]:
+    def _keys(self, name: str) -> Iterable[str]:
         try:
-            if self.format == "parquet":
-                import pyarrow.parquet as pq
+            with self.store.open(name) as f:
+                if self.format == "parquet":
+                    import pyarrow.parquet as pq
 
-                return pq.read_table(path, columns=["key"]).column("key").to_pylist()
-            with open(path, encoding="utf-8") as f:
+                    return pq.read_table(f, columns=["key"]).column("key").to_pylist()
                 return [json.loads(line)["key"] for line in f if line.strip()]
         except Exception as err:
-            message = f"{path}: unreadable shard ({type(err).__name__}: {err}); move it away to redo its items"
+            why = f"{type(err).__name__}: {err}"
+            message = f"{self.store.path(name)}: unreadable shard ({why}); move it away to redo its items"
             raise ValueError(message) from None
 
     def add(self, key: str, tokens: np.ndarray, caption: Optional[str] = None, origin: str = "") -> None:
@@ -271,16 +281,16 @@ class ShardedTokenWriter:
         """Write the queued rows as one shard (nothing when none are queued)."""
         if not self._rows:
             return
-        path = os.path.join(self.folder, f"part-{self.process:03d}-{self._next:05d}.{self.format}")
+        name = f"part-{self.process:03d}-{self._next:05d}.{self.format}"
         rows, self._rows = self._rows, []
         if self.format == "parquet":
-            atomic_write(path, lambda f: self._write_parquet(f, rows))
+            self.store.write(name, lambda f: self._write_parquet(f, rows))
         else:
             lines = "".join(json.dumps(lwm_record(r["key"], r["tokens"], r["caption"])) + "\n" for r in rows)
-            atomic_write(path, lambda f: f.write(lines.encode()))
+            self.store.write(name, lambda f: f.write(lines.encode()))
         self._next += 1
         self.written += len(rows)
-        self._flushed.append(os.path.basename(path))
+        self._flushed.append(name)
         self._shard_rows += len(rows)
 
     def skipped(self, key: str) -> None:
@@ -298,7 +308,7 @@ class ShardedTokenWriter:
         self.flush()
         record = {"shard": name, "process": self.process, "outputs": sorted(self._flushed),
                   "rows": self._shard_rows, "errors": [list(e) for e in errors]}  # fmt: skip
-        manifest.write_shard_marker(self.folder, record)
+        manifest.write_shard_marker(self.store, record)
         self.finished.add(manifest.marker_name(name))
         self._flushed, self._shard_rows = [], 0
 
@@ -306,9 +316,10 @@ class ShardedTokenWriter:
         """This process's share is done: write its marker (``plan``: what it was given, e.g. the
         number and digest of the job's input shards), and the job's once every process has one."""
         self.flush()
-        parts = sorted(os.path.basename(p) for p in glob.glob(os.path.join(self.folder, f"part-{self.process:03d}-*")))
+        mine = (SHARD_NAME.match(name) for name in self.store.listdir())
+        parts = [m.group(0) for m in mine if m and int(m.group(1)) == self.process]
         record = {"process": self.process, "process_count": self.process_count, **plan, "outputs": parts}
-        manifest.write_process_marker(self.folder, record)
+        manifest.write_process_marker(self.store, record)
 
     def _write_parquet(self, f: Any, rows: List[Dict[str, Any]]) -> None:
         import pyarrow as pa
@@ -336,7 +347,7 @@ class ShardedTokenWriter:
         try:
             self.flush()
         finally:
-            self._lock.close()
+            self._unlock()
 
 
 class NpzTokenWriter:

@@ -12,6 +12,10 @@ import importlib
 EXTRAS = {
     "av": ("video", "reading videos"),
     "datasets": ("datasets", "reading Hugging Face datasets"),
+    "s3fs": ("s3", "reading and writing s3:// URLs"),
+    "gcsfs": ("gcs", "reading and writing gs:// URLs"),
+    "aiohttp": ("http", "reading http(s):// URLs"),
+    "ray": ("ray", "Ray Data as the engine"),
 }
 
 

@@ -1,0 +1,174 @@
+"""Inputs and outputs in object storage (issue 33): the same job from and to ``s3://`` — a real
+S3 API (moto's server, started here on 127.0.0.1) — gives the local run's tokens; ``pipe:``
+shards; token folders in fsspec's memory file system."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vqgan_flax.cli import main
+from vqgan_flax.data import sources
+from vqgan_flax.data.storage import Folder, input_name, is_remote, open_input
+
+pytest.importorskip("s3fs")
+moto_server = pytest.importorskip("moto.server")
+
+
+def _png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (20, 24, 3)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _shard(path, first: int) -> None:
+    with tarfile.open(path, "w") as archive:
+        for sample in range(3):
+            data = _png(first + sample)
+            info = tarfile.TarInfo(f"{sample:04d}.png")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A local S3 server holding ``s3://data/shards/s-{0..3}.tar`` (and the same shards on disk)."""
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                             "AWS_DEFAULT_REGION")}  # fmt: skip
+    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="test",
+                      AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")  # fmt: skip
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("data")
+    local = tmp_path_factory.mktemp("local-shards")
+    for shard in range(4):
+        _shard(local / f"s-{shard}.tar", 10 * shard)
+        fs.put_file(str(local / f"s-{shard}.tar"), f"data/shards/s-{shard}.tar")
+    yield fs, local
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _tokens(folder: str) -> dict:
+    import pyarrow.parquet as pq
+
+    store = Folder(folder)
+    rows = {}
+    for name in store.listdir():
+        if name.startswith("part-"):
+            with store.open(name) as f:
+                table = pq.read_table(f)
+            rows.update(zip(table.column("key").to_pylist(), map(tuple, table.column("tokens").to_pylist())))
+    return rows
+
+
+def test_the_same_job_from_and_to_s3_gives_the_local_tokens(tiny, s3, tmp_path, capsys):
+    fs, local = s3
+    code, _, err = _run(
+        capsys, "encode", local / "s-{0..3}.tar", "--out", tmp_path / "local", "--model", tiny, "--quiet"
+    )
+    assert code == 0, err
+    for index in range(2):
+        code, out, err = _run(capsys, "encode", "s3://data/shards/s-{0..3}.tar", "--out", "s3://data/tokens",
+                              "--model", tiny, "--quiet", "--process-index", index, "--process-count", 2)  # fmt: skip
+        assert code == 0 and "wrote 6 x 8x8 tokens to s3://data/tokens" in out, err
+    remote, expected = _tokens("s3://data/tokens"), _tokens(str(tmp_path / "local"))
+    assert len(remote) == 12 and remote == expected
+    assert fs.exists("data/tokens/.vqgan_flax/complete.json") and fs.exists("data/tokens/.vqgan_flax/metadata.json")
+    assert not [p for p in fs.find("data/tokens") if ".partial" in p]  # uploads, no temporary objects
+    code, out, _ = _run(capsys, "verify", "s3://data/tokens")
+    assert code == 0 and "2 of 2 processes finished, 4 of 4 input shards, 12 rows in 4 parts" in out, out
+    # a rerun finds every shard finished and reads none
+    code, out, _ = _run(capsys, "encode", "s3://data/shards/s-{0..3}.tar", "--out", "s3://data/tokens", "--model",
+                        tiny, "--quiet", "--process-index", 0, "--process-count", 2)  # fmt: skip
+    assert code == 0 and "(2 of 2 input shards finished by an earlier run)" in out
+    # one part gone from the bucket: verify names it
+    fs.rm_file("data/tokens/part-001-00000.parquet")
+    code, out, _ = _run(capsys, "verify", "s3://data/tokens")
+    assert code == 1 and "its part part-001-00000.parquet is missing or unreadable" in out
+
+
+def test_a_parquet_dataset_in_s3_is_read_file_by_file(tiny, s3, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, _ = s3
+    for name, seeds in (("pq/a.parquet", [0, 1]), ("pq/b.parquet", [2])):
+        buffer = io.BytesIO()
+        pq.write_table(pa.table({"image": [{"bytes": _png(s), "path": None} for s in seeds]}), buffer)
+        fs.pipe_file(f"data/{name}", buffer.getvalue())
+    code, out, err = _run(capsys, "encode", "s3://data/pq", "--source", "hf", "--out", tmp_path / "t", "--model", tiny,
+                          "--quiet")  # fmt: skip
+    assert code == 0 and "wrote 3 x 8x8 tokens" in out, err
+    assert sorted(_tokens(str(tmp_path / "t"))) == ["a.parquet/0", "a.parquet/1", "b.parquet/0"]
+
+
+def test_a_missing_remote_shard_stops_the_run_and_stays_unfinished(tiny, s3, tmp_path, capsys):
+    code, _, err = _run(capsys, "encode", "s3://data/shards/s-{3..4}.tar", "--out", tmp_path / "t", "--model", tiny,
+                        "--quiet")  # fmt: skip
+    assert code == 1 and "s3://data/shards/s-4.tar: cannot open the shard (FileNotFoundError" in err, err
+    assert len(Folder(str(tmp_path / "t")).listdir(".vqgan_flax/done")) == 1  # s-3 finished, s-4 not
+
+
+def test_pipe_shards_stream_a_commands_output(tiny, s3, tmp_path, capsys):
+    _, local = s3
+    shards = [f"pipe:cat {local / f's-{i}.tar'}" for i in range(2)]
+    code, out, err = _run(capsys, "encode", *shards, "--out", tmp_path / "t", "--model", tiny, "--quiet")
+    assert code == 0 and "wrote 6 x 8x8 tokens" in out, err
+    assert sorted(_tokens(str(tmp_path / "t")))[:2] == ["s-0.tar/0000", "s-0.tar/0001"]
+    with pytest.raises(OSError, match=r"pipe:cat /no/such.tar: exit status 1 \(cat: /no/such.tar"):
+        list(sources.tar_items(["pipe:cat /no/such.tar"]))
+
+
+def test_storage_names_and_folders(tmp_path):
+    assert [is_remote(p) for p in ("s3://b/x", "pipe:cat x", "/a/b", "a://", "C:/x", "hf://datasets/a/b")] == [
+        True, True, False, True, False, True,
+    ]  # fmt: skip
+    assert input_name("pipe:curl -s 'https://host/s-0001.tar?x=1'") == "s-0001.tar"
+    assert input_name("https://host/data/s-0002.tar?sig=1") == "s-0002.tar" and input_name("/a/b.tar") == "b.tar"
+    for root in (str(tmp_path / "f"), "memory://vqgan-flax-test/f"):
+        store = Folder(root)
+        assert store.listdir() == [] and not store.exists("a/b.json")
+        store.write("a/b.json", lambda f: f.write(b"{}"))
+        assert (
+            store.listdir() == ["a"] and store.listdir("a") == ["b.json"] and store.read_bytes("a/b.json", 8) == b"{}"
+        )
+        with pytest.raises(ValueError, match=r"b.json: .*over the 1 bytes a record may have"):
+            store.read_bytes("a/b.json", 1)
+        store.remove_tree("a")
+        assert store.listdir() == []
+    with pytest.raises(ValueError, match=r"pipe:cat x: a pipe: command is an input, not a place to write to"):
+        Folder("pipe:cat x")
+    with open_input(__file__) as f:
+        assert f.read(3) == b'"""'
+
+
+def test_a_missing_file_system_package_names_its_extra(monkeypatch):
+    from vqgan_flax.utils.extras import MissingExtra
+
+    monkeypatch.setitem(sys.modules, "gcsfs", None)
+    with pytest.raises(
+        MissingExtra, match=r'reading and writing gs:// URLs needs gcsfs, .*pip install "vqgan-flax\[gcs\]"'
+    ):
+        Folder("gs://bucket/tokens")
