@@ -189,7 +189,7 @@ def test_a_tar_sample_reads_only_its_first_image_and_caption(tmp_path, monkeypat
 LOCKER = textwrap.dedent("""
     import sys, time
     from vqgan_flax.data.writers import ShardedTokenWriter
-    writer = ShardedTokenWriter(sys.argv[1], "jsonl", {"model": "m"})
+    writer = ShardedTokenWriter(sys.argv[1], "jsonl", {"model": "m"}, process_count=2)
     print("locked", flush=True)
     time.sleep(600)
 """)
@@ -202,20 +202,20 @@ def test_a_second_run_on_one_output_folder_is_refused_naming_the_holder(tmp_path
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RuntimeError, match=rf"another run \(process id {holder.pid}\) is writing it as process "
                                                r"index 0"):  # fmt: skip
-            ShardedTokenWriter(str(folder), "jsonl", {"model": "m"})
+            ShardedTokenWriter(str(folder), "jsonl", {"model": "m"}, process_count=2)
         with pytest.raises(RuntimeError, match=r"a running encode holds .*lock-000; not removing its shards"):
             remove_shards(str(folder))
-        ShardedTokenWriter(str(folder), "jsonl", {"model": "m"}, process=1).close()  # another index is free
+        ShardedTokenWriter(str(folder), "jsonl", {"model": "m"}, process=1, process_count=2).close()  # another index
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     # A killed holder's lock is gone with it.
-    writer = ShardedTokenWriter(str(folder), "jsonl", {"model": "m"})
+    writer = ShardedTokenWriter(str(folder), "jsonl", {"model": "m"}, process_count=2)
     writer.add("a.png", np.zeros((1, 2, 2), np.int32))
     writer.close()
     # Within one process the newest writer takes over an interrupted one's lock.
-    ShardedTokenWriter(str(folder), "jsonl", {"model": "m"})
-    again = ShardedTokenWriter(str(folder), "jsonl", {"model": "m"})
+    ShardedTokenWriter(str(folder), "jsonl", {"model": "m"}, process_count=2)
+    again = ShardedTokenWriter(str(folder), "jsonl", {"model": "m"}, process_count=2)
     assert again.done == {"a.png"}
     again.close()
 
