@@ -124,6 +124,23 @@ def test_a_parquet_dataset_in_s3_is_read_file_by_file(tiny, s3, tmp_path, capsys
     assert sorted(_tokens(str(tmp_path / "t"))) == ["a.parquet/0", "a.parquet/1", "b.parquet/0"]
 
 
+def test_an_image_folder_in_s3_gives_the_local_folders_tokens(tiny, s3, tmp_path, capsys):
+    fs, _ = s3
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    for seed, name in enumerate(("a.png", "b.png", "sub/c.png")):
+        (tmp_path / "photos" / name).write_bytes(_png(seed))
+        fs.pipe_file(f"data/photos/{name}", _png(seed))
+    fs.pipe_file("data/photos/.hidden.png", b"not an image")
+    for source, out in ((tmp_path / "photos", "local"), ("s3://data/photos/", "remote")):
+        code, _, err = _run(capsys, "encode", source, "--out", tmp_path / out, "--model", tiny, "--quiet")
+        assert code == 0, err
+    remote = _tokens(str(tmp_path / "remote"))
+    assert sorted(remote) == ["a.png", "b.png", "sub/c.png"] and remote == _tokens(str(tmp_path / "local"))
+    code, _, err = _run(capsys, "encode", "s3://data/photos/", tmp_path / "photos", "--out", tmp_path / "x", "--model",
+                        tiny)  # fmt: skip
+    assert code == 1 and "give local files and folders or URLs, not both" in err
+
+
 def test_a_missing_remote_shard_stops_the_run_and_stays_unfinished(tiny, s3, tmp_path, capsys):
     code, _, err = _run(capsys, "encode", "s3://data/shards/s-{3..4}.tar", "--out", tmp_path / "t", "--model", tiny,
                         "--quiet")  # fmt: skip

@@ -66,6 +66,9 @@ def file_items(paths: Sequence[str], media: str = "image", frame_stride: int = 1
     call, before anything is read."""
     if media not in ("image", "video", "auto"):
         raise ValueError(f"media must be image, video or auto; got {media!r}")
+    remote = [os.fspath(p) for p in paths if is_remote(os.fspath(p))]
+    if remote:
+        return _remote_files(remote, [os.fspath(p) for p in paths], media)
     suffixes = {"image": IMAGE_SUFFIXES, "video": VIDEO_SUFFIXES}.get(media, IMAGE_SUFFIXES + VIDEO_SUFFIXES)
     found = find_images(paths, suffixes)
     if media != "image" and any(_is_video(path, media) for path, _ in found):
@@ -77,6 +80,34 @@ def file_items(paths: Sequence[str], media: str = "image", frame_stride: int = 1
         return Item(key, lambda: open_rgb(path), origin=path)
 
     return (item(path, key) for path, key in found)
+
+
+def _remote_files(remote: List[str], paths: List[str], media: str) -> Iterator[Item]:
+    """Images in object stores (``s3://bucket/photos/``): keys relative to each URL given (its file
+    name for a URL naming one image); listed at the call, each read whole (at most
+    ``MAX_MEMBER_BYTES``) when loaded."""
+    if len(remote) != len(paths):
+        raise ValueError(f"give local files and folders or URLs, not both: {paths}")
+    if media == "video":
+        raise ValueError("--media video reads local video files; URLs are read as images")
+    found = []
+    for url in remote:
+        if url.startswith("pipe:"):
+            raise ValueError(f"{url}: a pipe: command streams a tar shard, not an image folder")
+        urls = find_remote(url, IMAGE_SUFFIXES)
+        if not urls:
+            raise FileNotFoundError(f"{url}: no images there")
+        base = url.rstrip("/") + "/"
+        found += [(u, u[len(base) :] if u.startswith(base) else input_name(u)) for u in urls]
+    return (Item(key, functools.partial(_remote_image, url), origin=url) for url, key in found)
+
+
+def _remote_image(url: str) -> Any:
+    with open_input(url) as f:
+        data = f.read(MAX_MEMBER_BYTES + 1)
+    if len(data) > MAX_MEMBER_BYTES:
+        raise ValueError(f"{url}: over {MAX_MEMBER_BYTES} bytes, not read")
+    return _open_image(data, url)
 
 
 def _is_video(path: str, media: str) -> bool:

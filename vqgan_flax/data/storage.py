@@ -20,7 +20,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from typing import IO, Any, Callable, List, Tuple
+from typing import IO, Any, Callable, List, Tuple, Union
 
 from ..utils.extras import require
 from ..utils.files import atomic_write, open_regular
@@ -102,14 +102,21 @@ def open_input(path: str) -> IO[bytes]:
         raise FileNotFoundError(f"{path}: no such shard") from None
 
 
-def find_remote(url: str, suffix: str) -> List[str]:
-    """The files under ``url`` (a folder of an object store) whose names end with ``suffix``, as
-    URLs, sorted; ``url`` itself when it names such a file."""
+def find_remote(url: str, suffixes: Union[str, Tuple[str, ...]]) -> List[str]:
+    """The files under ``url`` (a folder of an object store, recursively) whose names end with one
+    of ``suffixes`` (any case; hidden names skipped), as URLs, sorted; ``url`` itself when it
+    names such a file."""
     fs, inner = _file_system(url)
     protocol = url.split("://", 1)[0]
-    if inner.endswith(suffix) and fs.isfile(inner):
+    wanted = (suffixes,) if isinstance(suffixes, str) else suffixes
+
+    def matches(path: str) -> bool:
+        name = posixpath.basename(path)
+        return name.lower().endswith(wanted) and not name.startswith(".")
+
+    if matches(inner) and fs.isfile(inner):
         return [url]
-    found = sorted(p for p in fs.find(inner) if p.endswith(suffix))
+    found = sorted(p for p in fs.find(inner) if matches(p))
     return [f"{protocol}://{p}" if "://" not in p else p for p in found]
 
 
