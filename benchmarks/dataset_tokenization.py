@@ -9,7 +9,10 @@ Modes, each in its own process, interleaved over ``--rounds`` rounds:
   (a) ``model``: the model alone on pre-decoded arrays (the CLI's runner, same batches);
   (b) ``files``: ``tokenize_items`` over JPEG files → parquet shards (what ``vqgan-flax encode``
       does), decoding threads overlapped with the model;
-  (c) ``tar``: the same over webdataset tar shards of the same JPEGs.
+  (c) ``tar``: ``tokenize_shards`` over webdataset tar shards of the same JPEGs (whole shards, each
+      marked finished, as ``vqgan-flax encode`` runs them);
+  (d) ``s3``: the same shards read from a local S3 API server (moto's, started by the parent on
+      127.0.0.1; needs ``moto[server]`` and ``s3fs``) and the parts written back to it.
 Throughput is images/s after a warm-up batch (compilation excluded); the ratio of (b) and (c)
 to (a) is reported per round with min / median / max. Peak RSS of (b) is measured at each
 ``--rss-n`` (default 64 and 1024), with the resident memory after every batch (``trace``) so a
@@ -36,7 +39,7 @@ from vqgan_flax.evaluation.provenance import current_rss_mb, peak_rss_mb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-MODES = ("model", "files", "tar")
+MODES = ("model", "files", "tar", "s3")
 
 
 def make_photos(folder: str, n: int, seed: int = 0) -> list:
@@ -65,8 +68,8 @@ def worker(mode: str, folder: str, n: int, preset: str, size: int, batch: int) -
 
     from vqgan_flax import FlaxVQGANModel, VQGANConfig, VQGANImageProcessor
     from vqgan_flax.cli.common import Runner
-    from vqgan_flax.data.sources import file_items, tar_items
-    from vqgan_flax.data.tokenize import tokenize_items
+    from vqgan_flax.data.sources import file_items, tar_shards
+    from vqgan_flax.data.tokenize import tokenize_items, tokenize_shards
     from vqgan_flax.data.writers import ShardedTokenWriter
 
     model = FlaxVQGANModel(VQGANConfig.from_preset(preset), seed=0)
@@ -86,8 +89,6 @@ def worker(mode: str, folder: str, n: int, preset: str, size: int, batch: int) -
             runner.encode(pixels[i : i + batch], grid)
         seconds = time.perf_counter() - start
     else:
-        items = file_items([folder]) if mode == "files" else tar_items(sorted(
-            os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".tar")))  # fmt: skip
         trace = []
 
         def encode(x):  # resident memory after each batch: a leak climbs, allocator growth levels off
@@ -95,10 +96,17 @@ def worker(mode: str, folder: str, n: int, preset: str, size: int, batch: int) -
             trace.append([len(trace) * batch + len(x), round(current_rss_mb(), 1)])
             return tokens
 
-        with tempfile.TemporaryDirectory() as out:
+        shards = sorted(f for f in os.listdir(folder) if f.endswith(".tar"))
+        with tempfile.TemporaryDirectory() as local_out:
+            out = f"s3://bench/out-{os.getpid()}" if mode == "s3" else local_out
             writer = ShardedTokenWriter(out, "parquet", {"model": preset, "grid": list(grid)}, rows_per_shard=256)
             start = time.perf_counter()
-            summary = tokenize_items(items, encode, writer, processor, batch)
+            if mode == "files":
+                summary = tokenize_items(file_items([folder]), encode, writer, processor, batch)
+            else:
+                where = "s3://bench/shards" if mode == "s3" else folder
+                inputs = tar_shards([f"{where}/{name}" for name in shards])
+                summary = tokenize_shards(inputs, encode, writer, processor, batch)
             writer.close()
             seconds = time.perf_counter() - start
         assert summary.encoded == n and not summary.errors, summary
@@ -116,6 +124,24 @@ def _run(mode: str, folder: str, n: int, args: argparse.Namespace, env: dict | N
     print(f"  {mode:<6} n={n:<5} {result['images_per_s']:7.3f} img/s  peak RSS {result['peak_rss_mb']:.0f} MB",
           file=sys.stderr, flush=True)  # fmt: skip
     return result
+
+
+def _s3_server(folder: str):
+    """A local S3 API server (moto) holding ``folder``'s tar shards as ``s3://bench/shards/``; the
+    workers find it through ``AWS_ENDPOINT_URL``, as a user's job would."""
+    import fsspec
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="bench",
+                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")  # fmt: skip
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("bench")
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".tar")):
+        fs.put_file(os.path.join(folder, name), f"bench/shards/{name}")
+    return server
 
 
 def _name_value(item: str) -> tuple:
@@ -151,9 +177,12 @@ def main() -> None:
         folders = {n: os.path.join(work, f"n{n}") for n in {args.n, *args.rss_n}}  # a folder holds N photos
         for n, folder in folders.items():
             make_photos(folder, n)
+        server = _s3_server(folders[args.n]) if args.rounds else None
         rounds = [{mode: _run(mode, folders[args.n], args.n, args) for mode in MODES} for _ in range(args.rounds)]
         memory = [_run("files", folders[n], n, args, memory_env) for n in args.rss_n]
-    ratios = {mode: [r[mode]["images_per_s"] / r["model"]["images_per_s"] for r in rounds] for mode in ("files", "tar")}
+        if server is not None:
+            server.stop()
+    ratios = {mode: [r[mode]["images_per_s"] / r["model"]["images_per_s"] for r in rounds] for mode in MODES[1:]}
     ratios = {mode: v for mode, v in ratios.items() if v}
     record = {
         **header,

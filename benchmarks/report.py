@@ -243,11 +243,14 @@ def tokenization_lines(record: dict, long_run: Optional[dict] = None) -> list:
     return [
         f"Images/s relative to the model alone on pre-decoded arrays, {record['preset']} at {record['size']}², "
         f"batch {record['batch']}, N = {record['n']}, {len(record['rounds'])} rounds: JPEG files {text['files']}, "
-        f"tar shards {text['tar']}; peak RSS {low['peak_rss_mb']:.0f} MB at N = {low['n']}, "
-        f"{high['peak_rss_mb']:.0f} MB at N = {high['n']}.",
+        f"tar shards {text['tar']}"
+        + (f", tar shards from and to a local S3 server {text['s3']}" if "s3" in text else "")
+        + f"; peak RSS {low['peak_rss_mb']:.0f} MB at N = {low['n']}, {high['peak_rss_mb']:.0f} MB at N = {high['n']}.",
         "",
         f"- files and tar ≥ 0.85 of the model alone (median): "
-        f"{_verdict(all(v['median'] >= 0.85 for v in ratios.values()))}; memory flat in N (within 5%): "
+        f"{_verdict(all(ratios[m]['median'] >= 0.85 for m in ('files', 'tar')))}"
+        + (f"; S3 ≥ 0.80: {_verdict(ratios['s3']['median'] >= 0.80)}" if "s3" in ratios else "")
+        + "; memory flat in N (within 5%): "
         + (
             "judged on the long run below (these two points straddle its warm-up)."
             if long_run

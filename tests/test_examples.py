@@ -141,9 +141,9 @@ def test_tokenize_benchmark_runs(tmp_path):
                 "--batch", "2", "--n", "4", "--rss-n", "4", "6", "--rounds", "1",
                 "--json", out, "--allow-dirty")  # fmt: skip
     report = json.loads(out.read_text())
-    assert [sorted(r) for r in report["rounds"]] == [["files", "model", "tar"]]
+    assert [sorted(r) for r in report["rounds"]] == [["files", "model", "s3", "tar"]]
     assert all(r["n"] == 4 and r["images_per_s"] > 0 for r in report["rounds"][0].values())
-    assert set(report["ratio_to_model"]) == {"files", "tar"} and [m["n"] for m in report["memory"]] == [4, 6]
+    assert set(report["ratio_to_model"]) == {"files", "tar", "s3"} and [m["n"] for m in report["memory"]] == [4, 6]
     # resident memory after every batch of 2 images: 2, 4 (and 6) images done
     assert [[n for n, _ in m["trace"]] for m in report["memory"]] == [[2, 4], [2, 4, 6]]
     assert all(rss > 10 for m in report["memory"] for _, rss in m["trace"]) and report["memory_env"] == {}
