@@ -33,7 +33,7 @@ def _source_items(args: argparse.Namespace):
     is a Hugging Face dataset, anything else image files and folders). Tar shards and datasets
     come as input shards (split between processes whole), files as items. Missing inputs are
     refused here, before the model loads."""
-    from ..data.sources import file_items, hf_shards, tar_shards
+    from ..data.sources import file_items, hf_kept_kinds, hf_shards, tar_shards
 
     source = args.source
     if source == "auto":
@@ -43,17 +43,23 @@ def _source_items(args: argparse.Namespace):
             source = "hf"
         else:
             source = "files"
+    keep = args.keep_columns or []
     if source == "tar":
         if args.media == "video":
             raise ValueError("--media video reads video files; tar shards are read as images")
-        return source, tar_shards(args.inputs), None
+        args.kept_kinds = dict.fromkeys(keep, "string")  # members are text
+        return source, tar_shards(args.inputs, keep=keep), None
     if source == "hf":
         if len(args.inputs) != 1:
             raise ValueError(f"--source hf takes one dataset; got {len(args.inputs)} inputs")
         if args.media == "video":
             raise ValueError("--media video reads video files; a Hugging Face dataset is read as images")
-        shards = hf_shards(args.inputs[0], args.image_column, args.split, args.caption_column, args.shard_size)
+        args.kept_kinds = hf_kept_kinds(args.inputs[0], keep, args.split) if keep else {}
+        shards = hf_shards(args.inputs[0], args.image_column, args.split, args.caption_column, args.shard_size, keep)
         return source, shards, None
+    if keep:
+        raise ValueError("--keep-columns: image files have no columns (it reads tar members and dataset columns)")
+    args.kept_kinds = {}
     return source, None, file_items(args.inputs, args.media, args.frame_stride)
 
 
@@ -108,6 +114,12 @@ def _check_format(args: argparse.Namespace) -> None:
     args.format = output_format(args.out, args.format)
     if args.process_count > 1 and args.format == "npz":
         raise ValueError("--process-count > 1 needs a sharded --format (parquet or jsonl): each process writes its own")
+    if args.keep_columns and args.format == "npz":
+        raise ValueError("--keep-columns needs a sharded --format (parquet or jsonl): an npz file has no columns")
+    if args.keep_columns:
+        from ..data.columns import check_names
+
+        check_names(args.keep_columns)
     from ..data.storage import is_remote
 
     if args.format == "npz":
@@ -164,6 +176,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
             args.shard_size,
             process=args.process_index,
             process_count=args.process_count,
+            kept_columns=args.kept_kinds,
         )
     index, count, total = args.process_index, args.process_count, None
     if items is not None:  # files: a known number, so that the progress bar has a total
@@ -226,6 +239,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-column", default="image", help="the image column of a Hugging Face dataset")
     p.add_argument("--caption-column", help="a text column to keep beside the tokens (default: none)")
     p.add_argument("--split", help="the split of a Hugging Face dataset (default: its only one)")
+    p.add_argument("--keep-columns", nargs="+", metavar="NAME",
+                   help="carry these into every row: dataset columns (text, integer, float, boolean; typed as the "
+                   "dataset declares them) or tar member extensions (json, cls, url: as text)")  # fmt: skip
     p.add_argument("--shard-size", type=POSITIVE_INT, default=10_000, help="rows per parquet/jsonl shard")
     p.add_argument("--workers", type=POSITIVE_INT, default=4, help="threads decoding images")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable item (default: skip it)")

@@ -14,11 +14,12 @@ import os
 import re
 import tarfile
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
 from ..utils.extras import require
+from .columns import MAX_KEPT_CHARS
 from .image_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_rgb, find_images, open_rgb, to_rgb
 from .storage import find_remote, input_name, is_remote, open_input
 
@@ -31,13 +32,15 @@ class Item:
     """One image or video of a dataset. ``load()`` returns an RGB PIL image, or for a video
     (``video=True``) an iterator of RGB PIL frames, and raises for an unreadable one; ``caption``
     is the text that came with it, where the source has one; ``origin`` says where it was read
-    from (a path, ``SHARD:MEMBER``, ``DATASET:ROW``)."""
+    from (a path, ``SHARD:MEMBER``, ``DATASET:ROW``); ``extra`` the values of the columns kept
+    beside the tokens (``--keep-columns``)."""
 
     key: str
     load: Callable[[], Any]
     caption: Optional[str] = None
     origin: str = ""
     video: bool = False
+    extra: Optional[Dict[str, Any]] = None
 
 
 @dataclass(frozen=True)
@@ -171,17 +174,22 @@ def _sample_key(name: str) -> tuple:
     return (f"{folder}/{stem}" if folder else stem), extension.lower()
 
 
-def tar_items(patterns: Sequence[str], image_extensions: Optional[Sequence[str]] = None) -> Iterator[Item]:
+def tar_items(
+    patterns: Sequence[str], image_extensions: Optional[Sequence[str]] = None, keep: Sequence[str] = ()
+) -> Iterator[Item]:
     """Samples of webdataset ``.tar`` shards, read as a stream with :mod:`tarfile` (members of one
     sample are consecutive). An item's key is ``SHARD/SAMPLE_KEY`` (sample keys repeat across
     shards); its image is the first member with an image extension, its caption a ``.txt``
-    member. Links, devices and members over 256 MB are skipped, never followed or read.
+    member; ``keep`` names member extensions (``json``, ``cls``) whose text becomes the item's
+    ``extra``. Links, devices and members over 256 MB are skipped, never followed or read.
     """
-    shards = tar_shards(patterns, image_extensions)
+    shards = tar_shards(patterns, image_extensions, keep)
     return (item for shard in shards for item in shard.items())
 
 
-def tar_shards(patterns: Sequence[str], image_extensions: Optional[Sequence[str]] = None) -> List[InputShard]:
+def tar_shards(
+    patterns: Sequence[str], image_extensions: Optional[Sequence[str]] = None, keep: Sequence[str] = ()
+) -> List[InputShard]:
     """The shards of [`tar_items`] as [`InputShard`]s named by file name, in the order given
     (patterns expanded). Local paths, URLs (``s3://``, ``gs://``, ``https://``, ``hf://``: see
     [`data.storage`]) and ``pipe:CMD``; each is opened only when its items are iterated. Missing
@@ -196,10 +204,11 @@ def tar_shards(patterns: Sequence[str], image_extensions: Optional[Sequence[str]
     names = [input_name(path) for path in paths]
     if len(set(names)) != len(paths):
         raise ValueError(f"shards with the same file name would give the same keys: {paths}")
-    return [InputShard(name, functools.partial(_tar_samples, path, extensions)) for name, path in zip(names, paths)]
+    read = functools.partial(_tar_samples, extensions=extensions, keep=tuple(keep))
+    return [InputShard(name, functools.partial(read, path)) for name, path in zip(names, paths)]
 
 
-def _tar_samples(shard: str, extensions: Sequence[str]) -> Iterator[Item]:
+def _tar_samples(shard: str, extensions: Sequence[str], keep: Sequence[str] = ()) -> Iterator[Item]:
     name = input_name(shard)
     try:
         stream = open_input(shard)
@@ -215,13 +224,16 @@ def _tar_samples(shard: str, extensions: Sequence[str]) -> Iterator[Item]:
             yield Item(f"{name}/<unreadable>", _raiser(ValueError(f"{shard}: not a tar file ({err})")), origin=shard)
             return
         with archive:
-            for key, members in _samples(archive, shard, extensions):
-                yield _sample(f"{name}/{key}", members, extensions, f"{shard}:{key}")
+            for key, members in _samples(archive, shard, extensions, keep):
+                yield _sample(f"{name}/{key}", members, extensions, f"{shard}:{key}", keep)
 
 
-def _samples(archive: tarfile.TarFile, shard: str, extensions: Sequence[str]) -> Iterator[tuple]:
+def _samples(
+    archive: tarfile.TarFile, shard: str, extensions: Sequence[str], keep: Sequence[str] = ()
+) -> Iterator[tuple]:
     """``(sample key, [(extension, bytes or the error)])`` per sample, members in archive order.
-    Only what a sample is used for is read — its first image member and its first ``.txt`` — so a
+    Only what a sample is used for is read — its first image member, its first ``.txt`` and the
+    first member of each kept extension — so a
     sample of a thousand members costs one image, whatever the shard's compression; the others
     are skipped unread (their extensions are kept, a few, for the error message). A shard cut
     short or corrupt ends with one ``<unreadable>`` sample: what came before stands."""
@@ -238,13 +250,14 @@ def _samples(archive: tarfile.TarFile, shard: str, extensions: Sequence[str]) ->
                 key, members = sample, []
             have = {ext for ext, data in members if data is not None}
             wanted = (extension in extensions and not have & set(extensions)) or (
-                extension == "txt" and "txt" not in have
+                extension in ("txt", *keep) and extension not in have
             )
             if not wanted:
                 if len(members) < 16:
                     members.append((extension, None))
                 continue
-            if member.size > MAX_MEMBER_BYTES:
+            limit = MAX_MEMBER_BYTES if extension in extensions or extension == "txt" else MAX_KEPT_CHARS
+            if member.size > limit:
                 members.append(
                     (extension, ValueError(f"{shard}: member {member.name} is {member.size} bytes, over the limit"))
                 )
@@ -273,14 +286,25 @@ def _raiser(error: Exception) -> Callable[[], Any]:
     return load
 
 
-def _sample(key: str, members: List[tuple], extensions: Sequence[str], origin: str) -> Item:
+def _sample(key: str, members: List[tuple], extensions: Sequence[str], origin: str, keep: Sequence[str] = ()) -> Item:
     text = next((data for ext, data in members if ext == "txt" and isinstance(data, bytes)), None)
     caption = text.decode("utf-8", "replace") if text is not None else None
+    extra: Dict[str, Any] = {}
+    for wanted in keep:
+        data = next((data for ext, data in members if ext == wanted and data is not None), None)
+        try:
+            if isinstance(data, Exception):
+                raise data
+            extra[wanted] = data.decode("utf-8") if data is not None else None
+        except (ValueError, UnicodeDecodeError) as err:
+            why = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else str(err)
+            return Item(key, _raiser(ValueError(f"{origin}: member .{wanted}: {why}")), caption, origin)
+    extra_or_none = extra or None
     for extension, data in members:
         if extension in extensions and data is not None:
             if isinstance(data, Exception):
                 return Item(key, _raiser(data), caption, origin)
-            return Item(key, functools.partial(_open_image, data, origin), caption, origin)
+            return Item(key, functools.partial(_open_image, data, origin), caption, origin, extra=extra_or_none)
     error = next((data for ext, data in members if ext == "" and isinstance(data, Exception)), None)
     if error is not None:
         return Item(key, _raiser(error), caption, origin)
@@ -295,12 +319,14 @@ def is_saved_dataset(path: str) -> bool:
 
 
 def hf_items(
-    path: str, image_column: str = "image", split: Optional[str] = None, caption_column: Optional[str] = None
-) -> Iterator[Item]:
+    path: str, image_column: str = "image", split: Optional[str] = None, caption_column: Optional[str] = None,
+    keep: Sequence[str] = (),
+) -> Iterator[Item]:  # fmt: skip
     """Rows of a Hugging Face dataset: a folder written by ``save_to_disk``, or parquet files (one
     file, or a folder of them). Keys are ``SPLIT/ROW`` for a saved dataset and ``FILE/ROW`` for
     parquet (``FILE`` relative to the folder given). Rows are read as they are iterated."""
-    return (item for shard in hf_shards(path, image_column, split, caption_column) for item in shard.items())
+    shards = hf_shards(path, image_column, split, caption_column, keep=keep)
+    return (item for shard in shards for item in shard.items())
 
 
 def hf_shards(
@@ -309,40 +335,72 @@ def hf_shards(
     split: Optional[str] = None,
     caption_column: Optional[str] = None,
     rows_per_shard: int = 10_000,
+    keep: Sequence[str] = (),
 ) -> List[InputShard]:
     """The shards of [`hf_items`]: each parquet file is one (read with pyarrow a few hundred rows
     at a time, with only the columns used: no ``datasets`` cache is built, and no process reads
     another's files); a saved dataset is cut into ranges of ``rows_per_shard`` rows
     (``SPLIT/rows-START``), memory-mapped by ``datasets`` as ``load_from_disk`` does. A saved
-    dataset's split and columns are checked at the call, a parquet file's when it is opened."""
+    dataset's split and columns are checked at the call, a parquet file's when it is opened.
+    ``keep`` names columns whose values become each item's ``extra``."""
     if rows_per_shard < 1:
         raise ValueError(f"rows per shard must be positive; got {rows_per_shard}")
+    files = _parquet_files(path)
+    if files is not None:
+        read = functools.partial(_parquet_rows, image_column=image_column, caption_column=caption_column, keep=keep)
+        return [InputShard(name, functools.partial(read, file, name)) for file, name in files]
+    loaded, split = _saved_split(path, split, (image_column, caption_column, *keep))
+    loaded = _undecoded(loaded, image_column)
+    rows = functools.partial(_hf_rows, loaded, split, image_column, caption_column, path, keep=keep)
+    bounds = [(a, min(a + rows_per_shard, len(loaded))) for a in range(0, len(loaded), rows_per_shard)]
+    return [InputShard(f"{split}/rows-{a:09d}", functools.partial(rows, a, b)) for a, b in bounds]
+
+
+def _parquet_files(path: str) -> Optional[List[tuple]]:
+    """``(file, name)`` of a parquet dataset's files, or ``None`` for a saved dataset folder."""
     if is_remote(path):
         found = find_remote(path, ".parquet")
         if not found:
             raise FileNotFoundError(f"{path}: no .parquet files there")
         base = path.rstrip("/") + "/"
-        files = [(url, url[len(base) :] if url.startswith(base) else input_name(url)) for url in found]
-    elif not is_saved_dataset(path):
-        if path.endswith(".parquet") and os.path.isfile(path):
-            files = [(path, os.path.basename(path))]
-        elif os.path.isdir(path):
-            found = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
-            files = [(file, os.path.relpath(file, path).replace(os.sep, "/")) for file in found]
-            if not files:
-                raise FileNotFoundError(f"{path}: no .parquet files in the folder")
-        else:
-            raise FileNotFoundError(f"{path}: not a saved dataset folder or parquet file(s)")
-    if is_remote(path) or not is_saved_dataset(path):
-        columns = (image_column, caption_column)
-        return [InputShard(name, functools.partial(_parquet_rows, file, name, *columns)) for file, name in files]
-    loaded, split = _saved_split(path, split, image_column, caption_column)
-    rows = functools.partial(_hf_rows, loaded, split, image_column, caption_column, path)
-    bounds = [(a, min(a + rows_per_shard, len(loaded))) for a in range(0, len(loaded), rows_per_shard)]
-    return [InputShard(f"{split}/rows-{a:09d}", functools.partial(rows, a, b)) for a, b in bounds]
+        return [(url, url[len(base) :] if url.startswith(base) else input_name(url)) for url in found]
+    if is_saved_dataset(path):
+        return None
+    if path.endswith(".parquet") and os.path.isfile(path):
+        return [(path, os.path.basename(path))]
+    if os.path.isdir(path):
+        found = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
+        if not found:
+            raise FileNotFoundError(f"{path}: no .parquet files in the folder")
+        return [(file, os.path.relpath(file, path).replace(os.sep, "/")) for file in found]
+    raise FileNotFoundError(f"{path}: not a saved dataset folder or parquet file(s)")
 
 
-def _saved_split(path: str, split: Optional[str], image_column: str, caption_column: Optional[str]) -> tuple:
+def hf_kept_kinds(path: str, keep: Sequence[str], split: Optional[str] = None) -> Dict[str, str]:
+    """The kind ([`data.columns`]) of each kept column of a Hugging Face dataset, from its declared
+    schema: a saved dataset's features, or the first parquet file's footer (every process reads
+    the same one, so all agree)."""
+    import pyarrow.parquet as pq
+
+    from .columns import arrow_kind
+
+    files = _parquet_files(path)
+    if files is None:
+        loaded, _ = _saved_split(path, split, tuple(keep))
+        schema, where = loaded.features.arrow_schema, path
+    else:
+        first = files[0][0]
+        with open_input(first) as f:
+            schema, where = pq.read_schema(f), first
+    kinds = {}
+    for name in keep:
+        if name not in schema.names:
+            raise ValueError(f"{where}: no column {name!r} to keep (columns: {schema.names})")
+        kinds[name] = arrow_kind(name, schema.field(name).type, where)
+    return kinds
+
+
+def _saved_split(path: str, split: Optional[str], columns: Sequence[Optional[str]]) -> tuple:
     require("datasets")
     import datasets
 
@@ -354,26 +412,36 @@ def _saved_split(path: str, split: Optional[str], image_column: str, caption_col
         if split not in loaded:
             raise ValueError(f"{path}: no split {split!r} ({sorted(loaded)})")
         loaded = loaded[split]
-    for column in filter(None, (image_column, caption_column)):
+    for column in filter(None, columns):
         if column not in loaded.column_names:
             raise ValueError(f"{path}: no column {column!r} (columns: {loaded.column_names})")
-    # Undecoded images: bytes or paths, decoded one at a time by Item.load.
-    if isinstance(loaded.features[image_column], datasets.Image):
-        loaded = loaded.cast_column(image_column, datasets.Image(decode=False))
     return loaded, split or "train"
 
 
+def _undecoded(loaded: Any, image_column: str) -> Any:
+    """Undecoded images: bytes or paths, decoded one at a time by ``Item.load``."""
+    import datasets
+
+    if isinstance(loaded.features[image_column], datasets.Image):
+        loaded = loaded.cast_column(image_column, datasets.Image(decode=False))
+    return loaded
+
+
 def _hf_rows(
-    loaded: Any, split: str, image_column: str, caption_column: Optional[str], path: str, start: int, stop: int
-) -> Iterator[Item]:
+    loaded: Any, split: str, image_column: str, caption_column: Optional[str], path: str, start: int, stop: int,
+    keep: Sequence[str] = (),
+) -> Iterator[Item]:  # fmt: skip
     for offset, example in enumerate(loaded.select(range(start, stop))):
         row = start + offset
         caption = example[caption_column] if caption_column else None
-        image = example[image_column]
-        yield Item(f"{split}/{row}", functools.partial(_hf_image, image), caption, f"{path}:{split}/{row}")
+        extra = {name: example[name] for name in keep} or None
+        load = functools.partial(_hf_image, example[image_column])
+        yield Item(f"{split}/{row}", load, caption, f"{path}:{split}/{row}", extra=extra)
 
 
-def _parquet_rows(file: str, name: str, image_column: str, caption_column: Optional[str]) -> Iterator[Item]:
+def _parquet_rows(
+    file: str, name: str, image_column: str, caption_column: Optional[str], keep: Sequence[str] = ()
+) -> Iterator[Item]:
     """The rows of one parquet file of a Hugging Face dataset, streamed by record batch."""
     import pyarrow.parquet as pq
 
@@ -384,16 +452,18 @@ def _parquet_rows(file: str, name: str, image_column: str, caption_column: Optio
     except Exception as err:
         raise ValueError(f"{file}: not a parquet file ({type(err).__name__}: {err})") from None
     names = table.schema_arrow.names
-    for column in filter(None, (image_column, caption_column)):
+    columns = list(dict.fromkeys(c for c in (image_column, caption_column, *keep) if c))
+    for column in columns:
         if column not in names:
             raise ValueError(f"{file}: no column {column!r} (columns: {names})")
-    columns = [c for c in (image_column, caption_column) if c]
     row = 0
     for batch in table.iter_batches(batch_size=256, columns=columns):
         images = batch.column(image_column).to_pylist()
         captions = batch.column(caption_column).to_pylist() if caption_column else [None] * len(images)
-        for image, caption in zip(images, captions):
-            yield Item(f"{name}/{row}", functools.partial(_hf_image, image), caption, f"{file}:{row}")
+        kept = [batch.column(k).to_pylist() for k in keep]
+        for i, (image, caption) in enumerate(zip(images, captions)):
+            extra = {k: values[i] for k, values in zip(keep, kept)} or None
+            yield Item(f"{name}/{row}", functools.partial(_hf_image, image), caption, f"{file}:{row}", extra=extra)
             row += 1
 
 

@@ -242,7 +242,8 @@ class _Run:
 
     def _write(self, item: Item, tokens: np.ndarray) -> None:
         try:
-            self.writer.add(item.key, tokens, item.caption, item.origin)
+            kept = {"extra": item.extra} if item.extra else {}  # only writers that keep columns get them
+            self.writer.add(item.key, tokens, item.caption, item.origin, **kept)
         except ValueError as err:
             self.fail(item.key, str(err))
             return

@@ -23,6 +23,7 @@ import numpy as np
 from ..hub.identity import TOKEN_SETTINGS, check_same_tokens
 from ..utils.files import atomic_write
 from . import manifest
+from .columns import check_names, checked_row, parquet_fields
 from .manifest import INFO_DIR
 from .storage import Folder
 
@@ -45,11 +46,14 @@ def parquet_schema(metadata: Dict[str, Any]) -> Any:
         pa.field("height", pa.int32(), nullable=False),
         pa.field("width", pa.int32(), nullable=False),
         pa.field("caption", pa.string()),
+        *parquet_fields(metadata.get("kept_columns") or {}),
     ]
     return pa.schema(fields, metadata={"vqgan_flax": json.dumps(metadata)})
 
 
-def lwm_record(key: str, tokens: np.ndarray, caption: Optional[str]) -> Dict[str, Any]:
+def lwm_record(
+    key: str, tokens: np.ndarray, caption: Optional[str], kept: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
     """One line of LWM's ``json_vision`` data: ``vision`` is the flat token list (frames × h × w,
     row-major), ``fields`` the field order LWM's VisionTextProcessor reads (``fields_from_example
     ='fields'``): ``[caption],vision`` (caption as context, loss on the vision tokens) where there
@@ -59,6 +63,7 @@ def lwm_record(key: str, tokens: np.ndarray, caption: Optional[str]) -> Dict[str
     if caption is not None:
         record["caption"] = caption
     record["fields"] = "[caption],vision" if caption is not None else "vision"
+    record.update(kept or {})  # kept columns' names never collide with ours (columns.RESERVED)
     return record
 
 
@@ -166,6 +171,7 @@ class ShardedTokenWriter:
         rows_per_shard: int = 10_000,
         process: int = 0,
         process_count: int = 1,
+        kept_columns: Optional[Dict[str, str]] = None,
     ) -> None:
         if fmt not in ("parquet", "jsonl"):
             raise ValueError(f"format {fmt!r} is not sharded; use one of parquet, jsonl")
@@ -174,7 +180,11 @@ class ShardedTokenWriter:
         if not 0 <= process < process_count:
             raise ValueError(f"process {process} is not in [0, {process_count})")
         self.folder, self.format, self.store = folder, fmt, Folder(folder)
+        self.kept = dict(kept_columns or {})
+        check_names(list(self.kept))
         self.metadata = dict(metadata, format=fmt, process_count=process_count)
+        if self.kept:
+            self.metadata["kept_columns"] = self.kept
         self.rows_per_shard, self.process, self.process_count = rows_per_shard, process, process_count
         self._rows: List[Dict[str, Any]] = []
         self.written = 0
@@ -226,6 +236,9 @@ class ShardedTokenWriter:
             existing = manifest.read_record(self.store, METADATA_FILE, "the token folder's metadata")
             # A resumed run must make the same tokens as the run that wrote the shards already there.
             check_same_tokens(existing, self.metadata, self.folder, (*TOKEN_SETTINGS, "format"))
+            if (existing.get("kept_columns") or {}) != self.kept:
+                raise ValueError(f"{self.folder}: its parts keep the columns {existing.get('kept_columns') or {}}, "
+                                 f"this run {self.kept}; give the same --keep-columns or another --out")  # fmt: skip
             # ... and split the inputs as it did: each process reads only its own parts.
             recorded = existing.get("process_count", 1)
             if recorded != self.process_count:
@@ -268,12 +281,20 @@ class ShardedTokenWriter:
             message = f"{self.store.path(name)}: unreadable shard ({why}); move it away to redo its items"
             raise ValueError(message) from None
 
-    def add(self, key: str, tokens: np.ndarray, caption: Optional[str] = None, origin: str = "") -> None:
-        """Queue one item's tokens, (frames, height, width) integers."""
+    def add(
+        self,
+        key: str,
+        tokens: np.ndarray,
+        caption: Optional[str] = None,
+        origin: str = "",
+        extra: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        """Queue one item's tokens, (frames, height, width) integers, with its kept columns' values
+        (``extra``; checked against their kinds, missing ones empty)."""
         tokens = np.asarray(tokens, np.int32)
         if tokens.ndim != 3:
             raise ValueError(f"{key}: tokens must be (frames, height, width); got shape {tokens.shape}")
-        self._rows.append({"key": key, "tokens": tokens, "caption": caption})
+        self._rows.append({"key": key, "tokens": tokens, "caption": caption, "kept": checked_row(self.kept, extra)})
         if len(self._rows) >= self.rows_per_shard:
             self.flush()
 
@@ -286,7 +307,8 @@ class ShardedTokenWriter:
         if self.format == "parquet":
             self.store.write(name, lambda f: self._write_parquet(f, rows))
         else:
-            lines = "".join(json.dumps(lwm_record(r["key"], r["tokens"], r["caption"])) + "\n" for r in rows)
+            records = (lwm_record(r["key"], r["tokens"], r["caption"], r["kept"]) for r in rows)
+            lines = "".join(json.dumps(record) + "\n" for record in records)
             self.store.write(name, lambda f: f.write(lines.encode()))
         self._next += 1
         self.written += len(rows)
@@ -337,6 +359,7 @@ class ShardedTokenWriter:
             pa.array(shapes[:, 1]),
             pa.array(shapes[:, 2]),
             pa.array([r["caption"] for r in rows], pa.string()),
+            *(pa.array([r["kept"][field.name] for r in rows], field.type) for field in parquet_fields(self.kept)),
         ]
         # Row groups of at most ROW_GROUP_TOKENS tokens: a reader decodes a group's column whole.
         rows_per_group = max(1, ROW_GROUP_TOKENS // max(1, int(sizes.max())))
@@ -363,7 +386,16 @@ class NpzTokenWriter:
         self.files: List[str] = []
         self.written = 0
 
-    def add(self, key: str, tokens: np.ndarray, caption: Optional[str] = None, origin: str = "") -> None:
+    def add(
+        self,
+        key: str,
+        tokens: np.ndarray,
+        caption: Optional[str] = None,
+        origin: str = "",
+        extra: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        if extra:
+            raise ValueError(f"{key}: an npz token file keeps no columns ({sorted(extra)}); write parquet or jsonl")
         tokens = np.asarray(tokens, np.int32)
         if self.tokens and tokens.shape != self.tokens[0].shape:
             raise ValueError(f"{key}: token grid {tokens.shape} differs from the first item's {self.tokens[0].shape}")
