@@ -98,3 +98,35 @@ def test_map_batches_on_a_local_ray_cluster_gives_the_cli_tokens(tiny, local_tok
     for row in out:
         np.testing.assert_array_equal(row["tokens"], expected[row["key"]])
         assert row["error"] is None and row["label"] == sorted(expected).index(row["key"])
+
+
+def test_engine_ray_writes_what_the_local_engine_writes(tiny, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("ray")
+    import tarfile
+
+    import pandas as pd
+
+    for shard in range(4):
+        with tarfile.open(tmp_path / f"s-{shard}.tar", "w") as archive:
+            for sample in range(2):
+                data = _png(10 * shard + sample)
+                info = tarfile.TarInfo(f"{sample:04d}.png")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    monkeypatch.chdir(tmp_path)  # relative paths: the Ray workers get absolute ones
+    common = ["s-{0..3}.tar", "--model", tiny, "--quiet", "--process-count", "2"]
+    for index in range(2):
+        assert main(["encode", *common, "--out", "local", "--process-index", str(index)]) == 0
+    assert main(["encode", *common, "--out", "ray", "--engine", "ray"]) == 0
+    out = capsys.readouterr().out
+    assert "--engine ray: ray written; check it with vqgan-flax verify ray" in out
+    local, ray_out = pd.read_parquet(tmp_path / "local"), pd.read_parquet(tmp_path / "ray")
+    assert sorted(local["key"]) == sorted(ray_out["key"]) and len(local) == 8
+    by_key = dict(zip(local["key"], local["tokens"]))
+    assert all(np.array_equal(by_key[k], t) for k, t in zip(ray_out["key"], ray_out["tokens"]))
+    assert sorted(p.name for p in (tmp_path / "ray").glob("part-*")) == sorted(
+        p.name for p in (tmp_path / "local").glob("part-*")
+    )
+    assert main(["verify", "ray"]) == 0
+    assert main(["encode", *common, "--out", "x", "--engine", "ray", "--process-index", "0"]) == 1
+    assert "--engine ray runs every process itself; give --process-count only" in capsys.readouterr().err

@@ -147,6 +147,13 @@ def cmd_encode(args: argparse.Namespace) -> None:
     from ..data.writers import NpzTokenWriter, ShardedTokenWriter
     from ..hub.identity import token_settings
 
+    if args.engine == "ray":
+        from .engine import run_on_ray
+
+        output_format(args.out, args.format)  # refused here, not in every task
+        run_on_ray(args, args.encode_parser)
+        print(f"--engine ray: {args.out} written; check it with vqgan-flax verify {args.out}")
+        return
     _check_format(args)
     source, shards, items = _source_items(args)
     model = load_model(args)
@@ -269,7 +276,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--process-count", type=POSITIVE_INT, help="processes sharing the inputs (see --process-index)")
     p.add_argument("--overwrite", action="store_true", help="delete the shards already in --out and start over")
-    p.set_defaults(func=cmd_encode)
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="ray: run the --process-count processes as Ray tasks (retried on failure; pip install "
+                   '"vqgan-flax[ray]"), writing what the local engine writes')  # fmt: skip
+    p.add_argument("--ray-address", help="--engine ray: the cluster to join (default: start a local one)")
+    p.add_argument("--ray-gpus", type=float, default=0, help="--engine ray: GPUs per task")
+    p.add_argument("--ray-retries", type=COUNT, default=2, help="--engine ray: retries of a failed task")
+    p.set_defaults(func=cmd_encode, encode_parser=p)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

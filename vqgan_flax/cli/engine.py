@@ -1,0 +1,93 @@
+"""``vqgan-flax encode --engine ray``: the same job as the local engine, its processes run as Ray
+tasks. Task ``i`` of ``n`` runs exactly ``vqgan-flax encode ... --process-index i --process-count
+n`` inside a Ray worker, so the output has the local engine's parts, metadata and completion
+records (and the same tokens); a task that fails is retried by Ray, and a retry resumes where the
+failed attempt stopped (finished shards are skipped unopened). Paths are made absolute first (a
+worker's working folder is not the driver's); on a cluster of many machines, ``--out`` and the
+inputs must be reachable from every machine (object storage or a shared file system).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, List
+
+from ..utils.extras import require
+
+# The options of `encode` that only the driver reads.
+DRIVER_ONLY = ("engine", "ray_address", "ray_gpus", "ray_retries", "process_index", "process_count", "encode_parser")
+
+
+def _absolute(value: str) -> str:
+    from ..data.storage import is_remote
+
+    return value if value == "-" or is_remote(value) else os.path.abspath(value)
+
+
+def task_argv(args: argparse.Namespace, parser: argparse.ArgumentParser, index: int, count: int) -> List[str]:
+    """The command line of process ``index`` of ``count``, rebuilt from the parsed ``args`` (local
+    paths made absolute, a local ``--model`` folder too)."""
+    argv: List[str] = ["encode"]
+    for action in parser._actions:
+        if action.dest in DRIVER_ONLY or action.dest in ("help", "func") or not action.option_strings:
+            continue
+        value = getattr(args, action.dest, None)
+        if value is None or value is False or (action.default == value and not isinstance(value, list)):
+            continue
+        flag = action.option_strings[-1]
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, list):
+            argv += [flag, *map(str, value)]
+        else:
+            text = str(value)
+            if action.dest in ("out", "model") and (action.dest == "out" or os.path.exists(text)):
+                text = _absolute(text)
+            argv += [flag, text]
+    argv += ["--process-index", str(index), "--process-count", str(count)]
+    return [*argv, "--", *(_absolute(p) for p in args.inputs)]
+
+
+def run_on_ray(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Run ``args`` (an ``encode`` command) as ``--process-count`` Ray tasks; raises naming the first
+    process that still failed after its retries."""
+    require("ray")
+    import ray
+
+    if args.process_index is not None:
+        raise ValueError("--engine ray runs every process itself; give --process-count only")
+    ray.init(address=args.ray_address, log_to_driver=True, configure_logging=False)
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        count = args.process_count or (max(1, int(gpus // args.ray_gpus)) if args.ray_gpus and gpus else 1)
+        options: Any = {"max_retries": args.ray_retries, "retry_exceptions": True, "num_gpus": args.ray_gpus}
+        remote = ray.remote(**options)(_task)
+        calls = [remote.remote(task_argv(args, parser, index, count)) for index in range(count)]
+        for index, call in enumerate(calls):
+            try:
+                ray.get(call)
+            except Exception as err:
+                cause = getattr(err, "cause", None) or err
+                raise RuntimeError(f"--engine ray: process {index} of {count} failed: {cause}") from None
+    finally:
+        ray.shutdown()
+
+
+def _task(argv: List[str]) -> None:
+    """One process of the job, in a Ray worker: the local engine, exactly."""
+    import contextlib
+    import io
+    import sys
+
+    from . import main
+
+    errors = io.StringIO()
+    with contextlib.redirect_stderr(errors):
+        code = main(argv)
+    sys.stderr.write(errors.getvalue())  # Ray forwards it to the driver, prefixed with the worker
+    if code != 0:
+        raise RuntimeError(errors.getvalue().strip().splitlines()[-1] if errors.getvalue().strip() else f"exit {code}")
+
+
+__all__ = ("DRIVER_ONLY", "run_on_ray", "task_argv")
