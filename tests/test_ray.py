@@ -81,27 +81,31 @@ def test_the_tokenizer_refuses_bad_settings(tiny):
         VQGANTokenizer(tiny, batch_size=0)
 
 
-def test_map_batches_on_a_local_ray_cluster_gives_the_cli_tokens(tiny, local_tokens):
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray cluster for the module's tests (starting one costs seconds, more on a busy machine)."""
     ray = pytest.importorskip("ray")
-    root, expected = local_tokens
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        rows = [{"key": k, "image": (root / k).read_bytes(), "label": i} for i, k in enumerate(sorted(expected))]
-        dataset = ray.data.from_items(rows).map_batches(
-            VQGANTokenizer, fn_constructor_kwargs={"model": tiny, "batch_size": 4}, batch_size=4, concurrency=1,
-            batch_format="numpy",
-        )  # fmt: skip
-        out = dataset.take_all()
-    finally:
-        ray.shutdown()
+    yield ray
+    ray.shutdown()
+
+
+def test_map_batches_on_a_local_ray_cluster_gives_the_cli_tokens(tiny, local_tokens, ray_cluster):
+    ray = ray_cluster
+    root, expected = local_tokens
+    rows = [{"key": k, "image": (root / k).read_bytes(), "label": i} for i, k in enumerate(sorted(expected))]
+    dataset = ray.data.from_items(rows).map_batches(
+        VQGANTokenizer, fn_constructor_kwargs={"model": tiny, "batch_size": 4}, batch_size=4, concurrency=1,
+        batch_format="numpy",
+    )  # fmt: skip
+    out = dataset.take_all()
     assert sorted(row["key"] for row in out) == sorted(expected)
     for row in out:
         np.testing.assert_array_equal(row["tokens"], expected[row["key"]])
         assert row["error"] is None and row["label"] == sorted(expected).index(row["key"])
 
 
-def test_engine_ray_writes_what_the_local_engine_writes(tiny, tmp_path, capsys, monkeypatch):
-    pytest.importorskip("ray")
+def test_engine_ray_writes_what_the_local_engine_writes(tiny, tmp_path, capsys, monkeypatch, ray_cluster):
     import tarfile
 
     import pandas as pd

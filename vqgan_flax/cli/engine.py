@@ -57,7 +57,9 @@ def run_on_ray(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
 
     if args.process_index is not None:
         raise ValueError("--engine ray runs every process itself; give --process-count only")
-    ray.init(address=args.ray_address, log_to_driver=True, configure_logging=False)
+    started = not ray.is_initialized()  # a notebook's or a test's own cluster is used, and kept
+    if started:
+        ray.init(address=args.ray_address, log_to_driver=True, configure_logging=False)
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         count = args.process_count or (max(1, int(gpus // args.ray_gpus)) if args.ray_gpus and gpus else 1)
@@ -71,7 +73,8 @@ def run_on_ray(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
                 cause = getattr(err, "cause", None) or err
                 raise RuntimeError(f"--engine ray: process {index} of {count} failed: {cause}") from None
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
 
 
 def _task(argv: List[str]) -> None:
