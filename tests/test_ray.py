@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import numpy as np
 import pytest
@@ -83,7 +84,11 @@ def test_the_tokenizer_refuses_bad_settings(tiny):
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """One local Ray cluster for the module's tests (starting one costs seconds, more on a busy machine)."""
+    """One local Ray cluster for the module's tests (starting one costs seconds, more on a busy machine).
+    Only on the current stack: under both suites' load its tests took 4 and 8 minutes, past CI's
+    budget; the tokenizer itself is tested on both stacks above."""
+    if sys.version_info < (3, 12):
+        pytest.skip("the Ray cluster tests run on the current stack (CI time; see the fixture)")
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
