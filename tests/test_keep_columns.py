@@ -10,19 +10,12 @@ import tarfile
 
 import numpy as np
 import pytest
-from PIL import Image
+from utils import random_png as _png
+from utils import run_cli as _run
 
-from vqgan_flax.cli import main
 from vqgan_flax.data.columns import checked_row, checked_value
 from vqgan_flax.data.sources import hf_kept_kinds, tar_items
 from vqgan_flax.data.writers import NpzTokenWriter
-
-
-def _png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (20, 24, 3)).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _tar(path, samples):
@@ -32,12 +25,6 @@ def _tar(path, samples):
                 info = tarfile.TarInfo(f"{key}.{extension}")
                 info.size = len(data)
                 archive.addfile(info, io.BytesIO(data))
-
-
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_tar_members_are_kept_as_text_in_parquet_and_jsonl(tiny, tmp_path, capsys):

@@ -9,23 +9,15 @@ import os
 import sys
 import tarfile
 
-import numpy as np
 import pytest
-from PIL import Image
+from utils import random_png as _png
+from utils import run_cli as _run
 
-from vqgan_flax.cli import main
 from vqgan_flax.data import sources
 from vqgan_flax.data.storage import Folder, input_name, is_remote, open_input
 
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
-
-
-def _png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (20, 24, 3)).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _shard(path, first: int) -> None:
@@ -62,12 +54,6 @@ def s3(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-
-
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _tokens(folder: str) -> dict:

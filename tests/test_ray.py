@@ -9,16 +9,10 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from utils import random_png as _png
 
 from vqgan_flax.cli import main
 from vqgan_flax.integrations.ray import VQGANTokenizer
-
-
-def _png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (20, 24, 3)).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import tarfile
 
 import numpy as np
 import pytest
-from PIL import Image
+from utils import random_png as _png
+from utils import run_cli as _run
 
 from vqgan_flax import FlaxVQGANModel
-from vqgan_flax.cli import main
 from vqgan_flax.data import sources
 from vqgan_flax.data.shards import key_owner, launcher_process, shard_share, shards_digest
 from vqgan_flax.data.sources import InputShard, Item, hf_shards, tar_shards
@@ -24,13 +24,6 @@ from vqgan_flax.data.verify import verify_token_folder
 from vqgan_flax.data.writers import ShardedTokenWriter
 
 METADATA = {"model": "m", "grid": [8, 8], "image_size": 16, "pixel_range": [-1, 1], "n_embed": 32}
-
-
-def _png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (20, 24, 3)).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +43,6 @@ def six_shards(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(tiny):
     return FlaxVQGANModel.from_pretrained(tiny)
-
-
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _opened(monkeypatch):

@@ -13,6 +13,7 @@ import tarfile
 import numpy as np
 import pytest
 from PIL import Image
+from utils import random_png as _png
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig
 from vqgan_flax.cli import main
@@ -25,13 +26,6 @@ from vqgan_flax.data.writers import NpzTokenWriter, ShardedTokenWriter, lwm_reco
 @pytest.fixture(scope="module")
 def model(tiny):
     return FlaxVQGANModel.from_pretrained(tiny)
-
-
-def _png(seed: int, size=(20, 24)) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3)).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
