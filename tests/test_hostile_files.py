@@ -25,8 +25,13 @@ from vqgan_flax.utils.weights import read_weights, weight_files
 
 
 @pytest.fixture(autouse=True)
-def no_hang():
-    """Each of these once hung forever; a regression fails the test instead of the suite."""
+def no_hang(request):
+    """Each of these once hung forever; a regression fails the test instead of the suite. Tests that
+    run encode in subprocesses bound those with their own timeouts (marked `own_timeout`): under CI's
+    load they take longer than this alarm allows."""
+    if request.node.get_closest_marker("own_timeout"):
+        yield
+        return
     signal.signal(signal.SIGALRM, lambda *_: pytest.fail("blocked: a special file was read"))
     signal.alarm(60)
     yield
@@ -235,6 +240,7 @@ def _encode_peak_mb(inputs, out, tiny) -> tuple:
     return int(code), float(peak)
 
 
+@pytest.mark.own_timeout
 def test_encode_memory_stays_within_the_documented_bound_on_the_worst_inputs(tiny, tmp_path):
     """docs/reliability.md: encode's peak memory is its baseline (the model, its compiled programs)
     plus at most workers x MAX_DECODE_BYTES for decoding. Fed the worst inputs of the adversarial
