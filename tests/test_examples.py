@@ -93,6 +93,7 @@ def _run_script(root, *argv, env=None):
     return result.stdout
 
 
+@pytest.mark.one_stack
 def test_memory_benchmark_runs(tmp_path):
     root = FIXTURES.parent.parent
     out = tmp_path / "memory.json"

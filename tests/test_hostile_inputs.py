@@ -429,6 +429,7 @@ def test_converter_output_naming_a_file_is_an_error(tmp_path, capsys):
         FlaxVQGANModel(VQGANConfig.from_preset("tiny"), _do_init=False).save_pretrained(existing, params={})
 
 
+@pytest.mark.one_stack
 def test_hostile_table_records_its_provenance(tmp_path):
     """tests/hostile_table.py (the adversarial pass as a table): one case per process against this
     checkout, and its record carries the header every results file has (commit, harness hash, date)."""

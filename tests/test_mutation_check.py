@@ -31,6 +31,7 @@ def test_a_stale_mutation_is_named(tmp_path):
         script.main(["--only", "nothing like this"])
 
 
+@pytest.mark.one_stack
 def test_a_run_shows_the_crop_test_failing_broken_and_passing_unbroken(capsys):
     """One real run (the cheapest test): a worktree of HEAD, the test unbroken, broken, restored."""
     script = load_script("mutation_check")

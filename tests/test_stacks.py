@@ -150,6 +150,7 @@ def test_folders_travel_between_the_two_bases(tmp_path, fmt):
         np.testing.assert_array_equal(np.asarray(read(x).reconstruction), np.asarray(written(x).reconstruction))
 
 
+@pytest.mark.one_stack
 @pytest.mark.skipif(not OTHER_PYTHON, reason="VQGAN_FLAX_OTHER_PYTHON (the other stack's python) is not set")
 def test_folders_travel_between_stacks(tmp_path):
     assert pathlib.Path(OTHER_PYTHON).is_file(), f"VQGAN_FLAX_OTHER_PYTHON={OTHER_PYTHON}: no such interpreter"
