@@ -12,8 +12,11 @@ Modes, each in its own process, interleaved over ``--rounds`` rounds:
   (c) ``tar``: ``tokenize_shards`` over webdataset tar shards of the same JPEGs (whole shards, each
       marked finished, as ``vqgan-flax encode`` runs them);
   (d) ``s3``: the same shards read from a local S3 API server (moto's, started by the parent on
-      127.0.0.1; needs ``moto[server]`` and ``s3fs``) and the parts written back to it.
-Throughput is images/s after a warm-up batch (compilation excluded); the ratio of (b) and (c)
+      127.0.0.1; needs ``moto[server]`` and ``s3fs``) and the parts written back to it;
+  (e) ``ray``: (c) run inside a task of a local Ray cluster with the resources ``--engine ray``
+      gives its tasks (one CPU requested: Ray then sets ``OMP_NUM_THREADS=1`` in the worker), so
+      what the engine's worker environment costs shows (needs ``ray``).
+Throughput is images/s after a warm-up batch (compilation excluded); the ratio of (b)-(e)
 to (a) is reported per round with min / median / max. Peak RSS of (b) is measured at each
 ``--rss-n`` (default 64 and 1024), with the resident memory after every batch (``trace``) so a
 plateau can be told from a leak; ``--memory-env NAME=VALUE`` runs those in an altered environment
@@ -39,7 +42,7 @@ from vqgan_flax.evaluation.provenance import current_rss_mb, peak_rss_mb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-MODES = ("model", "files", "tar", "s3")
+MODES = ("model", "files", "tar", "s3", "ray")
 
 
 def make_photos(folder: str, n: int, seed: int = 0) -> list:
@@ -64,6 +67,18 @@ def make_photos(folder: str, n: int, seed: int = 0) -> list:
 
 
 def worker(mode: str, folder: str, n: int, preset: str, size: int, batch: int) -> dict:
+    if mode == "ray":
+        import ray
+
+        from vqgan_flax.cli.engine import task_options
+
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            task = ray.remote(**task_options(gpus=None, retries=0))(worker)
+            result = ray.get(task.remote("tar", folder, n, preset, size, batch))
+        finally:
+            ray.shutdown()
+        return {**result, "mode": "ray", "peak_rss_mb_driver": peak_rss_mb()}
     import numpy as np
 
     from vqgan_flax import FlaxVQGANModel, VQGANConfig, VQGANImageProcessor
@@ -161,6 +176,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (0: memory runs only)")
     parser.add_argument("--memory-env", nargs="*", default=[], metavar="NAME=VALUE",
                         help="environment of the memory runs, e.g. MALLOC_ARENA_MAX=2")  # fmt: skip
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="the modes of the throughput rounds (model is always run)")  # fmt: skip
     parser.add_argument("--json", help="write the record here (needs a clean checkout)")
     parser.add_argument("--allow-dirty", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
@@ -177,12 +194,13 @@ def main() -> None:
         folders = {n: os.path.join(work, f"n{n}") for n in {args.n, *args.rss_n}}  # a folder holds N photos
         for n, folder in folders.items():
             make_photos(folder, n)
-        server = _s3_server(folders[args.n]) if args.rounds else None
-        rounds = [{mode: _run(mode, folders[args.n], args.n, args) for mode in MODES} for _ in range(args.rounds)]
+        modes = ["model", *(m for m in MODES[1:] if m in args.modes)]
+        server = _s3_server(folders[args.n]) if args.rounds and "s3" in modes else None
+        rounds = [{mode: _run(mode, folders[args.n], args.n, args) for mode in modes} for _ in range(args.rounds)]
         memory = [_run("files", folders[n], n, args, memory_env) for n in args.rss_n]
         if server is not None:
             server.stop()
-    ratios = {mode: [r[mode]["images_per_s"] / r["model"]["images_per_s"] for r in rounds] for mode in MODES[1:]}
+    ratios = {mode: [r[mode]["images_per_s"] / r["model"]["images_per_s"] for r in rounds] for mode in modes[1:]}
     ratios = {mode: v for mode, v in ratios.items() if v}
     record = {
         **header,

@@ -245,10 +245,11 @@ def tokenization_lines(record: dict, long_run: Optional[dict] = None) -> list:
         f"batch {record['batch']}, N = {record['n']}, {len(record['rounds'])} rounds: JPEG files {text['files']}, "
         f"tar shards {text['tar']}"
         + (f", tar shards from and to a local S3 server {text['s3']}" if "s3" in text else "")
+        + (f", tar shards in a Ray task as `--engine ray` runs it {text['ray']}" if "ray" in text else "")
         + f"; peak RSS {low['peak_rss_mb']:.0f} MB at N = {low['n']}, {high['peak_rss_mb']:.0f} MB at N = {high['n']}.",
         "",
-        f"- files and tar ≥ 0.85 of the model alone (median): "
-        f"{_verdict(all(ratios[m]['median'] >= 0.85 for m in ('files', 'tar')))}"
+        f"- files, tar{' and Ray' if 'ray' in ratios else ''} ≥ 0.85 of the model alone (median): "
+        f"{_verdict(all(ratios[m]['median'] >= 0.85 for m in ('files', 'tar', 'ray') if m in ratios))}"
         + (f"; S3 ≥ 0.80: {_verdict(ratios['s3']['median'] >= 0.80)}" if "s3" in ratios else "")
         + "; memory flat in N (within 5%): "
         + (

@@ -133,3 +133,12 @@ def test_engine_ray_writes_what_the_local_engine_writes(tiny, tmp_path, capsys, 
     assert main(["verify", "ray"]) == 0
     assert main(["encode", *common, "--out", "x", "--engine", "ray", "--process-index", "0"]) == 1
     assert "--engine ray runs every process itself; give --process-count only" in capsys.readouterr().err
+
+
+def test_engine_tasks_retry_on_exceptions_with_the_gpus_asked_for():
+    """--engine ray's task options (the benchmark's ray mode runs with the same): a Python exception
+    is retried like a dead worker, and the CPU request stays Ray's default of one."""
+    from vqgan_flax.cli.engine import task_options
+
+    assert task_options(0.5, 3) == {"max_retries": 3, "retry_exceptions": True, "num_gpus": 0.5}
+    assert "num_cpus" not in task_options(None, 0)

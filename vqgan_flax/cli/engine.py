@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, List
+from typing import Any, Dict, List, Optional
 
 from ..utils.extras import require
 
@@ -49,6 +49,13 @@ def task_argv(args: argparse.Namespace, parser: argparse.ArgumentParser, index: 
     return [*argv, "--", *(_absolute(p) for p in args.inputs)]
 
 
+def task_options(gpus: Optional[float], retries: int) -> Dict[str, Any]:
+    """The ``ray.remote`` options of the engine's tasks: ``gpus`` GPUs each (none when None) and
+    ``retries`` retries, on exceptions too; Ray's default of one CPU per task (the benchmark runs
+    its ``ray`` mode with these)."""
+    return {"max_retries": retries, "retry_exceptions": True, "num_gpus": gpus}
+
+
 def run_on_ray(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Run ``args`` (an ``encode`` command) as ``--process-count`` Ray tasks; raises naming the first
     process that still failed after its retries."""
@@ -63,8 +70,7 @@ def run_on_ray(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         count = args.process_count or (max(1, int(gpus // args.ray_gpus)) if args.ray_gpus and gpus else 1)
-        options: Any = {"max_retries": args.ray_retries, "retry_exceptions": True, "num_gpus": args.ray_gpus}
-        remote = ray.remote(**options)(_task)
+        remote = ray.remote(**task_options(args.ray_gpus, args.ray_retries))(_task)
         calls = [remote.remote(task_argv(args, parser, index, count)) for index in range(count)]
         for index, call in enumerate(calls):
             try:
@@ -93,4 +99,4 @@ def _task(argv: List[str]) -> None:
         raise RuntimeError(errors.getvalue().strip().splitlines()[-1] if errors.getvalue().strip() else f"exit {code}")
 
 
-__all__ = ("DRIVER_ONLY", "run_on_ray", "task_argv")
+__all__ = ("DRIVER_ONLY", "run_on_ray", "task_argv", "task_options")
