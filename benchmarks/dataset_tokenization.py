@@ -13,8 +13,8 @@ Modes, each in its own process, interleaved over ``--rounds`` rounds:
       marked finished, as ``vqgan-flax encode`` runs them);
   (d) ``s3``: the same shards read from a local S3 API server (moto's, started by the parent on
       127.0.0.1; needs ``moto[server]`` and ``s3fs``) and the parts written back to it;
-  (e) ``ray``: (c) run inside a task of a local Ray cluster with the resources ``--engine ray``
-      gives its tasks (one CPU requested: Ray then sets ``OMP_NUM_THREADS=1`` in the worker), so
+  (e) ``ray``: (c) run inside a task of a local Ray cluster with the options ``--engine ray``
+      gives its one task here (every CPU: Ray sets a task's ``OMP_NUM_THREADS`` to its CPUs), so
       what the engine's worker environment costs shows (needs ``ray``).
 Throughput is images/s after a warm-up batch (compilation excluded); the ratio of (b)-(e)
 to (a) is reported per round with min / median / max. Peak RSS of (b) is measured at each
@@ -70,11 +70,12 @@ def worker(mode: str, folder: str, n: int, preset: str, size: int, batch: int) -
     if mode == "ray":
         import ray
 
-        from vqgan_flax.cli.engine import task_options
+        from vqgan_flax.cli.engine import default_task_cpus, task_options
 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
-            task = ray.remote(**task_options(gpus=None, retries=0))(worker)
+            cpus = default_task_cpus(ray.nodes(), 1)
+            task = ray.remote(**task_options(gpus=None, retries=0, cpus=cpus))(worker)
             result = ray.get(task.remote("tar", folder, n, preset, size, batch))
         finally:
             ray.shutdown()

@@ -141,9 +141,11 @@ def test_unknown_quantizer_is_reported(tmp_path, capsys):
     assert "Unknown quantizer 'rq'" in capsys.readouterr().err
 
 
-def test_architecture_is_required(tmp_path, capsys):
-    assert main(["--checkpoint", str(TAMING_VQ / "last.ckpt"), "--output", str(tmp_path)]) == 1
-    assert "--config model.yaml, --preset NAME" in capsys.readouterr().err
+def test_a_checkpoint_is_required(tmp_path, capsys):
+    assert main(["--output", str(tmp_path)]) == 1
+    assert "give a checkpoint: vqgan-flax convert CHECKPOINT --output DIR" in capsys.readouterr().err
+    assert main([str(TAMING_VQ / "last.ckpt"), "--checkpoint", "other.ckpt", "--output", str(tmp_path)]) == 1
+    assert "give the checkpoint once" in capsys.readouterr().err
 
 
 class _RunsCode:
@@ -282,6 +284,6 @@ def test_module_entry_point(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert "dropped 6 loss.* entries" in result.stdout
+    assert "dropped 6 non-model entries" in result.stdout
     assert (tmp_path / "flax_model.msgpack").is_file()
     assert FlaxVQGANModel.from_pretrained(tmp_path).config.quantizer == "gumbel"

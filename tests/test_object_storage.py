@@ -127,6 +127,39 @@ def test_an_image_folder_in_s3_gives_the_local_folders_tokens(tiny, s3, tmp_path
     assert code == 1 and "give local files and folders or URLs, not both" in err
 
 
+def test_decode_reads_a_token_folder_in_s3_as_it_reads_a_local_one(tiny, s3, tmp_path, capsys):
+    """open_tokens and ``vqgan-flax decode`` on ``s3://`` (parquet, two processes' parts; JSONL with
+    its metadata record) give the local folder's keys, tokens and images."""
+    from vqgan_flax.data.readers import open_tokens
+
+    _, local = s3
+    shards = [str(local / f"s-{i}.tar") for i in (0, 1)]
+    code, _, err = _run(capsys, "encode", *shards, "--out", tmp_path / "local", "--model", tiny, "--quiet")
+    assert code == 0, err
+    for out in ("s3://data/decode-parquet", "s3://data/decode-jsonl"):
+        for index in range(2):
+            jsonl = ["--format", "jsonl"] if "jsonl" in out else []
+            code, _, err = _run(capsys, "encode", *shards, "--out", out, "--model", tiny, "--quiet", "--process-index",
+                                index, "--process-count", 2, *jsonl)  # fmt: skip
+            assert code == 0, err
+    expected = open_tokens(str(tmp_path / "local"))
+    for out in ("s3://data/decode-parquet", "s3://data/decode-jsonl"):
+        remote = open_tokens(out)
+        assert remote.path == out and sorted(remote.keys) == sorted(expected.keys)
+        assert remote.metadata["model"] == expected.metadata["model"] and remote.metadata["grid"]
+        rows = {key: tokens.tolist() for key, tokens in remote.rows()}
+        assert rows == {key: tokens.tolist() for key, tokens in expected.rows()}
+    for name, tokens in (("local", tmp_path / "local"), ("remote", "s3://data/decode-parquet")):
+        code, _, err = _run(capsys, "decode", tokens, "--out", tmp_path / f"images-{name}", "--quiet")
+        assert code == 0, err
+    written = sorted(p.relative_to(tmp_path / "images-local") for p in (tmp_path / "images-local").rglob("*.png"))
+    assert len(written) == 6
+    for path in written:
+        assert (tmp_path / "images-local" / path).read_bytes() == (tmp_path / "images-remote" / path).read_bytes()
+    with pytest.raises(FileNotFoundError, match=r"s3://data/nothing: no part-\*.parquet or part-\*.jsonl"):
+        open_tokens("s3://data/nothing")
+
+
 def test_a_missing_remote_shard_stops_the_run_and_stays_unfinished(tiny, s3, tmp_path, capsys):
     code, _, err = _run(capsys, "encode", "s3://data/shards/s-{3..4}.tar", "--out", tmp_path / "t", "--model", tiny,
                         "--quiet")  # fmt: skip

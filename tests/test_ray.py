@@ -135,10 +135,16 @@ def test_engine_ray_writes_what_the_local_engine_writes(tiny, tmp_path, capsys, 
     assert "--engine ray runs every process itself; give --process-count only" in capsys.readouterr().err
 
 
-def test_engine_tasks_retry_on_exceptions_with_the_gpus_asked_for():
+def test_engine_tasks_retry_on_exceptions_with_the_cpus_and_gpus_asked_for():
     """--engine ray's task options (the benchmark's ray mode runs with the same): a Python exception
-    is retried like a dead worker, and the CPU request stays Ray's default of one."""
-    from vqgan_flax.cli.engine import task_options
+    is retried like a dead worker; CPUs are requested (Ray sizes a task's OpenMP by them)."""
+    from vqgan_flax.cli.engine import default_task_cpus, task_options
 
-    assert task_options(0.5, 3) == {"max_retries": 3, "retry_exceptions": True, "num_gpus": 0.5}
+    assert task_options(0.5, 3, 4.0) == {"max_retries": 3, "retry_exceptions": True, "num_gpus": 0.5, "num_cpus": 4.0}
     assert "num_cpus" not in task_options(None, 0)
+    node = lambda cpus, alive=True: {"Resources": {"CPU": cpus}, "Alive": alive}  # noqa: E731
+    assert default_task_cpus([node(2.0)], 1) == 2.0  # one task on a local cluster: every core
+    assert default_task_cpus([node(16.0), node(16.0)], 4) == 8.0  # the cluster's CPUs shared
+    assert default_task_cpus([node(8.0), node(64.0)], 1) == 64.0  # never more than one node has
+    assert default_task_cpus([node(4.0), node(64.0, alive=False)], 1) == 4.0  # dead nodes do not count
+    assert default_task_cpus([node(4.0)], 16) == 1.0 and default_task_cpus([], 2) == 1.0

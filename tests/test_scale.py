@@ -17,6 +17,7 @@ from utils import run_cli as _run
 
 from vqgan_flax import FlaxVQGANModel
 from vqgan_flax.data import sources
+from vqgan_flax.data.distributed import merge_token_shards
 from vqgan_flax.data.shards import key_owner, launcher_process, shard_share, shards_digest
 from vqgan_flax.data.sources import InputShard, Item, hf_shards, tar_shards
 from vqgan_flax.data.tokenize import tokenize_shards
@@ -86,6 +87,11 @@ def test_two_processes_over_six_shards_read_disjoint_shards_and_write_every_samp
     code, out, _ = _run(capsys, "verify", tmp_path / "two")
     assert code == 0 and "2 of 2 processes finished, 6 of 6 input shards, 18 rows in 6 parts" in out, out
     assert out.splitlines()[0].endswith("complete")
+    # merge_token_shards reads the CLI's folder: by key, whatever the process count
+    keys, merged = merge_token_shards(tmp_path / "two", return_ids=True)
+    assert keys.tolist() == sorted(one) and merged.shape == (18, 8, 8) and merged.dtype == np.int32
+    np.testing.assert_array_equal(merged, np.stack([one[key].reshape(8, 8) for key in sorted(one)]))
+    np.testing.assert_array_equal(merge_token_shards(tmp_path / "one"), merged)
     # a rerun opens nothing: every shard of its share is finished
     opened = _opened(monkeypatch)
     code, out, _ = _run(capsys, "encode", pattern, "--out", tmp_path / "two", "--model", tiny, "--quiet",
@@ -143,6 +149,8 @@ def test_verify_fails_on_a_folder_missing_one_shards_rows(tiny, six_shards, tmp_
     (out / "part-000-00001.parquet").unlink()
     code, stdout, _ = _run(capsys, "verify", out)
     assert code == 1 and "input shard s-1.tar: its part part-000-00001.parquet is missing or unreadable" in stdout
+    with pytest.raises(ValueError, match=r"1 problem\(s\); input shard s-1.tar: its part part-000-00001.parquet"):
+        merge_token_shards(out)
     # a part copied in twice: its keys appear twice and it is named by no marker
     shutil.copy(good / "part-000-00000.parquet", good / "part-000-00009.parquet")
     code, stdout, _ = _run(capsys, "verify", good, "--json")

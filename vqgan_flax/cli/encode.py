@@ -280,6 +280,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ray: run the --process-count processes as Ray tasks (retried on failure; pip install "
                    '"vqgan-flax[ray]"), writing what the local engine writes')  # fmt: skip
     p.add_argument("--ray-address", help="--engine ray: the cluster to join (default: start a local one)")
+    p.add_argument("--ray-cpus", type=float, help="--engine ray: CPUs per task (default: the cluster's CPUs shared by "
+                   "the tasks, at most a node's; Ray runs a task's OpenMP on as many threads)")  # fmt: skip
     p.add_argument("--ray-gpus", type=float, default=0, help="--engine ray: GPUs per task")
     p.add_argument("--ray-retries", type=COUNT, default=2, help="--engine ray: retries of a failed task")
     p.set_defaults(func=cmd_encode, encode_parser=p)

@@ -16,7 +16,8 @@ from typing import Any, Dict, List, Optional
 from ..utils.extras import require
 
 # The options of `encode` that only the driver reads.
-DRIVER_ONLY = ("engine", "ray_address", "ray_gpus", "ray_retries", "process_index", "process_count", "encode_parser")
+DRIVER_ONLY = ("engine", "ray_address", "ray_cpus", "ray_gpus", "ray_retries", "process_index", "process_count",
+               "encode_parser")  # fmt: skip
 
 
 def _absolute(value: str) -> str:
@@ -49,11 +50,24 @@ def task_argv(args: argparse.Namespace, parser: argparse.ArgumentParser, index: 
     return [*argv, "--", *(_absolute(p) for p in args.inputs)]
 
 
-def task_options(gpus: Optional[float], retries: int) -> Dict[str, Any]:
-    """The ``ray.remote`` options of the engine's tasks: ``gpus`` GPUs each (none when None) and
-    ``retries`` retries, on exceptions too; Ray's default of one CPU per task (the benchmark runs
-    its ``ray`` mode with these)."""
-    return {"max_retries": retries, "retry_exceptions": True, "num_gpus": gpus}
+def task_options(gpus: Optional[float], retries: int, cpus: Optional[float] = None) -> Dict[str, Any]:
+    """The ``ray.remote`` options of the engine's tasks: ``cpus`` CPUs and ``gpus`` GPUs each (none
+    when None), ``retries`` retries, on exceptions too. The CPUs matter beyond scheduling: Ray sets
+    a task's ``OMP_NUM_THREADS`` to its CPU count, and with Ray's default of one CPU the CPU
+    kernels' convolutions ran on one thread (about half the model's speed on two cores)."""
+    options: Dict[str, Any] = {"max_retries": retries, "retry_exceptions": True, "num_gpus": gpus}
+    if cpus is not None:
+        options["num_cpus"] = cpus
+    return options
+
+
+def default_task_cpus(nodes: List[Dict[str, Any]], count: int) -> float:
+    """CPUs per task when ``--ray-cpus`` is not given: the live nodes' CPUs shared by the ``count``
+    tasks, at least 1 and at most what the largest node has (so every task can be placed)."""
+    cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in nodes if n.get("Alive", True)]
+    if not cpus or max(cpus) < 1:
+        return 1.0
+    return float(max(1, min(int(sum(cpus) // max(count, 1)), int(max(cpus)))))
 
 
 def run_on_ray(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -70,7 +84,8 @@ def run_on_ray(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         count = args.process_count or (max(1, int(gpus // args.ray_gpus)) if args.ray_gpus and gpus else 1)
-        remote = ray.remote(**task_options(args.ray_gpus, args.ray_retries))(_task)
+        cpus = args.ray_cpus or default_task_cpus(ray.nodes(), count)
+        remote = ray.remote(**task_options(args.ray_gpus, args.ray_retries, cpus))(_task)
         calls = [remote.remote(task_argv(args, parser, index, count)) for index in range(count)]
         for index, call in enumerate(calls):
             try:
@@ -99,4 +114,4 @@ def _task(argv: List[str]) -> None:
         raise RuntimeError(errors.getvalue().strip().splitlines()[-1] if errors.getvalue().strip() else f"exit {code}")
 
 
-__all__ = ("DRIVER_ONLY", "run_on_ray", "task_argv", "task_options")
+__all__ = ("DRIVER_ONLY", "default_task_cpus", "run_on_ray", "task_argv", "task_options")

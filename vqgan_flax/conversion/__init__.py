@@ -3,6 +3,9 @@
     torch_pickle.py   PyTorch ``.ckpt``/``.pt`` zips and plain pickles read with an allow-list
                       (every tensor's metadata checked against its storage)
     taming.py         taming-transformers state dicts ⇄ Flax parameters (keys, OIHW ⇄ HWIO)
+    llamagen.py       LlamaGen's VQ names ⇄ taming's; its checkpoints (EMA preferred)
+    layout.py         the architecture of a taming-layout state dict, from its tensor shapes
+    families.py       one entry point: read any family, infer or take the config, convert
     lwm.py            LWM's auto-named Flax params pickle → our names
     common.py         what the mappings share: expected shapes, one error listing every
                       mismatch, the weight check, the reader's size limit
@@ -16,6 +19,9 @@ May import: models, utils.
 
 from .common import *  # noqa: F403 (its __all__: the shared checks and errors)
 from .common import __all__ as _common_names
+from .families import FAMILIES, Conversion, convert_checkpoint, read_family_state
+from .layout import infer_taming_config
+from .llamagen import flax_to_llamagen, llamagen_key_to_taming, read_llamagen_checkpoint, taming_key_to_llamagen
 from .lwm import config_from_lwm, load_lwm_checkpoint, lwm_params_to_flax
 from .taming import (
     convert_state_dict,
@@ -33,6 +39,15 @@ from .torch_pickle import CheckpointError, extract_state_dict, load_pickle, load
 __all__ = [
     *_common_names,
     "CheckpointError",
+    "Conversion",
+    "FAMILIES",
+    "convert_checkpoint",
+    "flax_to_llamagen",
+    "infer_taming_config",
+    "llamagen_key_to_taming",
+    "read_family_state",
+    "read_llamagen_checkpoint",
+    "taming_key_to_llamagen",
     "config_from_lwm",
     "convert_state_dict",
     "convert_taming_checkpoint",

@@ -158,22 +158,26 @@ def convert_taming_checkpoint(
     return dropped
 
 
-def export_to_taming(model: PathLike, output: PathLike) -> Dict[str, np.ndarray]:
+def export_to_taming(model: PathLike, output: PathLike, layout: str = "taming") -> Dict[str, np.ndarray]:
     """Write a local model folder's weights (or an LWM params pickle's) as a taming state dict:
     ``.safetensors``, or ``.pt``/``.pth``/``.ckpt`` (those need torch; ``.ckpt`` nests it under
-    ``state_dict`` like Lightning). Every parameter of the architecture must be there with its shape."""
+    ``state_dict`` like Lightning). Every parameter of the architecture must be there with its shape.
+    ``layout="llamagen"`` writes LlamaGen's names instead (a ``.pt`` nests them under ``model``, as
+    LlamaGen's checkpoints do)."""
     from .lwm import load_lwm_checkpoint
 
     model = os.fspath(model)
-    check_apart(model, output, "export to taming")
+    check_apart(model, output, f"export to {layout}")
     if os.path.isfile(model):
         config, params = load_lwm_checkpoint(model)
     else:
         config, params = VQGANConfig.from_pretrained(model), read_folder_weights(model)
-    return export_params_to_taming(config, params, output, model)
+    return export_params_to_taming(config, params, output, model, layout)
 
 
-def export_params_to_taming(config: VQGANConfig, params: Dict, output: PathLike, source: str) -> Dict[str, np.ndarray]:
+def export_params_to_taming(
+    config: VQGANConfig, params: Dict, output: PathLike, source: str, layout: str = "taming"
+) -> Dict[str, np.ndarray]:
     """[`export_to_taming`] for parameters in hand: checked against ``config`` (keys, shapes,
     finite floating weights, taming's 32 GroupNorm groups), converted and written to ``output``."""
     from flax.traverse_util import flatten_dict, unflatten_dict
@@ -199,7 +203,14 @@ def export_params_to_taming(config: VQGANConfig, params: Dict, output: PathLike,
     ]
     raise_on_mismatch(source, describe_architecture(config), missing, unexpected, mismatched)
     check_weights({"/".join(k): v for k, v in flat.items()}, source)
-    state = flax_to_taming(unflatten_dict(flat))
+    if layout == "llamagen":
+        from .llamagen import flax_to_llamagen
+
+        state = flax_to_llamagen(unflatten_dict(flat), config)
+    elif layout == "taming":
+        state = flax_to_taming(unflatten_dict(flat))
+    else:
+        raise ConversionError(f"unknown layout {layout!r}; expected 'taming' or 'llamagen'")
     output = os.fspath(output)
     if os.path.lexists(output) and not os.path.isfile(output):
         raise ConversionError(f"{output}: exists and is not a regular file")
@@ -215,7 +226,8 @@ def export_params_to_taming(config: VQGANConfig, params: Dict, output: PathLike,
         except ImportError:
             raise ConversionError(f"{output}: writing .pt/.pth/.ckpt needs torch; use a .safetensors name") from None
         tensors = {k: torch.from_numpy(v) for k, v in state.items()}
-        atomic_write(output, lambda f: torch.save({"state_dict": tensors} if output.endswith(".ckpt") else tensors, f))
+        wrapper = "model" if layout == "llamagen" else "state_dict" if output.endswith(".ckpt") else None
+        atomic_write(output, lambda f: torch.save({wrapper: tensors} if wrapper else tensors, f))
     else:
         raise ConversionError(f"{output}: unknown extension; use .safetensors, .pt, .pth or .ckpt")
     return state

@@ -7,7 +7,8 @@ exchange nothing while they work, so an unreadable item or a failing process sto
 (all of them used to run one global program per batch, so one failure left the others waiting
 for a collective until Gloo's deadline). ``merge_token_shards`` puts the shards back in input
 order. For parquet/JSONL outputs, resuming and webdataset or Hugging Face inputs, use
-``vqgan-flax encode --process-index i --process-count n`` ([`data.tokenize`]).
+``vqgan-flax encode --process-index i --process-count n`` ([`data.tokenize`]); ``merge_token_shards``
+reads its folders too, once ``data.verify`` finds them whole.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from ..utils.files import atomic_write
 from .image_io import open_rgb
 from .parallel import pmap_encode, replicate_params
 from .processing import VQGANImageProcessor, processor_for_model
+from .storage import is_remote
+from .writers import METADATA_FILE
 
 SHARD_PATTERN = "tokens-{process:05d}-of-{count:05d}.npz"
 
@@ -128,11 +131,17 @@ def encode_dataset(
 def merge_token_shards(output_dir: str, return_ids: bool = False) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """All shard files of ``output_dir`` → indices (N, h, w) in input order.
 
-    An item missing or present twice is an error, and so is an item a process skipped as
-    unreadable (its reason is in the message) unless ``return_ids``: then the result is
-    ``(item_ids, indices)`` of the items present, in input order.
+    A token folder of ``vqgan-flax encode`` (parquet or JSONL parts of any number of processes,
+    local or in object storage) is merged too, once ``verify_token_folder`` finds it whole: its
+    rows ordered by key (its items are named, not numbered; the order does not depend on the
+    process count), ``return_ids`` giving the keys. An item missing or present twice is an
+    error, and so is an item a process skipped as unreadable (its reason is in the message)
+    unless ``return_ids``: then the result is ``(item_ids, indices)`` of the items present, in
+    input order.
     """
     paths = sorted(glob.glob(os.path.join(output_dir, "tokens-*-of-*.npz")))
+    if not paths and (is_remote(os.fspath(output_dir)) or os.path.lexists(os.path.join(output_dir, METADATA_FILE))):
+        return _merge_token_folder(os.fspath(output_dir), return_ids)
     if not paths:
         raise FileNotFoundError(f"{output_dir}: no tokens-*-of-*.npz shard files")
     shards = [dict(np.load(p)) for p in paths]
@@ -163,3 +172,31 @@ def merge_token_shards(output_dir: str, return_ids: bool = False) -> Union[np.nd
             "(merge_token_shards(..., return_ids=True) returns the others)"
         )
     return indices[order]
+
+
+def _merge_token_folder(folder: str, return_ids: bool) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+    from .readers import open_tokens
+    from .verify import verify_token_folder
+
+    report = verify_token_folder(folder)
+    if not report.ok:
+        raise ValueError("; ".join(line.strip() for line in report.lines()))
+    rows = sorted(open_tokens(folder).rows(), key=lambda row: row[0])
+    if not rows:
+        raise ValueError(f"{folder}: no rows to merge")
+    shapes = {tokens.shape for _, tokens in rows}
+    if len(shapes) != 1:
+        (key, tokens), (other, different) = rows[0], next(r for r in rows if r[1].shape != rows[0][1].shape)
+        raise ValueError(
+            f"{folder}: rows of several grids ({key}: {tokens.shape}, {other}: {different.shape}); "
+            "read them one by one with data.readers.open_tokens"
+        )
+    indices = np.stack([tokens[0] if tokens.shape[0] == 1 else tokens for _, tokens in rows])
+    if return_ids:
+        return np.asarray([key for key, _ in rows]), indices
+    if report.unreadable_items:
+        raise ValueError(
+            f"{folder}: {report.unreadable_items} item(s) were skipped as unreadable (listed in its "
+            ".vqgan_flax/errors-*.jsonl; merge_token_shards(..., return_ids=True) returns the others)"
+        )
+    return indices

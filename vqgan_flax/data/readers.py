@@ -1,6 +1,7 @@
 """Reading tokens back: an ``.npz`` from ``vqgan-flax encode``, or a folder of its parquet / JSONL
-shards. Token files are untrusted input, checked before they are used: keys must be relative paths
-of plain names (they become output file names), grid sizes whole numbers matching their token
+shards (local, or in object storage: ``s3://``, ``gs://``, any fsspec URL). Token files are
+untrusted input, checked before they are used: keys must be relative paths of plain names (they
+become output file names), grid sizes whole numbers matching their token
 counts, tokens integers within int32 on the stored dtype (before any cast could wrap them), and
 every size is bounded before it is allocated: a grid's tokens per frame, a row's tokens, a JSONL
 line, an npz member's inflated size (read from its header, never by inflating it), the tokens a
@@ -20,6 +21,8 @@ import numpy as np
 
 from ..utils.files import read_json_object
 from .image_io import check_key
+from .manifest import read_record
+from .storage import Folder, is_remote
 from .writers import METADATA_FILE, NPZ_STRINGS, ROW_GROUP_TOKENS, SHARD_NAME
 
 # A token grid larger than this (per frame) is no grid a VQGAN made: 4096² pixels at factor 4.
@@ -173,6 +176,8 @@ def _version_1_keys(record: dict, count: int) -> List[str]:
 
 def read_folder(path: str) -> TokenSource:
     """A folder of ``part-*.parquet`` or ``part-*.jsonl`` shards; rows are read shard by shard."""
+    if is_remote(path):
+        return _read_remote_folder(path)
     shards = sorted(p for p in glob.glob(os.path.join(path, "part-*")) if SHARD_NAME.match(os.path.basename(p)))
     if not shards:
         raise FileNotFoundError(f"{path}: no part-*.parquet or part-*.jsonl token shards")
@@ -201,6 +206,31 @@ def _read_shards(folder: str, shards: List[str]) -> TokenSource:
     keys = [key for shard in shards for key, _ in rows(shard, keys_only=True)]
     path = shards[0] if len(shards) == 1 and not os.path.isdir(folder) else folder
     return TokenSource(path, metadata, keys, lambda: (row for shard in shards for row in rows(shard)))
+
+
+def _read_remote_folder(url: str) -> TokenSource:
+    """``read_folder`` on an object store: each shard streamed through one open file at a time."""
+    store = Folder(url)
+    names = [name for name in store.listdir() if SHARD_NAME.match(name)]
+    if not names:
+        raise FileNotFoundError(f"{url}: no part-*.parquet or part-*.jsonl token shards")
+    if len({os.path.splitext(name)[1] for name in names}) != 1:
+        raise ValueError(f"{url}: mixes parquet and jsonl shards")
+    parquet = names[0].endswith(".parquet")
+    rows = _parquet_rows if parquet else _jsonl_rows
+
+    def shard_rows(name: str, keys_only: bool) -> Iterator[Tuple[str, Any]]:
+        with store.open(name) as handle:
+            yield from rows(store.path(name), keys_only, handle)
+
+    metadata: Dict[str, Any] = {}
+    if parquet and len(names) == 1:
+        with store.open(names[0]) as handle:
+            metadata = _parquet_metadata(store.path(names[0]), handle)
+    if not metadata and store.exists(METADATA_FILE):
+        metadata = read_record(store, METADATA_FILE, "the token folder's metadata")
+    keys = [key for name in names for key, _ in shard_rows(name, True)]
+    return TokenSource(store.root, metadata, keys, lambda: (row for name in names for row in shard_rows(name, False)))
 
 
 def _parquet_metadata(shard: str, handle: Optional[IO[bytes]] = None) -> Dict[str, Any]:
@@ -301,7 +331,10 @@ def _jsonl_rows(shard: str, keys_only: bool = False, handle: Optional[IO[bytes]]
 
 
 def open_tokens(path: str) -> TokenSource:
-    """An ``.npz`` token file, one ``.parquet`` / ``.jsonl`` token shard, or a folder of shards."""
+    """An ``.npz`` token file, one ``.parquet`` / ``.jsonl`` token shard, or a folder of shards; a
+    URL (``s3://...``) is a folder of shards in object storage."""
+    if is_remote(path):
+        return read_folder(path)
     if os.path.isdir(path):
         return read_folder(path)
     if path.endswith((".parquet", ".jsonl")):

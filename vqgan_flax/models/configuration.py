@@ -13,7 +13,7 @@ from .presets import PRESETS
 with quiet_transformers_advice():
     from transformers import PretrainedConfig
 
-QUANTIZERS = ("vq", "gumbel")
+QUANTIZERS = ("vq", "vq_l2", "gumbel")
 # A taming model.yaml is a few hundred bytes; anything past this is not one.
 MAX_YAML_BYTES = 1 << 20
 
@@ -88,7 +88,8 @@ class VQGANConfig(PretrainedConfig):
         resamp_with_conv (`bool`): strided/post-upsampling 3x3 convs (True) or pooling/plain
             nearest upsampling (False).
         give_pre_end (`bool`): decoder returns features before ``norm_out``/``conv_out``.
-        quantizer (`str`): ``"vq"`` (nearest neighbour, taming's VectorQuantizer2) or
+        quantizer (`str`): ``"vq"`` (nearest neighbour, taming's VectorQuantizer2), ``"vq_l2"``
+            (nearest in cosine: latents and codes scaled to unit length, LlamaGen's VQ) or
             ``"gumbel"`` (taming's GumbelQuantize).
         beta (`float`): commitment weight of the VQ loss.
         legacy_loss (`bool`): taming's default β placement, ``|sg(e) - z|² + β |e - sg(z)|²``;

@@ -51,7 +51,13 @@ class FlaxVQGANModule(nn.Module):
             )
         else:
             self.quantize = VectorQuantizer(
-                cfg.n_embed, cfg.embed_dim, cfg.beta, cfg.legacy_loss, dtype=self.dtype, param_dtype=self.param_dtype
+                cfg.n_embed,
+                cfg.embed_dim,
+                cfg.beta,
+                cfg.legacy_loss,
+                l2_norm=cfg.quantizer == "vq_l2",
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
             )
 
     def _quantize(self, latents: jax.Array, train: bool, temperature: Optional[float]) -> QuantizerOutput:

@@ -31,6 +31,18 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         quantizer="gumbel",
         kl_weight=1e-8,
     ),
+    # LlamaGen's VQ-16 and VQ-8 (tokenizer/tokenizer_image/vq_model.py): taming's blocks, a 16384 x 8
+    # l2-normalised codebook, β on the commitment term.
+    "llamagen-vq-ds16": dict(_F16_IMAGENET, embed_dim=8, n_embed=16384, quantizer="vq_l2", legacy_loss=False),
+    "llamagen-vq-ds8": dict(
+        _F16_IMAGENET,
+        ch_mult=[1, 2, 2, 4],
+        attn_resolutions=[32],
+        embed_dim=8,
+        n_embed=16384,
+        quantizer="vq_l2",
+        legacy_loss=False,
+    ),
     # A few hundred thousand parameters: for tests and examples only.
     "tiny": dict(
         ch=32,

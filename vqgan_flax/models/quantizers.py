@@ -1,4 +1,5 @@
-"""The two taming quantizers: nearest-neighbour (VectorQuantizer2) and Gumbel-softmax.
+"""The quantizers: nearest-neighbour (taming's VectorQuantizer2; with ``l2_norm``, LlamaGen's and
+ViT-VQGAN's cosine variant) and taming's Gumbel-softmax.
 
 The math lives in small pure functions; the Linen modules only own the parameters.
 """
@@ -46,6 +47,13 @@ def nearest_code_indices(latents: jax.Array, codebook: jax.Array) -> jax.Array:
     return jnp.argmin(distances, axis=1).astype(jnp.int32).reshape(latents.shape[:-1])
 
 
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """``x`` scaled to unit L2 norm along its last axis, in float32; a zero vector stays zero (its
+    norm is clamped to ``eps``, as ``torch.nn.functional.normalize`` does)."""
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
 def vq_loss(latents: jax.Array, quantized: jax.Array, beta: float, legacy: bool = True) -> jax.Array:
     """taming's VectorQuantizer2 loss.
 
@@ -88,12 +96,18 @@ def gumbel_softmax_one_hot(
 
 
 class VectorQuantizer(nn.Module):
-    """Nearest-neighbour quantizer (taming's VectorQuantizer2, no remap); codebook at ``embedding/embedding``."""
+    """Nearest-neighbour quantizer (taming's VectorQuantizer2, no remap); codebook at ``embedding/embedding``.
+
+    With ``l2_norm`` the latents and the codebook rows are scaled to unit length first (LlamaGen,
+    ViT-VQGAN): the nearest code is the most similar in cosine, the quantized latent is the
+    normalised row, and the loss compares normalised vectors.
+    """
 
     n_embed: int
     embed_dim: int
     beta: float = 0.25
     legacy: bool = True
+    l2_norm: bool = False
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -107,7 +121,10 @@ class VectorQuantizer(nn.Module):
         )
 
     def __call__(self, latents: jax.Array, train: bool = False) -> QuantizerOutput:
-        indices = nearest_code_indices(latents, self.embedding.embedding)
+        codebook = self.embedding.embedding
+        if self.l2_norm:
+            latents, codebook = l2_normalize(latents), l2_normalize(codebook)
+        indices = nearest_code_indices(latents, codebook)
         quantized = self.get_codebook_entry(indices)
         loss = vq_loss(latents, quantized, self.beta, self.legacy)
         if train:
@@ -115,7 +132,10 @@ class VectorQuantizer(nn.Module):
         return QuantizerOutput(quantized.astype(self.dtype), indices, loss)
 
     def get_codebook_entry(self, indices: jax.Array) -> jax.Array:
-        """Codebook rows for an index grid of any shape: (...) → (..., embed_dim)."""
+        """Codebook rows for an index grid of any shape: (...) → (..., embed_dim); normalised
+        rows with ``l2_norm``."""
+        if self.l2_norm:
+            return jnp.take(l2_normalize(self.embedding.embedding), indices, axis=0).astype(self.dtype)
         return self.embedding(indices)
 
 

@@ -1,0 +1,109 @@
+"""One entry point for checkpoints of every family: read, rename to taming's layout, take the
+architecture from a config or from the shapes, convert, write a ``from_pretrained`` folder.
+
+    family     key names                          what the family adds to the shapes
+    taming     encoder.down.1.block.0...          nearest-neighbour VQ (or Gumbel: its tensors show it)
+    llamagen   encoder.conv_blocks.1.res.0...     l2-normalised codes, β on the commitment term
+
+``auto`` tells them apart by their key names.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from ..models.configuration import VQGANConfig
+from ..utils.transaction import check_apart
+from ..utils.weights import save_model_folder
+from .common import ConversionError, checkpoint_read_limit, describe_architecture, expected_param_shapes
+from .layout import infer_taming_config
+from .llamagen import LLAMAGEN_FAMILY, is_llamagen_state, llamagen_to_taming_state, read_llamagen_checkpoint
+from .taming import convert_state_dict
+from .torch_pickle import PathLike, load_state_dict
+
+FAMILIES = ("auto", "taming", "llamagen")
+TAMING_FAMILY = {"quantizer": "vq"}
+
+
+@dataclass
+class Conversion:
+    """What [`convert_checkpoint`] did: the ``family`` it read, the ``config`` it wrote (inferred
+    from the shapes when ``inferred``), the checkpoint ``entry`` the weights came from (``ema``,
+    ``model``, ``state dict``, ``safetensors``) and how many non-model entries it ``dropped``
+    (loss/discriminator weights, usage buffers)."""
+
+    family: str
+    config: VQGANConfig
+    inferred: bool
+    entry: str
+    dropped: int
+
+
+def _read_limit(path: str, config: Optional[VQGANConfig]) -> int:
+    """What the reader may load: the architecture's bound where it is known; otherwise twice the
+    file (a torch zip stores its tensors uncompressed) plus 256 MB, so a small file cannot make it
+    read gigabytes."""
+    if config is not None:
+        return checkpoint_read_limit(expected_param_shapes(config))
+    return 2 * os.path.getsize(path) + (256 << 20)
+
+
+def read_family_state(
+    checkpoint: PathLike, family: str = "auto", config: Optional[VQGANConfig] = None, ema: bool = True
+) -> Tuple[str, Dict[str, np.ndarray], str, int]:
+    """``(family, state dict under taming's names, entry, dropped)`` of ``checkpoint``."""
+    if family not in FAMILIES:
+        raise ConversionError(f"--from {family!r}: expected one of {', '.join(FAMILIES)}")
+    path = os.fspath(checkpoint)
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path}: no such file")
+    limit = _read_limit(path, config)
+    if family in ("auto", "llamagen"):
+        state, entry = read_llamagen_checkpoint(path, limit, ema=ema)
+    else:
+        state, entry = load_state_dict(path, max_bytes=limit), "state dict"
+    if family == "auto":
+        family = "llamagen" if is_llamagen_state(state) else "taming"
+    if family == "llamagen":
+        if not is_llamagen_state(state):
+            raise ConversionError(f"{path}: --from llamagen, but no encoder.conv_blocks.* keys (a taming layout?)")
+        state, dropped = llamagen_to_taming_state(state)
+        return family, state, entry, dropped
+    if is_llamagen_state(state):
+        raise ConversionError(f"{path}: --from taming, but its keys are LlamaGen's (encoder.conv_blocks.*)")
+    kept = {k: v for k, v in state.items() if not k.startswith("loss.")}
+    return family, kept, entry, len(state) - len(kept)
+
+
+def convert_checkpoint(
+    checkpoint: PathLike,
+    output_dir: PathLike,
+    family: str = "auto",
+    config: Optional[VQGANConfig] = None,
+    resolution: int = 256,
+    weights_format: str = "safetensors",
+    ema: bool = True,
+) -> Conversion:
+    """Convert ``checkpoint`` of ``family`` to a ``from_pretrained`` folder at ``output_dir``. Without
+    ``config`` the architecture comes from the tensor shapes, ``resolution`` placing attention.
+    Every missing, unexpected or mis-shaped tensor is listed in one error."""
+    if weights_format not in ("safetensors", "msgpack"):
+        raise ValueError(f"unknown weights format {weights_format!r}; expected 'safetensors' or 'msgpack'")
+    check_apart(checkpoint, output_dir, "convert")
+    source = os.fspath(checkpoint)
+    family, state, entry, dropped = read_family_state(checkpoint, family, config, ema)
+    inferred = config is None
+    if config is None:
+        traits = LLAMAGEN_FAMILY if family == "llamagen" else TAMING_FAMILY
+        config = infer_taming_config(state, source, resolution, **traits)
+    params, _ = convert_state_dict(state, expected_param_shapes(config), source, describe_architecture(config))
+    config.architectures = ["VQGANModel"]
+    save_model_folder(os.fspath(output_dir), config.save_pretrained, params, weights_format == "safetensors")
+    return Conversion(family, config, inferred, entry, dropped)
+
+
+__all__ = ("FAMILIES", "Conversion", "convert_checkpoint", "read_family_state")
