@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from utils import FIXTURES, assert_close, nchw_to_nhwc
+from utils import FIXTURES, assert_close, nchw_to_nhwc, random_png
+from utils import run_cli as _run
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig
 from vqgan_flax.cli.convert import main as convert_main
@@ -55,6 +56,35 @@ def test_llamagen_parity(llamagen, suffix):
     assert_close(llamagen.decode(encoded.quant_states), nchw_to_nhwc(expected["reconstruction"]), "decode")
     decoded = nchw_to_nhwc(expected["decoded_from_indices"])
     assert_close(llamagen.decode_code(expected["indices"]), decoded, "decode_code")
+
+
+def test_the_command_line_runs_a_llamagen_model(llamagen, tmp_path, capsys):
+    """encode → decode, reconstruct and info through the CLI on the converted LlamaGen model (CPU
+    kernels on, as the suite runs), and bf16: the tokens are the model's own."""
+    folder = tmp_path / "model"
+    llamagen.save_pretrained(folder)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        (images / f"{i}.png").write_bytes(random_png(i, (32, 48)))
+    code, _, err = _run(capsys, "encode", images, "--out", tmp_path / "t.npz", "--model", folder, "--size", 32)
+    assert code == 0, err
+    tokens = np.load(tmp_path / "t.npz")
+    from vqgan_flax import VQGANImageProcessor
+
+    processor = VQGANImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    from PIL import Image
+
+    pixels = processor([Image.open(images / f"{i}.png") for i in range(3)], return_tensors="np")["pixel_values"]
+    direct = np.asarray(llamagen.encode(pixels).indices).reshape(3, 8, 8)
+    np.testing.assert_array_equal(tokens["tokens"], direct)
+    code, _, err = _run(capsys, "decode", tmp_path / "t.npz", "--out", tmp_path / "decoded", "--quiet")
+    assert code == 0 and len(list((tmp_path / "decoded").glob("*.png"))) == 3, err
+    code, out, err = _run(capsys, "reconstruct", images, "--out", tmp_path / "r", "--model", folder, "--size", 32,
+                          "--dtype", "bfloat16", "--quiet")  # fmt: skip
+    assert code == 0 and (tmp_path / "r" / "metrics.json").is_file(), err
+    code, out, _ = _run(capsys, "info", folder, "--size", 32)
+    assert code == 0 and "quantizer:           vq_l2, codebook 64 x 8" in out
 
 
 def test_auto_finds_llamagen_and_no_ema_takes_the_trained_weights(tmp_path, capsys):
@@ -181,3 +211,102 @@ def test_llamagen_presets_have_llamagens_parameter_tree(preset):
     rebuilt = infer_taming_config(state, quantizer="vq_l2", legacy_loss=False)
     fields = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels", "embed_dim", "n_embed")
     assert {f: getattr(rebuilt, f) for f in fields} == {f: getattr(config, f) for f in fields}
+
+
+IBQ = FIXTURES / "ibq"
+
+
+@pytest.fixture(scope="module")
+def ibq(tmp_path_factory):
+    """The IBQ fixture converted by the command line with --from ibq, architecture inferred (its
+    LitEma weights)."""
+    out = tmp_path_factory.mktemp("ibq")
+    assert convert_main([str(IBQ / "last.ckpt"), "--from", "ibq", "--resolution", "32", "--output", str(out)]) == 0
+    return FlaxVQGANModel.from_pretrained(out)
+
+
+@pytest.mark.parametrize("suffix", ["", "_nonsquare"])
+def test_ibq_parity(ibq, suffix):
+    """Indices exact (largest dot product); latents, quantized latents, decode and decode from the
+    indices within 1e-4 of SEED-Voken's IBQ modules with their EMA weights, square and non-square."""
+    assert ibq.config.quantizer == "ibq" and ibq.config.attn_resolutions == [16] and ibq.config.num_res_blocks == 2
+    pixels = nchw_to_nhwc(np.load(IBQ / "inputs.npz")[f"pixel_values{suffix}"])
+    expected = np.load(IBQ / "expected.npz")
+    encoded = ibq.encode(pixels)
+    np.testing.assert_array_equal(encoded.indices, expected[f"indices{suffix}"].reshape(len(pixels), -1))
+    assert_close(encoded.latents, nchw_to_nhwc(expected[f"z{suffix}"]), "z")
+    assert_close(encoded.quant_states, nchw_to_nhwc(expected[f"quant{suffix}"]), "quant")
+    assert_close(ibq.decode(encoded.quant_states), nchw_to_nhwc(expected[f"reconstruction{suffix}"]), "decode")
+    decoded = nchw_to_nhwc(expected[f"decoded_from_indices{suffix}"])
+    assert_close(ibq.decode_code(expected[f"indices{suffix}"]), decoded, "decode_code")
+
+
+def test_lit_ema_weights_are_taken_unless_no_ema(tmp_path, capsys):
+    """The EMA shadows (model_ema.<name without dots>) replace the trained weights; --no-ema keeps
+    the trained ones; a shadow missing for one weight is refused, naming it."""
+    from vqgan_flax.conversion import lit_ema_state
+
+    state = load_state_dict(IBQ / "last.ckpt")
+    ema, which = lit_ema_state(state, "f.ckpt")
+    trained, other = lit_ema_state(state, "f.ckpt", ema=False)
+    assert (which, other) == ("ema", "model") and sorted(ema) == sorted(trained)
+    assert not any(k.startswith(("loss.", "model_ema.")) for k in ema)
+    np.testing.assert_array_equal(ema["encoder.conv_in.weight"], state["model_ema.encoderconv_inweight"])
+    assert not np.array_equal(ema["encoder.conv_in.weight"], trained["encoder.conv_in.weight"])
+    broken = {k: v for k, v in state.items() if k != "model_ema.quantizeembeddingweight"}
+    with pytest.raises(
+        ConversionError, match=r"f.ckpt: model weights without an EMA shadow: quantize.embedding.weight"
+    ):
+        lit_ema_state(broken, "f.ckpt")
+    assert convert_main([str(IBQ / "last.ckpt"), "--from", "ibq", "--no-ema", "--output", str(tmp_path / "t")]) == 0
+    assert "ibq (state dict); architecture inferred from the shapes: quantizer=ibq" in capsys.readouterr().out
+    model = FlaxVQGANModel.from_pretrained(tmp_path / "t")
+    codebook = np.asarray(model.params["quantize"]["embedding"]["embedding"])
+    np.testing.assert_array_equal(codebook, trained["quantize.embedding.weight"])
+
+
+def test_the_ibq_quantizer_picks_the_largest_dot_product_and_propagates_to_every_code():
+    import jax
+    import jax.numpy as jnp
+
+    from vqgan_flax.models.quantizers import IndexPropagationQuantizer
+
+    rng = np.random.default_rng(1)
+    codebook = rng.normal(size=(16, 4)).astype(np.float32) * rng.uniform(0.1, 10, (16, 1)).astype(np.float32)
+    latents = rng.normal(size=(2, 3, 5, 4)).astype(np.float32)
+    params = {"params": {"embedding": {"embedding": codebook}}}
+    quantizer = IndexPropagationQuantizer(16, 4)
+    out = quantizer.apply(params, latents)
+    dots = latents.reshape(-1, 4) @ codebook.T
+    np.testing.assert_array_equal(np.asarray(out.indices).ravel(), np.argmax(dots, axis=1))
+    np.testing.assert_array_equal(np.asarray(out.quantized), codebook[np.argmax(dots, axis=1)].reshape(2, 3, 5, 4))
+    nearest = VectorQuantizer(16, 4).apply(params, latents)
+    assert not np.array_equal(np.asarray(nearest.indices), np.asarray(out.indices)), "L2 and dot product must differ"
+
+    def loss(codes):
+        result = quantizer.apply({"params": {"embedding": {"embedding": codes}}}, latents, train=True)
+        return result.loss + jnp.sum(result.quantized)
+
+    gradient = np.asarray(jax.grad(loss)(jnp.asarray(codebook)))
+    chosen = set(np.asarray(out.indices).ravel().tolist())
+    assert all(np.abs(gradient[i]).sum() > 0 for i in range(16) if i not in chosen), (
+        "index propagation reaches every code"
+    )
+    train = quantizer.apply(params, latents, train=True)
+    np.testing.assert_allclose(np.asarray(train.quantized), np.asarray(out.quantized), atol=1e-5)
+    np.testing.assert_allclose(float(out.loss), 2.25 * np.mean((np.asarray(out.quantized) - latents) ** 2), rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset, codes", [("ibq-f16-16384", 16384), ("ibq-f16-262144", 262144)])
+def test_ibq_presets_have_ibqs_parameter_tree(preset, codes):
+    """IBQ's ImageNet configs (configs/IBQ/gpu/imagenet_ibqgan_*.yaml): f16, 4 ResnetBlocks a level,
+    attention at 16, 256-dimensional codes; the shapes infer back to the same architecture."""
+    from vqgan_flax.conversion import expected_param_shapes, taming_shape
+    from vqgan_flax.conversion.taming import flax_key_to_taming
+
+    config = VQGANConfig.from_preset(preset)
+    shapes = {flax_key_to_taming(p): taming_shape(p, s) for p, s in expected_param_shapes(config).items()}
+    assert shapes["quantize.embedding.weight"] == (codes, 256) and "encoder.down.0.block.3.conv1.weight" in shapes
+    assert "encoder.down.4.attn.3.q.weight" in shapes and "encoder.down.3.attn.0.q.weight" not in shapes
+    rebuilt = infer_taming_config({k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}, quantizer="ibq")
+    assert rebuilt.to_dict() == config.to_dict()

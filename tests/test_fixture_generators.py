@@ -185,3 +185,26 @@ def test_flax_generator_check_fails_on_a_changed_fixture(tmp_path):
     problems, _ = script.compare_case("lwm", changed, FIXTURES / "lwm")
     assert problems == ["lwm/vqgan: quantize/embeddings differs (float32 (64, 8) against float32 (64, 8))",
                         "lwm/config.json says something else"]  # fmt: skip
+
+
+def test_the_llamagen_fixture_names_the_commit_that_made_it():
+    """llamagen_vq/made_by.json (written by scripts/make_llamagen_fixtures.py) names a LlamaGen
+    commit and the hash of the file that ran; the fixtures README names the same commit."""
+    made_by = json.loads((FIXTURES / "llamagen_vq" / "made_by.json").read_text())
+    assert len(made_by["commit"]) == 40 and len(made_by["sources_sha256"]) == 16
+    assert made_by["smallest_gap"] >= load_script("make_llamagen_fixtures").MIN_GAP
+    assert made_by["commit"] in (FIXTURES / "README.md").read_text()
+
+
+@pytest.mark.torch
+@pytest.mark.skipif(
+    not os.environ.get("VQGAN_FLAX_LLAMAGEN_CHECKOUT"),
+    reason="needs a LlamaGen checkout (VQGAN_FLAX_LLAMAGEN_CHECKOUT): LlamaGen is not on PyPI",
+)
+def test_llamagen_fixture_comes_from_the_committed_generator():
+    """scripts/make_llamagen_fixtures.py --check remakes the case with LlamaGen's own vq_model.py."""
+    argv = ["--llamagen", os.environ["VQGAN_FLAX_LLAMAGEN_CHECKOUT"], "--check"]
+    result = subprocess.run([sys.executable, "scripts/make_llamagen_fixtures.py", *argv], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert "llamagen_vq: bit for bit but floats" in result.stdout

@@ -50,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--from",
         dest="family",
         default="auto",
-        choices=("auto", "taming", "llamagen", "lwm"),
-        help="the checkpoint's family; auto tells taming and LlamaGen apart by their key names",
+        choices=("auto", "taming", "llamagen", "ibq", "lwm"),
+        help="the checkpoint's family; auto tells taming and LlamaGen apart by their key names (IBQ has taming's)",
     )
     parser.add_argument(
         "--no-ema", action="store_true", help="take a training checkpoint's trained weights, not its EMA ones"
@@ -85,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         arch.add_argument("--" + name.replace("_", "-"), dest=name, type=int, help=f"taming's {name}: {meaning}")
     arch.add_argument("--ch-mult", dest="ch_mult", help="comma-separated, e.g. 1,1,2,2,4")
     arch.add_argument("--attn-resolutions", dest="attn_resolutions", help="comma-separated, e.g. 16")
-    arch.add_argument("--quantizer", help="vq, vq_l2 or gumbel")
+    arch.add_argument("--quantizer", help="vq, vq_l2, ibq or gumbel")
     return parser
 
 

@@ -4,6 +4,7 @@
                       (every tensor's metadata checked against its storage)
     taming.py         taming-transformers state dicts ⇄ Flax parameters (keys, OIHW ⇄ HWIO)
     llamagen.py       LlamaGen's VQ names ⇄ taming's; its checkpoints (EMA preferred)
+    lit_ema.py        LitEma's shadow weights in Lightning checkpoints (IBQ, latent-diffusion)
     layout.py         the architecture of a taming-layout state dict, from its tensor shapes
     families.py       one entry point: read any family, infer or take the config, convert
     lwm.py            LWM's auto-named Flax params pickle → our names
@@ -21,6 +22,7 @@ from .common import *  # noqa: F403 (its __all__: the shared checks and errors)
 from .common import __all__ as _common_names
 from .families import FAMILIES, Conversion, convert_checkpoint, read_family_state
 from .layout import infer_taming_config
+from .lit_ema import has_ema, lit_ema_state
 from .llamagen import flax_to_llamagen, llamagen_key_to_taming, read_llamagen_checkpoint, taming_key_to_llamagen
 from .lwm import config_from_lwm, load_lwm_checkpoint, lwm_params_to_flax
 from .taming import (
@@ -43,6 +45,8 @@ __all__ = [
     "FAMILIES",
     "convert_checkpoint",
     "flax_to_llamagen",
+    "has_ema",
+    "lit_ema_state",
     "infer_taming_config",
     "llamagen_key_to_taming",
     "read_family_state",

@@ -4,15 +4,17 @@ architecture from a config or from the shapes, convert, write a ``from_pretraine
     family     key names                          what the family adds to the shapes
     taming     encoder.down.1.block.0...          nearest-neighbour VQ (or Gumbel: its tensors show it)
     llamagen   encoder.conv_blocks.1.res.0...     l2-normalised codes, β on the commitment term
+    ibq        taming's (+ model_ema.*)           the code of the largest dot product
 
-``auto`` tells them apart by their key names.
+``auto`` tells taming and LlamaGen apart by their key names; IBQ has taming's names, so it must
+be named. EMA weights (LlamaGen's ``ema`` entry, LitEma's ``model_ema.*``) are taken when present.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -21,12 +23,18 @@ from ..utils.transaction import check_apart
 from ..utils.weights import save_model_folder
 from .common import ConversionError, checkpoint_read_limit, describe_architecture, expected_param_shapes
 from .layout import infer_taming_config
+from .lit_ema import lit_ema_state
 from .llamagen import LLAMAGEN_FAMILY, is_llamagen_state, llamagen_to_taming_state, read_llamagen_checkpoint
 from .taming import convert_state_dict
 from .torch_pickle import PathLike, load_state_dict
 
-FAMILIES = ("auto", "taming", "llamagen")
-TAMING_FAMILY = {"quantizer": "vq"}
+FAMILIES = ("auto", "taming", "llamagen", "ibq")
+# What each family's quantizer does that its tensors cannot show.
+TRAITS: Dict[str, Dict[str, Any]] = {
+    "taming": {"quantizer": "vq"},
+    "llamagen": LLAMAGEN_FAMILY,
+    "ibq": {"quantizer": "ibq", "beta": 0.25},
+}
 
 
 @dataclass
@@ -74,9 +82,9 @@ def read_family_state(
         state, dropped = llamagen_to_taming_state(state)
         return family, state, entry, dropped
     if is_llamagen_state(state):
-        raise ConversionError(f"{path}: --from taming, but its keys are LlamaGen's (encoder.conv_blocks.*)")
-    kept = {k: v for k, v in state.items() if not k.startswith("loss.")}
-    return family, kept, entry, len(state) - len(kept)
+        raise ConversionError(f"{path}: --from {family}, but its keys are LlamaGen's (encoder.conv_blocks.*)")
+    kept, which = lit_ema_state(state, path, ema)
+    return family, kept, "ema" if which == "ema" else entry, len(state) - len(kept)
 
 
 def convert_checkpoint(
@@ -89,7 +97,8 @@ def convert_checkpoint(
     ema: bool = True,
 ) -> Conversion:
     """Convert ``checkpoint`` of ``family`` to a ``from_pretrained`` folder at ``output_dir``. Without
-    ``config`` the architecture comes from the tensor shapes, ``resolution`` placing attention.
+    ``config`` the architecture comes from the tensor shapes, ``resolution`` placing attention
+    (with ``family="ibq"`` a given config gets IBQ's quantizer).
     Every missing, unexpected or mis-shaped tensor is listed in one error."""
     if weights_format not in ("safetensors", "msgpack"):
         raise ValueError(f"unknown weights format {weights_format!r}; expected 'safetensors' or 'msgpack'")
@@ -98,12 +107,13 @@ def convert_checkpoint(
     family, state, entry, dropped = read_family_state(checkpoint, family, config, ema)
     inferred = config is None
     if config is None:
-        traits = LLAMAGEN_FAMILY if family == "llamagen" else TAMING_FAMILY
-        config = infer_taming_config(state, source, resolution, **traits)
+        config = infer_taming_config(state, source, resolution, **TRAITS[family])
+    elif family == "ibq" and config.quantizer != "ibq":  # a taming-style YAML cannot say it
+        config = VQGANConfig.from_dict({**config.to_dict(), "quantizer": "ibq"})
     params, _ = convert_state_dict(state, expected_param_shapes(config), source, describe_architecture(config))
     config.architectures = ["VQGANModel"]
     save_model_folder(os.fspath(output_dir), config.save_pretrained, params, weights_format == "safetensors")
     return Conversion(family, config, inferred, entry, dropped)
 
 
-__all__ = ("FAMILIES", "Conversion", "convert_checkpoint", "read_family_state")
+__all__ = ("FAMILIES", "TRAITS", "Conversion", "convert_checkpoint", "read_family_state")

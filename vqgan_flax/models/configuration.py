@@ -13,7 +13,7 @@ from .presets import PRESETS
 with quiet_transformers_advice():
     from transformers import PretrainedConfig
 
-QUANTIZERS = ("vq", "vq_l2", "gumbel")
+QUANTIZERS = ("vq", "vq_l2", "ibq", "gumbel")
 # A taming model.yaml is a few hundred bytes; anything past this is not one.
 MAX_YAML_BYTES = 1 << 20
 
@@ -89,7 +89,8 @@ class VQGANConfig(PretrainedConfig):
             nearest upsampling (False).
         give_pre_end (`bool`): decoder returns features before ``norm_out``/``conv_out``.
         quantizer (`str`): ``"vq"`` (nearest neighbour, taming's VectorQuantizer2), ``"vq_l2"``
-            (nearest in cosine: latents and codes scaled to unit length, LlamaGen's VQ) or
+            (nearest in cosine: latents and codes scaled to unit length, LlamaGen's VQ), ``"ibq"``
+            (largest dot product, index back-propagation in training: SEED-Voken's IBQ) or
             ``"gumbel"`` (taming's GumbelQuantize).
         beta (`float`): commitment weight of the VQ loss.
         legacy_loss (`bool`): taming's default β placement, ``|sg(e) - z|² + β |e - sg(z)|²``;

@@ -20,7 +20,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from .blocks import Decoder, Encoder, _conv, conv_compute_dtype
 from .configuration import VQGANConfig
 from .outputs import VQGANEncoderOutput, VQGANOutput, indices_to_grid
-from .quantizers import GumbelQuantizer, QuantizerOutput, VectorQuantizer
+from .quantizers import GumbelQuantizer, IndexPropagationQuantizer, QuantizerOutput, VectorQuantizer
 
 __all__ = ["FlaxVQGANModule", "torch_style_init"]
 
@@ -39,8 +39,12 @@ class FlaxVQGANModule(nn.Module):
         quant_dtype = conv_compute_dtype(("quant_conv",), self.dtype)  # float32: blocks.FLOAT32_CONVS
         self.quant_conv = _conv(cfg.embed_dim, 1, dtype=quant_dtype, param_dtype=self.param_dtype)
         self.post_quant_conv = _conv(cfg.z_channels, 1, dtype=self.dtype, param_dtype=self.param_dtype)
-        self.quantize: Union[GumbelQuantizer, VectorQuantizer]
-        if cfg.quantizer == "gumbel":
+        self.quantize: Union[GumbelQuantizer, IndexPropagationQuantizer, VectorQuantizer]
+        if cfg.quantizer == "ibq":
+            self.quantize = IndexPropagationQuantizer(
+                cfg.n_embed, cfg.embed_dim, cfg.beta, dtype=self.dtype, param_dtype=self.param_dtype
+            )
+        elif cfg.quantizer == "gumbel":
             self.quantize = GumbelQuantizer(
                 cfg.n_embed,
                 cfg.embed_dim,
@@ -100,7 +104,7 @@ class FlaxVQGANModule(nn.Module):
 def torch_style_init(shapes: Any, rng: jax.Array, config: VQGANConfig) -> dict:
     """Parameters for the tree of ``shapes``, distributed as PyTorch initialises taming's modules:
     conv weights and biases U(±1/sqrt(fan_in)), GroupNorm scale 1 and bias 0, the VQ codebook
-    U(±1/n_embed), the Gumbel codebook N(0, 1).
+    U(±1/n_embed), the Gumbel and IBQ codebooks N(0, 1).
 
     Drawn one parameter at a time by a numpy generator seeded from ``rng``: no RNG program to
     compile per parameter, and no whole-model temporary buffer (one device-wide draw for a large
@@ -111,7 +115,7 @@ def torch_style_init(shapes: Any, rng: jax.Array, config: VQGANConfig) -> dict:
     params = {}
     for path, struct in flat.items():
         module, leaf = path[:-1], path[-1]
-        if leaf == "embedding" and module[-1] == "embed":
+        if leaf == "embedding" and (module[-1] == "embed" or config.quantizer == "ibq"):
             value = generator.standard_normal(struct.shape, np.float32)  # torch.nn.Embedding's default
         elif leaf == "embedding":
             value = generator.uniform(-1.0, 1.0, struct.shape) / config.n_embed

@@ -43,6 +43,10 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         quantizer="vq_l2",
         legacy_loss=False,
     ),
+    # SEED-Voken's IBQ (configs/IBQ/gpu/imagenet_ibqgan_*.yaml): taming's f16 blocks with 4 ResnetBlocks
+    # a level, 256-dimensional codes picked by the largest dot product.
+    "ibq-f16-16384": dict(_F16_IMAGENET, num_res_blocks=4, n_embed=16384, quantizer="ibq"),
+    "ibq-f16-262144": dict(_F16_IMAGENET, num_res_blocks=4, n_embed=262144, quantizer="ibq"),
     # A few hundred thousand parameters: for tests and examples only.
     "tiny": dict(
         ch=32,

@@ -1,5 +1,6 @@
 """The quantizers: nearest-neighbour (taming's VectorQuantizer2; with ``l2_norm``, LlamaGen's and
-ViT-VQGAN's cosine variant) and taming's Gumbel-softmax.
+ViT-VQGAN's cosine variant), IBQ's index propagation (largest dot product, gradients to every
+code) and taming's Gumbel-softmax.
 
 The math lives in small pure functions; the Linen modules only own the parameters.
 """
@@ -136,6 +137,60 @@ class VectorQuantizer(nn.Module):
         rows with ``l2_norm``."""
         if self.l2_norm:
             return jnp.take(l2_normalize(self.embedding.embedding), indices, axis=0).astype(self.dtype)
+        return self.embedding(indices)
+
+
+def ibq_loss(latents: jax.Array, propagated: jax.Array, rows: jax.Array, beta: float) -> jax.Array:
+    """IBQ's quantization loss: ``|q - z|² + |sg(e) - z|² + β |e - sg(z)|²``, with ``q`` the
+    index-propagated value (forward: the code ``e``; gradient through the soft assignment) and
+    ``e`` the chosen code rows."""
+    latents, propagated, rows = (x.astype(jnp.float32) for x in (latents, propagated, rows))
+    return (
+        jnp.mean((propagated - latents) ** 2)
+        + jnp.mean((jax.lax.stop_gradient(rows) - latents) ** 2)
+        + beta * jnp.mean((rows - jax.lax.stop_gradient(latents)) ** 2)
+    )
+
+
+class IndexPropagationQuantizer(nn.Module):
+    """IBQ's ``IndexPropagationQuantize`` (SEED-Voken): the code with the largest dot product
+    ⟨z, e⟩ (not the nearest in L2); in training the quantized value is the hard one-hot code
+    through the straight-through softmax of those logits, so every code gets a gradient. The
+    codebook sits at ``embedding/embedding`` as in [`VectorQuantizer`]."""
+
+    n_embed: int
+    embed_dim: int
+    beta: float = 0.25
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self) -> None:
+        # torch.nn.Embedding's default, as IBQ leaves it.
+        self.embedding = nn.Embed(
+            self.n_embed,
+            self.embed_dim,
+            embedding_init=nn.initializers.normal(1.0),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+
+    def __call__(self, latents: jax.Array, train: bool = False) -> QuantizerOutput:
+        codebook = self.embedding.embedding.astype(jnp.float32)
+        logits = jnp.einsum("bhwd,nd->bhwn", latents.astype(jnp.float32), codebook, precision=jax.lax.Precision.HIGHEST)
+        indices = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        rows = jnp.take(codebook, indices, axis=0)
+        if train:
+            soft = jax.nn.softmax(logits, axis=-1)
+            one_hot = jax.nn.one_hot(indices, self.n_embed, dtype=soft.dtype) - jax.lax.stop_gradient(soft) + soft
+            propagated = jnp.einsum("bhwn,nd->bhwd", one_hot, codebook, precision=jax.lax.Precision.HIGHEST)
+        else:
+            propagated = rows
+        loss = ibq_loss(latents, propagated, rows, self.beta)
+        # The logits are not returned: (B, h, w, n_embed) is 256 MiB per image at IBQ's 262144 codes.
+        return QuantizerOutput(propagated.astype(self.dtype), indices, loss)
+
+    def get_codebook_entry(self, indices: jax.Array) -> jax.Array:
+        """Codebook rows for an index grid of any shape: (...) → (..., embed_dim)."""
         return self.embedding(indices)
 
 
