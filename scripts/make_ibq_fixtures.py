@@ -23,6 +23,7 @@ for bit, float outputs within ``FLOAT_ATOL``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import pathlib
 import sys
@@ -45,16 +46,23 @@ INPUTS = {"pixel_values": (2, 3, 32, 32), "pixel_values_nonsquare": (1, 3, 32, 4
 MIN_GAP = 1e-3  # smallest accepted best-vs-second logit gap
 
 
+def _load(path: pathlib.Path):
+    spec = importlib.util.spec_from_file_location(f"ibq_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"{path}: cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def import_ibq(checkout: pathlib.Path):
     """IBQ's Encoder, Decoder, IndexPropagationQuantize and LitEma from the checkout."""
     for source in SOURCES:
         if not (checkout / source).is_file():
             raise SystemExit(f"--seed-voken {checkout}: no {source} there; give a SEED-Voken checkout")
-    sys.path.insert(0, str(checkout))
-    from src.IBQ.modules.diffusionmodules.model import Decoder, Encoder
-    from src.IBQ.modules.ema import LitEma
-    from src.IBQ.modules.vqvae.quantize import IndexPropagationQuantize
-
+    model, quantize, ema = (_load(checkout / source) for source in SOURCES)  # each imports torch/einops only
+    Encoder, Decoder = model.Encoder, model.Decoder
+    IndexPropagationQuantize, LitEma = quantize.IndexPropagationQuantize, ema.LitEma
     return Encoder, Decoder, IndexPropagationQuantize, LitEma
 
 
