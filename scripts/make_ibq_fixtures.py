@@ -23,11 +23,8 @@ for bit, float outputs within ``FLOAT_ATOL``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import pathlib
 import sys
-import tempfile
 from collections import OrderedDict
 
 import numpy as np
@@ -46,21 +43,15 @@ INPUTS = {"pixel_values": (2, 3, 32, 32), "pixel_values_nonsquare": (1, 3, 32, 4
 MIN_GAP = 1e-3  # smallest accepted best-vs-second logit gap
 
 
-def _load(path: pathlib.Path):
-    spec = importlib.util.spec_from_file_location(f"ibq_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"{path}: cannot be imported")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def import_ibq(checkout: pathlib.Path):
     """IBQ's Encoder, Decoder, IndexPropagationQuantize and LitEma from the checkout."""
     for source in SOURCES:
         if not (checkout / source).is_file():
             raise SystemExit(f"--seed-voken {checkout}: no {source} there; give a SEED-Voken checkout")
-    model, quantize, ema = (_load(checkout / source) for source in SOURCES)  # each imports torch/einops only
+    from vqgan_flax.testing.fixtures import import_file
+
+    # Each file imports torch, numpy or einops only: loaded from the file, no package of the checkout.
+    model, quantize, ema = (import_file(checkout / source, f"ibq_{pathlib.Path(source).stem}") for source in SOURCES)
     Encoder, Decoder = model.Encoder, model.Decoder
     IndexPropagationQuantize, LitEma = quantize.IndexPropagationQuantize, ema.LitEma
     return Encoder, Decoder, IndexPropagationQuantize, LitEma
@@ -144,7 +135,7 @@ def compare(made: pathlib.Path, committed: pathlib.Path) -> tuple:
 
 
 def main(argv: list | None = None) -> int:
-    from vqgan_flax.testing.fixtures import reference_source
+    from vqgan_flax.testing.fixtures import make_or_check_case, reference_source
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed-voken", required=True, type=pathlib.Path, help="a SEED-Voken git checkout")
@@ -154,17 +145,8 @@ def main(argv: list | None = None) -> int:
     args = parser.parse_args(argv)
     modules = import_ibq(args.seed_voken)
     made_by = reference_source(args.seed_voken, [args.seed_voken / s for s in SOURCES])
-    print(json.dumps(made_by))
-    if args.out:
-        facts = make_case(modules, args.out / CASE)
-        (args.out / CASE / "made_by.json").write_text(json.dumps({**made_by, **facts}, indent=2) + "\n")
-        print(json.dumps(facts))
-        return 0
-    with tempfile.TemporaryDirectory() as scratch:
-        make_case(modules, pathlib.Path(scratch) / CASE)
-        problems, largest = compare(pathlib.Path(scratch) / CASE, FIXTURES / CASE)
-    print(f"{CASE}: " + ("; ".join(problems) if problems else f"bit for bit but floats, within {largest:.1e}"))
-    return 1 if problems else 0
+    make = lambda folder: make_case(modules, folder)  # noqa: E731
+    return make_or_check_case(CASE, made_by, make, compare, args.out, FIXTURES)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,8 @@ bit, float outputs within ``FLOAT_ATOL``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import pathlib
 import sys
-import tempfile
 import types
 
 import numpy as np
@@ -47,15 +44,12 @@ MIN_GAP = 1e-3
 
 
 def import_vq_model(checkout: pathlib.Path) -> types.ModuleType:
+    from vqgan_flax.testing.fixtures import import_file
+
     path = checkout / MODEL_FILE
     if not path.is_file():
         raise SystemExit(f"--llamagen {checkout}: no {MODEL_FILE} there; give a LlamaGen checkout")
-    spec = importlib.util.spec_from_file_location("llamagen_vq_model", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"{path}: cannot be imported")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_file(path, "llamagen_vq_model")
 
 
 def build(vq: types.ModuleType, seed: int):
@@ -150,7 +144,7 @@ def compare(made: pathlib.Path, committed: pathlib.Path) -> tuple:
 
 
 def main(argv: list | None = None) -> int:
-    from vqgan_flax.testing.fixtures import reference_source
+    from vqgan_flax.testing.fixtures import make_or_check_case, reference_source
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--llamagen", required=True, type=pathlib.Path, help="a LlamaGen git checkout")
@@ -160,17 +154,8 @@ def main(argv: list | None = None) -> int:
     args = parser.parse_args(argv)
     vq = import_vq_model(args.llamagen)
     made_by = reference_source(args.llamagen, [args.llamagen / MODEL_FILE])
-    print(json.dumps(made_by))
-    if args.out:
-        facts = make_case(vq, args.out / CASE)
-        (args.out / CASE / "made_by.json").write_text(json.dumps({**made_by, **facts}, indent=2) + "\n")
-        print(json.dumps(facts))
-        return 0
-    with tempfile.TemporaryDirectory() as scratch:
-        make_case(vq, pathlib.Path(scratch) / CASE)
-        problems, largest = compare(pathlib.Path(scratch) / CASE, FIXTURES / CASE)
-    print(f"{CASE}: " + ("; ".join(problems) if problems else f"bit for bit but floats, within {largest:.1e}"))
-    return 1 if problems else 0
+    make = lambda folder: make_case(vq, folder)  # noqa: E731
+    return make_or_check_case(CASE, made_by, make, compare, args.out, FIXTURES)
 
 
 if __name__ == "__main__":

@@ -208,3 +208,29 @@ def test_llamagen_fixture_comes_from_the_committed_generator():
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     assert "llamagen_vq: bit for bit but floats" in result.stdout
+
+
+def test_a_one_case_generator_writes_its_case_or_fails_the_check(tmp_path, capsys):
+    """make_or_check_case, the LlamaGen and IBQ generators' --out / --check: the case and its
+    made_by.json written; a remade case that compares clean exits 0, one with problems exits 1
+    naming them; import_file loads a reference file by its path."""
+    from vqgan_flax.testing.fixtures import import_file, make_or_check_case
+
+    def make(folder):
+        folder.mkdir(parents=True)
+        (folder / "x.npz").write_bytes(b"case")
+        return {"smallest_gap": 0.5}
+
+    made_by = {"commit": "c" * 40}
+    assert make_or_check_case("case", made_by, make, None, tmp_path / "out", tmp_path) == 0
+    assert json.loads((tmp_path / "out" / "case" / "made_by.json").read_text()) == {**made_by, "smallest_gap": 0.5}
+    seen = []
+    clean = lambda made, committed: seen.append((made.name, committed)) or ([], 2e-6)  # noqa: E731
+    assert make_or_check_case("case", made_by, make, clean, None, tmp_path / "out") == 0
+    assert seen == [("case", tmp_path / "out" / "case")]
+    assert "case: bit for bit but floats, within 2.0e-06" in capsys.readouterr().out
+    broken = lambda made, committed: (["x.npz differs"], 0.0)  # noqa: E731
+    assert make_or_check_case("case", made_by, make, broken, None, tmp_path / "out") == 1
+    assert "case: x.npz differs" in capsys.readouterr().out
+    (tmp_path / "reference.py").write_text("VALUE = 3\n")
+    assert import_file(tmp_path / "reference.py", "reference_module").VALUE == 3

@@ -3,16 +3,21 @@ compared with the committed one, and how a reference checkout is named in a reco
 
 The fixture generators in ``scripts/`` run other projects' code (taming, vqgan-jax, LWM) to make
 the fixtures; what they share — the weight rule of ``tests/fixtures/README.md`` and the comparison
-their ``--check`` applies — lives here, so that a test can hold the committed weights to the rule
+their ``--check`` applies, a one-case generator's ``--out``/``--check`` and how it imports a
+reference file — lives here, so that a test can hold the committed weights to the rule
 without the reference code. May import: numpy, jax (nothing of the package).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import pathlib
 import subprocess
-from typing import Iterable, Mapping, Optional
+import tempfile
+import types
+from typing import Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
@@ -113,3 +118,39 @@ def reference_source(checkout: pathlib.Path, files: Iterable[pathlib.Path]) -> d
         head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
         commit = head.stdout.strip() or None
     return {"path": str(checkout), "commit": commit, "sources_sha256": digest.hexdigest()[:16]}
+
+
+def import_file(path: pathlib.Path, name: str) -> types.ModuleType:
+    """The reference's Python file at ``path`` as module ``name``, imported from the file itself
+    (no ``sys.path`` edit, no package of the checkout imported)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"{path}: cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_or_check_case(
+    case: str,
+    made_by: dict,
+    make: Callable[[pathlib.Path], dict],
+    compare: Callable[[pathlib.Path, pathlib.Path], tuple],
+    out: Optional[pathlib.Path],
+    committed: pathlib.Path,
+) -> int:
+    """A one-case generator's ``--out`` / ``--check``: ``make(folder)`` writes the case and returns
+    facts for ``made_by.json``; with ``out`` the case goes to ``out/case``, otherwise it is remade
+    in a scratch folder and ``compare(remade, committed/case)`` gives ``(problems, largest float
+    difference)``, printed as one line. Returns the exit status."""
+    print(json.dumps(made_by))
+    if out is not None:
+        facts = make(out / case)
+        (out / case / "made_by.json").write_text(json.dumps({**made_by, **facts}, indent=2) + "\n")
+        print(json.dumps(facts))
+        return 0
+    with tempfile.TemporaryDirectory() as scratch:
+        make(pathlib.Path(scratch) / case)
+        problems, largest = compare(pathlib.Path(scratch) / case, committed / case)
+    print(f"{case}: " + ("; ".join(problems) if problems else f"bit for bit but floats, within {largest:.1e}"))
+    return 1 if problems else 0
