@@ -176,12 +176,14 @@ def _version_1_keys(record: dict, count: int) -> List[str]:
 
 def read_folder(path: str) -> TokenSource:
     """A folder of ``part-*.parquet`` or ``part-*.jsonl`` shards; rows are read shard by shard."""
-    if is_remote(path):
-        return _read_remote_folder(path)
-    shards = sorted(p for p in glob.glob(os.path.join(path, "part-*")) if SHARD_NAME.match(os.path.basename(p)))
+    store = Folder(path) if is_remote(path) else None
+    if store is not None:
+        shards = [name for name in store.listdir() if SHARD_NAME.match(name)]
+    else:
+        shards = sorted(p for p in glob.glob(os.path.join(path, "part-*")) if SHARD_NAME.match(os.path.basename(p)))
     if not shards:
         raise FileNotFoundError(f"{path}: no part-*.parquet or part-*.jsonl token shards")
-    return _read_shards(path, shards)
+    return _read_shards(store.root if store is not None else path, shards, store)
 
 
 def read_shard(path: str) -> TokenSource:
@@ -192,45 +194,36 @@ def read_shard(path: str) -> TokenSource:
     return _read_shards(os.path.dirname(path) or ".", [path])
 
 
-def _read_shards(folder: str, shards: List[str]) -> TokenSource:
+def _read_shards(folder: str, shards: List[str], store: Optional[Folder] = None) -> TokenSource:
+    """The rows of ``shards``: local paths, or with ``store`` (an object store) names in it, each
+    streamed through one open file at a time."""
     kinds = {os.path.splitext(p)[1] for p in shards}
     if len(kinds) != 1:
         raise ValueError(f"{folder}: mixes parquet and jsonl shards")
-    metadata: Dict[str, Any] = {}
-    recorded = os.path.join(folder, METADATA_FILE)
-    if kinds == {".parquet"} and len(shards) == 1:
-        metadata = _parquet_metadata(shards[0])
-    if not metadata and os.path.lexists(recorded):
-        metadata = read_json_object(recorded, "the token folder's metadata")
-    rows = _parquet_rows if kinds == {".parquet"} else _jsonl_rows
-    keys = [key for shard in shards for key, _ in rows(shard, keys_only=True)]
-    path = shards[0] if len(shards) == 1 and not os.path.isdir(folder) else folder
-    return TokenSource(path, metadata, keys, lambda: (row for shard in shards for row in rows(shard)))
-
-
-def _read_remote_folder(url: str) -> TokenSource:
-    """``read_folder`` on an object store: each shard streamed through one open file at a time."""
-    store = Folder(url)
-    names = [name for name in store.listdir() if SHARD_NAME.match(name)]
-    if not names:
-        raise FileNotFoundError(f"{url}: no part-*.parquet or part-*.jsonl token shards")
-    if len({os.path.splitext(name)[1] for name in names}) != 1:
-        raise ValueError(f"{url}: mixes parquet and jsonl shards")
-    parquet = names[0].endswith(".parquet")
+    parquet = kinds == {".parquet"}
     rows = _parquet_rows if parquet else _jsonl_rows
 
-    def shard_rows(name: str, keys_only: bool) -> Iterator[Tuple[str, Any]]:
-        with store.open(name) as handle:
-            yield from rows(store.path(name), keys_only, handle)
+    def shard_rows(shard: str, keys_only: bool = False) -> Iterator[Tuple[str, Any]]:
+        if store is None:
+            yield from rows(shard, keys_only)
+            return
+        with store.open(shard) as handle:
+            yield from rows(store.path(shard), keys_only, handle)
 
     metadata: Dict[str, Any] = {}
-    if parquet and len(names) == 1:
-        with store.open(names[0]) as handle:
-            metadata = _parquet_metadata(store.path(names[0]), handle)
-    if not metadata and store.exists(METADATA_FILE):
+    if parquet and len(shards) == 1:
+        if store is None:
+            metadata = _parquet_metadata(shards[0])
+        else:
+            with store.open(shards[0]) as handle:
+                metadata = _parquet_metadata(store.path(shards[0]), handle)
+    if not metadata and store is not None and store.exists(METADATA_FILE):
         metadata = read_record(store, METADATA_FILE, "the token folder's metadata")
-    keys = [key for name in names for key, _ in shard_rows(name, True)]
-    return TokenSource(store.root, metadata, keys, lambda: (row for name in names for row in shard_rows(name, False)))
+    elif not metadata and store is None and os.path.lexists(os.path.join(folder, METADATA_FILE)):
+        metadata = read_json_object(os.path.join(folder, METADATA_FILE), "the token folder's metadata")
+    keys = [key for shard in shards for key, _ in shard_rows(shard, keys_only=True)]
+    path = shards[0] if len(shards) == 1 and store is None and not os.path.isdir(folder) else folder
+    return TokenSource(path, metadata, keys, lambda: (row for shard in shards for row in shard_rows(shard)))
 
 
 def _parquet_metadata(shard: str, handle: Optional[IO[bytes]] = None) -> Dict[str, Any]:
