@@ -310,3 +310,11 @@ def test_ibq_presets_have_ibqs_parameter_tree(preset, codes):
     assert "encoder.down.4.attn.3.q.weight" in shapes and "encoder.down.3.attn.0.q.weight" not in shapes
     rebuilt = infer_taming_config({k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}, quantizer="ibq")
     assert rebuilt.to_dict() == config.to_dict()
+
+
+def test_a_checkpoint_that_is_not_a_regular_file_is_named(tmp_path, capsys):
+    """Checked before the reader's limit looks at its size: a missing file and a folder, one line."""
+    (tmp_path / "folder.pt").mkdir()
+    for name, message in (("missing.pt", "no such file"), ("folder.pt", "not a regular file")):
+        assert convert_main([str(tmp_path / name), "--output", str(tmp_path / "out")]) == 1
+        assert f"{tmp_path / name}: {message}" in capsys.readouterr().err

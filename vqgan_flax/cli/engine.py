@@ -54,7 +54,8 @@ def task_options(gpus: Optional[float], retries: int, cpus: Optional[float] = No
     """The ``ray.remote`` options of the engine's tasks: ``cpus`` CPUs and ``gpus`` GPUs each (none
     when None), ``retries`` retries, on exceptions too. The CPUs matter beyond scheduling: Ray sets
     a task's ``OMP_NUM_THREADS`` to its CPU count, and with Ray's default of one CPU the CPU
-    kernels' convolutions ran on one thread (about half the model's speed on two cores)."""
+    kernels' convolutions ran on one thread (``benchmarks/dataset_tokenization.py``'s ``ray`` mode
+    measures what the engine's tasks get)."""
     options: Dict[str, Any] = {"max_retries": retries, "retry_exceptions": True, "num_gpus": gpus}
     if cpus is not None:
         options["num_cpus"] = cpus

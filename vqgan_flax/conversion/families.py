@@ -26,7 +26,7 @@ from .layout import infer_taming_config
 from .lit_ema import lit_ema_state
 from .llamagen import LLAMAGEN_FAMILY, is_llamagen_state, llamagen_to_taming_state, read_llamagen_checkpoint
 from .taming import convert_state_dict
-from .torch_pickle import PathLike, load_state_dict
+from .torch_pickle import PathLike, check_regular_file, load_state_dict
 
 FAMILIES = ("auto", "taming", "llamagen", "ibq")
 # What each family's quantizer does that its tensors cannot show.
@@ -67,8 +67,7 @@ def read_family_state(
     if family not in FAMILIES:
         raise ConversionError(f"--from {family!r}: expected one of {', '.join(FAMILIES)}")
     path = os.fspath(checkpoint)
-    if not os.path.isfile(path):
-        raise ConversionError(f"{path}: no such file")
+    check_regular_file(path)  # before the read limit looks at its size
     limit = _read_limit(path, config)
     if family in ("auto", "llamagen"):
         state, entry = read_llamagen_checkpoint(path, limit, ema=ema)

@@ -331,7 +331,8 @@ class RestrictedUnpickler(pickle._Unpickler):
         return self._cache[key]
 
 
-def _check_regular(path: str) -> None:
+def check_regular_file(path: str) -> None:
+    """Refuse a path that is not a regular file, before anything opens it (naming it)."""
     if not os.path.isfile(path):  # a FIFO would block the read, a device read forever
         raise CheckpointError(f"{path}: " + ("not a regular file" if os.path.exists(path) else "no such file"))
 
@@ -358,7 +359,7 @@ def load_torch_zip(path: PathLike, max_bytes: Optional[int] = None) -> Any:
     zip's own declared sizes) caps the bytes read in total, e.g. at a multiple of the model's size.
     """
     path = os.fspath(path)
-    _check_regular(path)
+    check_regular_file(path)
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
             f"{path}: not a zip-format torch checkpoint (files from torch < 1.6 must be re-saved with a newer torch)"
@@ -408,7 +409,7 @@ def load_pickle(path: PathLike) -> Any:
     """Load a plain pickle file (e.g. an LWM params dict of numpy arrays) with the allow-list
     unpickler: nothing it references is imported or called."""
     path = os.fspath(path)
-    _check_regular(path)
+    check_regular_file(path)
     with open(path, "rb") as f:
         unpickler = RestrictedUnpickler(io.BytesIO(f.read()))
         try:
@@ -438,7 +439,7 @@ def load_state_dict(path: PathLike, max_bytes: Optional[int] = None) -> Dict[str
     """Read a PyTorch state dict from ``.ckpt``/``.pt``/``.pth`` (no torch needed) or ``.safetensors``;
     ``max_bytes`` caps what a torch zip may make us read (see [`load_torch_zip`])."""
     path = os.fspath(path)
-    _check_regular(path)
+    check_regular_file(path)
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
