@@ -122,7 +122,7 @@ def reference_source(checkout: pathlib.Path, files: Iterable[pathlib.Path]) -> d
 
 def import_file(path: pathlib.Path, name: str) -> types.ModuleType:
     """The reference's Python file at ``path`` as module ``name``, imported from the file itself
-    (no ``sys.path`` edit, no package of the checkout imported)."""
+    (the import path is left alone; no package of the checkout is imported)."""
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise SystemExit(f"{path}: cannot be imported")
