@@ -22,12 +22,9 @@ for bit, float outputs within ``FLOAT_ATOL``.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 from collections import OrderedDict
-
-import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -74,7 +71,7 @@ def build(modules, seed: int):
 def make_case(modules, out: pathlib.Path) -> dict:
     import torch
 
-    from vqgan_flax.testing.fixtures import uniform_inputs
+    from vqgan_flax.testing.fixtures import case_outputs, uniform_inputs, write_case
 
     torch.use_deterministic_algorithms(True)
     trained, ema = build(modules, SEED), build(modules, SEED + 1)
@@ -91,20 +88,11 @@ def make_case(modules, out: pathlib.Path) -> dict:
             gaps.append(float((top[:, 0] - top[:, 1]).min()))
             grid = (z.shape[0], z.shape[2], z.shape[3])
             rows = ema.quantize.get_codebook_entry(flat.reshape(-1), (*grid, EMBED_DIM))
-            expected.update({
-                f"z{suffix}": z.numpy(),
-                f"quant{suffix}": quant.numpy(),
-                f"indices{suffix}": flat.reshape(grid).numpy().astype(np.int64),
-                f"reconstruction{suffix}": ema.decoder(ema.post_quant_conv(quant)).numpy(),
-                f"decoded_from_indices{suffix}": ema.decoder(ema.post_quant_conv(rows)).numpy(),
-            })  # fmt: skip
-    if min(gaps) < MIN_GAP:
-        raise SystemExit(f"seed {SEED}: a near-tie (logit gap {min(gaps):.1e} < {MIN_GAP}); choose another seed")
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "inputs.npz", **inputs)
-    np.savez(out / "expected.npz", **expected)
+            decode = lambda q: ema.decoder(ema.post_quant_conv(q))  # noqa: E731
+            expected.update(case_outputs(suffix, z, quant, flat.reshape(grid), decode(quant), decode(rows)))
+    facts = write_case(out, inputs, expected, gaps, MIN_GAP, f"seed {SEED} (logit gaps)")
     torch.save(lightning_checkpoint(trained), out / "last.ckpt")
-    return {"smallest_gap": min(gaps), "distinct_indices": len(np.unique(expected["indices"]))}
+    return facts
 
 
 def lightning_checkpoint(model) -> dict:
@@ -123,26 +111,17 @@ def lightning_checkpoint(model) -> dict:
 def compare(made: pathlib.Path, committed: pathlib.Path) -> tuple:
     import torch
 
-    from vqgan_flax.testing.fixtures import compare_case_arrays
+    from vqgan_flax.testing.fixtures import compare_case_and_weights
 
-    problems, largest = compare_case_arrays(made, committed, FLOAT_ATOL)
-    mine = torch.load(made / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    theirs = torch.load(committed / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    problems += [
-        f"last.ckpt: {key} differs" for key, v in theirs.items() if key not in mine or not torch.equal(mine[key], v)
-    ]
-    return problems, largest
+    weights = lambda path: torch.load(path, map_location="cpu", weights_only=False)["state_dict"]  # noqa: E731
+    return compare_case_and_weights(made, committed, FLOAT_ATOL, "last.ckpt", weights)
 
 
 def main(argv: list | None = None) -> int:
-    from vqgan_flax.testing.fixtures import make_or_check_case, reference_source
+    from vqgan_flax.testing.fixtures import make_or_check_case, one_case_arguments, reference_source
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seed-voken", required=True, type=pathlib.Path, help="a SEED-Voken git checkout")
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--out", type=pathlib.Path, help="write the case into OUT/ibq")
-    what.add_argument("--check", action="store_true", help="remake the case and compare with tests/fixtures")
-    args = parser.parse_args(argv)
+    references = {"seed-voken": "a SEED-Voken git checkout"}
+    args = one_case_arguments(__doc__.split("\n\n")[0], references, "the case ibq/", argv)
     modules = import_ibq(args.seed_voken)
     made_by = reference_source(args.seed_voken, [args.seed_voken / s for s in SOURCES])
     make = lambda folder: make_case(modules, folder)  # noqa: E731

@@ -28,8 +28,6 @@ import pathlib
 import sys
 import types
 
-import numpy as np
-
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 MODEL_FILE = pathlib.Path("tokenizer/tokenizer_image/vq_model.py")
@@ -81,7 +79,7 @@ def smallest_gap(model, z) -> float:
 def make_case(vq: types.ModuleType, out: pathlib.Path) -> dict:
     import torch
 
-    from vqgan_flax.testing.fixtures import uniform_inputs
+    from vqgan_flax.testing.fixtures import case_outputs, uniform_inputs, write_case
 
     torch.use_deterministic_algorithms(True)
     trained, ema = build(vq, SEED), build(vq, SEED + 1)
@@ -95,20 +93,11 @@ def make_case(vq: types.ModuleType, out: pathlib.Path) -> dict:
             quant, _, (_, _, flat) = ema.quantize(z)
             grid = (x.shape[0], z.shape[2], z.shape[3])
             gaps.append(smallest_gap(ema, z))
-            expected.update({
-                f"z{suffix}": z.numpy(),
-                f"quant{suffix}": quant.numpy(),
-                f"indices{suffix}": flat.reshape(grid).numpy().astype(np.int64),
-                f"reconstruction{suffix}": ema.decode(quant).numpy(),
-                f"decoded_from_indices{suffix}": ema.decode_code(flat, (*grid[:1], z.shape[1], *grid[1:])).numpy(),
-            })  # fmt: skip
-    if min(gaps) < MIN_GAP:
-        raise SystemExit(f"seed {SEED}: a near-tie (gap {min(gaps):.1e} < {MIN_GAP}); choose another seed")
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "inputs.npz", **inputs)
-    np.savez(out / "expected.npz", **expected)
+            from_indices = ema.decode_code(flat, (*grid[:1], z.shape[1], *grid[1:]))
+            expected.update(case_outputs(suffix, z, quant, flat.reshape(grid), ema.decode(quant), from_indices))
+    facts = write_case(out, inputs, expected, gaps, MIN_GAP, f"seed {SEED}")
     torch.save(training_checkpoint(trained, ema), out / "checkpoint.pt")
-    return {"smallest_gap": min(gaps), "distinct_indices": len(np.unique(expected["indices"]))}
+    return facts
 
 
 def training_checkpoint(trained, ema) -> dict:
@@ -129,29 +118,23 @@ def training_checkpoint(trained, ema) -> dict:
 
 
 def compare(made: pathlib.Path, committed: pathlib.Path) -> tuple:
+    """The case's arrays, and its ``model`` and ``ema`` weights bit for bit."""
     import torch
 
-    from vqgan_flax.testing.fixtures import compare_case_arrays
+    from vqgan_flax.testing.fixtures import compare_case_and_weights
 
-    problems, largest = compare_case_arrays(made, committed, FLOAT_ATOL)
-    mine = torch.load(made / "checkpoint.pt", map_location="cpu", weights_only=False)
-    theirs = torch.load(committed / "checkpoint.pt", map_location="cpu", weights_only=False)
-    for entry in ("model", "ema"):
-        for key, value in theirs[entry].items():
-            if key not in mine[entry] or not torch.equal(mine[entry][key], value):
-                problems.append(f"checkpoint.pt: {entry} weight {key} differs")
-    return problems, largest
+    def weights(path: pathlib.Path) -> dict:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        return {f"{entry} weight {key}": v for entry in ("model", "ema") for key, v in checkpoint[entry].items()}
+
+    return compare_case_and_weights(made, committed, FLOAT_ATOL, "checkpoint.pt", weights)
 
 
 def main(argv: list | None = None) -> int:
-    from vqgan_flax.testing.fixtures import make_or_check_case, reference_source
+    from vqgan_flax.testing.fixtures import make_or_check_case, one_case_arguments, reference_source
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--llamagen", required=True, type=pathlib.Path, help="a LlamaGen git checkout")
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--out", type=pathlib.Path, help="write the case into OUT/llamagen_vq")
-    what.add_argument("--check", action="store_true", help="remake the case and compare with tests/fixtures")
-    args = parser.parse_args(argv)
+    references = {"llamagen": "a LlamaGen git checkout"}
+    args = one_case_arguments(__doc__.split("\n\n")[0], references, "the case llamagen_vq/", argv)
     vq = import_vq_model(args.llamagen)
     made_by = reference_source(args.llamagen, [args.llamagen / MODEL_FILE])
     make = lambda folder: make_case(vq, folder)  # noqa: E731

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from utils import FIXTURES, assert_close, nchw_to_nhwc, random_png
+from utils import FIXTURES, assert_case_parity, assert_close, nchw_to_nhwc, random_png
 from utils import run_cli as _run
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig
@@ -230,15 +230,7 @@ def test_ibq_parity(ibq, suffix):
     """Indices exact (largest dot product); latents, quantized latents, decode and decode from the
     indices within 1e-4 of SEED-Voken's IBQ modules with their EMA weights, square and non-square."""
     assert ibq.config.quantizer == "ibq" and ibq.config.attn_resolutions == [16] and ibq.config.num_res_blocks == 2
-    pixels = nchw_to_nhwc(np.load(IBQ / "inputs.npz")[f"pixel_values{suffix}"])
-    expected = np.load(IBQ / "expected.npz")
-    encoded = ibq.encode(pixels)
-    np.testing.assert_array_equal(encoded.indices, expected[f"indices{suffix}"].reshape(len(pixels), -1))
-    assert_close(encoded.latents, nchw_to_nhwc(expected[f"z{suffix}"]), "z")
-    assert_close(encoded.quant_states, nchw_to_nhwc(expected[f"quant{suffix}"]), "quant")
-    assert_close(ibq.decode(encoded.quant_states), nchw_to_nhwc(expected[f"reconstruction{suffix}"]), "decode")
-    decoded = nchw_to_nhwc(expected[f"decoded_from_indices{suffix}"])
-    assert_close(ibq.decode_code(expected[f"indices{suffix}"]), decoded, "decode_code")
+    assert_case_parity(ibq, IBQ, suffix)
 
 
 def test_lit_ema_weights_are_taken_unless_no_ema(tmp_path, capsys):

@@ -4,8 +4,10 @@ vqgan-jax and LWM checkouts are given, a full remake with those projects' code."
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import pathlib
 import pickle
 import shutil
 import subprocess
@@ -210,6 +212,46 @@ def test_llamagen_fixture_comes_from_the_committed_generator():
     assert "llamagen_vq: bit for bit but floats" in result.stdout
 
 
+@pytest.mark.torch
+@pytest.mark.skipif(
+    not os.environ.get("VQGAN_FLAX_LDM_CHECKOUT"),
+    reason="needs a latent-diffusion checkout (VQGAN_FLAX_LDM_CHECKOUT): latent-diffusion is not on PyPI",
+)
+def test_ldm_fixtures_come_from_the_committed_generator():
+    """scripts/make_ldm_fixtures.py --check remakes both cases with latent-diffusion's model.py and
+    the legacy stack's taming quantizer."""
+    taming = pathlib.Path(importlib.util.find_spec("taming").origin).parent
+    argv = ["--latent-diffusion", os.environ["VQGAN_FLAX_LDM_CHECKOUT"], "--taming", str(taming), "--check"]
+    result = subprocess.run([sys.executable, "scripts/make_ldm_fixtures.py", *argv], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    for case in ("ldm_vq", "ldm_vq_noattn"):
+        assert f"{case}: bit for bit but floats" in result.stdout
+
+
+def test_a_checkout_module_resolves_its_absolute_imports_inside_the_checkout(tmp_path):
+    """import_checkout_module: the checkout's top package (here a namespace package, no
+    __init__.py) is registered from its folder, so ``from pkg.util import x`` inside a module finds
+    the checkout's file; a package of that name from elsewhere is refused."""
+    from vqgan_flax.testing.fixtures import import_checkout_module
+
+    top = f"refpkg_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / top / "modules").mkdir(parents=True)
+    (tmp_path / top / "util.py").write_text("VALUE = 41\n")
+    (tmp_path / top / "modules" / "model.py").write_text(f"from {top}.util import VALUE\nANSWER = VALUE + 1\n")
+    try:
+        assert import_checkout_module(tmp_path, f"{top}.modules.model").ANSWER == 42
+        assert import_checkout_module(tmp_path, f"{top}.util").VALUE == 41
+        (tmp_path / "other" / top).mkdir(parents=True)
+        with pytest.raises(SystemExit, match="already imported from elsewhere"):
+            import_checkout_module(tmp_path / "other", f"{top}.util")
+        with pytest.raises(SystemExit, match="no missing/ package folder"):
+            import_checkout_module(tmp_path, "missing.model")
+    finally:
+        for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+            del sys.modules[name]
+
+
 def test_a_one_case_generator_writes_its_case_or_fails_the_check(tmp_path, capsys):
     """make_or_check_case, the LlamaGen and IBQ generators' --out / --check: the case and its
     made_by.json written; a remade case that compares clean exits 0, one with problems exits 1
@@ -234,3 +276,37 @@ def test_a_one_case_generator_writes_its_case_or_fails_the_check(tmp_path, capsy
     assert "case: x.npz differs" in capsys.readouterr().out
     (tmp_path / "reference.py").write_text("VALUE = 3\n")
     assert import_file(tmp_path / "reference.py", "reference_module").VALUE == 3
+
+
+def test_case_files_are_written_and_compared_as_the_family_generators_need(tmp_path, capsys):
+    """case_outputs names one input's arrays (indices as int64); write_case refuses a near-tie and
+    writes inputs.npz / expected.npz; compare_case_and_weights finds a changed, a missing and an
+    added weight; one_case_arguments takes --REF PATH with --out or --check, not both."""
+    from vqgan_flax.testing.fixtures import case_outputs, compare_case_and_weights, one_case_arguments, write_case
+
+    ones = np.ones((1, 2, 2, 2), np.float32)
+    arrays = case_outputs("_nonsquare", ones, ones, np.zeros((1, 2, 2), np.int32), ones, ones)
+    assert sorted(arrays) == sorted(f"{k}_nonsquare" for k in ("z", "quant", "indices", "reconstruction",
+                                                                  "decoded_from_indices"))  # fmt: skip
+    assert arrays["indices_nonsquare"].dtype == np.int64
+    inputs = {"pixel_values": ones}
+    with pytest.raises(SystemExit, match=r"case x: a near-tie \(gap 1.0e-05 < 0.001\)"):
+        write_case(
+            tmp_path / "tie", inputs, case_outputs("", ones, ones, ones, ones, ones), [0.5, 1e-5], 1e-3, "case x"
+        )
+    assert not (tmp_path / "tie").exists()
+    expected = case_outputs("", ones, ones, np.arange(4).reshape(1, 2, 2), ones, ones)
+    for name in ("made", "committed"):
+        assert write_case(tmp_path / name, inputs, expected, [0.5], 1e-3, "c") == {"smallest_gap": 0.5,
+                                                                                   "distinct_indices": 4}  # fmt: skip
+    weights = {"made": {"a": np.ones(2), "b": np.zeros(1), "new": np.ones(1)},
+               "committed": {"a": np.ones(2), "b": np.ones(1), "gone": np.ones(1)}}  # fmt: skip
+    load = lambda path: weights[path.parent.name]  # noqa: E731
+    problems, largest = compare_case_and_weights(tmp_path / "made", tmp_path / "committed", 1e-5, "w.ckpt", load)
+    assert largest == 0.0 and problems == ["w.ckpt: gone missing", "w.ckpt: new not in the committed tree",
+                                           "w.ckpt: b differs (float64 (1,) against float64 (1,))"]  # fmt: skip
+    args = one_case_arguments("d", {"my-ref": "a checkout"}, "the case", ["--my-ref", "/r", "--check"])
+    assert (args.my_ref, args.check, args.out) == (pathlib.Path("/r"), True, None)
+    with pytest.raises(SystemExit):
+        one_case_arguments("d", {"my-ref": "a checkout"}, "the case", ["--my-ref", "/r", "--check", "--out", "o"])
+    assert "not allowed with argument" in capsys.readouterr().err

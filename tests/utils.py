@@ -53,6 +53,21 @@ def assert_close(actual, expected, name: str = "", atol: float = ATOL, rtol: flo
     np.testing.assert_allclose(actual, expected, atol=atol, rtol=rtol, err_msg=name)
 
 
+def assert_case_parity(model, case: pathlib.Path, suffix: str) -> None:
+    """A converted model against a family case (``inputs.npz`` / ``expected.npz`` of one input,
+    ``suffix`` ``""`` or ``"_nonsquare"``): indices exact; latents, quantized latents, decode and
+    decode_code within the parity tolerance."""
+    pixels = nchw_to_nhwc(np.load(case / "inputs.npz")[f"pixel_values{suffix}"])
+    expected = np.load(case / "expected.npz")
+    encoded = model.encode(pixels)
+    np.testing.assert_array_equal(encoded.indices, expected[f"indices{suffix}"].reshape(len(pixels), -1))
+    assert_close(encoded.latents, nchw_to_nhwc(expected[f"z{suffix}"]), "z")
+    assert_close(encoded.quant_states, nchw_to_nhwc(expected[f"quant{suffix}"]), "quant")
+    assert_close(model.decode(encoded.quant_states), nchw_to_nhwc(expected[f"reconstruction{suffix}"]), "decode")
+    decoded = nchw_to_nhwc(expected[f"decoded_from_indices{suffix}"])
+    assert_close(model.decode_code(expected[f"indices{suffix}"]), decoded, "decode_code")
+
+
 TORCH_SKIP_REASON = (
     "needs PyTorch and the taming reference: torch==2.13.0 is a CPU build for Python 3.11 only, so the "
     "live PyTorch comparisons run on the legacy stack"

@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--from",
         dest="family",
         default="auto",
-        choices=("auto", "taming", "llamagen", "ibq", "lwm"),
+        choices=("auto", "taming", "llamagen", "ibq", "ldm", "lwm"),
         help="the checkpoint's family; auto tells taming and LlamaGen apart by their key names (IBQ has taming's)",
     )
     parser.add_argument(
@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--lwm", metavar="PICKLE", help="an LWM params pickle (LWM's vqgan file) to a Flax folder")
     parser.add_argument("--output", required=True, help="output folder (or file with --to-taming)")
-    parser.add_argument("--config", help="taming model.yaml describing the architecture")
+    parser.add_argument("--config", help="taming or latent-diffusion model.yaml describing the architecture")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a published taming architecture")
     parser.add_argument(
         "--format",

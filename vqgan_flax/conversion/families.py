@@ -5,9 +5,11 @@ architecture from a config or from the shapes, convert, write a ``from_pretraine
     taming     encoder.down.1.block.0...          nearest-neighbour VQ (or Gumbel: its tensors show it)
     llamagen   encoder.conv_blocks.1.res.0...     l2-normalised codes, β on the commitment term
     ibq        taming's (+ model_ema.*)           the code of the largest dot product
+    ldm        taming's (+ model_ema.*)           nothing: latent-diffusion's VQ is taming's
 
 ``auto`` tells taming and LlamaGen apart by their key names; IBQ has taming's names, so it must
-be named. EMA weights (LlamaGen's ``ema`` entry, LitEma's ``model_ema.*``) are taken when present.
+be named (latent-diffusion's VQ converts the same under ``auto``, ``taming`` and ``ldm``). EMA
+weights (LlamaGen's ``ema`` entry, LitEma's ``model_ema.*``) are taken when present.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from .llamagen import LLAMAGEN_FAMILY, is_llamagen_state, llamagen_to_taming_sta
 from .taming import convert_state_dict
 from .torch_pickle import PathLike, check_regular_file, load_state_dict
 
-FAMILIES = ("auto", "taming", "llamagen", "ibq")
+FAMILIES = ("auto", "taming", "llamagen", "ibq", "ldm")
 # What each family's quantizer does that its tensors cannot show.
 TRAITS: Dict[str, Dict[str, Any]] = {
     "taming": {"quantizer": "vq"},
     "llamagen": LLAMAGEN_FAMILY,
     "ibq": {"quantizer": "ibq", "beta": 0.25},
+    "ldm": {"quantizer": "vq"},
 }
 
 

@@ -63,7 +63,25 @@ def _check_fields(**fields: Any) -> None:
 _TAMING_TARGETS = {
     "taming.models.vqgan.VQModel": "vq",
     "taming.models.vqgan.GumbelVQ": "gumbel",
+    # latent-diffusion's VQ first stage: taming's blocks and taming's VectorQuantizer2.
+    "ldm.models.autoencoder.VQModel": "vq",
+    "ldm.models.autoencoder.VQModelInterface": "vq",
 }
+
+
+def _ldm_attention(ddconfig: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """What latent-diffusion's ``ddconfig`` adds to taming's: ``attn_type`` ``"none"`` replaces
+    every attention block (the middle ones too) by the identity; linear attention and a tanh
+    output are other models, refused by name."""
+    attn_type = ddconfig.pop("attn_type", "vanilla")
+    for name in ("use_linear_attn", "tanh_out"):
+        if ddconfig.pop(name, False):
+            raise ValueError(f"{source}: ddconfig.{name}=true is not supported (taming's blocks only)")
+    if attn_type == "vanilla":
+        return {}
+    if attn_type == "none":
+        return {"mid_block_attention": False, "attn_resolutions": []}
+    raise ValueError(f"{source}: ddconfig.attn_type={attn_type!r} is not supported; expected 'vanilla' or 'none'")
 
 
 class VQGANConfig(PretrainedConfig):
@@ -230,7 +248,8 @@ class VQGANConfig(PretrainedConfig):
 
     @classmethod
     def from_taming_yaml(cls, path: Union[str, os.PathLike], **overrides: Any) -> VQGANConfig:
-        """Read taming-transformers' own ``model.yaml`` (``model.target`` VQModel or GumbelVQ):
+        """Read taming-transformers' own ``model.yaml`` (``model.target`` VQModel or GumbelVQ) or
+        latent-diffusion's VQ one (``ldm.models.autoencoder.VQModel``):
         plain YAML only (no tags, no aliases, which let a few hundred bytes expand to gigabytes),
         at most ``MAX_YAML_BYTES``, from a regular file."""
         import yaml
@@ -278,9 +297,15 @@ class VQGANConfig(PretrainedConfig):
         missing = [k for k in ("ddconfig", "embed_dim", "n_embed") if k not in params]
         if missing:
             raise ValueError(f"{source}: model.params lacks {missing}")
+        if not isinstance(params["ddconfig"], dict):
+            raise ValueError(f"{source}: model.params.ddconfig must be a mapping")
+        if params.get("remap") is not None:
+            raise ValueError(f"{source}: model.params.remap is not supported (its indices are a remapped subset)")
         ddconfig = dict(params["ddconfig"])
+        attention = _ldm_attention(ddconfig, source)
         known = set(cls().to_dict())
         kwargs = {k: v for k, v in ddconfig.items() if k in known}
+        kwargs.update(attention)
         kwargs.update(embed_dim=params["embed_dim"], n_embed=params["n_embed"])
         kwargs["quantizer"] = _TAMING_TARGETS.get(target or "", "vq")
         if kwargs["quantizer"] == "gumbel":

@@ -47,6 +47,22 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # a level, 256-dimensional codes picked by the largest dot product.
     "ibq-f16-16384": dict(_F16_IMAGENET, num_res_blocks=4, n_embed=16384, quantizer="ibq"),
     "ibq-f16-262144": dict(_F16_IMAGENET, num_res_blocks=4, n_embed=262144, quantizer="ibq"),
+    # latent-diffusion's VQ first stages (models/first_stage_models/vq-f*/config.yaml): taming's blocks,
+    # 3- to 8-dimensional codes; f4 attends only in the middle, its "noattn" variant nowhere.
+    "ldm-vq-f4": dict(_F16_IMAGENET, ch_mult=[1, 2, 4], attn_resolutions=[], z_channels=3, embed_dim=3, n_embed=8192),
+    "ldm-vq-f4-noattn": dict(
+        _F16_IMAGENET,
+        ch_mult=[1, 2, 4],
+        attn_resolutions=[],
+        z_channels=3,
+        embed_dim=3,
+        n_embed=8192,
+        mid_block_attention=False,
+    ),
+    "ldm-vq-f8": dict(
+        _F16_IMAGENET, ch_mult=[1, 2, 2, 4], attn_resolutions=[32], z_channels=4, embed_dim=4, n_embed=16384
+    ),
+    "ldm-vq-f16": dict(_F16_IMAGENET, z_channels=8, embed_dim=8, n_embed=16384),
     # A few hundred thousand parameters: for tests and examples only.
     "tiny": dict(
         ch=32,

@@ -10,14 +10,18 @@ without the reference code. May import: numpy, jax (nothing of the package).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import importlib
+import importlib.machinery
 import importlib.util
 import json
 import pathlib
 import subprocess
+import sys
 import tempfile
 import types
-from typing import Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
@@ -95,6 +99,23 @@ def compare_arrays(made: pathlib.Path, committed: pathlib.Path, float_atol: Opti
     return problems, largest
 
 
+def compare_case_and_weights(
+    made: pathlib.Path,
+    committed: pathlib.Path,
+    float_atol: float,
+    checkpoint: str,
+    weights: Callable[[pathlib.Path], Mapping[str, np.ndarray]],
+) -> tuple:
+    """``(problems, largest float difference)`` of a remade one-checkpoint case: the arrays as
+    ``compare_case_arrays`` holds them and the weights ``weights(folder / checkpoint)`` reads
+    (name -> tensor or array) bit for bit, none missing and none added."""
+    problems, largest = compare_case_arrays(made, committed, float_atol)
+    trees = [
+        {(name,): np.asarray(v) for name, v in weights(folder / checkpoint).items()} for folder in (made, committed)
+    ]
+    return problems + compare_trees(trees[0], trees[1], checkpoint), largest
+
+
 def compare_trees(made: Mapping[tuple, np.ndarray], committed: Mapping[tuple, np.ndarray], what: str) -> list:
     """Problems between two flat parameter trees that must agree bit for bit (names, shapes, values)."""
     problems = [f"{what}: {'/'.join(p)} missing" for p in sorted(set(committed) - set(made))]
@@ -129,6 +150,69 @@ def import_file(path: pathlib.Path, name: str) -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def import_checkout_module(checkout: pathlib.Path, dotted: str) -> types.ModuleType:
+    """Module ``dotted`` (``ldm.modules.diffusionmodules.model``) of a reference checkout whose
+    files import each other by absolute name (``from ldm.util import ...``): its top package is
+    registered from ``checkout/<top>`` (a namespace package where it has no ``__init__.py``), so
+    those imports resolve inside the checkout; the import path is left alone."""
+    top = dotted.split(".")[0]
+    folder = checkout / top
+    if not folder.is_dir():
+        raise SystemExit(f"{checkout}: no {top}/ package folder there")
+    loaded = sys.modules.get(top)
+    if loaded is not None:
+        if [str(folder)] != list(getattr(loaded, "__path__", [])):
+            raise SystemExit(f"a package {top!r} is already imported from elsewhere: {loaded!r}")
+        return importlib.import_module(dotted)
+    init = folder / "__init__.py"
+    if init.is_file():
+        spec = importlib.util.spec_from_file_location(top, init, submodule_search_locations=[str(folder)])
+    else:
+        spec = importlib.machinery.ModuleSpec(top, None, is_package=True)
+        spec.submodule_search_locations = [str(folder)]
+    assert spec is not None
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[top] = package
+    if spec.loader is not None:
+        spec.loader.exec_module(package)
+    return importlib.import_module(dotted)
+
+
+def case_outputs(suffix: str, z, quant, indices, reconstruction, decoded_from_indices) -> dict:
+    """One input's arrays of a family case's ``expected.npz`` (``z``, ``quant``, ``indices`` as
+    int64, ``reconstruction``, ``decoded_from_indices``; tensors or arrays), each named with the
+    input's ``suffix`` (``""``, ``"_nonsquare"``)."""
+    arrays = {"z": z, "quant": quant, "reconstruction": reconstruction, "decoded_from_indices": decoded_from_indices}
+    named = {f"{name}{suffix}": np.asarray(value) for name, value in arrays.items()}
+    named[f"indices{suffix}"] = np.asarray(indices).astype(np.int64)
+    return named
+
+
+def write_case(out: pathlib.Path, inputs: dict, expected: dict, gaps: list, min_gap: float, what: str) -> dict:
+    """Write ``inputs.npz`` and ``expected.npz`` into ``out`` unless the quantizer's choice was
+    near a tie (a gap in ``gaps`` under ``min_gap``: another CPU could pick the other code), which
+    stops the generator naming ``what`` (the case and seed). Returns the facts for made_by.json."""
+    if min(gaps) < min_gap:
+        raise SystemExit(f"{what}: a near-tie (gap {min(gaps):.1e} < {min_gap}); choose another seed")
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "inputs.npz", **inputs)
+    np.savez(out / "expected.npz", **expected)
+    return {"smallest_gap": min(gaps), "distinct_indices": len(np.unique(expected["indices"]))}
+
+
+def one_case_arguments(description: str, references: Mapping[str, str], case: str, argv: Optional[list]) -> Any:
+    """A one-case generator's command line: a required ``--NAME PATH`` per reference
+    (``references``: flag name -> help) and ``--out DIR`` (the case into ``DIR/case``) or
+    ``--check``. Returns the parsed namespace."""
+    parser = argparse.ArgumentParser(description=description)
+    for name, help in references.items():
+        parser.add_argument(f"--{name}", required=True, type=pathlib.Path, help=help)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--out", type=pathlib.Path, help=f"write {case} into OUT")
+    what.add_argument("--check", action="store_true", help="remake it and compare with tests/fixtures")
+    return parser.parse_args(argv)
 
 
 def make_or_check_case(
