@@ -229,6 +229,20 @@ def test_ldm_fixtures_come_from_the_committed_generator():
         assert f"{case}: bit for bit but floats" in result.stdout
 
 
+@pytest.mark.torch
+def test_diffusers_fixtures_come_from_the_committed_generator():
+    """scripts/make_diffusers_fixtures.py --check remakes both cases with the installed diffusers
+    (the legacy stack pins the version that made them)."""
+    from utils import require_torch_reference
+
+    require_torch_reference("diffusers")
+    result = subprocess.run([sys.executable, "scripts/make_diffusers_fixtures.py", "--check"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    for case in ("diffusers_vq", "diffusers_vq_noattn"):
+        assert f"{case}: bit for bit but floats" in result.stdout
+
+
 def test_a_checkout_module_resolves_its_absolute_imports_inside_the_checkout(tmp_path):
     """import_checkout_module: the checkout's top package (here a namespace package, no
     __init__.py) is registered from its folder, so ``from pkg.util import x`` inside a module finds

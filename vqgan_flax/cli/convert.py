@@ -36,8 +36,9 @@ def _config_from_args(args: argparse.Namespace) -> Any:
 
 
 DESCRIPTION = (
-    "Convert a taming-transformers or LlamaGen VQGAN checkpoint (or an LWM pickle) to a Flax folder; the "
-    "architecture is read from the checkpoint's tensor shapes unless --config, --preset or flags give it "
+    "Convert a VQGAN checkpoint of the taming family (taming, LlamaGen, IBQ, latent-diffusion, a diffusers "
+    "VQModel folder) or an LWM pickle to a Flax folder; the architecture is read from the checkpoint's tensor "
+    "shapes (a diffusers folder: its config.json) unless --config, --preset or flags give it "
     "(back with --to-taming / --to-llamagen)."
 )
 
@@ -45,13 +46,14 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The converter's options (``vqgan-flax convert``)."""
     parser.add_argument("source", nargs="?", metavar="CHECKPOINT", help="the checkpoint (same as --checkpoint)")
-    parser.add_argument("--checkpoint", help="a taming or LlamaGen .ckpt / .pt / .pth / .safetensors file")
+    parser.add_argument("--checkpoint", help="a .ckpt / .pt / .pth / .safetensors file, or a diffusers VQModel folder")
     parser.add_argument(
         "--from",
         dest="family",
         default="auto",
-        choices=("auto", "taming", "llamagen", "ibq", "ldm", "lwm"),
-        help="the checkpoint's family; auto tells taming and LlamaGen apart by their key names (IBQ has taming's)",
+        choices=("auto", "taming", "llamagen", "ibq", "ldm", "diffusers", "lwm"),
+        help="the checkpoint's family; auto tells taming, LlamaGen and diffusers apart by their key names "
+        "(IBQ and latent-diffusion have taming's)",
     )
     parser.add_argument(
         "--no-ema", action="store_true", help="take a training checkpoint's trained weights, not its EMA ones"
@@ -129,7 +131,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     from ..conversion import describe_architecture
 
-    how = "inferred from the shapes" if done.inferred else "as given"
+    how = (
+        f"from {done.config_file}" if done.config_file else "inferred from the shapes" if done.inferred else "as given"
+    )
     print(f"{checkpoint}: {done.family} ({done.entry}); architecture {how}: {describe_architecture(done.config)}")
     print(f"dropped {done.dropped} non-model entries (loss, discriminator, buffers); wrote {args.output} "
           f"({args.weights_format})")  # fmt: skip

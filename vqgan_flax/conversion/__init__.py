@@ -4,6 +4,7 @@
                       (every tensor's metadata checked against its storage)
     taming.py         taming-transformers state dicts ⇄ Flax parameters (keys, OIHW ⇄ HWIO)
     llamagen.py       LlamaGen's VQ names ⇄ taming's; its checkpoints (EMA preferred)
+    diffusers.py      diffusers' VQModel names ⇄ taming's; its config.json → our config
     lit_ema.py        LitEma's shadow weights in Lightning checkpoints (IBQ, latent-diffusion)
     layout.py         the architecture of a taming-layout state dict, from its tensor shapes
     families.py       one entry point: read any family, infer or take the config, convert

@@ -13,6 +13,18 @@ _F16_IMAGENET = dict(
     embed_dim=256,
     resolution=256,
 )
+# aMUSEd's VQ (diffusers' scripts/convert_amused.py): widths 128 x [1, 2, 2, 4, 6], no attention
+# anywhere, 8192 x 64 codes. Its resolution places no attention; it only names the image size.
+_AMUSED = dict(
+    ch=128,
+    ch_mult=[1, 2, 2, 4, 6],
+    num_res_blocks=2,
+    attn_resolutions=[],
+    z_channels=64,
+    embed_dim=64,
+    n_embed=8192,
+    mid_block_attention=False,
+)
 PRESETS: Dict[str, Dict[str, Any]] = {
     # vqgan_imagenet_f16_1024 (also DALL·E-mini's starting point).
     "f16-1024": dict(_F16_IMAGENET, n_embed=1024),
@@ -63,6 +75,9 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         _F16_IMAGENET, ch_mult=[1, 2, 2, 4], attn_resolutions=[32], z_channels=4, embed_dim=4, n_embed=16384
     ),
     "ldm-vq-f16": dict(_F16_IMAGENET, z_channels=8, embed_dim=8, n_embed=16384),
+    # aMUSEd's VQ (diffusers VQModel; amused/amused-256 and -512 share it), resolution = the image size.
+    "amused-256": dict(_AMUSED, resolution=256),
+    "amused-512": dict(_AMUSED, resolution=512),
     # A few hundred thousand parameters: for tests and examples only.
     "tiny": dict(
         ch=32,
