@@ -82,8 +82,8 @@ def test_save_and_reload(tmp_path):
 
 
 def test_invalid_values():
-    with pytest.raises(ValueError, match="Unknown quantizer 'fsq'"):
-        VQGANConfig(quantizer="fsq")
+    with pytest.raises(ValueError, match="Unknown quantizer 'rvq'"):
+        VQGANConfig(quantizer="rvq")
     with pytest.raises(ValueError, match=r"ch=48 must be a multiple of norm_num_groups=32"):
         VQGANConfig(ch=48)
     with pytest.raises(ValueError, match=r"ch=32 must be a multiple of norm_num_groups=24"):

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from utils import FIXTURES, assert_case_parity, assert_close, nchw_to_nhwc, random_png
-from utils import run_cli as _run
+from utils import FIXTURES, assert_case_parity, assert_cli_runs, assert_close, nchw_to_nhwc
 
 from vqgan_flax import FlaxVQGANModel, VQGANConfig
 from vqgan_flax.cli.convert import main as convert_main
@@ -59,32 +58,9 @@ def test_llamagen_parity(llamagen, suffix):
 
 
 def test_the_command_line_runs_a_llamagen_model(llamagen, tmp_path, capsys):
-    """encode → decode, reconstruct and info through the CLI on the converted LlamaGen model (CPU
-    kernels on, as the suite runs), and bf16: the tokens are the model's own."""
-    folder = tmp_path / "model"
-    llamagen.save_pretrained(folder)
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(3):
-        (images / f"{i}.png").write_bytes(random_png(i, (32, 48)))
-    code, _, err = _run(capsys, "encode", images, "--out", tmp_path / "t.npz", "--model", folder, "--size", 32)
-    assert code == 0, err
-    tokens = np.load(tmp_path / "t.npz")
-    from vqgan_flax import VQGANImageProcessor
-
-    processor = VQGANImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    from PIL import Image
-
-    pixels = processor([Image.open(images / f"{i}.png") for i in range(3)], return_tensors="np")["pixel_values"]
-    direct = np.asarray(llamagen.encode(pixels).indices).reshape(3, 8, 8)
-    np.testing.assert_array_equal(tokens["tokens"], direct)
-    code, _, err = _run(capsys, "decode", tmp_path / "t.npz", "--out", tmp_path / "decoded", "--quiet")
-    assert code == 0 and len(list((tmp_path / "decoded").glob("*.png"))) == 3, err
-    code, out, err = _run(capsys, "reconstruct", images, "--out", tmp_path / "r", "--model", folder, "--size", 32,
-                          "--dtype", "bfloat16", "--quiet")  # fmt: skip
-    assert code == 0 and (tmp_path / "r" / "metrics.json").is_file(), err
-    code, out, _ = _run(capsys, "info", folder, "--size", 32)
-    assert code == 0 and "quantizer:           vq_l2, codebook 64 x 8" in out
+    """encode → decode, reconstruct (bf16) and info through the CLI on the converted LlamaGen model
+    (CPU kernels on, as the suite runs): the tokens are the model's own."""
+    assert_cli_runs(llamagen, tmp_path, capsys, "quantizer:           vq_l2, codebook 64 x 8")
 
 
 def test_auto_finds_llamagen_and_no_ema_takes_the_trained_weights(tmp_path, capsys):

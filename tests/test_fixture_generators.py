@@ -230,16 +230,21 @@ def test_ldm_fixtures_come_from_the_committed_generator():
 
 
 @pytest.mark.torch
-def test_diffusers_fixtures_come_from_the_committed_generator():
-    """scripts/make_diffusers_fixtures.py --check remakes both cases with the installed diffusers
-    (the legacy stack pins the version that made them)."""
+@pytest.mark.parametrize(
+    "script, module, cases",
+    [("make_diffusers_fixtures.py", "diffusers", ("diffusers_vq", "diffusers_vq_noattn")),
+     ("make_quantizer_fixtures.py", "vector_quantize_pytorch", ("fsq_lfq",))],
+)  # fmt: skip
+def test_pypi_reference_fixtures_come_from_the_committed_generator(script, module, cases):
+    """The diffusers and vector-quantize-pytorch generators' --check remake their cases with the
+    installed reference (the legacy stack pins the versions that made them)."""
     from utils import require_torch_reference
 
-    require_torch_reference("diffusers")
-    result = subprocess.run([sys.executable, "scripts/make_diffusers_fixtures.py", "--check"], cwd=ROOT,
+    require_torch_reference(module)
+    result = subprocess.run([sys.executable, f"scripts/{script}", "--check"], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
-    for case in ("diffusers_vq", "diffusers_vq_noattn"):
+    for case in cases:
         assert f"{case}: bit for bit but floats" in result.stdout
 
 

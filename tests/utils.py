@@ -68,6 +68,34 @@ def assert_case_parity(model, case: pathlib.Path, suffix: str) -> None:
     assert_close(model.decode_code(expected[f"indices{suffix}"]), decoded, "decode_code")
 
 
+def assert_cli_runs(model, tmp_path: pathlib.Path, capsys, info_line: str, size: int = 32) -> None:
+    """The command line on ``model`` (saved to a folder): encode of three PNGs gives the model's
+    own tokens, decode writes three PNGs, reconstruct runs in bfloat16, info prints ``info_line``."""
+    from PIL import Image
+
+    from vqgan_flax import VQGANImageProcessor
+
+    folder, images = tmp_path / "model", tmp_path / "images"
+    model.save_pretrained(folder)
+    images.mkdir()
+    for i in range(3):
+        (images / f"{i}.png").write_bytes(random_png(i, (size, size + 16)))
+    code, _, err = run_cli(capsys, "encode", images, "--out", tmp_path / "t.npz", "--model", folder, "--size", size)
+    assert code == 0, err
+    processor = VQGANImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    pixels = processor([Image.open(images / f"{i}.png") for i in range(3)], return_tensors="np")["pixel_values"]
+    grid = size // model.config.downsampling_factor
+    direct = np.asarray(model.encode(pixels).indices).reshape(3, grid, grid)
+    np.testing.assert_array_equal(np.load(tmp_path / "t.npz")["tokens"], direct)
+    code, _, err = run_cli(capsys, "decode", tmp_path / "t.npz", "--out", tmp_path / "decoded", "--quiet")
+    assert code == 0 and len(list((tmp_path / "decoded").glob("*.png"))) == 3, err
+    code, _, err = run_cli(capsys, "reconstruct", images, "--out", tmp_path / "r", "--model", folder, "--size", size,
+                           "--dtype", "bfloat16", "--quiet")  # fmt: skip
+    assert code == 0 and (tmp_path / "r" / "metrics.json").is_file(), err
+    code, out, _ = run_cli(capsys, "info", folder, "--size", size)
+    assert code == 0 and info_line in out, out
+
+
 TORCH_SKIP_REASON = (
     "needs PyTorch and the taming reference: torch==2.13.0 is a CPU build for Python 3.11 only, so the "
     "live PyTorch comparisons run on the legacy stack"

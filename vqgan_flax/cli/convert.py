@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         arch.add_argument("--" + name.replace("_", "-"), dest=name, type=int, help=f"taming's {name}: {meaning}")
     arch.add_argument("--ch-mult", dest="ch_mult", help="comma-separated, e.g. 1,1,2,2,4")
     arch.add_argument("--attn-resolutions", dest="attn_resolutions", help="comma-separated, e.g. 16")
-    arch.add_argument("--quantizer", help="vq, vq_l2, ibq or gumbel")
+    arch.add_argument("--quantizer", help="vq, vq_l2, ibq, gumbel, fsq or lfq")
     return parser
 
 

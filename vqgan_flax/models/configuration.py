@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..utils.files import errors_naming
 from ..utils.quiet import quiet_transformers_advice
@@ -13,7 +14,7 @@ from .presets import PRESETS
 with quiet_transformers_advice():
     from transformers import PretrainedConfig
 
-QUANTIZERS = ("vq", "vq_l2", "ibq", "gumbel")
+QUANTIZERS = ("vq", "vq_l2", "ibq", "gumbel", "fsq", "lfq")
 # A taming model.yaml is a few hundred bytes; anything past this is not one.
 MAX_YAML_BYTES = 1 << 20
 
@@ -60,6 +61,36 @@ def _check_fields(**fields: Any) -> None:
             raise ValueError(f"{name}={fields[name]!r} must be true or false")
 
 
+def _implicit_codebook(
+    quantizer: str, n_embed: Optional[int], embed_dim: Optional[int], fsq_levels: Sequence[int]
+) -> Tuple[int, int]:
+    """``(n_embed, embed_dim)``: given, or what the quantizer implies. FSQ's codes are its levels'
+    combinations (``embed_dim = len(levels)``, ``n_embed = prod(levels)``), LFQ's every sign
+    pattern of ``embed_dim`` bits (``n_embed = 2**embed_dim``); a given value that disagrees is
+    refused, naming both."""
+    if quantizer != "fsq" and fsq_levels:
+        raise ValueError(f"fsq_levels={list(fsq_levels)} is for quantizer='fsq', not {quantizer!r}")
+    if quantizer == "fsq":
+        if (
+            not isinstance(fsq_levels, (list, tuple))
+            or not fsq_levels
+            or any(not _is_int(v) or v < 3 for v in fsq_levels)
+        ):
+            raise ValueError(f"fsq_levels={fsq_levels!r} must be a non-empty list of integers of at least 3")
+        implied = (math.prod(fsq_levels), len(fsq_levels))
+    elif quantizer == "lfq":
+        bits = 18 if embed_dim is None else embed_dim
+        if not _is_int(bits) or not 1 <= bits <= 24:
+            raise ValueError(f"embed_dim={bits!r}: LFQ's bits must be an integer in [1, 24]")
+        implied = (2**bits, bits)
+    else:
+        return (1024 if n_embed is None else n_embed), (256 if embed_dim is None else embed_dim)
+    for name, value, wanted in (("n_embed", n_embed, implied[0]), ("embed_dim", embed_dim, implied[1])):
+        if value is not None and value != wanted:
+            raise ValueError(f"{name}={value!r} disagrees with quantizer={quantizer!r}, which implies {wanted}")
+    return implied
+
+
 _TAMING_TARGETS = {
     "taming.models.vqgan.VQModel": "vq",
     "taming.models.vqgan.GumbelVQ": "gumbel",
@@ -99,8 +130,10 @@ class VQGANConfig(PretrainedConfig):
         z_channels (`int`): channels of the encoder output / decoder input.
         ch_mult (`List[int]`): channel multiplier per level; ``len(ch_mult) - 1`` downsamplings.
         attn_resolutions (`List[int]`): resolutions at which the levels get AttnBlocks.
-        n_embed (`int`): codebook size.
-        embed_dim (`int`): codebook vector size (channels of the quantized latent).
+        n_embed (`int`): codebook size (default 1024; FSQ: the product of its levels, LFQ:
+            ``2**embed_dim``, implied).
+        embed_dim (`int`): codebook vector size (channels of the quantized latent; default 256;
+            FSQ: ``len(fsq_levels)``, LFQ: its bits).
         dropout (`float`): dropout rate inside ResnetBlocks (only active with ``train=True``).
         double_z (`bool`): whether the encoder outputs ``2 * z_channels`` (taming VQGANs use False).
         resamp_with_conv (`bool`): strided/post-upsampling 3x3 convs (True) or pooling/plain
@@ -109,7 +142,8 @@ class VQGANConfig(PretrainedConfig):
         quantizer (`str`): ``"vq"`` (nearest neighbour, taming's VectorQuantizer2), ``"vq_l2"``
             (nearest in cosine: latents and codes scaled to unit length, LlamaGen's VQ), ``"ibq"``
             (largest dot product, index back-propagation in training: SEED-Voken's IBQ) or
-            ``"gumbel"`` (taming's GumbelQuantize).
+            ``"gumbel"`` (taming's GumbelQuantize), ``"fsq"`` (finite scalar quantization: each
+            channel rounded to ``fsq_levels``) or ``"lfq"`` (lookup-free: each channel's sign).
         beta (`float`): commitment weight of the VQ loss.
         legacy_loss (`bool`): taming's default β placement, ``|sg(e) - z|² + β |e - sg(z)|²``;
             False gives the VQ-VAE paper's ``β |sg(e) - z|² + |e - sg(z)|²``.
@@ -121,6 +155,15 @@ class VQGANConfig(PretrainedConfig):
             Fewer groups let a narrow model keep several channels per group: with one channel per
             group the last GroupNorm removes each channel's mean over the image, so the output's
             mean colour can barely depend on the input.
+        fsq_levels (`List[int]`): FSQ's levels per channel (each at least 3).
+        entropy_loss_weight (`float`): weight of the entropy loss in training (LFQ: default 0.1;
+            vq/vq_l2: LlamaGen's and MaskGIT's ``entropy_loss_ratio``, default 0).
+        entropy_temperature (`float`): temperature of the soft code assignment the entropy loss
+            measures (0.01: LlamaGen's, and LFQ's ``inv_temperature=100``).
+        diversity_gamma (`float`): LFQ: weight of the codebook-wide entropy against the
+            per-position one.
+        lfq_scale (`float`): LFQ's code values ``±lfq_scale``. For LFQ ``beta`` is the weight of
+            its commitment term ``|z - sg(q)|²``.
     """
 
     model_type = "vqgan"
@@ -138,8 +181,8 @@ class VQGANConfig(PretrainedConfig):
         z_channels: int = 256,
         ch_mult: Sequence[int] = (1, 1, 2, 2, 4),
         attn_resolutions: Sequence[int] = (16,),
-        n_embed: int = 1024,
-        embed_dim: int = 256,
+        n_embed: Optional[int] = None,
+        embed_dim: Optional[int] = None,
         dropout: float = 0.0,
         double_z: bool = False,
         resamp_with_conv: bool = True,
@@ -151,6 +194,11 @@ class VQGANConfig(PretrainedConfig):
         kl_weight: float = 5e-4,
         temperature: float = 1.0,
         norm_num_groups: int = 32,
+        fsq_levels: Sequence[int] = (),
+        entropy_loss_weight: Optional[float] = None,
+        entropy_temperature: float = 0.01,
+        diversity_gamma: float = 1.0,
+        lfq_scale: float = 1.0,
         **kwargs: Any,
     ) -> None:
         # vqgan-jax's config.json stores the derived level count; accept it, but only if consistent.
@@ -164,6 +212,16 @@ class VQGANConfig(PretrainedConfig):
             raise ValueError(f"Unknown quantizer {quantizer!r}; expected one of {QUANTIZERS}")
         if quantizer == "gumbel" and double_z:
             raise ValueError("double_z=True is not supported with the gumbel quantizer")
+        n_embed, embed_dim = _implicit_codebook(quantizer, n_embed, embed_dim, fsq_levels)
+        if entropy_loss_weight is None:
+            entropy_loss_weight = 0.1 if quantizer == "lfq" else 0.0
+        numbers = {"entropy_loss_weight": (entropy_loss_weight, 0.0), "diversity_gamma": (diversity_gamma, 0.0),
+                   "entropy_temperature": (entropy_temperature, 1e-6), "lfq_scale": (lfq_scale, 1e-6)}  # fmt: skip
+        for name, (value, low) in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < 1e6:
+                raise ValueError(f"{name}={value!r} must be a number in [{low:g}, 1e6)")
+        if entropy_loss_weight and quantizer not in ("vq", "vq_l2", "lfq"):
+            raise ValueError(f"entropy_loss_weight={entropy_loss_weight} is for vq, vq_l2 and lfq, not {quantizer!r}")
         _check_fields(
             ch=ch, out_ch=out_ch, in_channels=in_channels, num_res_blocks=num_res_blocks, resolution=resolution,
             z_channels=z_channels, ch_mult=ch_mult, attn_resolutions=attn_resolutions, n_embed=n_embed,
@@ -176,6 +234,11 @@ class VQGANConfig(PretrainedConfig):
         if ch % norm_num_groups:
             raise ValueError(f"ch={ch} must be a multiple of norm_num_groups={norm_num_groups} (GroupNorm's groups)")
         self.norm_num_groups = norm_num_groups
+        self.fsq_levels = list(fsq_levels)
+        self.entropy_loss_weight = entropy_loss_weight
+        self.entropy_temperature = entropy_temperature
+        self.diversity_gamma = diversity_gamma
+        self.lfq_scale = lfq_scale
         self.ch = ch
         self.out_ch = out_ch
         self.in_channels = in_channels

@@ -21,6 +21,7 @@ from .blocks import Decoder, Encoder, _conv, conv_compute_dtype
 from .configuration import VQGANConfig
 from .outputs import VQGANEncoderOutput, VQGANOutput, indices_to_grid
 from .quantizers import GumbelQuantizer, IndexPropagationQuantizer, QuantizerOutput, VectorQuantizer
+from .scalar_quantizers import FiniteScalarQuantizer, LookupFreeQuantizer
 
 __all__ = ["FlaxVQGANModule", "torch_style_init"]
 
@@ -39,8 +40,22 @@ class FlaxVQGANModule(nn.Module):
         quant_dtype = conv_compute_dtype(("quant_conv",), self.dtype)  # float32: blocks.FLOAT32_CONVS
         self.quant_conv = _conv(cfg.embed_dim, 1, dtype=quant_dtype, param_dtype=self.param_dtype)
         self.post_quant_conv = _conv(cfg.z_channels, 1, dtype=self.dtype, param_dtype=self.param_dtype)
-        self.quantize: Union[GumbelQuantizer, IndexPropagationQuantizer, VectorQuantizer]
-        if cfg.quantizer == "ibq":
+        self.quantize: Union[
+            GumbelQuantizer, IndexPropagationQuantizer, VectorQuantizer, FiniteScalarQuantizer, LookupFreeQuantizer
+        ]
+        if cfg.quantizer == "fsq":
+            self.quantize = FiniteScalarQuantizer(tuple(cfg.fsq_levels), dtype=self.dtype)
+        elif cfg.quantizer == "lfq":
+            self.quantize = LookupFreeQuantizer(
+                cfg.embed_dim,
+                entropy_weight=cfg.entropy_loss_weight,
+                commitment_weight=cfg.beta,
+                diversity_gamma=cfg.diversity_gamma,
+                temperature=cfg.entropy_temperature,
+                scale=cfg.lfq_scale,
+                dtype=self.dtype,
+            )
+        elif cfg.quantizer == "ibq":
             self.quantize = IndexPropagationQuantizer(
                 cfg.n_embed, cfg.embed_dim, cfg.beta, dtype=self.dtype, param_dtype=self.param_dtype
             )
@@ -60,6 +75,8 @@ class FlaxVQGANModule(nn.Module):
                 cfg.beta,
                 cfg.legacy_loss,
                 l2_norm=cfg.quantizer == "vq_l2",
+                entropy_weight=cfg.entropy_loss_weight,
+                entropy_temperature=cfg.entropy_temperature,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
             )

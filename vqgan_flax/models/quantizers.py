@@ -1,6 +1,7 @@
 """The quantizers: nearest-neighbour (taming's VectorQuantizer2; with ``l2_norm``, LlamaGen's and
 ViT-VQGAN's cosine variant), IBQ's index propagation (largest dot product, gradients to every
-code) and taming's Gumbel-softmax.
+code) and taming's Gumbel-softmax; LlamaGen's entropy loss for the nearest-neighbour codes. FSQ and
+LFQ, which learn no codebook, are in scalar_quantizers.py.
 
 The math lives in small pure functions; the Linen modules only own the parameters.
 """
@@ -33,19 +34,33 @@ class QuantizerOutput:
     logits: Optional[jax.Array] = None
 
 
-def nearest_code_indices(latents: jax.Array, codebook: jax.Array) -> jax.Array:
-    """Index of the nearest codebook row for every latent vector, computed in float32.
-
-    Uses ‖z‖² − 2 z·e + ‖e‖² (one matmul), as taming does, so ties and near-ties resolve the same way.
-    """
+def squared_distances(latents: jax.Array, codebook: jax.Array) -> jax.Array:
+    """(positions, n_embed) squared L2 distances of every latent vector to every code, in float32,
+    as ‖z‖² − 2 z·e + ‖e‖² (one matmul), as taming and LlamaGen compute them."""
     flat = latents.reshape(-1, latents.shape[-1]).astype(jnp.float32)
     codebook = codebook.astype(jnp.float32)
-    distances = (
+    return (
         jnp.sum(flat**2, axis=1, keepdims=True)
         - 2.0 * jnp.matmul(flat, codebook.T, precision=jax.lax.Precision.HIGHEST)
         + jnp.sum(codebook**2, axis=1)[None, :]
     )
-    return jnp.argmin(distances, axis=1).astype(jnp.int32).reshape(latents.shape[:-1])
+
+
+def nearest_code_indices(latents: jax.Array, codebook: jax.Array) -> jax.Array:
+    """Index of the nearest codebook row for every latent vector, computed in float32 from
+    [`squared_distances`], so ties and near-ties resolve as taming's do."""
+    return jnp.argmin(squared_distances(latents, codebook), axis=1).astype(jnp.int32).reshape(latents.shape[:-1])
+
+
+def vq_entropy_loss(distances: jax.Array, temperature: float = 0.01) -> jax.Array:
+    """LlamaGen's and MaskGIT's entropy loss on (positions, n_embed) distances: the soft
+    assignment ``softmax(-d / temperature)``; its mean per-position entropy minus the entropy of
+    its average (``log(p + 1e-5)`` there, as LlamaGen has it) — confident positions, every code used."""
+    logits = -distances.astype(jnp.float32) / temperature
+    probs = jax.nn.softmax(logits, axis=-1)
+    per_position = -jnp.mean(jnp.sum(probs * jax.nn.log_softmax(logits, axis=-1), axis=-1))
+    average = jnp.mean(probs, axis=0)
+    return per_position + jnp.sum(average * jnp.log(average + 1e-5))
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -109,6 +124,8 @@ class VectorQuantizer(nn.Module):
     beta: float = 0.25
     legacy: bool = True
     l2_norm: bool = False
+    entropy_weight: float = 0.0
+    entropy_temperature: float = 0.01
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -128,6 +145,10 @@ class VectorQuantizer(nn.Module):
         indices = nearest_code_indices(latents, codebook)
         quantized = self.get_codebook_entry(indices)
         loss = vq_loss(latents, quantized, self.beta, self.legacy)
+        if train and self.entropy_weight:
+            loss += self.entropy_weight * vq_entropy_loss(
+                squared_distances(latents, codebook), self.entropy_temperature
+            )
         if train:
             quantized = straight_through(latents, quantized)
         return QuantizerOutput(quantized.astype(self.dtype), indices, loss)
