@@ -97,6 +97,8 @@ _TAMING_TARGETS = {
     # latent-diffusion's VQ first stage: taming's blocks and taming's VectorQuantizer2.
     "ldm.models.autoencoder.VQModel": "vq",
     "ldm.models.autoencoder.VQModelInterface": "vq",
+    # SEED-Voken's IBQ, in its LightningCLI configs (configs/IBQ/*/imagenet_ibqgan_*.yaml).
+    "src.IBQ.models.ibqgan.IBQ": "ibq",
 }
 
 
@@ -347,23 +349,27 @@ class VQGANConfig(PretrainedConfig):
 
     @classmethod
     def from_taming_dict(cls, document: Dict[str, Any], source: str = "<dict>", **overrides: Any) -> VQGANConfig:
-        """Build a config from the parsed content of a taming ``model.yaml``."""
+        """Build a config from the parsed content of a taming ``model.yaml`` (``model.target`` /
+        ``model.params``) or a LightningCLI one (``model.class_path`` / ``model.init_args``, IBQ's)."""
         model = document.get("model", document) if isinstance(document, dict) else None
-        if not isinstance(model, dict) or "params" not in model:
+        lightning = isinstance(model, dict) and "class_path" in model
+        target_key, params_key = ("class_path", "init_args") if lightning else ("target", "params")
+        if not isinstance(model, dict) or not isinstance(model.get(params_key), dict):
             raise ValueError(f"{source}: expected a taming config with model.params (and model.target)")
-        target: Optional[str] = model.get("target")
+        target: Optional[str] = model.get(target_key)
         if target is not None and target not in _TAMING_TARGETS:
             raise ValueError(
-                f"{source}: unsupported model.target {target!r}; expected one of {sorted(_TAMING_TARGETS)}"
+                f"{source}: unsupported model.{target_key} {target!r}; expected one of {sorted(_TAMING_TARGETS)}"
             )
-        params = model["params"]
+        params = model[params_key]
         missing = [k for k in ("ddconfig", "embed_dim", "n_embed") if k not in params]
         if missing:
-            raise ValueError(f"{source}: model.params lacks {missing}")
+            raise ValueError(f"{source}: model.{params_key} lacks {missing}")
         if not isinstance(params["ddconfig"], dict):
-            raise ValueError(f"{source}: model.params.ddconfig must be a mapping")
-        if params.get("remap") is not None:
-            raise ValueError(f"{source}: model.params.remap is not supported (its indices are a remapped subset)")
+            raise ValueError(f"{source}: model.{params_key}.ddconfig must be a mapping")
+        for name, why in (("remap", "its indices are a remapped subset"), ("l2_normalize", "IBQ with l2 norm")):
+            if params.get(name) not in (None, False):
+                raise ValueError(f"{source}: model.{params_key}.{name} is not supported ({why})")
         ddconfig = dict(params["ddconfig"])
         attention = _ldm_attention(ddconfig, source)
         known = set(cls().to_dict())
@@ -373,6 +379,8 @@ class VQGANConfig(PretrainedConfig):
         kwargs["quantizer"] = _TAMING_TARGETS.get(target or "", "vq")
         if kwargs["quantizer"] == "gumbel":
             kwargs["kl_weight"] = params.get("kl_weight", 1e-8)  # GumbelVQ's own default
+        if kwargs["quantizer"] == "ibq":
+            kwargs["beta"] = params.get("beta", 0.25)
         kwargs.update(overrides)
         try:
             return cls(**kwargs)
