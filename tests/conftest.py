@@ -29,7 +29,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("torch"):
         require_torch_reference()
     # Tooling whose result cannot depend on the stack it runs on (scripts that drive a checkout,
-    # tests that already run both interpreters) runs once: CI runs both suites in 35 minutes.
+    # tests that already run both interpreters), and per-family repeats of paths both stacks test
+    # with the default model, run once: CI runs both suites in 35 minutes.
     if item.get_closest_marker("one_stack") and sys.version_info < (3, 12):
         pytest.skip("runs on the current stack only: it does not depend on the stack (CI time)")
 
