@@ -16,6 +16,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ..train.lpips import lpips_params_from_state_dict
     from ..train.trainer import ImageCrops, VQGANTrainer
 
+    allow = [name.strip().replace("-", "_") for value in args.allow_change or () for name in value.split(",")]
+    known = set(TrainingConfig.__dataclass_fields__) | {"model_config", "data"}
+    unknown = [name for name in allow if name.split(".")[0] not in known]
+    if unknown:
+        raise ValueError(
+            f"--allow-change {', '.join(unknown)}: not a setting of a run (a training field, model_config, data)"
+        )
     seed = args.seed or 0
     if args.init_from:
         kwargs = {"revision": args.revision} if args.revision else {}
@@ -46,7 +53,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         tint=args.tint,
         channel_shuffle=args.channel_shuffle,
     )
-    trainer.fit(data, args.output, progress=not args.quiet)
+    max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
+    trainer.fit(data, args.output, progress=not args.quiet, max_seconds=max_seconds, allow_change=allow)
     print(
         f"trained to step {config.steps} in {time.time() - began:.0f} s; model in {os.path.join(args.output, 'model')}"
     )
@@ -88,6 +96,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", help="Hub revision of --init-from: branch, tag or commit (default: main)")
     p.add_argument("--lpips", help="LPIPS weights (.safetensors/.pt state dict) for the perceptual term")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--allow-change",
+        action="append",
+        metavar="FIELD[,FIELD]",
+        help="on resume, accept a new value of this setting (a training field such as learning_rate, "
+        "model_config, data); any other changed setting is refused (--steps may grow)",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=NON_NEGATIVE,
+        help="stop (saving) after the first step that ends past this many minutes; rerun to resume",
+    )
     defaults = TrainingConfig()
     for name, (kind, meaning) in _FIELDS.items():
         flag, default = "--" + name.replace("_", "-"), getattr(defaults, name)

@@ -20,6 +20,7 @@ from ..data.image_io import list_images, open_rgb
 from ..data.parallel import make_mesh
 from ..hub.modeling import FlaxVQGANModel
 from .config import TrainingConfig
+from .resume import check_resume, run_record
 from .step import StepPlan, TrainState, compiled_train_step, learning_rate_schedule, step_arguments
 
 
@@ -78,11 +79,21 @@ class ImageCrops:
             self.images.append(array)
         if not self.images:
             raise ValueError("no training images")
+        self.source: Optional[str] = None
+
+    def describe(self) -> Dict[str, Any]:
+        """What decides the batches, for the run's record: the source folder (when known), the
+        image count, the crop size and the augmentations (the seed is the training config's)."""
+        return {"source": self.source, "images": len(self.images), "crop_size": self.crop_size,
+                "min_scale": self.min_scale, "colour_jitter": self.colour_jitter, "tint": self.tint,
+                "channel_shuffle": self.channel_shuffle}  # fmt: skip
 
     @classmethod
     def from_folder(cls, folder: str, crop_size: int, seed: int = 0, **augment: Any) -> ImageCrops:
         """Crops of every image in ``folder`` (``augment``: the keyword arguments of ``__init__``)."""
-        return cls(list_images(folder), crop_size, seed, **augment)
+        crops = cls(list_images(folder), crop_size, seed, **augment)
+        crops.source = os.path.abspath(folder)
+        return crops
 
     def batch(self, step: int, batch_size: int) -> np.ndarray:
         """(batch_size, crop, crop, 3) float32 in [-1, 1] for ``step``."""
@@ -213,9 +224,14 @@ class VQGANTrainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
 
-    def save(self, state: TrainState, output_dir: str) -> str:
-        """Write ``train_state.msgpack`` (exact resumption) and a ``model/`` folder (EMA params
-        when enabled) that ``FlaxVQGANModel.from_pretrained`` loads."""
+    def run_record(self, data: Optional[ImageCrops] = None) -> dict:
+        """The run's settings as ``training_config.json`` keeps them (see ``train.resume``)."""
+        return run_record(self.config.to_dict(), self.model.config.to_dict(), data.describe() if data else {})
+
+    def save(self, state: TrainState, output_dir: str, data: Optional[ImageCrops] = None) -> str:
+        """Write ``train_state.msgpack`` (exact resumption), the run's record
+        (``training_config.json``, with the step) and a ``model/`` folder (EMA params when enabled)
+        that ``FlaxVQGANModel.from_pretrained`` loads."""
         os.makedirs(output_dir, exist_ok=True)
         host_state = jax.device_get(state)
         tmp = os.path.join(output_dir, "train_state.msgpack.tmp")
@@ -223,7 +239,7 @@ class VQGANTrainer:
             f.write(serialization.to_bytes(host_state))
         os.replace(tmp, os.path.join(output_dir, "train_state.msgpack"))
         with open(os.path.join(output_dir, "training_config.json"), "w") as f:
-            json.dump({**self.config.to_dict(), "step": int(host_state.step)}, f, indent=2)
+            json.dump({**self.run_record(data), "step": int(host_state.step)}, f, indent=2)
         params = host_state.ema_params if self.config.ema_decay else host_state.params
         self.model.save_pretrained(os.path.join(output_dir, "model"), params=params, safe_serialization=True)
         return output_dir
@@ -245,6 +261,7 @@ class VQGANTrainer:
         progress: bool = True,
         on_log: Optional[Callable[[Dict[str, float]], None]] = None,
         max_seconds: Optional[float] = None,
+        allow_change: Sequence[str] = (),
     ) -> TrainState:
         """Train up to ``config.steps`` and return the final state.
 
@@ -252,11 +269,17 @@ class VQGANTrainer:
         steps and at the end; every ``log_every`` steps appends the metrics to
         ``output_dir/log.jsonl`` and passes them to ``on_log``. With ``max_seconds``, stops after
         the first step that ends past that budget, logging and saving it (a later call resumes).
+        A resume whose settings differ from the recorded run's is refused before anything is
+        written ([`check_resume`]), unless each changed field is in ``allow_change``.
         """
         cfg = self.config
         if state is None:
             resumable = output_dir is not None and os.path.isfile(os.path.join(output_dir, "train_state.msgpack"))
-            state = self.restore(output_dir) if output_dir is not None and resumable else self.init_state()
+            if output_dir is not None and resumable:
+                check_resume(output_dir, self.run_record(data), allow_change)
+                state = self.restore(output_dir)
+            else:
+                state = self.init_state()
         start = int(state.step)
         bar = None
         if progress:
@@ -281,7 +304,7 @@ class VQGANTrainer:
                 if on_log is not None:
                     on_log(logged)
             if output_dir and (done % cfg.save_every == 0 or done == cfg.steps or out_of_time):
-                self.save(state, output_dir)
+                self.save(state, output_dir, data)
             if out_of_time:
                 break
         if bar is not None:
