@@ -83,7 +83,12 @@ def test_check_resume_compares_every_section_and_old_records(tmp_path):
     assert check_resume(str(tmp_path), run_record(training, {"ch": 64}, {"images": 9}))["step"] == 4
     (tmp_path / "training_config.json").write_text(json.dumps({**record, "step": 4}))
     changed = run_record({**training, "log_every": 1, "save_every": 7}, {**model, "ch_mult": (1, 2)}, record["data"])
-    assert check_resume(str(tmp_path), changed)["step"] == 4 and set(FREE) == {"log_every", "save_every"}
+    assert check_resume(str(tmp_path), changed)["step"] == 4 and set(FREE) == {
+        "log_every",
+        "save_every",
+        "val_every",
+        "tensorboard",
+    }
     other = run_record(training, {**model, "ch": 64}, {"source": "/e", "images": 3})
     with pytest.raises(ResumeRefused, match=r"model_config.ch: 32 -> 64; data.source: '/d' -> '/e'|data.source"):
         check_resume(str(tmp_path), other)

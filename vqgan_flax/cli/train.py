@@ -15,6 +15,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ..models.configuration import PRESETS, VQGANConfig
     from ..train.lpips import lpips_params_from_state_dict
     from ..train.trainer import ImageCrops, VQGANTrainer
+    from ..train.watch import ValidationSet
 
     allow = [name.strip().replace("-", "_") for value in args.allow_change or () for name in value.split(",")]
     known = set(TrainingConfig.__dataclass_fields__) | {"model_config", "data"}
@@ -54,7 +55,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         channel_shuffle=args.channel_shuffle,
     )
     max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
-    trainer.fit(data, args.output, progress=not args.quiet, max_seconds=max_seconds, allow_change=allow)
+    held_out = ValidationSet.from_folder(args.val_data, args.val_size or config.crop_size) if args.val_data else None
+    trainer.fit(data, args.output, progress=not args.quiet, max_seconds=max_seconds, allow_change=allow,
+                validation=held_out)  # fmt: skip
     print(
         f"trained to step {config.steps} in {time.time() - began:.0f} s; model in {os.path.join(args.output, 'model')}"
     )
@@ -85,6 +88,7 @@ _FIELDS = {
     "seed": (COUNT, "seed of the initial weights and of the crops"),
     "log_every": (POSITIVE_INT, "steps between log.jsonl lines"),
     "save_every": (POSITIVE_INT, "steps between checkpoints"),
+    "val_every": (COUNT, "steps between scores on --val-data (default: at every checkpoint)"),
 }
 
 
@@ -96,6 +100,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", help="Hub revision of --init-from: branch, tag or commit (default: main)")
     p.add_argument("--lpips", help="LPIPS weights (.safetensors/.pt state dict) for the perceptual term")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--val-data", help="folder of held-out images scored during training (PSNR, SSIM, code usage)")
+    p.add_argument("--val-size", type=POSITIVE_INT, help="side of the validation images (default: --crop-size)")
+    p.add_argument(
+        "--tensorboard", action="store_true", help="also write TensorBoard event files to OUTPUT/tensorboard"
+    )
     p.add_argument(
         "--allow-change",
         action="append",

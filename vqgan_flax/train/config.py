@@ -53,6 +53,10 @@ class TrainingConfig:
     seed: int = 0
     log_every: int = 50
     save_every: int = 500
+    # With a validation set: score it every this many steps (0: at every checkpoint) and at the end.
+    val_every: int = 0
+    # Also write the metrics (and sample grids) as TensorBoard event files (needs tensorboardX).
+    tensorboard: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

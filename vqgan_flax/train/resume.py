@@ -20,7 +20,7 @@ from ..utils.files import read_json_object
 
 RECORD = "training_config.json"
 # Fields that change when and how often the run reports, not what it computes.
-FREE = ("log_every", "save_every")
+FREE = ("log_every", "save_every", "val_every", "tensorboard")
 # Entries of a model config that describe the file, not the architecture.
 _MODEL_METADATA = ("transformers_version", "_name_or_path", "architectures", "torch_dtype", "dtype")
 
@@ -47,16 +47,23 @@ def _changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -
     return found
 
 
-def check_resume(output_dir: str, record: Mapping[str, Any], allow_change: Iterable[str] = ()) -> Optional[dict]:
+def check_resume(
+    output_dir: str,
+    record: Mapping[str, Any],
+    allow_change: Iterable[str] = (),
+    defaults: Optional[Mapping[str, Any]] = None,
+) -> Optional[dict]:
     """Compare the run recorded in ``output_dir`` with ``record`` (see [`run_record`]); returns the
     recorded one, or None when the folder holds no record (a run of an older version keeps only
     its training fields, which are compared alone). Raises [`ResumeRefused`] listing every changed
-    field not in ``allow_change`` (fewer ``steps`` included; more are the run going on); reads only."""
+    field not in ``allow_change`` (fewer ``steps`` included; more are the run going on); reads only.
+    A training field the record lacks (added in a later version) counts as its value in ``defaults``."""
     path = os.path.join(output_dir, RECORD)
     if not os.path.isfile(path):
         return None
     stored = read_json_object(path, "a run record")
     record = json.loads(json.dumps(record))  # as the record reads back: tuples are lists, keys strings
+    stored = {**{k: v for k, v in (defaults or {}).items() if k in record}, **stored}
     done = stored.get("step", 0)
     allowed = set(allow_change)
     comparable = {k: v for k, v in record.items() if k in stored or k not in ("model_config", "data")}

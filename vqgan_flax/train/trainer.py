@@ -22,6 +22,7 @@ from ..hub.modeling import FlaxVQGANModel
 from .config import TrainingConfig
 from .resume import check_resume, run_record
 from .step import StepPlan, TrainState, compiled_train_step, learning_rate_schedule, step_arguments
+from .watch import RunWriter, ValidationSet, sample_grid, validate
 
 
 class ImageCrops:
@@ -262,6 +263,7 @@ class VQGANTrainer:
         on_log: Optional[Callable[[Dict[str, float]], None]] = None,
         max_seconds: Optional[float] = None,
         allow_change: Sequence[str] = (),
+        validation: Optional[ValidationSet] = None,
     ) -> TrainState:
         """Train up to ``config.steps`` and return the final state.
 
@@ -270,13 +272,16 @@ class VQGANTrainer:
         ``output_dir/log.jsonl`` and passes them to ``on_log``. With ``max_seconds``, stops after
         the first step that ends past that budget, logging and saving it (a later call resumes).
         A resume whose settings differ from the recorded run's is refused before anything is
-        written ([`check_resume`]), unless each changed field is in ``allow_change``.
+        written ([`check_resume`]), unless each changed field is in ``allow_change``. With
+        ``validation``, every ``val_every`` steps (0: at each checkpoint) and at the end the model
+        (its EMA weights with ``ema_decay``) is scored on it: ``val_*`` metrics logged and passed to
+        ``on_log``, a sample grid in ``output_dir/samples/``; ``tensorboard`` mirrors the log.
         """
         cfg = self.config
         if state is None:
             resumable = output_dir is not None and os.path.isfile(os.path.join(output_dir, "train_state.msgpack"))
             if output_dir is not None and resumable:
-                check_resume(output_dir, self.run_record(data), allow_change)
+                check_resume(output_dir, self.run_record(data), allow_change, TrainingConfig().to_dict())
                 state = self.restore(output_dir)
             else:
                 state = self.init_state()
@@ -286,6 +291,8 @@ class VQGANTrainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step")
+        writer = RunWriter(output_dir, cfg.tensorboard) if output_dir else None
+        val_every = cfg.val_every or cfg.save_every
         began = time.time()
         for step in range(start, cfg.steps):
             state, metrics = self.train_step(state, self.shard(data.batch(step, cfg.batch_size)))
@@ -297,19 +304,32 @@ class VQGANTrainer:
                 logged = {"step": done, "seconds": time.time() - began, **jax.tree.map(float, metrics)}
                 if bar is not None:
                     bar.set_postfix(nll=f"{logged['nll_loss']:.4f}", ppl=f"{logged['perplexity']:.0f}")
-                if output_dir:
-                    os.makedirs(output_dir, exist_ok=True)
-                    with open(os.path.join(output_dir, "log.jsonl"), "a") as f:
-                        f.write(json.dumps(logged) + "\n")
+                if writer is not None:
+                    writer.log(logged)
                 if on_log is not None:
                     on_log(logged)
+            if validation is not None and (done % val_every == 0 or done == cfg.steps or out_of_time):
+                self._validate(state, validation, done, writer, on_log)
             if output_dir and (done % cfg.save_every == 0 or done == cfg.steps or out_of_time):
                 self.save(state, output_dir, data)
             if out_of_time:
                 break
         if bar is not None:
             bar.close()
+        if writer is not None:
+            writer.close()
         return state
+
+    def _validate(self, state: TrainState, held_out: ValidationSet, step: int, writer: Any, on_log: Any) -> None:
+        params = jax.device_get(state.ema_params if self.config.ema_decay else state.params)
+        scores = validate(self.model, params, held_out, self.config.batch_size)
+        grid = sample_grid(held_out.images, scores.pop("reconstructions"))
+        logged = {"step": step, **scores}
+        if writer is not None:
+            writer.log(logged)
+            writer.samples(step, grid)
+        if on_log is not None:
+            on_log(logged)
 
 
 __all__ = [
