@@ -120,6 +120,7 @@ def test_models_with_implicit_codes_save_load_and_decode_their_indices(fields, t
     )
 
 
+@pytest.mark.one_stack  # the quantizers' math is compared on both stacks; the trainer is tested on both
 @pytest.mark.parametrize("fields", [dict(quantizer="fsq", fsq_levels=[5, 5, 4]), dict(quantizer="lfq", embed_dim=5),
                                     dict(quantizer="vq_l2", entropy_loss_weight=0.05)])  # fmt: skip
 def test_the_trainer_trains_with_fsq_lfq_and_the_vq_entropy_loss(fields):
@@ -131,7 +132,7 @@ def test_the_trainer_trains_with_fsq_lfq_and_the_vq_entropy_loss(fields):
 
     implied = {} if fields["quantizer"] == "vq_l2" else {"embed_dim": None, "n_embed": None}
     config = VQGANConfig.from_preset("tiny", **{**implied, **fields})
-    training = TrainingConfig(steps=6, batch_size=4, crop_size=16, learning_rate=1e-3, disc_start=1000,
+    training = TrainingConfig(steps=3, batch_size=4, crop_size=16, learning_rate=1e-3, disc_start=1000,
                               disc_num_layers=1, disc_ndf=32, log_every=1, save_every=1000)  # fmt: skip
     trainer = VQGANTrainer(FlaxVQGANModel(config, seed=0), training, mesh=SINGLE)
     logs = []
@@ -139,7 +140,7 @@ def test_the_trainer_trains_with_fsq_lfq_and_the_vq_entropy_loss(fields):
     start = jax.device_get(state.params)
     state = trainer.fit(_data(), state=state, progress=False, on_log=logs.append)
     params = jax.device_get(state.params)
-    assert all(np.isfinite(m["loss"]) for m in logs) and len(logs) == 6
+    assert all(np.isfinite(m["loss"]) for m in logs) and len(logs) == 3
     for part, leaf in (("encoder", "conv_in"), ("decoder", "conv_out")):
         assert float(np.abs(params[part][leaf]["kernel"] - start[part][leaf]["kernel"]).max()) > 0
     assert 1 <= logs[-1]["perplexity"] <= config.n_embed

@@ -182,7 +182,7 @@ def test_cli_commands_take_a_hub_id(offline, tmp_path, capsys, monkeypatch):
     import vqgan_flax.train.trainer as training
 
     started = {}
-    monkeypatch.setattr(training.VQGANTrainer, "fit", lambda self, data, output, progress: started.update(m=self))
+    monkeypatch.setattr(training.VQGANTrainer, "fit", lambda self, data, output, **options: started.update(m=self))
     code, _, err = run_cli(capsys, "train", "--data", offline.images, "--output", tmp_path / "t", "--init-from", REPO,
                         "--revision", "v1.0", "--steps", 1, "--crop-size", 32, "--quiet")  # fmt: skip
     assert code == 0, err

@@ -35,6 +35,7 @@ def data(tmp_path):
     return folder
 
 
+@pytest.mark.one_stack  # the guard is plain Python over the record; the trainer is tested on both stacks
 def test_a_changed_resume_is_refused_untouched_and_the_same_command_resumes(data, tmp_path, capsys):
     run = tmp_path / "run"
     base = ["train", "--data", data, "--output", run, "--config", "tiny", "--batch-size", 8, "--crop-size", 16,

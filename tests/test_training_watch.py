@@ -45,6 +45,7 @@ def _events(folder):
     return scalars, images
 
 
+@pytest.mark.one_stack  # numpy scoring and event files over the trainer both stacks test
 def test_validation_scores_grids_and_tensorboard_events(tmp_path, capsys):
     data, held_out, run = _folder(tmp_path / "d", 2, 0), _folder(tmp_path / "v", 3, 1), tmp_path / "run"
     argv = ["train", "--data", data, "--val-data", held_out, "--output", run, "--config", "tiny", "--steps", 4,

@@ -24,20 +24,24 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise ValueError(
             f"--allow-change {', '.join(unknown)}: not a setting of a run (a training field, model_config, data)"
         )
-    seed = args.seed or 0
+    from ..train.config import load_recipe
+
+    recipe = load_recipe(args.recipe) if args.recipe else {"model": None, "training": {}}
+    seed = args.seed if args.seed is not None else recipe["training"].get("seed", 0)
     if args.init_from:
         kwargs = {"revision": args.revision} if args.revision else {}
         model = FlaxVQGANModel.from_pretrained(args.init_from, **kwargs)
-    elif args.config in PRESETS:
-        model = FlaxVQGANModel(VQGANConfig.from_preset(args.config), seed=seed)
+    elif (args.config or recipe["model"]) in PRESETS:
+        model = FlaxVQGANModel(VQGANConfig.from_preset(args.config or recipe["model"]), seed=seed)
     elif args.config and args.config.endswith((".yaml", ".yml")):
         model = FlaxVQGANModel(VQGANConfig.from_taming_yaml(args.config), seed=seed)
     elif args.config:
         model = FlaxVQGANModel(VQGANConfig.from_json_file(args.config), seed=seed)
     else:
-        raise ValueError("give --config PRESET|config.json|model.yaml or --init-from MODEL")
-    fields = {f: getattr(args, f) for f in TrainingConfig.__dataclass_fields__ if getattr(args, f, None) is not None}
-    config = TrainingConfig(**fields)
+        raise ValueError("give --config PRESET|config.json|model.yaml, --recipe or --init-from MODEL")
+    # A flag given on the command line wins over the recipe, the recipe over TrainingConfig's defaults.
+    given = {f: getattr(args, f) for f in TrainingConfig.__dataclass_fields__ if getattr(args, f, None) is not None}
+    config = TrainingConfig(**{**recipe["training"], **given})
     lpips = None
     if args.lpips:
         from ..conversion import load_state_dict
@@ -69,6 +73,10 @@ _FIELDS = {
     "batch_size": (POSITIVE_INT, "crops per step, over all devices"),
     "crop_size": (POSITIVE_INT, "side of the square training crops, in pixels"),
     "learning_rate": (NON_NEGATIVE, "Adam learning rate of the autoencoder and the discriminator"),
+    "adam_b1": (NON_NEGATIVE, "Adam's beta1 (taming: 0.5, LlamaGen: 0.9)"),
+    "adam_b2": (NON_NEGATIVE, "Adam's beta2 (taming: 0.9, LlamaGen: 0.95)"),
+    "weight_decay": (NON_NEGATIVE, "decoupled weight decay of the autoencoder (AdamW)"),
+    "max_grad_norm": (NON_NEGATIVE, "clip each network's gradients to this global norm (default: off)"),
     "schedule": (("constant", "cosine"), "constant (taming), or cosine: warm-up, then down to 10%% at --steps"),
     "warmup_steps": (COUNT, "linear warm-up steps of the cosine schedule"),
     "reconstruction_loss": (("l1", "l2"), "pixel distance of the reconstruction term"),
@@ -78,6 +86,10 @@ _FIELDS = {
     "perceptual_weight": (NON_NEGATIVE, "weight of LPIPS (with --lpips only)"),
     "disc_start": (COUNT, "step from which the discriminator trains and its loss counts"),
     "disc_weight": (NON_NEGATIVE, "weight of the adversarial term (0: no discriminator)"),
+    "disc_factor": (NON_NEGATIVE, "factor of both GAN terms from --disc-start on (taming's disc_factor)"),
+    "disc_loss": (("hinge", "vanilla"), "the discriminator's loss: hinge, or vanilla (non-saturating)"),
+    "gen_loss": (("hinge", "non_saturating"), "the generator's GAN term: -D(x̂), or softplus(-D(x̂))"),
+    "r1_weight": (NON_NEGATIVE, "R1 penalty gamma on real images: gamma/2 |grad D|^2 (default: off)"),
     "disc_ndf": (POSITIVE_INT, "channels of the discriminator's first layer"),
     "disc_num_layers": (POSITIVE_INT, "stride-2 layers of the PatchGAN discriminator"),
     "ema_decay": (NON_NEGATIVE, "keep an EMA of the weights with this decay and save it (default: off)"),
@@ -103,7 +115,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-data", help="folder of held-out images scored during training (PSNR, SSIM, code usage)")
     p.add_argument("--val-size", type=POSITIVE_INT, help="side of the validation images (default: --crop-size)")
     p.add_argument(
-        "--tensorboard", action="store_true", help="also write TensorBoard event files to OUTPUT/tensorboard"
+        "--tensorboard",
+        action="store_true",
+        default=None,
+        help="also write TensorBoard event files to OUTPUT/tensorboard",
     )
     p.add_argument(
         "--allow-change",
@@ -117,13 +132,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=NON_NEGATIVE,
         help="stop (saving) after the first step that ends past this many minutes; rerun to resume",
     )
+    p.add_argument("--recipe", help="a named recipe (llamagen-vq) or a recipe JSON: the model preset and training "
+                   "values, under any flag given here")  # fmt: skip
+    p.add_argument("--fixed-disc-weight", dest="adaptive_disc_weight", action="store_false", default=None,
+                   help="a fixed adversarial weight (--disc-weight) instead of taming's adaptive one")  # fmt: skip
     defaults = TrainingConfig()
     for name, (kind, meaning) in _FIELDS.items():
+        # No argparse default: a flag not given leaves the recipe's value, else TrainingConfig's.
         flag, default = "--" + name.replace("_", "-"), getattr(defaults, name)
+        shown = meaning if "default" in meaning else f"{meaning} (default: {default})"
         if isinstance(kind, tuple):
-            p.add_argument(flag, dest=name, choices=kind, default=default, help=meaning)
+            p.add_argument(flag, dest=name, choices=kind, help=shown)
         else:
-            p.add_argument(flag, dest=name, type=kind, default=default, help=meaning)
+            p.add_argument(flag, dest=name, type=kind, help=shown)
     p.add_argument(
         "--min-scale",
         type=fraction("min-scale", closed_at_zero=False, closed_at_one=True),

@@ -4,7 +4,9 @@ defaults without importing JAX. Imports only the standard library."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+import json
+import os
+from typing import Any, Dict, List, Optional
 
 
 @dataclasses.dataclass
@@ -50,6 +52,15 @@ class TrainingConfig:
     # Not in taming: weight of losses.colour_anchor_loss, which ties the first three latent channels
     # to each block's mean Y, Cb and Cr (so the codes carry colour; nearest-neighbour quantizer only).
     colour_anchor_weight: float = 0.0
+    # Not in taming (LlamaGen, MaskGIT, MAGVIT recipes): decoupled weight decay of the autoencoder
+    # (AdamW), clipping of each network's gradients to this global norm (None: off), a fixed
+    # adversarial weight (disc_weight) instead of taming's adaptive ‖∇L_rec‖ / ‖∇L_GAN‖, the
+    # non-saturating generator loss, and R1 on real images (weight γ; the penalty is γ/2 ‖∇D‖²).
+    weight_decay: float = 0.0
+    max_grad_norm: Optional[float] = None
+    adaptive_disc_weight: bool = True
+    gen_loss: str = "hinge"
+    r1_weight: float = 0.0
     seed: int = 0
     log_every: int = 50
     save_every: int = 500
@@ -62,4 +73,36 @@ class TrainingConfig:
         return dataclasses.asdict(self)
 
 
-__all__ = ["TrainingConfig"]
+RECIPES = os.path.join(os.path.dirname(__file__), "recipe_files")
+
+
+def list_recipes() -> List[str]:
+    """The named recipes shipped with the package (``--recipe NAME``)."""
+    return sorted(name[: -len(".json")] for name in os.listdir(RECIPES) if name.endswith(".json"))
+
+
+def load_recipe(name_or_path: str) -> Dict[str, Any]:
+    """A recipe: ``{"model": preset or None, "training": {field: value}}`` from a shipped name
+    (``llamagen-vq``) or a JSON file of that shape; an unknown training field, or a value
+    ``TrainingConfig`` refuses, is named with the file."""
+    path = os.path.join(RECIPES, f"{name_or_path}.json") if name_or_path in list_recipes() else name_or_path
+    if not os.path.isfile(path):
+        raise ValueError(f"--recipe {name_or_path}: neither a shipped recipe ({', '.join(list_recipes())}) nor a file")
+    if os.path.getsize(path) > 1 << 20:
+        raise ValueError(f"{path}: over 1 MiB; a recipe is a few hundred bytes")
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON recipe ({err})") from None
+    training = document.get("training", {}) if isinstance(document, dict) else None
+    if not isinstance(training, dict) or not isinstance(document.get("model"), (str, type(None))):
+        raise ValueError(f"{path}: a recipe is {{'model': PRESET, 'training': {{FIELD: VALUE}}}}")
+    unknown = sorted(set(training) - {f.name for f in dataclasses.fields(TrainingConfig)})
+    if unknown:
+        raise ValueError(f"{path}: training fields TrainingConfig does not have: {', '.join(unknown)}")
+    TrainingConfig(**training)  # types are checked where they are used; construction must work
+    return {"model": document.get("model"), "training": training}
+
+
+__all__ = ["RECIPES", "TrainingConfig", "list_recipes", "load_recipe"]

@@ -61,9 +61,20 @@ def vanilla_d_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
     return 0.5 * (jnp.mean(jax.nn.softplus(-logits_real)) + jnp.mean(jax.nn.softplus(logits_fake)))
 
 
-def generator_adversarial_loss(logits_fake: jax.Array) -> jax.Array:
-    """The generator's GAN term, ``-mean(D(x̂))`` as in taming."""
+def generator_adversarial_loss(logits_fake: jax.Array, kind: str = "hinge") -> jax.Array:
+    """The generator's GAN term: ``"hinge"`` is taming's ``-mean(D(x̂))``; ``"non_saturating"``
+    is ``mean(softplus(-D(x̂)))`` (LlamaGen's and StyleGAN's), whose gradient does not vanish
+    where the discriminator is sure the image is fake."""
+    if kind == "non_saturating":
+        return jnp.mean(jax.nn.softplus(-logits_fake))
     return -jnp.mean(logits_fake)
+
+
+def r1_penalty(discriminator_fn: Any, real: jax.Array) -> jax.Array:
+    """The R1 regulariser (Mescheder et al. 2018): the batch mean of ``‖∇ₓ D(x)‖²`` on real
+    images, ``discriminator_fn`` mapping images to logits."""
+    grads = jax.grad(lambda x: jnp.sum(discriminator_fn(x)))(real)
+    return jnp.mean(jnp.sum(grads.reshape(grads.shape[0], -1).astype(jnp.float32) ** 2, axis=1))
 
 
 def adopt_weight(weight: ArrayLike, step: jax.Array, threshold: ArrayLike) -> jax.Array:

@@ -28,6 +28,7 @@ from .losses import (
     colour_anchor_loss,
     generator_adversarial_loss,
     hinge_d_loss,
+    r1_penalty,
     reconstruction_loss,
     vanilla_d_loss,
 )
@@ -68,7 +69,7 @@ def learning_rate_schedule(config: TrainingConfig) -> optax.Schedule:
 
 _INT32_MAX = 2**31 - 1  # the step counter is int32: a threshold past it is never reached
 _WEIGHTS = ("codebook_weight", "perceptual_weight", "chroma_weight", "ssim_weight", "colour_anchor_weight",
-            "disc_weight", "disc_factor")  # fmt: skip
+            "disc_weight", "disc_factor", "weight_decay", "r1_weight")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +105,11 @@ class StepPlan:
     quantize_after: bool
     restarts: bool
     ema: bool
+    decay: bool = False
+    clip: bool = False
+    adaptive: bool = True
+    gen_loss: str = "hinge"
+    r1: bool = False
 
     @classmethod
     def of(cls, model: FlaxVQGANModel, config: TrainingConfig, perceptual: bool) -> StepPlan:
@@ -126,6 +132,11 @@ class StepPlan:
             quantize_after=config.quantize_after > 0,
             restarts=bool(config.codebook_restart_every) and model.config.quantizer == "vq",
             ema=bool(config.ema_decay),
+            decay=config.weight_decay > 0,
+            clip=config.max_grad_norm is not None,
+            adaptive=bool(config.adaptive_disc_weight),
+            gen_loss=config.gen_loss,
+            r1=config.r1_weight > 0,
         )
 
     def optimizers(
@@ -139,9 +150,13 @@ class StepPlan:
             schedule = lambda count: warmup_cosine_rate(count, rate, numbers["warmup_steps"], numbers["steps"])  # noqa: E731
         else:
             schedule = lambda count: rate  # noqa: E731
+        # Clipping and weight decay only where asked for: without them the chain (and a saved
+        # optimiser state) is exactly optax.adam's.
+        clip = [optax.clip_by_global_norm(numbers["max_grad_norm"])] if self.clip else []
         adam = lambda: optax.scale_by_adam(b1=self.adam_b1, b2=self.adam_b2)  # noqa: E731
-        autoencoder = optax.chain(adam(), optax.scale_by_schedule(lambda count: -schedule(count)))
-        return autoencoder, optax.chain(adam(), optax.scale(-rate))
+        decay = [optax.add_decayed_weights(numbers["weight_decay"])] if self.decay else []
+        autoencoder = optax.chain(*clip, adam(), *decay, optax.scale_by_schedule(lambda count: -schedule(count)))
+        return autoencoder, optax.chain(*clip, adam(), optax.scale(-rate))
 
 
 def step_arguments(config: TrainingConfig) -> Dict[str, jax.Array]:
@@ -162,6 +177,7 @@ def step_arguments(config: TrainingConfig) -> Dict[str, jax.Array]:
         "disc_start": as_step(config.disc_start),
         "quantize_after": as_step(config.quantize_after),
         "ema_decay": as_float(config.ema_decay or 0.0),
+        "max_grad_norm": as_float(config.max_grad_norm or 0.0),
         "restart_every": as_step(config.codebook_restart_every or 1),
         "restart_until": as_step(_INT32_MAX if until is None else until),
     }
@@ -198,7 +214,7 @@ def _train_step(
         )  # fmt: skip
         logits_fake = plan.discriminator.apply({"params": state.disc_params}, out.reconstruction)
         anchor = colour_anchor_loss(batch, out.latents) if plan.colour_anchor else jnp.zeros(())
-        return (nll, generator_adversarial_loss(logits_fake), out.loss, anchor), out
+        return (nll, generator_adversarial_loss(logits_fake, plan.gen_loss), out.loss, anchor), out
 
     if not plan.gan:
         # Reconstruction and codebook terms only: one backward pass, the discriminator untouched.
@@ -216,7 +232,10 @@ def _train_step(
         (nll_grads,) = backward((one, zero, codebook_weight, anchor_weight))
         (g_grads,) = backward((zero, one, zero, zero))
         last = lambda tree: tree["decoder"]["conv_out"]["kernel"]  # noqa: E731
-        d_weight = adaptive_weight(last(nll_grads), last(g_grads), numbers["disc_weight"])
+        if plan.adaptive:
+            d_weight = adaptive_weight(last(nll_grads), last(g_grads), numbers["disc_weight"])
+        else:
+            d_weight = numbers["disc_weight"]
         grads = jax.tree.map(lambda a, b: a + d_weight * factor * b, nll_grads, g_grads)
         disc_params, disc_opt_state, d_loss, logits_real, logits_fake = _disc_step(
             plan, numbers, state, batch, jax.lax.stop_gradient(out.reconstruction), factor
@@ -259,7 +278,11 @@ def _disc_step(
     def disc_objective(disc_params):
         logits_real = discriminator.apply({"params": disc_params}, batch)
         logits_fake = discriminator.apply({"params": disc_params}, fake)
-        return factor * d_loss_fn(logits_real, logits_fake), (logits_real.mean(), logits_fake.mean())
+        loss = d_loss_fn(logits_real, logits_fake)
+        if plan.r1:
+            penalty = r1_penalty(lambda x: discriminator.apply({"params": disc_params}, x), batch)
+            loss = loss + 0.5 * numbers["r1_weight"] * penalty
+        return factor * loss, (logits_real.mean(), logits_fake.mean())
 
     (d_loss, (logits_real, logits_fake)), d_grads = jax.value_and_grad(disc_objective, has_aux=True)(state.disc_params)
     _, disc_optimizer = plan.optimizers(numbers)

@@ -161,6 +161,12 @@ class VQGANTrainer:
         lpips_params: Optional[Dict] = None,
         mesh: Optional[jax.sharding.Mesh] = None,
     ) -> None:
+        if config.gen_loss not in ("hinge", "non_saturating"):
+            raise ValueError(f"unknown gen_loss {config.gen_loss!r}; expected 'hinge' or 'non_saturating'")
+        if config.max_grad_norm is not None and not config.max_grad_norm > 0:
+            raise ValueError(
+                f"max_grad_norm must be a positive number (or None: no clipping); got {config.max_grad_norm!r}"
+            )
         if config.disc_loss not in ("hinge", "vanilla"):
             raise ValueError(f"unknown disc_loss {config.disc_loss!r}; expected 'hinge' or 'vanilla'")
         if config.schedule not in ("constant", "cosine"):
