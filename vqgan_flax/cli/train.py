@@ -6,7 +6,7 @@ import argparse
 import os
 import time
 
-from ..train.config import TrainingConfig
+from ..train.config import TrainingConfig, load_recipe
 from .common import COUNT, NON_NEGATIVE, POSITIVE_INT, fraction
 
 
@@ -24,8 +24,6 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise ValueError(
             f"--allow-change {', '.join(unknown)}: not a setting of a run (a training field, model_config, data)"
         )
-    from ..train.config import load_recipe
-
     recipe = load_recipe(args.recipe) if args.recipe else {"model": None, "training": {}}
     seed = args.seed if args.seed is not None else recipe["training"].get("seed", 0)
     if args.init_from:

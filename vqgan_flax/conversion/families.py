@@ -9,9 +9,9 @@ architecture from a config or from the shapes, convert, write a ``from_pretraine
     diffusers  encoder.down_blocks.1.resnets.0... nothing (its config.json, when present, decides)
 
 ``auto`` tells taming, LlamaGen and diffusers apart by their key names (a folder is a diffusers
-model); IBQ has taming's names, so it must
-be named (latent-diffusion's VQ converts the same under ``auto``, ``taming`` and ``ldm``). EMA
-weights (LlamaGen's ``ema`` entry, LitEma's ``model_ema.*``) are taken when present.
+model); IBQ has taming's names, so it must be named (latent-diffusion's VQ converts the same under
+``auto``, ``taming`` and ``ldm``). EMA weights (LlamaGen's ``ema`` entry, LitEma's ``model_ema.*``)
+are taken when present.
 """
 
 from __future__ import annotations
@@ -124,9 +124,12 @@ def convert_checkpoint(
     check_apart(checkpoint, output_dir, "convert")
     source = os.fspath(checkpoint)
     config_file = None
-    if config is None and (family == "diffusers" or (family == "auto" and os.path.isdir(source))):
-        config_file = locate_diffusers_model(source)[1]
-        config = config_from_diffusers(config_file, resolution) if config_file else None
+    if family == "diffusers" or (family == "auto" and os.path.isdir(source)):
+        # Its weights file is read below; its config.json (if any, and no config given) here.
+        checkpoint, found = locate_diffusers_model(source)
+        family = "diffusers"
+        if config is None and found:
+            config, config_file = config_from_diffusers(found, resolution), found
     family, state, entry, dropped = read_family_state(checkpoint, family, config, ema)
     inferred = config is None
     if config is None:

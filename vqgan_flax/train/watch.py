@@ -2,7 +2,7 @@
 usage), a PNG grid of its first reconstructions, and the metrics written to ``log.jsonl`` and,
 with ``tensorboard``, to TensorBoard event files (tensorboardX).
 
-May import: evaluation, data, hub, models, utils.
+May import: evaluation, data, hub, models, utils, the training losses.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from ..data.image_io import list_images, open_rgb
 from ..evaluation.metrics import psnr, ssim
+from .losses import codebook_usage
 
 SAMPLES = 8  # images in a sample grid
 
@@ -66,13 +68,12 @@ def validate(model: Any, params: Any, held_out: ValidationSet, batch_size: int) 
         outputs.append(to_uint8(out.reconstruction))
         indices.append(np.asarray(out.indices).reshape(-1))
     reconstructions = np.concatenate(outputs)
-    counts = np.bincount(np.concatenate(indices), minlength=model.config.n_embed)
-    probs = counts[counts > 0] / counts.sum()
+    usage = codebook_usage(jnp.asarray(np.concatenate(indices)), model.config.n_embed)  # the train log's
     return {
         "val_psnr": float(np.mean([psnr(a, b) for a, b in zip(held_out.images, reconstructions)])),
         "val_ssim": float(np.mean([ssim(a, b) for a, b in zip(held_out.images, reconstructions)])),
-        "val_perplexity": float(np.exp(-np.sum(probs * np.log(probs)))),
-        "val_dead_code_share": float(np.mean(counts == 0)),
+        "val_perplexity": float(usage["perplexity"]),
+        "val_dead_code_share": float(usage["dead_code_share"]),
         "reconstructions": reconstructions,
     }
 
